@@ -1,0 +1,164 @@
+//! What an adapter author implements: plain Rust traits, no ABI types except the data in
+//! [`crate::types`]. [`crate::export_adapter!`] turns an [`Adapter`] into a root module
+//! whose every entry point is wrapped in `catch_unwind`.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr, RString, RVec};
+
+use crate::ffi::{
+    AdapterMod, AdapterModRef, FfiClient, FfiClient_TO, FfiClientBox, FfiEventSinkBox, FfiJob,
+    FfiJob_TO, FfiJobBox,
+};
+use crate::types::{
+    AdapterError, AdapterInfo, ErrorKind, Event, Features, Health, Phase, Props, SinkStatus,
+    SubmitRequest,
+};
+
+/// An adapter library: identity and a client constructor.
+pub trait Adapter: 'static {
+    const NAME: &'static str;
+    const VERSION: &'static str;
+    type Client: EngineClient;
+    fn engines() -> Vec<String>;
+    fn features() -> Features;
+    /// `config` is the pool's adapter configuration as JSON text.
+    fn new_client(config: &str) -> Result<Self::Client, AdapterError>;
+}
+
+/// A connection to one engine replica. Methods are called from host threads, concurrently.
+pub trait EngineClient: Send + Sync + 'static {
+    type Job: EngineJob;
+    fn health(&self) -> Result<Health, AdapterError>;
+    fn props(&self) -> Result<Props, AdapterError>;
+    fn engine_version(&self) -> Result<String, AdapterError>;
+    /// Starts one task. Must return promptly: run the work on adapter-owned threads and
+    /// deliver events through `sink`.
+    fn submit(&self, req: SubmitRequest, sink: Sink) -> Result<Self::Job, AdapterError>;
+}
+
+/// A running task.
+pub trait EngineJob: Send + Sync + 'static {
+    /// Stops the engine work; must be idempotent and return promptly.
+    fn cancel(&self);
+}
+
+/// The host's event sink, as an adapter sees it.
+pub struct Sink(FfiEventSinkBox);
+
+impl Sink {
+    /// Delivers one event; blocks while the host's buffer is full. Returns `false` when the
+    /// host wants no more events (the task was canceled or its consumer is gone).
+    pub fn emit(&self, event: Event) -> bool {
+        self.0.emit(event) == SinkStatus::Continue
+    }
+}
+
+/// Runs `f`, turning a panic into an [`ErrorKind::Panic`] error.
+pub fn guard<T>(
+    phase: Phase,
+    f: impl FnOnce() -> Result<T, AdapterError>,
+) -> RResult<T, AdapterError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => RResult::ROk(v),
+        Ok(Err(e)) => RResult::RErr(e),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            RResult::RErr(AdapterError::new(
+                ErrorKind::Panic,
+                phase,
+                format!("adapter panicked: {msg}"),
+            ))
+        }
+    }
+}
+
+struct ClientWrapper<C>(C);
+
+impl<C: EngineClient> FfiClient for ClientWrapper<C> {
+    fn health(&self) -> RResult<Health, AdapterError> {
+        guard(Phase::Control, || self.0.health())
+    }
+
+    fn props(&self) -> RResult<Props, AdapterError> {
+        guard(Phase::Control, || self.0.props())
+    }
+
+    fn engine_version(&self) -> RResult<RString, AdapterError> {
+        guard(Phase::Control, || {
+            self.0.engine_version().map(RString::from)
+        })
+    }
+
+    fn submit(
+        &self,
+        req: SubmitRequest,
+        sink: FfiEventSinkBox,
+    ) -> RResult<FfiJobBox, AdapterError> {
+        guard(Phase::BeforeFirstToken, || {
+            self.0
+                .submit(req, Sink(sink))
+                .map(|job| FfiJob_TO::from_value(JobWrapper(job), TD_Opaque))
+        })
+    }
+}
+
+struct JobWrapper<J>(J);
+
+impl<J: EngineJob> FfiJob for JobWrapper<J> {
+    fn cancel(&self) -> RResult<(), AdapterError> {
+        guard(Phase::MidStream, || {
+            self.0.cancel();
+            Ok(())
+        })
+    }
+}
+
+extern "C" fn info<A: Adapter>() -> RResult<AdapterInfo, AdapterError> {
+    guard(Phase::Control, || {
+        Ok(AdapterInfo {
+            name: A::NAME.into(),
+            version: A::VERSION.into(),
+            abi_version: crate::ABI_VERSION.into(),
+            engines: A::engines()
+                .into_iter()
+                .map(RString::from)
+                .collect::<RVec<_>>(),
+            features: A::features(),
+        })
+    })
+}
+
+extern "C" fn new_client<A: Adapter>(config: RStr<'_>) -> RResult<FfiClientBox, AdapterError> {
+    guard(Phase::Control, || {
+        A::new_client(config.as_str())
+            .map(|c| FfiClient_TO::from_value(ClientWrapper(c), TD_Opaque))
+    })
+}
+
+/// The root module for adapter `A`; called by [`crate::export_adapter!`].
+pub fn root_module<A: Adapter>() -> AdapterModRef {
+    AdapterMod {
+        info: info::<A>,
+        new_client: new_client::<A>,
+    }
+    .leak_into_prefix()
+}
+
+/// Exports `$adapter` (a type implementing [`Adapter`]) as this library's root module.
+/// The crate must be a `cdylib` and depend on `abi_stable` directly.
+#[macro_export]
+macro_rules! export_adapter {
+    ($adapter:ty) => {
+        #[::abi_stable::export_root_module]
+        pub fn orchd_adapter_root_module() -> $crate::AdapterModRef {
+            $crate::plugin::root_module::<$adapter>()
+        }
+    };
+}

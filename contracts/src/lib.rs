@@ -1,0 +1,15 @@
+//! Wire types of the orchestratord HTTP API: the JSON edge, and nothing else.
+//!
+//! Field names are the public contract (`API.md`); request types reject unknown fields.
+//! Both the daemon and its tests use these types.
+
+pub mod error;
+pub mod stream;
+pub mod task;
+
+pub use error::{ErrorCode, ErrorEnvelope};
+pub use stream::{EndFrame, MetricsFrame, StartedFrame, TokenFrame};
+pub use task::{
+    Determinism, KvHint, PlacementMode, PlacementRequest, Priority, TaskAccepted, TaskRequest,
+    TaskState, TaskStatus, TaskStreams, Workload,
+};

@@ -1,0 +1,40 @@
+//! Data of the SSE frames of `GET /v1/tasks/{id}/stream`. The `error` frame carries an
+//! [`crate::ErrorEnvelope`].
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedFrame {
+    pub queue_position: u32,
+    pub predicted_start_ms: u64,
+    pub pool_id: String,
+    pub replica_id: String,
+    pub engine: String,
+    pub engine_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenFrame {
+    pub t: String,
+    pub i: u32,
+}
+
+/// Additive: clients ignore fields they do not know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsFrame {
+    pub queue_depth: u32,
+    pub tokens_out: u32,
+    pub elapsed_ms: u64,
+    pub tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndFrame {
+    pub tokens_out: u32,
+    pub decode_ms: u64,
+    pub decode_time_ms: u64,
+    pub tokens_in: u32,
+    pub canceled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_id: Option<String>,
+}

@@ -1,0 +1,124 @@
+//! Engine adapters as the rest of the host sees them: plain Rust traits and types.
+//!
+//! [`loader`] is the only place that touches the ABI (`abi_stable` types, `R*` strings);
+//! it wraps every library in these traits at once.
+
+mod loader;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+pub use loader::{AdapterRegistry, LoadOutcome, expected_abi_version};
+
+/// Identity of a loaded adapter library.
+#[derive(Debug, Clone)]
+pub struct AdapterInfo {
+    pub name: String,
+    pub version: String,
+    pub abi_version: String,
+    pub engines: Vec<String>,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// A loaded adapter library: builds one client per replica.
+pub trait Adapter: Send + Sync {
+    fn info(&self) -> &AdapterInfo;
+    /// `config_json` is the replica's adapter config; the adapter validates it.
+    fn new_client(&self, config_json: &str) -> Result<Arc<dyn EngineClient>, EngineFailure>;
+}
+
+/// A connection to one engine replica.
+pub trait EngineClient: Send + Sync {
+    fn health(&self) -> Result<EngineHealth, EngineFailure>;
+    fn props(&self) -> Result<EngineProps, EngineFailure>;
+    /// Starts a task; events arrive on `events` in order. Blocking: call it off the async
+    /// workers.
+    fn submit(
+        &self,
+        job: JobSpec,
+        events: mpsc::Sender<EngineEvent>,
+    ) -> Result<Box<dyn EngineJob>, EngineFailure>;
+}
+
+/// A running task inside an adapter.
+pub trait EngineJob: Send + Sync {
+    /// Stops the engine work; idempotent. A failure here is logged, never fatal.
+    fn cancel(&self) -> Result<(), EngineFailure>;
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineHealth {
+    pub live: bool,
+    pub ready: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineProps {
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub ctx_max: u32,
+    pub engine_version: String,
+    pub model: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub task_id: String,
+    pub model: String,
+    pub prompt: String,
+    pub max_tokens: u32,
+    pub seed: u64,
+    pub params_json: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    Started { engine_version: String },
+    Token(String),
+    End { tokens_in: u32, tokens_out: u32 },
+    Error(EngineFailure),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Config,
+    InvalidRequest,
+    Transport,
+    Timeout,
+    Upstream,
+    Protocol,
+    Panic,
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePhase {
+    Control,
+    BeforeFirstToken,
+    MidStream,
+}
+
+/// A classified adapter or engine failure.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind:?} failure ({phase:?}): {message}")]
+pub struct EngineFailure {
+    pub kind: FailureKind,
+    pub phase: FailurePhase,
+    pub upstream_status: Option<u16>,
+    pub message: String,
+}
+
+impl EngineFailure {
+    pub fn new(kind: FailureKind, phase: FailurePhase, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            phase,
+            upstream_status: None,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Loads adapter libraries through the stable ABI and wraps them in the host's traits.
+//!
+//! The only module that sees `abi_stable` types. Libraries are never unloaded (abi_stable
+//! leaks them on purpose; dlopen of the same path returns the old code).
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr};
+use orchd_adapter_abi::ffi::{FfiEventSink, FfiEventSink_TO};
+use orchd_adapter_abi::{
+    self as abi, AdapterModRef, Event, FfiClientBox, FfiJobBox, SinkStatus, SubmitRequest,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::{
+    Adapter, AdapterInfo, EngineClient, EngineEvent, EngineFailure, EngineHealth, EngineJob,
+    EngineProps, FailureKind, FailurePhase, JobSpec,
+};
+
+/// What happened to one file of the adapter directory.
+#[derive(Debug)]
+pub enum LoadOutcome {
+    Loaded(AdapterInfo),
+    Refused { path: PathBuf, reason: String },
+}
+
+/// Every adapter library loaded from the adapter directory, by name.
+#[derive(Default)]
+pub struct AdapterRegistry {
+    adapters: BTreeMap<String, Arc<dyn Adapter>>,
+}
+
+impl AdapterRegistry {
+    /// Loads every `*.so` in `dir` (sorted by name). A library that cannot be loaded is
+    /// refused and reported; it never stops the others.
+    pub fn load_dir(dir: &Path) -> std::io::Result<(Self, Vec<LoadOutcome>)> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "so"))
+            .collect();
+        paths.sort();
+        let mut registry = Self::default();
+        let mut outcomes = Vec::with_capacity(paths.len());
+        for path in paths {
+            let outcome = match load_library(&path) {
+                Ok(adapter) => {
+                    let info = adapter.info().clone();
+                    if registry.adapters.contains_key(&info.name) {
+                        LoadOutcome::Refused {
+                            path,
+                            reason: format!("an adapter named {:?} is already loaded", info.name),
+                        }
+                    } else {
+                        registry
+                            .adapters
+                            .insert(info.name.clone(), Arc::new(adapter));
+                        LoadOutcome::Loaded(info)
+                    }
+                }
+                Err(reason) => LoadOutcome::Refused { path, reason },
+            };
+            outcomes.push(outcome);
+        }
+        Ok((registry, outcomes))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Adapter>> {
+        self.adapters.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.adapters.keys().map(String::as_str)
+    }
+
+    /// Every engine some loaded adapter declares.
+    pub fn serves_engine(&self, engine: &str) -> bool {
+        self.adapters
+            .values()
+            .any(|a| a.info().engines.iter().any(|e| e == engine))
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// The first line of an abi_stable error (some span hundreds of lines).
+fn summarize(err: &LibraryError) -> String {
+    match err {
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => format!(
+            "ABI version mismatch: expected {expected_version} (compatible), found {actual_version}"
+        ),
+        LibraryError::AbiInstability(_) => {
+            "ABI layout mismatch: the library's types differ from this host's".to_owned()
+        }
+        other => other
+            .to_string()
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("unknown library error")
+            .trim()
+            .to_owned(),
+    }
+}
+
+fn load_library(path: &Path) -> Result<LoadedAdapter, String> {
+    let sha256 = sha256_file(path)?;
+    let header = lib_header_from_path(path).map_err(|e| summarize(&e))?;
+    let module = header
+        .init_root_module::<AdapterModRef>()
+        .map_err(|e| summarize(&e))?;
+    let info = match (module.info())() {
+        RResult::ROk(info) => info,
+        RResult::RErr(e) => return Err(format!("info() failed: {e}")),
+    };
+    // abi_stable checked semver compatibility; the library also names the exact ABI it
+    // was built with, which we report.
+    let info = AdapterInfo {
+        name: info.name.into(),
+        version: info.version.into(),
+        abi_version: info.abi_version.into(),
+        engines: info.engines.into_iter().map(Into::into).collect(),
+        path: path.to_path_buf(),
+        sha256,
+    };
+    Ok(LoadedAdapter { info, module })
+}
+
+/// The ABI version this host expects, for log lines.
+pub fn expected_abi_version() -> &'static str {
+    abi::ABI_VERSION
+}
+
+struct LoadedAdapter {
+    info: AdapterInfo,
+    module: AdapterModRef,
+}
+
+impl Adapter for LoadedAdapter {
+    fn info(&self) -> &AdapterInfo {
+        &self.info
+    }
+
+    fn new_client(&self, config_json: &str) -> Result<Arc<dyn EngineClient>, EngineFailure> {
+        match (self.module.new_client())(RStr::from_str(config_json)) {
+            RResult::ROk(client) => Ok(Arc::new(FfiClient(client))),
+            RResult::RErr(e) => Err(failure(e)),
+        }
+    }
+}
+
+fn failure(e: abi::AdapterError) -> EngineFailure {
+    EngineFailure {
+        kind: match e.kind {
+            abi::ErrorKind::Config => FailureKind::Config,
+            abi::ErrorKind::InvalidRequest => FailureKind::InvalidRequest,
+            abi::ErrorKind::Transport => FailureKind::Transport,
+            abi::ErrorKind::Timeout => FailureKind::Timeout,
+            abi::ErrorKind::Upstream => FailureKind::Upstream,
+            abi::ErrorKind::Protocol => FailureKind::Protocol,
+            abi::ErrorKind::Panic => FailureKind::Panic,
+            abi::ErrorKind::Internal => FailureKind::Internal,
+        },
+        phase: match e.phase {
+            abi::Phase::Control => FailurePhase::Control,
+            abi::Phase::BeforeFirstToken => FailurePhase::BeforeFirstToken,
+            abi::Phase::MidStream => FailurePhase::MidStream,
+        },
+        upstream_status: (e.upstream_status != 0).then_some(e.upstream_status),
+        message: e.message.into(),
+    }
+}
+
+fn result<T, U>(
+    r: RResult<T, abi::AdapterError>,
+    f: impl FnOnce(T) -> U,
+) -> Result<U, EngineFailure> {
+    match r {
+        RResult::ROk(v) => Ok(f(v)),
+        RResult::RErr(e) => Err(failure(e)),
+    }
+}
+
+struct FfiClient(FfiClientBox);
+
+impl EngineClient for FfiClient {
+    fn health(&self) -> Result<EngineHealth, EngineFailure> {
+        result(self.0.health(), |h| EngineHealth {
+            live: h.live,
+            ready: h.ready,
+            message: h.message.into(),
+        })
+    }
+
+    fn props(&self) -> Result<EngineProps, EngineFailure> {
+        result(self.0.props(), |p| EngineProps {
+            slots_total: p.slots_total,
+            slots_free: p.slots_free,
+            ctx_max: p.ctx_max,
+            engine_version: p.engine_version.into(),
+            model: p.model.into(),
+        })
+    }
+
+    fn submit(
+        &self,
+        job: JobSpec,
+        events: mpsc::Sender<EngineEvent>,
+    ) -> Result<Box<dyn EngineJob>, EngineFailure> {
+        let req = SubmitRequest {
+            task_id: job.task_id.into(),
+            model: job.model.into(),
+            prompt: job.prompt.into(),
+            max_tokens: job.max_tokens,
+            seed: job.seed,
+            params_json: job.params_json.into(),
+        };
+        let sink = FfiEventSink_TO::from_value(HostSink { events }, TD_Opaque);
+        result(self.0.submit(req, sink), |job| {
+            Box::new(FfiJob(job)) as Box<dyn EngineJob>
+        })
+    }
+}
+
+struct FfiJob(FfiJobBox);
+
+impl EngineJob for FfiJob {
+    fn cancel(&self) -> Result<(), EngineFailure> {
+        result(self.0.cancel(), |()| ())
+    }
+}
+
+/// The host's end of a task's event stream, called from adapter-owned threads.
+struct HostSink {
+    events: mpsc::Sender<EngineEvent>,
+}
+
+impl FfiEventSink for HostSink {
+    fn emit(&self, event: Event) -> SinkStatus {
+        let event = match event {
+            Event::Started { engine_version } => EngineEvent::Started {
+                engine_version: engine_version.into(),
+            },
+            Event::Token { text } => EngineEvent::Token(text.into()),
+            Event::End {
+                tokens_in,
+                tokens_out,
+            } => EngineEvent::End {
+                tokens_in,
+                tokens_out,
+            },
+            Event::Error(e) => EngineEvent::Error(failure(e)),
+        };
+        // Adapter threads are never tokio workers, so blocking here is the backpressure
+        // the ABI promises. A panic must not cross back into the adapter.
+        match catch_unwind(AssertUnwindSafe(|| self.events.blocking_send(event))) {
+            Ok(Ok(())) => SinkStatus::Continue,
+            Ok(Err(_)) | Err(_) => SinkStatus::Stop,
+        }
+    }
+}

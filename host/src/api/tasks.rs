@@ -1,0 +1,163 @@
+//! `/v1/tasks`: admit, status, stream (SSE), cancel.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use orchd_contracts::{ErrorCode, TaskAccepted, TaskRequest, TaskStatus};
+
+use super::extract::ApiJson;
+use super::middleware::CorrelationId;
+use crate::admit;
+use crate::errors::ApiError;
+use crate::state::AppState;
+use crate::task::{Frame, Task};
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(correlation): Extension<CorrelationId>,
+    ApiJson(req): ApiJson<TaskRequest>,
+) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
+    if state.is_shutting_down() {
+        return Err(ApiError::new(
+            ErrorCode::PoolUnavailable,
+            "shutting down; not accepting tasks",
+        )
+        .retry_after_ms(5000));
+    }
+    let accepted = admit::admit(&state, req, &correlation.0)?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+fn find(state: &AppState, id: &str) -> Result<Arc<Task>, ApiError> {
+    state
+        .tasks
+        .get(id)
+        .ok_or_else(|| ApiError::not_found("task", id))
+}
+
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskStatus>, ApiError> {
+    let task = find(&state, &id)?;
+    let position = state
+        .pool(&task.spec.pool_id)
+        .and_then(|p| p.queue().position(&id))
+        .map(|(_, at)| at);
+    Ok(Json(task.status(position)))
+}
+
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let task = find(&state, &id)?;
+    state.cancel(&task, "client").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Cancels the task when the client goes away before its terminal frame.
+struct DisconnectGuard {
+    state: Arc<AppState>,
+    task: Arc<Task>,
+}
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        if self.task.state().is_terminal() {
+            return;
+        }
+        let state = Arc::clone(&self.state);
+        let task = Arc::clone(&self.task);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                state.cancel(&task, "disconnect").await;
+            });
+        }
+    }
+}
+
+struct Cursor {
+    task: Arc<Task>,
+    next: u64,
+    pending: VecDeque<Frame>,
+    complete: bool,
+    _guard: DisconnectGuard,
+}
+
+fn frames(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some(frame) = c.pending.pop_front() {
+                let event = Event::default()
+                    .id(frame.seq.to_string())
+                    .event(frame.event)
+                    .data(frame.data);
+                return Some((Ok(event), c));
+            }
+            if c.complete {
+                return None;
+            }
+            let task = Arc::clone(&c.task);
+            let changed = task.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (new, complete) = task.frames_from(c.next);
+            c.next += new.len() as u64;
+            c.pending.extend(new);
+            c.complete = complete;
+            if c.pending.is_empty() && !complete {
+                changed.await;
+            }
+        }
+    })
+}
+
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let task = find(&state, &id)?;
+    // Resume: the frames after the last one the client saw.
+    let next = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(|seen| seen + 1)
+            .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be a frame id (integer)"))?,
+    };
+    let cursor = Cursor {
+        task: Arc::clone(&task),
+        next,
+        pending: VecDeque::new(),
+        complete: false,
+        _guard: DisconnectGuard {
+            state: Arc::clone(&state),
+            task,
+        },
+    };
+    let keep_alive = KeepAlive::new()
+        .interval(state.settings.keep_alive)
+        .text("keep-alive");
+    let mut response = Sse::new(frames(cursor))
+        .keep_alive(keep_alive)
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+        .headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-cache"));
+    Ok(response)
+}

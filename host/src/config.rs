@@ -1,0 +1,157 @@
+//! Configuration: parsed once, into types, before anything binds a port.
+//!
+//! Sources, weakest first: the embedded default (`config/default.toml`) or `--config FILE`,
+//! then `ORCHD_*` environment variables and flags (clap binds each flag to its variable).
+//! Unknown keys are rejected. Every problem is one [`ConfigError`] line; `main` exits 64.
+
+mod file;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
+pub use file::valid_id;
+
+/// The embedded default configuration.
+pub const DEFAULT_TOML: &str = include_str!("config/default.toml");
+
+/// Exit status for bad flags or configuration (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orchestratord",
+    version,
+    about = "LLM inference orchestrator daemon"
+)]
+pub struct Cli {
+    /// TOML configuration file (replaces the embedded default).
+    #[arg(long, short = 'c', env = "ORCHD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve on (overrides `server.addr`).
+    #[arg(long, env = "ORCHD_ADDR")]
+    pub addr: Option<SocketAddr>,
+    /// Directory of adapter libraries (`*.so`).
+    #[arg(long, env = "ORCHD_ADAPTERS_DIR")]
+    pub adapters_dir: Option<PathBuf>,
+    /// Directory of policy components (`*.wasm`).
+    #[arg(long, env = "ORCHD_POLICIES_DIR")]
+    pub policies_dir: Option<PathBuf>,
+    /// Directory for precompiled policy components.
+    #[arg(long, env = "ORCHD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `orchd_host=debug`.
+    #[arg(long, env = "ORCHD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The daemon's settings, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub addr: SocketAddr,
+    pub adapters_dir: PathBuf,
+    pub policies_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub queue_capacity: NonZeroU32,
+    pub keep_alive: Duration,
+    pub decode_idle_timeout: Duration,
+    pub policy_limits: PolicyLimits,
+    pub admission: PolicySettings,
+    pub pools: Vec<PoolSettings>,
+    /// Where the settings came from, for the startup log.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyLimits {
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// The component file, resolved against the policy directory.
+    pub component: PathBuf,
+    /// The policy's own configuration as JSON text, handed to its `init`.
+    pub config_json: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub id: String,
+    pub engine: String,
+    pub adapter: String,
+    pub model_ref: String,
+    pub ctx_max: u32,
+    pub queue_capacity: NonZeroU32,
+    pub nominal_tokens_per_s: f64,
+    pub nominal_first_token_ms: u64,
+    pub replicas: Vec<ReplicaSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    pub id: String,
+    /// The adapter's configuration as JSON text, handed to its constructor.
+    pub adapter_config_json: String,
+}
+
+impl Settings {
+    /// Loads the settings from the CLI (flags and `ORCHD_*` variables) and the config file.
+    /// `dist_root` anchors relative paths: the directory that holds `bin/`.
+    pub fn load(cli: &Cli, dist_root: &Path) -> Result<Self, ConfigError> {
+        let (text, origin) = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                (text, path.display().to_string())
+            }
+            None => (DEFAULT_TOML.to_owned(), "(embedded default)".to_owned()),
+        };
+        let file = file::parse(&text).map_err(|message| ConfigError::Parse {
+            origin: origin.clone(),
+            message,
+        })?;
+        // Relative paths in a file resolve against the file's directory; in the embedded
+        // default, against the dist root.
+        let base = match &cli.config {
+            Some(path) => path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            None => dist_root.to_path_buf(),
+        };
+        file.into_settings(cli, &base, origin)
+    }
+}
+
+/// The dist root for an executable at `<root>/bin/orchestratord`.
+pub fn dist_root_of(exe: &Path) -> PathBuf {
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,310 @@
+//! The TOML file's shape (unknown keys rejected) and its conversion into [`Settings`].
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    Cli, ConfigError, PolicyLimits, PolicySettings, PoolSettings, ReplicaSettings, Settings,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    #[serde(default)]
+    server: ServerFile,
+    #[serde(default)]
+    paths: PathsFile,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    queue: QueueFile,
+    #[serde(default)]
+    stream: StreamFile,
+    #[serde(default)]
+    policies: PoliciesFile,
+    #[serde(default)]
+    pools: Vec<PoolFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServerFile {
+    addr: SocketAddr,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PathsFile {
+    adapters: PathBuf,
+    policies: PathBuf,
+    cache: PathBuf,
+}
+
+impl Default for PathsFile {
+    fn default() -> Self {
+        Self {
+            adapters: "adapters".into(),
+            policies: "policies".into(),
+            cache: "var/cache".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsFile {
+    max_body_bytes: usize,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct QueueFile {
+    capacity: NonZeroU32,
+}
+
+impl Default for QueueFile {
+    fn default() -> Self {
+        Self {
+            capacity: NonZeroU32::new(256).expect("non-zero"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StreamFile {
+    keep_alive_ms: NonZeroU32,
+    decode_idle_timeout_ms: NonZeroU32,
+}
+
+impl Default for StreamFile {
+    fn default() -> Self {
+        Self {
+            keep_alive_ms: NonZeroU32::new(15_000).expect("non-zero"),
+            decode_idle_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PoliciesFile {
+    timeout_ms: NonZeroU32,
+    memory_mib: NonZeroU32,
+    admission: PolicyFile,
+}
+
+impl Default for PoliciesFile {
+    fn default() -> Self {
+        Self {
+            timeout_ms: NonZeroU32::new(5).expect("non-zero"),
+            memory_mib: NonZeroU32::new(64).expect("non-zero"),
+            admission: PolicyFile {
+                component: "admission-default.wasm".into(),
+                config: toml::Table::new(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    component: PathBuf,
+    /// Opaque to the host: the policy validates it in `init`.
+    #[serde(default)]
+    config: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    pub id: String,
+    pub engine: String,
+    pub adapter: String,
+    pub model_ref: String,
+    pub ctx_max: u32,
+    #[serde(default)]
+    pub queue_capacity: Option<NonZeroU32>,
+    /// Rates assumed until the pool has measured its own (conservative by default).
+    #[serde(default = "default_nominal_tps")]
+    pub nominal_tokens_per_s: f64,
+    #[serde(default = "default_nominal_ftt")]
+    pub nominal_first_token_ms: u64,
+    pub replicas: Vec<ReplicaFile>,
+}
+
+fn default_nominal_tps() -> f64 {
+    10.0
+}
+
+fn default_nominal_ftt() -> u64 {
+    1000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaFile {
+    pub id: String,
+    /// Opaque to the host: the adapter validates it in its constructor.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// Parses TOML into the file shape; the error is one line with the line number.
+pub(super) fn parse(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().replace('\n', " ");
+        match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                format!("line {line}: {message}")
+            }
+            None => message,
+        }
+    })
+}
+
+/// Ids: 1–128 chars of `[A-Za-z0-9._:-]` (API.md §0).
+pub fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+fn table_to_json(table: &toml::Table) -> String {
+    serde_json::to_string(table).expect("a TOML table is always valid JSON")
+}
+
+impl FileConfig {
+    pub(super) fn into_settings(
+        self,
+        cli: &Cli,
+        base: &Path,
+        origin: String,
+    ) -> Result<Settings, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let policies_dir = cli
+            .policies_dir
+            .clone()
+            .unwrap_or_else(|| resolve(base, &self.paths.policies));
+        if self.limits.max_body_bytes < 1024 {
+            return Err(invalid(
+                "limits.max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.pools.is_empty() {
+            return Err(invalid(
+                "no pools configured: add at least one [[pools]]".into(),
+            ));
+        }
+        let mut pool_ids = HashSet::new();
+        let mut replica_ids = HashSet::new();
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for pool in self.pools {
+            if !valid_id(&pool.id) {
+                return Err(invalid(format!(
+                    "pool id {:?} must be 1-128 chars of [A-Za-z0-9._:-]",
+                    pool.id
+                )));
+            }
+            if !pool_ids.insert(pool.id.clone()) {
+                return Err(invalid(format!("pool id {:?} is declared twice", pool.id)));
+            }
+            if pool.replicas.is_empty() {
+                return Err(invalid(format!("pool {:?} has no replicas", pool.id)));
+            }
+            if !(pool.nominal_tokens_per_s.is_finite() && pool.nominal_tokens_per_s > 0.0) {
+                return Err(invalid(format!(
+                    "pool {:?}: nominal_tokens_per_s must be > 0",
+                    pool.id
+                )));
+            }
+            let mut replicas = Vec::with_capacity(pool.replicas.len());
+            for r in pool.replicas {
+                if !valid_id(&r.id) {
+                    return Err(invalid(format!(
+                        "pool {:?}: replica id {:?} must be 1-128 chars of [A-Za-z0-9._:-]",
+                        pool.id, r.id
+                    )));
+                }
+                if !replica_ids.insert(r.id.clone()) {
+                    return Err(invalid(format!("replica id {:?} is declared twice", r.id)));
+                }
+                replicas.push(ReplicaSettings {
+                    id: r.id,
+                    adapter_config_json: table_to_json(&r.config),
+                });
+            }
+            pools.push(PoolSettings {
+                queue_capacity: pool.queue_capacity.unwrap_or(self.queue.capacity),
+                id: pool.id,
+                engine: pool.engine,
+                adapter: pool.adapter,
+                model_ref: pool.model_ref,
+                ctx_max: pool.ctx_max,
+                nominal_tokens_per_s: pool.nominal_tokens_per_s,
+                nominal_first_token_ms: pool.nominal_first_token_ms,
+                replicas,
+            });
+        }
+        Ok(Settings {
+            addr: cli.addr.unwrap_or(self.server.addr),
+            adapters_dir: cli
+                .adapters_dir
+                .clone()
+                .unwrap_or_else(|| resolve(base, &self.paths.adapters)),
+            cache_dir: cli
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| resolve(base, &self.paths.cache)),
+            max_body_bytes: self.limits.max_body_bytes,
+            queue_capacity: self.queue.capacity,
+            keep_alive: Duration::from_millis(self.stream.keep_alive_ms.get().into()),
+            decode_idle_timeout: Duration::from_millis(
+                self.stream.decode_idle_timeout_ms.get().into(),
+            ),
+            policy_limits: PolicyLimits {
+                timeout: Duration::from_millis(self.policies.timeout_ms.get().into()),
+                memory_bytes: self.policies.memory_mib.get() as usize * 1024 * 1024,
+            },
+            admission: PolicySettings {
+                component: resolve(&policies_dir, &self.policies.admission.component),
+                config_json: table_to_json(&self.policies.admission.config),
+            },
+            policies_dir,
+            pools,
+            origin,
+        })
+    }
+}

@@ -1,0 +1,115 @@
+//! `orchestratord`: tracing → config → build → bind → serve → drain on SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use orchd_host::config::{Cli, EXIT_CONFIG, Settings, dist_root_of};
+use orchd_host::startup;
+
+fn init_tracing(filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("invalid --log / ORCHD_LOG filter {filter:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
+    Ok(())
+}
+
+fn fail(code: i32, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("orchestratord: {message}");
+    ExitCode::from(code as u8)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let first = e.to_string();
+            let line = first.lines().next().unwrap_or("invalid arguments");
+            return fail(EXIT_CONFIG, line.trim_start_matches("error: "));
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_default();
+    let settings = match Settings::load(&cli, &dist_root_of(&exe)) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_CONFIG, e),
+    };
+    if let Err(e) = init_tracing(&cli.log) {
+        return fail(EXIT_CONFIG, e);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"), config = %settings.origin,
+        adapters_dir = %settings.adapters_dir.display(), policies_dir = %settings.policies_dir.display(),
+        "orchestratord starting"
+    );
+    let addr = settings.addr;
+    let state = match startup::build(settings) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(error = %e, "startup failed");
+            return fail(e.exit_code(), e);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_CONFIG, format!("cannot bind {addr}: {e}")),
+    };
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if !addr.ip().is_loopback() {
+        tracing::warn!(addr = %bound, "serving on a non-loopback address without authentication");
+    }
+    tracing::info!(addr = %bound, "listening");
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let drain_state = state.clone();
+    let served = axum::serve(listener, orchd_host::app(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested; refusing new tasks and draining");
+            drain_state.begin_shutdown();
+        })
+        .await;
+    match served {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, format!("server error: {e}")),
+    }
+}

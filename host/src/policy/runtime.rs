@@ -1,0 +1,231 @@
+//! The wasmtime engine shared by every policy, its epoch ticker, and component compilation
+//! with a cache of precompiled artifacts.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+
+use super::LoadError;
+use super::bindings::{HostImports, LogLevel, TypesHost};
+use crate::config::PolicyLimits;
+
+/// One epoch tick. Deadlines are counted in ticks.
+const TICK: Duration = Duration::from_millis(1);
+/// Guest stack limit: deep recursion traps instead of growing.
+const MAX_WASM_STACK: usize = 512 * 1024;
+
+/// Identity of a loaded policy component (logged and shown by the API).
+#[derive(Debug, Clone)]
+pub struct PolicyMeta {
+    /// Which policy slot it fills: `admission`, `budget`, `placement`, `error_mapping`.
+    pub kind: &'static str,
+    /// Name and version the component reports about itself.
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub path: PathBuf,
+    pub loaded_at: SystemTime,
+    /// Whether the compiled code came from the precompiled cache.
+    pub cached: bool,
+    pub load_ms: u64,
+}
+
+/// The engine every policy component runs on.
+pub struct PolicyRuntime {
+    engine: Engine,
+    limits: PolicyLimits,
+    cache_dir: PathBuf,
+}
+
+/// Per-store data: resource limits and the attribution for the guest's log lines.
+pub struct PolicyState {
+    limits: StoreLimits,
+    kind: &'static str,
+}
+
+impl HostImports for PolicyState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let policy = self.kind;
+        match level {
+            LogLevel::Debug => tracing::debug!(policy, guest = true, "{message}"),
+            LogLevel::Info => tracing::info!(policy, guest = true, "{message}"),
+            LogLevel::Warn => tracing::warn!(policy, guest = true, "{message}"),
+            LogLevel::Error => tracing::error!(policy, guest = true, "{message}"),
+        }
+    }
+}
+
+impl TypesHost for PolicyState {}
+
+impl PolicyRuntime {
+    /// Builds the engine and starts the epoch ticker (a thread that lives as long as the
+    /// process; one tick per millisecond).
+    pub fn new(limits: PolicyLimits, cache_dir: PathBuf) -> Result<Arc<Self>, String> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_WASM_STACK);
+        let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
+        let ticker = engine.clone();
+        std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TICK);
+                    ticker.increment_epoch();
+                }
+            })
+            .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
+        Ok(Arc::new(Self {
+            engine,
+            limits,
+            cache_dir,
+        }))
+    }
+
+    /// Deadline of one call, in ticks (at least one).
+    pub fn deadline_ticks(&self) -> u64 {
+        (self.limits.timeout.as_millis() as u64 / TICK.as_millis() as u64).max(1)
+    }
+
+    /// A fresh store with the memory cap.
+    pub fn new_store(&self, kind: &'static str) -> Store<PolicyState> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .instances(4)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.engine, PolicyState { limits, kind });
+        store.limiter(|s| &mut s.limits);
+        store
+    }
+
+    /// A linker with the host's imports; WASI imports of the component are defined as
+    /// traps (policies get no I/O, clock or randomness), anything else refuses the load.
+    pub fn linker(
+        &self,
+        component: &Component,
+        path: &Path,
+        add_imports: impl FnOnce(&mut Linker<PolicyState>) -> wasmtime::Result<()>,
+    ) -> Result<Linker<PolicyState>, LoadError> {
+        let refuse = |message: String| LoadError::Component {
+            path: path.to_path_buf(),
+            message,
+        };
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if !(name.starts_with("wasi:") || name.starts_with("orchd:policy/")) {
+                return Err(refuse(format!(
+                    "imports {name:?}, which the host does not provide (policies may import \
+                     only orchd:policy/host)"
+                )));
+            }
+        }
+        let mut linker = Linker::new(&self.engine);
+        add_imports(&mut linker).map_err(|e| refuse(format!("linking host imports: {e:#}")))?;
+        linker
+            .define_unknown_imports_as_traps(component)
+            .map_err(|e| refuse(format!("stubbing WASI imports: {e:#}")))?;
+        Ok(linker)
+    }
+
+    /// Reads and compiles a component, through the precompiled cache.
+    pub fn compile(&self, path: &Path) -> Result<Compiled, LoadError> {
+        let started = Instant::now();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let cache_path = self.cache_path(&sha256);
+        if let Some(component) = self.load_cached(&cache_path) {
+            return Ok(Compiled {
+                component,
+                sha256,
+                cached: true,
+                load_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        let refuse = |message: String| LoadError::Component {
+            path: path.to_path_buf(),
+            message,
+        };
+        let artifact = self
+            .engine
+            .precompile_component(&bytes)
+            .map_err(|e| refuse(format!("not a valid component: {e:#}")))?;
+        if let Err(e) = write_atomically(&cache_path, &artifact) {
+            tracing::warn!(path = %cache_path.display(), error = %e, "cannot cache a compiled policy; it will be compiled again next start");
+        }
+        let component = deserialize(&self.engine, &artifact)
+            .map_err(|e| refuse(format!("loading compiled code: {e:#}")))?;
+        Ok(Compiled {
+            component,
+            sha256,
+            cached: false,
+            load_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Cache key: content hash plus the engine's compatibility hash (wasmtime version,
+    /// target and settings), so a changed engine never loads stale code.
+    fn cache_path(&self, sha256: &str) -> PathBuf {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        self.cache_dir
+            .join(format!("{sha256}-{:016x}.cwasm", h.finish()))
+    }
+
+    fn load_cached(&self, path: &Path) -> Option<Component> {
+        let bytes = std::fs::read(path).ok()?;
+        match deserialize(&self.engine, &bytes) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable precompiled policy");
+                None
+            }
+        }
+    }
+}
+
+pub struct Compiled {
+    pub component: Component,
+    pub sha256: String,
+    pub cached: bool,
+    pub load_ms: u64,
+}
+
+/// Loads precompiled code.
+///
+/// This is the host's one `unsafe` block. SAFETY: wasmtime requires the bytes to come from
+/// `Engine::precompile_component` of a compatible engine. They do: the only writer of the
+/// cache is [`PolicyRuntime::compile`], files are written atomically (never torn), and the
+/// file name carries the engine's compatibility hash; wasmtime itself re-checks the
+/// version and settings recorded in the artifact and refuses a mismatch.
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+    unsafe { Component::deserialize(engine, bytes) }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("cwasm"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,262 @@
+//! Pools and replicas: where tasks run, how many at once, and how fast they have been
+//! served (the measured rates behind every ETA and `retry_after_ms`).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::adapters::EngineClient;
+use crate::config::PoolSettings;
+use crate::queue::ClassQueues;
+use crate::task::RunTiming;
+
+/// Weight of a new measurement in the moving averages.
+const EWMA_ALPHA: f64 = 0.2;
+
+pub struct Replica {
+    pub id: String,
+    pub client: Arc<dyn EngineClient>,
+    pub engine_version: String,
+    pub slots_total: u32,
+    leases: AtomicU32,
+    healthy: AtomicBool,
+}
+
+impl Replica {
+    pub fn new(
+        id: String,
+        client: Arc<dyn EngineClient>,
+        engine_version: String,
+        slots_total: u32,
+        healthy: bool,
+    ) -> Self {
+        Self {
+            id,
+            client,
+            engine_version,
+            slots_total,
+            leases: AtomicU32::new(0),
+            healthy: AtomicBool::new(healthy),
+        }
+    }
+
+    pub fn leases(&self) -> u32 {
+        self.leases.load(Ordering::Acquire)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    fn try_lease(&self) -> bool {
+        self.leases
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.slots_total).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// Moving averages of what the pool's streams actually did.
+#[derive(Debug, Clone, Copy)]
+struct ServiceStats {
+    tokens_per_s: f64,
+    first_token_ms: f64,
+    measured: bool,
+}
+
+pub struct Pool {
+    pub id: String,
+    pub engine: String,
+    pub model_ref: String,
+    pub ctx_max: u32,
+    pub replicas: Vec<Replica>,
+    queue: Mutex<ClassQueues>,
+    /// Wakes the pool's dispatcher: a task was enqueued or a slot was freed.
+    pub wake: Notify,
+    stats: Mutex<ServiceStats>,
+}
+
+impl Pool {
+    pub fn new(settings: &PoolSettings, replicas: Vec<Replica>) -> Self {
+        Self {
+            id: settings.id.clone(),
+            engine: settings.engine.clone(),
+            model_ref: settings.model_ref.clone(),
+            ctx_max: settings.ctx_max,
+            replicas,
+            queue: Mutex::new(ClassQueues::new(settings.queue_capacity.get())),
+            wake: Notify::new(),
+            stats: Mutex::new(ServiceStats {
+                tokens_per_s: settings.nominal_tokens_per_s,
+                first_token_ms: settings.nominal_first_token_ms as f64,
+                measured: false,
+            }),
+        }
+    }
+
+    pub fn queue(&self) -> MutexGuard<'_, ClassQueues> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.replicas.iter().any(Replica::is_healthy)
+    }
+
+    pub fn slots_total(&self) -> u32 {
+        self.replicas
+            .iter()
+            .filter(|r| r.is_healthy())
+            .map(|r| r.slots_total)
+            .sum()
+    }
+
+    pub fn slots_free(&self) -> u32 {
+        self.replicas
+            .iter()
+            .filter(|r| r.is_healthy())
+            .map(|r| r.slots_total.saturating_sub(r.leases()))
+            .sum()
+    }
+
+    /// Leases a slot on the healthy replica with the most free slots.
+    pub fn lease(&self) -> Option<usize> {
+        let mut order: Vec<usize> = (0..self.replicas.len())
+            .filter(|&i| self.replicas[i].is_healthy())
+            .collect();
+        order.sort_by_key(|&i| {
+            let r = &self.replicas[i];
+            std::cmp::Reverse(r.slots_total.saturating_sub(r.leases()))
+        });
+        order.into_iter().find(|&i| self.replicas[i].try_lease())
+    }
+
+    /// Frees a slot and wakes the dispatcher.
+    pub fn release(&self, replica: usize) {
+        self.release_quiet(replica);
+        self.wake.notify_one();
+    }
+
+    /// Frees a slot the dispatcher leased but did not use.
+    pub fn release_quiet(&self, replica: usize) {
+        self.replicas[replica].leases.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn stats(&self) -> ServiceStats {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feeds a finished run into the moving averages.
+    pub fn record(&self, run: RunTiming) {
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let measured = s.measured;
+        let blend = |old: f64, new: f64| {
+            if measured {
+                old + EWMA_ALPHA * (new - old)
+            } else {
+                new
+            }
+        };
+        if let Some(ftt) = run.first_token_ms {
+            s.first_token_ms = blend(s.first_token_ms, ftt);
+        }
+        // A rate needs a span: n tokens take n-1 intervals after the first.
+        if run.tokens_out > 1 && run.decode_ms > 0.0 {
+            let tps = f64::from(run.tokens_out - 1) * 1000.0 / run.decode_ms;
+            s.tokens_per_s = blend(s.tokens_per_s, tps);
+        }
+        s.measured = true;
+    }
+
+    /// Expected time one task of `tokens` output tokens holds a slot, in ms.
+    pub fn service_ms(&self, tokens: u32) -> u64 {
+        let s = self.stats();
+        (s.first_token_ms + f64::from(tokens) * 1000.0 / s.tokens_per_s).ceil() as u64
+    }
+
+    /// When a task with `ahead` tasks before it can expect to start, in ms: the waves of
+    /// work ahead of it beyond the free slots, at the measured service time.
+    pub fn predicted_start_ms(&self, ahead: u32, tokens: u32) -> u64 {
+        let free = self.slots_free();
+        if ahead < free {
+            return 0;
+        }
+        let slots = self.slots_total().max(1);
+        let waves = u64::from((ahead + 1 - free).div_ceil(slots));
+        waves * self.service_ms(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::{EngineFailure, EngineHealth, EngineJob, EngineProps, JobSpec};
+    use std::num::NonZeroU32;
+
+    struct NoEngine;
+
+    impl EngineClient for NoEngine {
+        fn health(&self) -> Result<EngineHealth, EngineFailure> {
+            unreachable!("not used by these tests")
+        }
+        fn props(&self) -> Result<EngineProps, EngineFailure> {
+            unreachable!("not used by these tests")
+        }
+        fn submit(
+            &self,
+            _: JobSpec,
+            _: tokio::sync::mpsc::Sender<crate::adapters::EngineEvent>,
+        ) -> Result<Box<dyn EngineJob>, EngineFailure> {
+            unreachable!("not used by these tests")
+        }
+    }
+
+    fn pool(slots: &[u32]) -> Pool {
+        let settings = PoolSettings {
+            id: "p".into(),
+            engine: "mock".into(),
+            adapter: "mock".into(),
+            model_ref: "m".into(),
+            ctx_max: 100,
+            queue_capacity: NonZeroU32::new(8).unwrap(),
+            nominal_tokens_per_s: 100.0,
+            nominal_first_token_ms: 50,
+            replicas: Vec::new(),
+        };
+        let replicas = slots
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Replica::new(format!("r{i}"), Arc::new(NoEngine), "v".into(), n, true))
+            .collect();
+        Pool::new(&settings, replicas)
+    }
+
+    #[test]
+    fn leases_go_to_the_least_loaded_replica_and_stop_at_capacity() {
+        let p = pool(&[1, 2]);
+        assert_eq!(p.lease(), Some(1), "r1 has the most free slots");
+        assert_eq!(p.lease(), Some(0), "tie: first replica");
+        assert_eq!(p.lease(), Some(1));
+        assert_eq!(p.lease(), None);
+        assert_eq!(p.slots_free(), 0);
+        p.release(0);
+        assert_eq!(p.slots_free(), 1);
+        assert_eq!(p.lease(), Some(0));
+    }
+
+    #[test]
+    fn estimates_start_nominal_then_follow_measurements() {
+        let p = pool(&[2]);
+        assert_eq!(p.service_ms(100), 50 + 1000);
+        assert_eq!(p.predicted_start_ms(1, 100), 0, "a free slot remains");
+        assert_eq!(p.predicted_start_ms(2, 100), 1050);
+        assert_eq!(p.predicted_start_ms(4, 100), 2 * 1050);
+        p.record(RunTiming {
+            first_token_ms: Some(10.0),
+            decode_ms: 99.0,
+            tokens_out: 100,
+        });
+        assert_eq!(p.service_ms(100), 10 + 100);
+    }
+}

@@ -1,0 +1,55 @@
+//! The default admission policy (POLICIES.md): two classes, interactive ahead of batch.
+//!
+//! While the pool's queue has room, a request is accepted into its own class. When it is
+//! full, the configured `mode` decides:
+//! - `reject`: the request gets `ADMISSION_REJECT`;
+//! - `drop-lru`: the least recently enqueued task of the lowest class is evicted to make
+//!   room (an interactive request may evict an interactive task only when no batch task is
+//!   queued; a batch request never evicts interactive work); with nothing to evict the
+//!   request gets `QUEUE_FULL_DROP_LRU`.
+//!
+//! `retry-after-ms` is derived from the snapshot: the work queued ahead of the request,
+//! spread over the pool's slots, at the measured service time per task, clamped.
+
+mod decide;
+
+use std::cell::RefCell;
+
+wit_bindgen::generate!({
+    world: "admission-policy",
+    path: "../../wit",
+});
+
+use exports::orchd::policy::admission::{Decision, Guest as AdmissionGuest, Snapshot};
+
+
+pub use decide::{Config, Mode};
+
+thread_local! {
+    static CONFIG: RefCell<Config> = RefCell::new(Config::default());
+}
+
+struct Policy;
+
+impl Guest for Policy {
+    fn info() -> PolicyInfo {
+        PolicyInfo {
+            name: env!("CARGO_PKG_NAME").to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    fn init(config: String) -> Result<(), String> {
+        let config = Config::parse(&config)?;
+        CONFIG.with(|c| *c.borrow_mut() = config);
+        Ok(())
+    }
+}
+
+impl AdmissionGuest for Policy {
+    fn decide(snapshot: Snapshot) -> Decision {
+        CONFIG.with(|c| decide::decide(&c.borrow(), &snapshot))
+    }
+}
+
+export!(Policy);
