@@ -178,7 +178,7 @@ pub(super) fn parse(text: &str) -> Result<FileConfig, String> {
         let message = e.message().trim().replace('\n', " ");
         match e.span() {
             Some(span) => {
-                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                 format!("line {line}: {message}")
             }
             None => message,

@@ -93,13 +93,14 @@ pub fn decide(config: &Config, snapshot: &Snapshot) -> Decision {
 
 /// The least recently enqueued task of the lowest class the request may displace.
 fn lru_victim(queue: &QueueSnapshot, class: Priority) -> Option<&QueuedEntry> {
+    // Entries come oldest first; on equal ages (same millisecond) the earlier entry wins.
     let oldest_of = |p: Priority| {
         queue
             .classes
             .iter()
             .filter(|c| c.priority == p)
             .flat_map(|c| c.oldest.iter())
-            .max_by_key(|e| e.age_ms)
+            .reduce(|best, e| if e.age_ms > best.age_ms { e } else { best })
     };
     match class {
         Priority::Batch => oldest_of(Priority::Batch),
@@ -188,6 +189,8 @@ mod tests {
     fn decisions() {
         use Priority::{Batch as B, Interactive as I};
         let full = [entry("i1", I, 50), entry("b1", B, 10), entry("b2", B, 40)];
+        let same_ms = [entry("b1", B, 7), entry("b2", B, 7)];
+        check(Mode::DropLru, I, 2, &same_ms, "evict b1 Interactive");
         check(Mode::Reject, I, 4, &full, "accept Interactive");
         check(Mode::Reject, B, 3, &full, "reject ADMISSION_REJECT reject 600");
         check(Mode::Reject, I, 3, &full, "reject ADMISSION_REJECT reject 300");

@@ -1,0 +1,99 @@
+//! Adapter libraries: a mismatched ABI or a non-library is refused with one log line; the
+//! mock's injected faults become the right error frames and the daemon keeps serving.
+
+use orchd_testkit::{
+    DaemonBuilder, config, default_admission, dist_dir, fixtures_dir, mock_pool, task,
+};
+use serde_json::json;
+
+#[tokio::test]
+async fn libraries_built_against_another_abi_or_not_libraries_are_refused() {
+    let b = DaemonBuilder::new(config(
+        &default_admission("reject"),
+        8,
+        &[mock_pool("p", "slots = 1")],
+    ));
+    let dir = b.scratch().join("adapters");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(dist_dir().join("adapters/mock.so"), dir.join("mock.so")).unwrap();
+    std::fs::copy(
+        fixtures_dir().join("adapters/abi-mismatch.so"),
+        dir.join("old-vendor.so"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("truncated.so"), b"\x7fELF not really").unwrap();
+    let d = b.adapters_dir(&dir).start();
+
+    let refused = d.log_events(
+        "adapter refused: ABI version mismatch: expected 0.1.0 (compatible), found 0.0.1",
+    );
+    assert_eq!(refused.len(), 1, "{:#?}", d.logs());
+    let line = &refused[0];
+    assert!(line["path"].as_str().unwrap().ends_with("old-vendor.so"));
+    assert_eq!(line["expected_abi_version"], "0.1.0");
+    assert_eq!(line["level"], "ERROR");
+    let all_refused: Vec<_> = d
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("adapter refused") && l.contains("truncated.so"))
+        .collect();
+    assert_eq!(all_refused.len(), 1, "the non-library is refused too");
+    assert_eq!(d.log_events("adapter loaded").len(), 1);
+
+    let id = d.submit_ok(&task("p", json!({}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+}
+
+#[tokio::test]
+async fn engine_faults_become_error_frames_and_the_daemon_keeps_serving() {
+    let mut pools = vec![mock_pool("ok", "slots = 1")];
+    for (id, fault) in [
+        (
+            "midstream",
+            "failure = \"error_mid_stream\", fail_after_tokens = 2",
+        ),
+        ("early", "failure = \"error_before_first_token\""),
+        ("rejects", "failure = \"reject_submit\""),
+        ("panics", "failure = \"panic_on_submit\""),
+        (
+            "dies",
+            "failure = \"panic_mid_stream\", fail_after_tokens = 1",
+        ),
+        ("stalls", "failure = \"stall\", fail_after_tokens = 1"),
+    ] {
+        pools.push(mock_pool(id, fault));
+    }
+    let cfg = format!(
+        "[stream]\ndecode_idle_timeout_ms = 300\n\n{}",
+        config(&default_admission("reject"), 8, &pools)
+    );
+    let d = DaemonBuilder::new(cfg).start();
+    for (pool, code, tokens) in [
+        ("midstream", "WORKER_RESET", 2),
+        ("early", "WORKER_RESET", 0),
+        ("rejects", "WORKER_RESET", 0),
+        ("panics", "WORKER_RESET", 0),
+        ("dies", "WORKER_RESET", 1),
+        ("stalls", "DECODE_TIMEOUT", 1),
+    ] {
+        let id = d.submit_ok(&task(pool, json!({"max_tokens": 20}))).await;
+        let frames = d.stream(&id).await;
+        let last = frames.last().unwrap();
+        assert_eq!(last.event, "error", "{pool}: {frames:?}");
+        assert_eq!(last.data["code"], code, "{pool}: {}", last.data);
+        assert_eq!(last.data["engine"], "mock");
+        assert_eq!(last.data["pool_id"], pool);
+        assert!(last.data["correlation_id"].is_string());
+        let n = frames.iter().filter(|f| f.event == "token").count();
+        assert_eq!(n, tokens, "{pool}");
+        let (_, status) = d.get_json(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(status["state"], "failed");
+
+        let ok = d.submit_ok(&task("ok", json!({}))).await;
+        assert_eq!(
+            d.stream(&ok).await.last().unwrap().event,
+            "end",
+            "serving after {pool}"
+        );
+    }
+}

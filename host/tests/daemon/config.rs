@@ -1,0 +1,59 @@
+//! Bad configuration exits 64 with one line naming the problem.
+
+use orchd_testkit::{DaemonBuilder, config, default_admission, mock_pool};
+
+fn check(builder: DaemonBuilder, needle: &str) {
+    let (code, stderr, _) = builder.run_to_exit();
+    assert_eq!(code, 64, "{stderr}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {stderr:?}");
+}
+
+fn good() -> String {
+    config(
+        &default_admission("reject"),
+        8,
+        &[mock_pool("p", "slots = 1")],
+    )
+}
+
+#[test]
+fn bad_configs_exit_64_with_one_line() {
+    check(
+        DaemonBuilder::new(format!("{}\n[server]\nport = 1\n", good())),
+        "unknown field `port`",
+    );
+    check(
+        DaemonBuilder::new(good().replace("adapter = \"mock\"", "adapter = \"nope\"")),
+        "adapter \"nope\"",
+    );
+    check(
+        DaemonBuilder::new(config(
+            &default_admission("lottery"),
+            8,
+            &[mock_pool("p", "")],
+        )),
+        "init rejected its config",
+    );
+    check(
+        DaemonBuilder::new(good().replace("slots = 1", "slots = 0")),
+        "slots must be at least 1",
+    );
+    check(
+        DaemonBuilder::new(format!("[server]\naddr = \"nowhere\"\n{}", good())),
+        "line 2: invalid socket address",
+    );
+    check(
+        DaemonBuilder::new(good()).arg("--log").arg("orchd=[[["),
+        "ORCHD_LOG",
+    );
+    check(
+        DaemonBuilder::new(good()).arg("--frobnicate"),
+        "--frobnicate",
+    );
+    check(
+        DaemonBuilder::new(good()).policies_dir("/nonexistent"),
+        "/nonexistent/admission-default.wasm",
+    );
+}

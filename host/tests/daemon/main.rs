@@ -1,0 +1,9 @@
+//! Integration tests: the real `orchestratord` from `target/dist`, driven over HTTP.
+//! One test binary (modules by area) so the daemon's dependencies link once.
+
+mod adapters;
+mod admission;
+mod cancel;
+mod config;
+mod policy_faults;
+mod tasks;

@@ -1,0 +1,359 @@
+//! Test harness for integration and BDD tests: starts the real `orchestratord` from
+//! `target/dist` on a free port, reads its JSON log, and speaks HTTP and SSE to it.
+//!
+//! `cargo xtask test` builds dist and fixtures first and points `ORCHD_DIST` and
+//! `ORCHD_FIXTURES` at them.
+
+mod sse;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub use sse::{SseFrame, SseReader};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the workspace")
+        .to_path_buf()
+}
+
+fn dir_from_env(var: &str, default: &str, hint: &str) -> PathBuf {
+    let dir = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(default));
+    assert!(
+        dir.is_dir(),
+        "{} does not exist: {hint} (or set {var})",
+        dir.display()
+    );
+    dir
+}
+
+/// The dist tree built by `cargo xtask dist`.
+pub fn dist_dir() -> PathBuf {
+    dir_from_env("ORCHD_DIST", "target/dist", "run `cargo xtask dist` first")
+}
+
+/// Test fixtures built by `cargo xtask fixtures`.
+pub fn fixtures_dir() -> PathBuf {
+    dir_from_env(
+        "ORCHD_FIXTURES",
+        "target/fixtures",
+        "run `cargo xtask fixtures` first",
+    )
+}
+
+pub fn binary() -> PathBuf {
+    dist_dir().join("bin/orchestratord")
+}
+
+/// A pool on the mock adapter, as TOML. `mock_config` is the replica's inline table body.
+pub fn mock_pool(id: &str, mock_config: &str) -> String {
+    format!(
+        r#"
+[[pools]]
+id = "{id}"
+engine = "mock"
+adapter = "mock"
+model_ref = "{id}-model"
+ctx_max = 4096
+nominal_tokens_per_s = 200.0
+nominal_first_token_ms = 20
+
+[[pools.replicas]]
+id = "{id}-0"
+config = {{ {mock_config} }}
+"#
+    )
+}
+
+/// A config with the given admission section body and pools.
+pub fn config(admission: &str, queue_capacity: u32, pools: &[String]) -> String {
+    format!(
+        "[queue]\ncapacity = {queue_capacity}\n\n[policies.admission]\n{admission}\n{}",
+        pools.concat()
+    )
+}
+
+/// The default admission policy in `mode`.
+pub fn default_admission(mode: &str) -> String {
+    format!("component = \"admission-default.wasm\"\nconfig = {{ mode = \"{mode}\" }}\n")
+}
+
+/// A valid task body for `pool` (model `<pool>-model`), with `extra` fields merged in.
+pub fn task(pool: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "session_id": "s1",
+        "workload": "completion",
+        "model_ref": format!("{pool}-model"),
+        "engine": "mock",
+        "ctx": 64,
+        "priority": "interactive",
+        "prompt": "tell me about queues",
+        "max_tokens": 8,
+        "deadline_ms": 600000,
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+/// How to start a daemon.
+pub struct DaemonBuilder {
+    config: String,
+    policies_dir: PathBuf,
+    adapters_dir: PathBuf,
+    extra_args: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl DaemonBuilder {
+    pub fn new(config: impl Into<String>) -> Self {
+        let dist = dist_dir();
+        Self {
+            config: config.into(),
+            policies_dir: dist.join("policies"),
+            adapters_dir: dist.join("adapters"),
+            extra_args: Vec::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// A scratch directory that lives as long as the daemon.
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn policies_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.policies_dir = dir.into();
+        self
+    }
+
+    pub fn adapters_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.adapters_dir = dir.into();
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    fn command(&self) -> Command {
+        let config_path = self.dir.path().join("orchd.toml");
+        std::fs::write(&config_path, &self.config).expect("write config");
+        let mut cmd = Command::new(binary());
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("--addr")
+            .arg("127.0.0.1:0")
+            .arg("--adapters-dir")
+            .arg(&self.adapters_dir)
+            .arg("--policies-dir")
+            .arg(&self.policies_dir)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(&self.extra_args)
+            .env_remove("ORCHD_ADDR")
+            .env_remove("ORCHD_CONFIG");
+        cmd
+    }
+
+    /// Runs the daemon expecting it to exit; returns (exit code, stderr, stdout).
+    pub fn run_to_exit(self) -> (i32, String, String) {
+        let out = self
+            .command()
+            .stdin(Stdio::null())
+            .output()
+            .expect("run orchestratord");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Starts the daemon and waits until it logs the address it listens on.
+    pub fn start(self) -> Daemon {
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn orchestratord");
+        let logs = Arc::new(Mutex::new(Vec::<String>::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && v["message"] == "listening"
+                        && let Some(addr) = v["addr"].as_str()
+                    {
+                        let _ = tx.send(addr.to_owned());
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "orchestratord did not start; log:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Daemon {
+            child,
+            base: format!("http://{addr}"),
+            logs,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("http client"),
+            _dir: self.dir,
+        }
+    }
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    child: Child,
+    base: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Log lines (parsed) whose `message` is `message`.
+    pub fn log_events(&self, message: &str) -> Vec<Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub async fn submit(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/tasks"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/tasks")
+    }
+
+    /// Submits and expects 202; returns the task id.
+    pub async fn submit_ok(&self, body: &Value) -> String {
+        let resp = self.submit(body).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status.as_u16(), 202, "expected 202, got {status}: {text}");
+        let v: Value = serde_json::from_str(&text).expect("202 body is JSON");
+        v["task_id"].as_str().expect("task_id").to_owned()
+    }
+
+    pub async fn open_stream(&self, task_id: &str) -> SseReader {
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/tasks/{task_id}/stream")))
+            .send()
+            .await
+            .expect("GET stream");
+        assert_eq!(resp.status().as_u16(), 200, "stream of {task_id}");
+        SseReader::new(resp)
+    }
+
+    /// The whole stream of a task, until the server closes it (at most 30 s).
+    pub async fn stream(&self, task_id: &str) -> Vec<SseFrame> {
+        let mut reader = self.open_stream(task_id).await;
+        let mut frames = Vec::new();
+        let read = async {
+            while let Some(f) = reader.next_frame().await {
+                frames.push(f);
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .is_err()
+        {
+            panic!("stream of {task_id} did not end within 30 s");
+        }
+        frames
+    }
+
+    pub async fn cancel(&self, task_id: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/v1/tasks/{task_id}/cancel")))
+            .send()
+            .await
+            .expect("POST cancel")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
