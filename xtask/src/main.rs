@@ -155,7 +155,7 @@ fn test() -> Result<()> {
             .arg(root.join("plugins/Cargo.toml"))
             .arg("--target-dir")
             .arg(root.join("target/plugins-native"))
-            .args(["-p", "admission-default"]),
+            .args(["-p", "admission-default", "--lib"]),
     )?;
     eprintln!(
         "all tests passed in {:.1}s",

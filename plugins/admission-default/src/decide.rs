@@ -176,10 +176,17 @@ mod tests {
         Config { mode, ..Config::default() }
     }
 
+    fn name(p: Priority) -> &'static str {
+        match p {
+            Priority::Interactive => "Interactive",
+            Priority::Batch => "Batch",
+        }
+    }
+
     fn check(mode: Mode, class: Priority, capacity: u32, queued: &[QueuedEntry], expected: &str) {
         let got = match decide(&cfg(mode), &snapshot(class, capacity, queued)) {
-            Decision::Accept(p) => format!("accept {p:?}"),
-            Decision::AcceptEvicting(e) => format!("evict {} {:?}", e.evict, e.class),
+            Decision::Accept(p) => format!("accept {}", name(p)),
+            Decision::AcceptEvicting(e) => format!("evict {} {}", e.evict, name(e.class)),
             Decision::Reject(r) => format!("reject {} {} {}", r.code, r.policy_label, r.retry_after_ms),
         };
         assert_eq!(got, expected);

@@ -1,1 +1,0 @@
-//! Cucumber world and steps live in `tests/bdd.rs`; this crate has no library code.
