@@ -380,7 +380,7 @@ pub fn admit(
                 .engine(&pool.engine)
                 .pool(&pool.id)
                 .retry_after_ms(pool.service_ms(tokens));
-                let mut envelope = frame.envelope;
+                let mut envelope = *frame.envelope;
                 envelope.correlation_id = Some(evicted.task.spec.correlation_id.clone());
                 evicted.task.fail(envelope);
                 tracing::info!(task_id = %victim, by = %task_id, pool_id = %pool.id, "task evicted (drop-lru)");

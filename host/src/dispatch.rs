@@ -57,7 +57,7 @@ pub async fn cancel_job(task_id: &str, job: Arc<dyn EngineJob>) {
 }
 
 fn fail(task: &Task, err: ApiError) -> Option<Arc<dyn EngineJob>> {
-    let mut envelope = err.envelope;
+    let mut envelope = *err.envelope;
     envelope.correlation_id = Some(task.spec.correlation_id.clone());
     tracing::warn!(task_id = %task.id, code = %envelope.code, error = %envelope.message, "task failed");
     task.fail(envelope).flatten()

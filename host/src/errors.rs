@@ -57,14 +57,15 @@ pub fn retry_after_secs(ms: u64) -> u64 {
 /// An error answer: the envelope plus, rarely, a status outside the code table.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub envelope: ErrorEnvelope,
+    /// Boxed: errors travel through many `Result`s and should stay one pointer wide.
+    pub envelope: Box<ErrorEnvelope>,
     status: StatusCode,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            envelope: ErrorEnvelope {
+            envelope: Box::new(ErrorEnvelope {
                 code,
                 message: message.into(),
                 engine: None,
@@ -73,7 +74,7 @@ impl ApiError {
                 retry_after_ms: None,
                 policy_label: None,
                 correlation_id: None,
-            },
+            }),
             status: status_of(code),
         }
     }
@@ -81,7 +82,7 @@ impl ApiError {
     pub fn from_envelope(envelope: ErrorEnvelope) -> Self {
         Self {
             status: status_of(envelope.code),
-            envelope,
+            envelope: Box::new(envelope),
         }
     }
 
@@ -151,7 +152,7 @@ impl IntoResponse for ApiError {
             headers.insert("x-backoff-ms", HeaderValue::from(ms));
         }
         // The correlation middleware fills `correlation_id` and re-renders the body.
-        response.extensions_mut().insert(self.envelope);
+        response.extensions_mut().insert(*self.envelope);
         response
     }
 }

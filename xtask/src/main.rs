@@ -4,6 +4,7 @@
 //! - `run`   = dist, then starts the daemon on its embedded default (extra args are passed on)
 //! - `test`  = dist and test fixtures, then every test (unit, integration, BDD, policies)
 //! - `fixtures` builds the test fixtures into `target/fixtures/`
+//! - `lint`  clippy, warnings denied, on the workspace and the policy components
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -164,6 +165,38 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+/// Clippy with warnings denied, on the workspace and on the policy components.
+fn lint() -> Result<()> {
+    let root = root();
+    run(
+        "clippy (workspace)",
+        cargo().args([
+            "clippy",
+            "--release",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "clippy (policy components)",
+        cargo()
+            .args([
+                "clippy",
+                "--release",
+                "--target",
+                WASM_TARGET,
+                "--manifest-path",
+            ])
+            .arg(root.join("plugins/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(root.join("target/wasm"))
+            .args(["--", "-D", "warnings"]),
+    )
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
@@ -181,8 +214,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("test") => test(),
+        Some("lint") => lint(),
         _ => {
-            eprintln!("usage: cargo xtask <dist|run|test|fixtures> [args]");
+            eprintln!("usage: cargo xtask <dist|run|test|fixtures|lint> [args]");
             std::process::exit(2);
         }
     }

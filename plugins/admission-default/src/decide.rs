@@ -104,7 +104,9 @@ fn lru_victim(queue: &QueueSnapshot, class: Priority) -> Option<&QueuedEntry> {
     };
     match class {
         Priority::Batch => oldest_of(Priority::Batch),
-        Priority::Interactive => oldest_of(Priority::Batch).or_else(|| oldest_of(Priority::Interactive)),
+        Priority::Interactive => {
+            oldest_of(Priority::Batch).or_else(|| oldest_of(Priority::Interactive))
+        }
     }
 }
 
@@ -130,16 +132,25 @@ mod tests {
     use crate::orchd::policy::types::{BudgetLeft, ClassSnapshot};
 
     fn entry(id: &str, priority: Priority, age_ms: u64) -> QueuedEntry {
-        QueuedEntry { task_id: id.into(), priority, age_ms }
+        QueuedEntry {
+            task_id: id.into(),
+            priority,
+            age_ms,
+        }
     }
 
     fn snapshot(class: Priority, capacity: u32, queued: &[QueuedEntry]) -> Snapshot {
         let classes = [Priority::Interactive, Priority::Batch]
             .into_iter()
             .map(|p| {
-                let mut oldest: Vec<_> = queued.iter().filter(|e| e.priority == p).cloned().collect();
+                let mut oldest: Vec<_> =
+                    queued.iter().filter(|e| e.priority == p).cloned().collect();
                 oldest.sort_by_key(|e| std::cmp::Reverse(e.age_ms));
-                ClassSnapshot { priority: p, depth: oldest.len() as u32, oldest }
+                ClassSnapshot {
+                    priority: p,
+                    depth: oldest.len() as u32,
+                    oldest,
+                }
             })
             .collect();
         Snapshot {
@@ -167,13 +178,20 @@ mod tests {
             },
             session: SessionInfo {
                 turns: 0,
-                budget: BudgetLeft { tokens: None, time_ms: None, cost: None },
+                budget: BudgetLeft {
+                    tokens: None,
+                    time_ms: None,
+                    cost: None,
+                },
             },
         }
     }
 
     fn cfg(mode: Mode) -> Config {
-        Config { mode, ..Config::default() }
+        Config {
+            mode,
+            ..Config::default()
+        }
     }
 
     fn name(p: Priority) -> &'static str {
@@ -187,7 +205,9 @@ mod tests {
         let got = match decide(&cfg(mode), &snapshot(class, capacity, queued)) {
             Decision::Accept(p) => format!("accept {}", name(p)),
             Decision::AcceptEvicting(e) => format!("evict {} {}", e.evict, name(e.class)),
-            Decision::Reject(r) => format!("reject {} {} {}", r.code, r.policy_label, r.retry_after_ms),
+            Decision::Reject(r) => {
+                format!("reject {} {} {}", r.code, r.policy_label, r.retry_after_ms)
+            }
         };
         assert_eq!(got, expected);
     }
@@ -199,19 +219,46 @@ mod tests {
         let same_ms = [entry("b1", B, 7), entry("b2", B, 7)];
         check(Mode::DropLru, I, 2, &same_ms, "evict b1 Interactive");
         check(Mode::Reject, I, 4, &full, "accept Interactive");
-        check(Mode::Reject, B, 3, &full, "reject ADMISSION_REJECT reject 600");
-        check(Mode::Reject, I, 3, &full, "reject ADMISSION_REJECT reject 300");
+        check(
+            Mode::Reject,
+            B,
+            3,
+            &full,
+            "reject ADMISSION_REJECT reject 600",
+        );
+        check(
+            Mode::Reject,
+            I,
+            3,
+            &full,
+            "reject ADMISSION_REJECT reject 300",
+        );
         check(Mode::DropLru, I, 3, &full, "evict b2 Interactive");
         check(Mode::DropLru, B, 3, &full, "evict b2 Batch");
         let only_interactive = [entry("i1", I, 50), entry("i2", I, 70)];
-        check(Mode::DropLru, I, 2, &only_interactive, "evict i2 Interactive");
-        check(Mode::DropLru, B, 2, &only_interactive, "reject QUEUE_FULL_DROP_LRU drop-lru 300");
+        check(
+            Mode::DropLru,
+            I,
+            2,
+            &only_interactive,
+            "evict i2 Interactive",
+        );
+        check(
+            Mode::DropLru,
+            B,
+            2,
+            &only_interactive,
+            "reject QUEUE_FULL_DROP_LRU drop-lru 300",
+        );
     }
 
     #[test]
     fn config_is_validated() {
         assert_eq!(Config::parse("").unwrap().mode, Mode::Reject);
-        assert_eq!(Config::parse(r#"{"mode":"drop-lru"}"#).unwrap().mode, Mode::DropLru);
+        assert_eq!(
+            Config::parse(r#"{"mode":"drop-lru"}"#).unwrap().mode,
+            Mode::DropLru
+        );
         assert!(Config::parse(r#"{"mode":"lottery"}"#).is_err());
         assert!(Config::parse(r#"{"mood":"reject"}"#).is_err());
         assert!(Config::parse(r#"{"min_retry_after_ms":5,"max_retry_after_ms":1}"#).is_err());

@@ -22,7 +22,6 @@ wit_bindgen::generate!({
 
 use exports::orchd::policy::admission::{Decision, Guest as AdmissionGuest, Snapshot};
 
-
 pub use decide::{Config, Mode};
 
 thread_local! {
