@@ -25,6 +25,14 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory (honours `CARGO_TARGET_DIR`).
+fn target() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => root().join("target"),
+    }
+}
+
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root());
@@ -67,7 +75,7 @@ fn build_wasm(packages: &[&str]) -> Result<()> {
     ])
     .arg(root().join("plugins/Cargo.toml"))
     .arg("--target-dir")
-    .arg(root().join("target/wasm"));
+    .arg(target().join("wasm"));
     for p in packages {
         cmd.args(["-p", p]);
     }
@@ -75,8 +83,8 @@ fn build_wasm(packages: &[&str]) -> Result<()> {
 }
 
 fn wasm_out(lib: &str) -> PathBuf {
-    root()
-        .join("target/wasm")
+    target()
+        .join("wasm")
         .join(WASM_TARGET)
         .join("release")
         .join(format!("{lib}.wasm"))
@@ -96,8 +104,8 @@ fn dist() -> Result<PathBuf> {
         ]),
     )?;
     build_wasm(&["admission-default"])?;
-    let dist = root.join("target/dist");
-    let release = root.join("target/release");
+    let dist = target().join("dist");
+    let release = target().join("release");
     install(
         &release.join("orchestratord"),
         &dist.join("bin/orchestratord"),
@@ -119,15 +127,14 @@ fn dist() -> Result<PathBuf> {
 }
 
 fn fixtures() -> Result<()> {
-    let root = root();
     run(
         "build fixture adapters",
         cargo().args(["build", "--release", "-p", "orchd-fixture-abi-mismatch"]),
     )?;
     build_wasm(&["admission-faulty"])?;
-    let out = root.join("target/fixtures");
+    let out = target().join("fixtures");
     install(
-        &root.join("target/release/liborchd_fixture_abi_mismatch.so"),
+        &target().join("release/liborchd_fixture_abi_mismatch.so"),
         &out.join("adapters/abi-mismatch.so"),
     )?;
     install(
@@ -147,7 +154,7 @@ fn test() -> Result<()> {
         cargo()
             .args(["test", "--release", "--workspace", "--exclude", "xtask"])
             .env("ORCHD_DIST", &dist)
-            .env("ORCHD_FIXTURES", root.join("target/fixtures")),
+            .env("ORCHD_FIXTURES", target().join("fixtures")),
     )?;
     run(
         "policy component unit tests (native)",
@@ -155,7 +162,7 @@ fn test() -> Result<()> {
             .args(["test", "--release", "--manifest-path"])
             .arg(root.join("plugins/Cargo.toml"))
             .arg("--target-dir")
-            .arg(root.join("target/plugins-native"))
+            .arg(target().join("plugins-native"))
             .args(["-p", "admission-default", "--lib"]),
     )?;
     eprintln!(
@@ -192,7 +199,7 @@ fn lint() -> Result<()> {
             ])
             .arg(root.join("plugins/Cargo.toml"))
             .arg("--target-dir")
-            .arg(root.join("target/wasm"))
+            .arg(target().join("wasm"))
             .args(["--", "-D", "warnings"]),
     )
 }
