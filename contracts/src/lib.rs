@@ -4,10 +4,12 @@
 //! Both the daemon and its tests use these types.
 
 pub mod error;
+pub mod policies;
 pub mod stream;
 pub mod task;
 
 pub use error::{ErrorCode, ErrorEnvelope};
+pub use policies::{PoliciesResponse, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult};
 pub use stream::{EndFrame, MetricsFrame, StartedFrame, TokenFrame};
 pub use task::{
     Determinism, KvHint, PlacementMode, PlacementRequest, Priority, TaskAccepted, TaskRequest,

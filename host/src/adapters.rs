@@ -93,6 +93,8 @@ pub enum FailureKind {
     Protocol,
     Panic,
     Internal,
+    /// Detected by the host: the engine went silent mid-task.
+    Stall,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

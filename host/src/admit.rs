@@ -3,20 +3,21 @@
 //! passed; a rejected request leaves no state.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use orchd_contracts::{
     ErrorCode, PlacementMode, Priority, TaskAccepted, TaskRequest, TaskStreams, Workload,
 };
 
 use crate::adapters::JobSpec;
+use crate::budget::{Headroom, Reservation};
 use crate::config::valid_id;
+use crate::decisions::{JobFacts, now_ms, policy_failed, wit_priority};
 use crate::errors::ApiError;
-use crate::policy::admission::{
-    AdmissionRequest, BudgetLeft, ClassSnapshot, QueueSnapshot, QueuedEntry, SessionInfo,
-    WitPriority,
+use crate::policy::MAX_RETRY_AFTER_MS;
+use crate::policy::bindings::{
+    BudgetLeft, ClassSnapshot, QueueSnapshot, QueuedEntry, WitPriority, admission, budget,
 };
-use crate::policy::{FailureKind, PolicyFailure, admission};
 use crate::pool::Pool;
 use crate::queue::ClassQueues;
 use crate::state::AppState;
@@ -24,8 +25,6 @@ use crate::task::{Task, TaskSpec};
 
 /// Oldest entries per class shown to the admission policy.
 const SNAPSHOT_OLDEST: usize = 8;
-/// Longest `retry_after_ms` a policy may ask for.
-const MAX_RETRY_AFTER_MS: u64 = 3_600_000;
 
 fn validate(req: &TaskRequest) -> Result<(), ApiError> {
     if let Some(id) = &req.task_id
@@ -75,9 +74,9 @@ fn validate(req: &TaskRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The pool a request goes to. Placement proper is a policy; until it is loaded this is
-/// the documented fallback: pin / avoid filters, then feasibility, then least loaded.
-fn choose_pool<'a>(state: &'a AppState, req: &TaskRequest) -> Result<&'a Arc<Pool>, ApiError> {
+/// The pools serving the request's engine and model (routing), after request validation:
+/// an unknown engine, an unknown pin target or a context no candidate can hold is a 400.
+fn candidates<'a>(state: &'a AppState, req: &TaskRequest) -> Result<Vec<&'a Arc<Pool>>, ApiError> {
     if !state.adapters.serves_engine(&req.engine) {
         let known: Vec<_> = state.adapters.names().collect();
         return Err(ApiError::invalid(
@@ -88,10 +87,10 @@ fn choose_pool<'a>(state: &'a AppState, req: &TaskRequest) -> Result<&'a Arc<Poo
             ),
         ));
     }
-    let placement = req.placement.clone().unwrap_or_default();
-    if let Some(pin) = &placement.pin_pool_id
-        && placement.mode == PlacementMode::Pin
-        && !state.pools.iter().any(|p| &p.id == pin)
+    if let Some(p) = &req.placement
+        && p.mode == PlacementMode::Pin
+        && let Some(pin) = &p.pin_pool_id
+        && !state.pools.iter().any(|pool| &pool.id == pin)
     {
         return Err(ApiError::invalid(
             "placement.pin_pool_id",
@@ -102,10 +101,6 @@ fn choose_pool<'a>(state: &'a AppState, req: &TaskRequest) -> Result<&'a Arc<Poo
         .pools
         .iter()
         .filter(|p| p.engine == req.engine && p.model_ref == req.model_ref)
-        .filter(|p| {
-            placement.mode != PlacementMode::Pin || placement.pin_pool_id.as_ref() == Some(&p.id)
-        })
-        .filter(|p| !placement.avoid_pools.contains(&p.id))
         .collect();
     if candidates.is_empty() {
         return Err(ApiError::new(
@@ -118,42 +113,14 @@ fn choose_pool<'a>(state: &'a AppState, req: &TaskRequest) -> Result<&'a Arc<Poo
         .engine(&req.engine)
         .retry_after_ms(1000));
     }
-    let fits: Vec<&Arc<Pool>> = candidates
-        .iter()
-        .copied()
-        .filter(|p| req.ctx <= p.ctx_max)
-        .collect();
-    if fits.is_empty() {
-        let max = candidates.iter().map(|p| p.ctx_max).max().unwrap_or(0);
+    let max_ctx = candidates.iter().map(|p| p.ctx_max).max().unwrap_or(0);
+    if req.ctx > max_ctx {
         return Err(ApiError::invalid(
             "ctx",
-            format!("{} exceeds the model limit {max}", req.ctx),
+            format!("{} exceeds the model limit {max_ctx}", req.ctx),
         ));
     }
-    let ready: Vec<&Arc<Pool>> = fits.iter().copied().filter(|p| p.is_ready()).collect();
-    let Some(first) = ready.first() else {
-        return Err(ApiError::new(
-            ErrorCode::PoolUnready,
-            format!("pool {} is not ready", fits[0].id),
-        )
-        .engine(&req.engine)
-        .pool(&fits[0].id)
-        .retry_after_ms(1000));
-    };
-    let load = |p: &Pool| i64::from(p.queue().depth()) - i64::from(p.slots_free());
-    let preferred = |p: &Pool| placement.prefer_pools.contains(&p.id);
-    Ok(ready
-        .iter()
-        .copied()
-        .min_by_key(|p| (!preferred(p), load(p)))
-        .unwrap_or(first))
-}
-
-fn wit_priority(p: Priority) -> WitPriority {
-    match p {
-        Priority::Interactive => WitPriority::Interactive,
-        Priority::Batch => WitPriority::Batch,
-    }
+    Ok(candidates)
 }
 
 fn host_priority(p: WitPriority) -> Priority {
@@ -163,20 +130,13 @@ fn host_priority(p: WitPriority) -> Priority {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn snapshot(
     pool: &Pool,
     queue: &ClassQueues,
     task_id: &str,
     req: &TaskRequest,
     now: Instant,
-) -> admission::AdmissionSnapshot {
+) -> admission::Snapshot {
     let classes = [Priority::Interactive, Priority::Batch]
         .into_iter()
         .map(|p| ClassSnapshot {
@@ -192,9 +152,9 @@ fn snapshot(
                 .collect(),
         })
         .collect();
-    admission::AdmissionSnapshot {
+    admission::Snapshot {
         now_ms: now_ms(),
-        request: AdmissionRequest {
+        request: admission::Request {
             task_id: task_id.to_owned(),
             session_id: req.session_id.clone(),
             tenant: "open".to_owned(),
@@ -215,7 +175,7 @@ fn snapshot(
             slots_free: pool.slots_free(),
             service_ms: pool.service_ms(req.expected_tokens.unwrap_or(req.max_tokens)),
         },
-        session: SessionInfo {
+        session: admission::SessionInfo {
             turns: 0,
             budget: BudgetLeft {
                 tokens: None,
@@ -233,33 +193,24 @@ enum Admission {
     Reject(ApiError),
 }
 
-fn invalid(message: String) -> PolicyFailure {
-    PolicyFailure {
-        policy: "admission",
-        kind: FailureKind::Invalid,
-        message,
-    }
-}
-
 /// The host validates every output: no accepting into a full queue, no evicting a task
 /// that is not queued, only backpressure codes, bounded retry hints.
 fn validate_decision(
-    decision: admission::AdmissionDecision,
+    decision: admission::Decision,
     queue: &ClassQueues,
-) -> Result<Admission, PolicyFailure> {
-    use admission::AdmissionDecision as D;
+) -> Result<Admission, String> {
+    use admission::Decision as D;
     match decision {
-        D::Accept(class) if queue.is_full() => Err(invalid(format!(
+        D::Accept(class) if queue.is_full() => Err(format!(
             "accepted a {:?} task into a full queue ({}/{})",
             class,
             queue.depth(),
             queue.capacity()
-        ))),
+        )),
         D::Accept(class) => Ok(Admission::Accept(host_priority(class))),
-        D::AcceptEvicting(e) if !queue.contains(&e.evict) => Err(invalid(format!(
-            "asked to evict {:?}, which is not queued",
-            e.evict
-        ))),
+        D::AcceptEvicting(e) if !queue.contains(&e.evict) => {
+            Err(format!("asked to evict {:?}, which is not queued", e.evict))
+        }
         D::AcceptEvicting(e) => Ok(Admission::Evict {
             victim: e.evict,
             class: host_priority(e.class),
@@ -268,19 +219,16 @@ fn validate_decision(
             let code = ErrorCode::parse(&r.code)
                 .filter(|c| matches!(c, ErrorCode::AdmissionReject | ErrorCode::QueueFullDropLru))
                 .ok_or_else(|| {
-                    invalid(format!(
-                        "rejected with code {:?}, not a backpressure code",
-                        r.code
-                    ))
+                    format!("rejected with code {:?}, not a backpressure code", r.code)
                 })?;
             if r.retry_after_ms > MAX_RETRY_AFTER_MS {
-                return Err(invalid(format!(
+                return Err(format!(
                     "retry-after-ms {} is out of range",
                     r.retry_after_ms
-                )));
+                ));
             }
             if r.policy_label.is_empty() || r.policy_label.len() > 64 || r.message.len() > 1024 {
-                return Err(invalid("policy-label or message out of bounds".to_owned()));
+                return Err("policy-label or message out of bounds".to_owned());
             }
             Ok(Admission::Reject(
                 ApiError::new(code, r.message)
@@ -298,12 +246,33 @@ fn derived_seed(task_id: &str) -> u64 {
     })
 }
 
-/// Admits a task or says why not.
+/// Prompt tokens before the engine counts them: about one per 4 bytes.
+fn estimate_tokens(prompt: &str) -> u32 {
+    u32::try_from(prompt.len().div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// A 202 and what the budget headers say.
+pub struct Admitted {
+    pub accepted: TaskAccepted,
+    pub headroom: Headroom,
+}
+
+fn unlimited() -> BudgetLeft {
+    BudgetLeft {
+        tokens: None,
+        time_ms: None,
+        cost: None,
+    }
+}
+
+/// Admits a task or says why not. Order: schema → budget reservation → placement (which
+/// pool's queue) → deadline feasibility → admission policy on that queue → enqueue. A
+/// refusal after the reservation returns it: a rejected request leaves no state.
 pub fn admit(
     state: &AppState,
     req: TaskRequest,
     correlation_id: &str,
-) -> Result<TaskAccepted, ApiError> {
+) -> Result<Admitted, ApiError> {
     validate(&req)?;
     let task_id = req
         .task_id
@@ -315,14 +284,76 @@ pub fn admit(
             format!("task {task_id:?} already exists"),
         ));
     }
-    let pool = choose_pool(state, &req)?;
+    let candidates = candidates(state, &req)?;
+    let prompt = req.prompt.clone().unwrap_or_default();
+    let tokens_in_estimate = estimate_tokens(&prompt);
+    let tenant = "open";
+    let (reservation, headroom) = state.decisions.reserve(
+        budget::ReserveRequest {
+            now_ms: now_ms(),
+            task_id: task_id.clone(),
+            tenant: tenant.to_owned(),
+            session_id: req.session_id.clone(),
+            priority: wit_priority(req.priority),
+            engine: req.engine.clone(),
+            model_ref: req.model_ref.clone(),
+            prompt_tokens_estimate: tokens_in_estimate,
+            max_tokens: req.max_tokens,
+            deadline_ms: req.deadline_ms,
+            key_left: unlimited(),
+            session_left: unlimited(),
+        },
+        tenant,
+        &req.session_id,
+    )?;
+    let facts = Facts {
+        task_id: &task_id,
+        correlation_id,
+        tokens_in_estimate,
+        prompt,
+    };
+    match enqueue(state, &req, facts, &candidates, &reservation) {
+        Ok(accepted) => Ok(Admitted { accepted, headroom }),
+        Err(err) => {
+            state.decisions.ledger.refund(&reservation);
+            Err(err)
+        }
+    }
+}
+
+struct Facts<'a> {
+    task_id: &'a str,
+    correlation_id: &'a str,
+    tokens_in_estimate: u32,
+    prompt: String,
+}
+
+fn enqueue(
+    state: &AppState,
+    req: &TaskRequest,
+    facts: Facts<'_>,
+    candidates: &[&Arc<Pool>],
+    reservation: &Reservation,
+) -> Result<TaskAccepted, ApiError> {
+    let task_id = facts.task_id;
+    let placement_req = req.placement.clone().unwrap_or_default();
+    let job = JobFacts {
+        task_id,
+        session_id: &req.session_id,
+        engine: &req.engine,
+        model_ref: &req.model_ref,
+        ctx: req.ctx,
+        priority: req.priority,
+        placement: &placement_req,
+    };
+    let pool = state.decisions.place_at_admission(&job, candidates)?;
     let tokens = req
         .expected_tokens
         .unwrap_or(req.max_tokens)
         .min(req.max_tokens);
     let seed = match req.seed {
         Some(s) => s as u64,
-        None => derived_seed(&task_id),
+        None => derived_seed(task_id),
     };
 
     let now = Instant::now();
@@ -343,21 +374,14 @@ pub fn admit(
         .engine(&req.engine));
     }
 
-    let snapshot = snapshot(pool, &queue, &task_id, &req, now);
-    let policy = state.admission.load();
-    let decision = policy
-        .decide(&snapshot)
-        .and_then(|d| validate_decision(d, &queue))
-        .map_err(|failure| {
-            let meta = policy.meta();
-            tracing::error!(
-                policy = meta.kind, name = %meta.name, version = %meta.version,
-                sha256 = %meta.sha256, kind = failure.kind.as_str(), error = %failure.message,
-                task_id = %task_id, pool_id = %pool.id,
-                "policy call failed; request refused (fail closed)"
-            );
-            ApiError::policy_unavailable(&failure)
-        })?;
+    let snapshot = snapshot(pool, &queue, task_id, req, now);
+    let decision = state
+        .decisions
+        .policies
+        .admission
+        .get()
+        .decide(&snapshot, |d| validate_decision(d, &queue))
+        .map_err(|failure| policy_failed(&failure))?;
     let class = match decision {
         Admission::Accept(class) => class,
         Admission::Reject(err) => {
@@ -383,33 +407,41 @@ pub fn admit(
                 let mut envelope = *frame.envelope;
                 envelope.correlation_id = Some(evicted.task.spec.correlation_id.clone());
                 evicted.task.fail(envelope);
+                state.decisions.settle(&evicted.task);
                 tracing::info!(task_id = %victim, by = %task_id, pool_id = %pool.id, "task evicted (drop-lru)");
             }
             class
         }
     };
 
-    let task = Arc::new(Task::new(
-        task_id.clone(),
-        TaskSpec {
-            session_id: req.session_id.clone(),
-            priority: req.priority,
-            pool_id: pool.id.clone(),
-            engine: req.engine.clone(),
-            correlation_id: correlation_id.to_owned(),
-            job: JobSpec {
-                task_id: task_id.clone(),
-                model: req.model_ref.clone(),
-                prompt: req.prompt.clone().unwrap_or_default(),
-                max_tokens: req.max_tokens,
-                seed,
-                params_json: String::new(),
+    let task = Arc::new(
+        Task::new(
+            task_id.to_owned(),
+            TaskSpec {
+                session_id: req.session_id.clone(),
+                priority: req.priority,
+                ctx: req.ctx,
+                placement: placement_req.clone(),
+                tokens_in_estimate: facts.tokens_in_estimate,
+                pool_id: pool.id.clone(),
+                engine: req.engine.clone(),
+                correlation_id: facts.correlation_id.to_owned(),
+                job: JobSpec {
+                    task_id: task_id.to_owned(),
+                    model: req.model_ref.clone(),
+                    prompt: facts.prompt,
+                    max_tokens: req.max_tokens,
+                    seed,
+                    params_json: String::new(),
+                },
+                queue_position: queue.depth_of(class),
+                predicted_start_ms,
             },
-            queue_position: queue.depth_of(class),
-            predicted_start_ms,
-        },
-    ));
+        )
+        .hold(reservation.clone()),
+    );
     if !state.tasks.insert(Arc::clone(&task)) {
+        task.take_reservation();
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!("task {task_id:?} already exists"),
@@ -427,7 +459,7 @@ pub fn admit(
         streams: TaskStreams {
             sse: format!("/v1/tasks/{task_id}/stream"),
         },
-        task_id,
+        task_id: task_id.to_owned(),
         queue_position,
         predicted_start_ms,
         backoff_ms: predicted_start_ms,

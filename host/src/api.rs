@@ -2,6 +2,7 @@
 
 mod extract;
 mod middleware;
+mod policies;
 mod tasks;
 
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/tasks/{id}", get(tasks::status))
         .route("/v1/tasks/{id}/stream", get(tasks::stream))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/policies", get(policies::list))
+        .route("/v1/policies/reload", post(policies::reload))
+        .route("/metrics", get(policies::metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

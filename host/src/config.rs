@@ -74,7 +74,8 @@ pub struct Settings {
     pub keep_alive: Duration,
     pub decode_idle_timeout: Duration,
     pub policy_limits: PolicyLimits,
-    pub admission: PolicySettings,
+    pub policies: PolicySettingsSet,
+    pub budgets: BudgetSettings,
     pub pools: Vec<PoolSettings>,
     /// Where the settings came from, for the startup log.
     pub origin: String,
@@ -92,6 +93,44 @@ pub struct PolicySettings {
     pub component: PathBuf,
     /// The policy's own configuration as JSON text, handed to its `init`.
     pub config_json: String,
+    /// What the host does when the policy fails (placement only; the others are fixed by
+    /// POLICIES.md: admission and budget fail closed, error mapping falls back).
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The request fails with `POLICY_UNAVAILABLE`.
+    #[default]
+    Fail,
+    /// The host's least-loaded choice, counted in `policy_fallbacks_total`.
+    Fallback,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicySettingsSet {
+    pub admission: PolicySettings,
+    pub budget: PolicySettings,
+    pub placement: PolicySettings,
+    pub error_mapping: PolicySettings,
+}
+
+/// A budget: `None` = unlimited in that dimension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetLimits {
+    pub tokens: Option<u64>,
+    pub time_ms: Option<u64>,
+    pub cost: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BudgetSettings {
+    /// Budget of each API key (of the open-mode tenant when no keys are configured).
+    pub per_key: BudgetLimits,
+    /// Budget of each session.
+    pub per_session: BudgetLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +149,8 @@ pub struct PoolSettings {
 #[derive(Debug, Clone)]
 pub struct ReplicaSettings {
     pub id: String,
+    /// Devices the replica runs on (comma-separated ids), for placement's device mask.
+    pub device_mask: Option<String>,
     /// The adapter's configuration as JSON text, handed to its constructor.
     pub adapter_config_json: String,
 }

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orchd_contracts::ErrorCode;
 use tokio::sync::mpsc;
 
-use crate::adapters::{EngineEvent, EngineJob};
-use crate::errors::{self, ApiError};
+use crate::adapters::{EngineEvent, EngineFailure, EngineJob, FailureKind, FailurePhase};
+use crate::decisions::Decisions;
+use crate::errors::ApiError;
 use crate::pool::Pool;
 use crate::task::Task;
 
@@ -25,21 +25,53 @@ pub struct DispatchConfig {
     pub decode_idle_timeout: Duration,
 }
 
-/// Runs the pool's dispatcher until the process ends.
-pub fn spawn_dispatcher(pool: Arc<Pool>, config: DispatchConfig) {
+/// Runs the pool's dispatcher until the process ends: while the head of the queue has a
+/// replica (placement, dispatch stage), lease it and run the task.
+pub fn spawn_dispatcher(pool: Arc<Pool>, decisions: Arc<Decisions>, config: DispatchConfig) {
     tokio::spawn(async move {
         loop {
             let woken = pool.wake.notified();
-            while let Some(replica) = pool.lease() {
-                let Some(queued) = pool.queue().pop() else {
-                    pool.release_quiet(replica);
-                    break;
-                };
-                tokio::spawn(run(Arc::clone(&pool), replica, queued.task, config));
+            while let Some((replica, task)) = next(&pool, &decisions) {
+                tokio::spawn(run(
+                    Arc::clone(&pool),
+                    Arc::clone(&decisions),
+                    replica,
+                    task,
+                    config,
+                ));
             }
             woken.await;
         }
     });
+}
+
+/// The next task to run and the replica leased for it, if any can start now.
+fn next(pool: &Pool, decisions: &Decisions) -> Option<(usize, Arc<Task>)> {
+    loop {
+        let mut queue = pool.queue();
+        let head = Arc::clone(&queue.peek()?.task);
+        if pool.slots_free() == 0 {
+            return None;
+        }
+        match decisions.place_at_dispatch(pool, &head, queue.depth()) {
+            Ok(Some(replica)) if pool.try_lease(replica) => {
+                let popped = queue
+                    .pop()
+                    .expect("the head is still queued under the lock");
+                debug_assert!(Arc::ptr_eq(&popped.task, &head));
+                return Some((replica, popped.task));
+            }
+            Ok(Some(_taken)) => return None, // raced with a release; the wake comes again
+            Ok(None) => return None,
+            Err(err) => {
+                // Placement is broken and may not fall back: the task cannot run.
+                queue.pop();
+                drop(queue);
+                fail(&head, err);
+                decisions.settle(&head);
+            }
+        }
+    }
 }
 
 /// Cancels an engine job off the async workers (it is a blocking FFI call).
@@ -63,17 +95,32 @@ fn fail(task: &Task, err: ApiError) -> Option<Arc<dyn EngineJob>> {
     task.fail(envelope).flatten()
 }
 
-async fn run(pool: Arc<Pool>, replica_idx: usize, task: Arc<Task>, config: DispatchConfig) {
+async fn run(
+    pool: Arc<Pool>,
+    decisions: Arc<Decisions>,
+    replica_idx: usize,
+    task: Arc<Task>,
+    config: DispatchConfig,
+) {
     let replica = &pool.replicas[replica_idx];
     if task.start(&replica.id, &replica.engine_version) {
+        pool.remember_affinity(&task.spec.session_id, replica_idx);
         tracing::info!(task_id = %task.id, pool_id = %pool.id, replica_id = %replica.id, "task started");
-        relay(&pool, replica_idx, &task, config).await;
+        relay(&pool, &decisions, replica_idx, &task, config).await;
     }
+    decisions.settle(&task);
     pool.release(replica_idx);
 }
 
-async fn relay(pool: &Pool, replica_idx: usize, task: &Arc<Task>, config: DispatchConfig) {
+async fn relay(
+    pool: &Pool,
+    decisions: &Decisions,
+    replica_idx: usize,
+    task: &Arc<Task>,
+    config: DispatchConfig,
+) {
     let replica = &pool.replicas[replica_idx];
+    let map = |f: &EngineFailure| decisions.map_failure(f, &pool.engine, &pool.id, 1);
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
     let client = Arc::clone(&replica.client);
     let spec = task.spec.job.clone();
@@ -81,10 +128,7 @@ async fn relay(pool: &Pool, replica_idx: usize, task: &Arc<Task>, config: Dispat
         match tokio::task::spawn_blocking(move || client.submit(spec, tx)).await {
             Ok(Ok(job)) => Arc::from(job),
             Ok(Err(failure)) => {
-                fail(
-                    task,
-                    errors::engine_failure(&failure, &pool.engine, &pool.id),
-                );
+                fail(task, map(&failure));
                 return;
             }
             Err(join) => {
@@ -101,20 +145,25 @@ async fn relay(pool: &Pool, replica_idx: usize, task: &Arc<Task>, config: Dispat
         return;
     }
     let mut last_metrics: Option<Instant> = None;
+    let mut streamed = false;
     loop {
+        let phase = if streamed {
+            FailurePhase::MidStream
+        } else {
+            FailurePhase::BeforeFirstToken
+        };
         let event = match tokio::time::timeout(config.decode_idle_timeout, rx.recv()).await {
             Ok(event) => event,
             Err(_elapsed) => {
-                let err = ApiError::new(
-                    ErrorCode::DecodeTimeout,
+                let stall = EngineFailure::new(
+                    FailureKind::Stall,
+                    phase,
                     format!(
-                        "engine produced nothing for {} ms",
+                        "produced nothing for {} ms",
                         config.decode_idle_timeout.as_millis()
                     ),
-                )
-                .engine(&pool.engine)
-                .pool(&pool.id);
-                if let Some(job) = fail(task, err) {
+                );
+                if let Some(job) = fail(task, map(&stall)) {
                     cancel_job(&task.id, job).await;
                 }
                 return;
@@ -123,16 +172,17 @@ async fn relay(pool: &Pool, replica_idx: usize, task: &Arc<Task>, config: Dispat
         match event {
             Some(EngineEvent::Started { .. }) => {}
             Some(EngineEvent::Token(text)) => {
+                streamed = true;
                 if !task.push_token(text) {
                     return; // ended by cancel; whoever ended it canceled the job
                 }
                 if last_metrics.is_none_or(|t| t.elapsed() >= METRICS_EVERY) {
                     last_metrics = Some(Instant::now());
-                    task.push_metrics(pool.queue().depth());
+                    task.push_metrics(pool.queue_depth());
                 }
             }
             Some(EngineEvent::End { tokens_in, .. }) => {
-                task.push_metrics(pool.queue().depth());
+                task.push_metrics(pool.queue_depth());
                 if let Some(timing) = task.succeed(tokens_in) {
                     pool.record(timing);
                     tracing::info!(task_id = %task.id, tokens_out = timing.tokens_out, "task succeeded");
@@ -140,22 +190,18 @@ async fn relay(pool: &Pool, replica_idx: usize, task: &Arc<Task>, config: Dispat
                 return;
             }
             Some(EngineEvent::Error(failure)) => {
-                fail(
-                    task,
-                    errors::engine_failure(&failure, &pool.engine, &pool.id),
-                );
+                fail(task, map(&failure));
                 return;
             }
             None => {
                 // The adapter dropped the sink without a terminal event: the engine died.
                 if !task.state().is_terminal() {
-                    let err = ApiError::new(
-                        ErrorCode::WorkerReset,
-                        format!("engine on replica {} stopped mid-task", replica.id),
-                    )
-                    .engine(&pool.engine)
-                    .pool(&pool.id);
-                    fail(task, err);
+                    let reset = EngineFailure::new(
+                        FailureKind::Transport,
+                        phase,
+                        format!("replica {} stopped mid-task", replica.id),
+                    );
+                    fail(task, map(&reset));
                 }
                 return;
             }

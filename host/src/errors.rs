@@ -163,7 +163,7 @@ pub fn engine_failure(failure: &EngineFailure, engine: &str, pool_id: &str) -> A
     use ErrorCode::*;
     let code = match failure.kind {
         FailureKind::Transport | FailureKind::Protocol | FailureKind::Panic => WorkerReset,
-        FailureKind::Timeout => DecodeTimeout,
+        FailureKind::Timeout | FailureKind::Stall => DecodeTimeout,
         FailureKind::InvalidRequest => InvalidParams,
         FailureKind::Upstream => match failure.upstream_status {
             Some(400..=422) => InvalidParams,

@@ -1,16 +1,19 @@
 //! orchestratord: the daemon that sits in front of LLM inference engines.
 //!
-//! The host runs queue, dispatch and streaming natively; admission (and, later, budget,
-//! placement and error mapping) are WebAssembly policy components ([`policy`]); engines
+//! The host runs queue, dispatch and streaming natively; admission, budget, placement and
+//! error mapping are WebAssembly policy components ([`policy`]); engines
 //! are reached through adapter libraries loaded over a stable ABI ([`adapters`]).
 //! See `ARCHITECTURE.md` for the codemap.
 
 pub mod adapters;
 pub mod admit;
 pub mod api;
+pub mod budget;
 pub mod config;
+pub mod decisions;
 pub mod dispatch;
 pub mod errors;
+pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod queue;

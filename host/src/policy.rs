@@ -1,19 +1,33 @@
 //! Policy components: WebAssembly components behind the WIT interfaces of `wit/`, run by
-//! wasmtime under an epoch deadline and a memory cap.
+//! wasmtime under an epoch deadline, a memory cap and a stack limit.
 //!
 //! - [`bindings`] holds the generated code, behind a wall;
-//! - [`runtime`] is the shared engine, its epoch ticker, and compilation with a
-//!   precompiled-artifact cache;
-//! - [`admission`] is the admission policy host.
+//! - [`runtime`] is the shared engine, its epoch ticker, compilation with a
+//!   precompiled-artifact cache, and the sandbox (limits, imports);
+//! - [`component`] is one loaded version of any policy, generic over its world;
+//! - [`worlds`] describes the four worlds and validates their outputs;
+//! - [`set`] holds the version in force of each, and hot reload;
+//! - [`watch`] triggers reloads when the policy directory changes.
 //!
 //! Two error channels: a policy's "no" is a value it returns; a trap, a timeout or an
 //! invalid output is a [`PolicyFailure`], and the instance that produced it is discarded.
 
-pub mod admission;
-mod bindings;
+pub mod bindings;
+mod component;
 mod runtime;
+mod set;
+pub mod watch;
+mod worlds;
 
+pub use component::{CallStats, Loaded};
+
+/// The trait every policy world implements (for code generic over slots).
+pub mod component_world {
+    pub use super::component::World;
+}
 pub use runtime::{PolicyMeta, PolicyRuntime};
+pub use set::{PolicySet, Refusal, ReloadOutcome, Slot};
+pub use worlds::{Admission, Budget, ErrorMapping, MAX_RETRY_AFTER_MS, Placement};
 
 /// How a policy call failed (never a policy's own "no").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

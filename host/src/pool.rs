@@ -1,6 +1,7 @@
 //! Pools and replicas: where tasks run, how many at once, and how fast they have been
 //! served (the measured rates behind every ETA and `retry_after_ms`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -16,6 +17,8 @@ const EWMA_ALPHA: f64 = 0.2;
 
 pub struct Replica {
     pub id: String,
+    /// Devices this replica runs on (comma-separated ids), for placement.
+    pub device_mask: Option<String>,
     pub client: Arc<dyn EngineClient>,
     pub engine_version: String,
     pub slots_total: u32,
@@ -33,6 +36,7 @@ impl Replica {
     ) -> Self {
         Self {
             id,
+            device_mask: None,
             client,
             engine_version,
             slots_total,
@@ -47,6 +51,11 @@ impl Replica {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn with_device_mask(mut self, mask: Option<String>) -> Self {
+        self.device_mask = mask;
+        self
     }
 
     fn try_lease(&self) -> bool {
@@ -76,7 +85,12 @@ pub struct Pool {
     /// Wakes the pool's dispatcher: a task was enqueued or a slot was freed.
     pub wake: Notify,
     stats: Mutex<ServiceStats>,
+    /// Which replica each session last ran on (bounded), for session affinity.
+    affinity: Mutex<HashMap<String, usize>>,
 }
+
+/// Sessions remembered for affinity per pool; the map is cleared when it is full.
+const AFFINITY_CAP: usize = 65_536;
 
 impl Pool {
     pub fn new(settings: &PoolSettings, replicas: Vec<Replica>) -> Self {
@@ -88,6 +102,7 @@ impl Pool {
             replicas,
             queue: Mutex::new(ClassQueues::new(settings.queue_capacity.get())),
             wake: Notify::new(),
+            affinity: Mutex::new(HashMap::new()),
             stats: Mutex::new(ServiceStats {
                 tokens_per_s: settings.nominal_tokens_per_s,
                 first_token_ms: settings.nominal_first_token_ms as f64,
@@ -120,8 +135,53 @@ impl Pool {
             .sum()
     }
 
+    pub fn queue_depth(&self) -> u32 {
+        self.queue().depth()
+    }
+
+    /// Work per slot: queued and running tasks over healthy slots.
+    pub fn load(&self) -> f64 {
+        let busy: u32 = self.replicas.iter().map(Replica::leases).sum();
+        f64::from(self.queue_depth() + busy) / f64::from(self.slots_total().max(1))
+    }
+
+    /// Measured (or nominal) tokens/s and first-token ms.
+    pub fn rates(&self) -> (f64, u64) {
+        let s = self.stats();
+        (s.tokens_per_s, s.first_token_ms.round() as u64)
+    }
+
+    pub fn affinity(&self, session: &str) -> Option<usize> {
+        self.affinity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+            .copied()
+    }
+
+    pub fn remember_affinity(&self, session: &str, replica: usize) {
+        let mut map = self.affinity.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= AFFINITY_CAP && !map.contains_key(session) {
+            map.clear();
+        }
+        map.insert(session.to_owned(), replica);
+    }
+
+    /// Leases a slot on replica `idx` if it is healthy and has one free.
+    pub fn try_lease(&self, idx: usize) -> bool {
+        self.replicas
+            .get(idx)
+            .is_some_and(|r| r.is_healthy() && r.try_lease())
+    }
+
+    /// The host's own choice (the documented placement fallback): a slot on the healthy
+    /// replica with the most free slots.
+    pub fn least_loaded_free(&self) -> Option<usize> {
+        self.lease_least_loaded()
+    }
+
     /// Leases a slot on the healthy replica with the most free slots.
-    pub fn lease(&self) -> Option<usize> {
+    fn lease_least_loaded(&self) -> Option<usize> {
         let mut order: Vec<usize> = (0..self.replicas.len())
             .filter(|&i| self.replicas[i].is_healthy())
             .collect();
@@ -235,14 +295,23 @@ mod tests {
     #[test]
     fn leases_go_to_the_least_loaded_replica_and_stop_at_capacity() {
         let p = pool(&[1, 2]);
-        assert_eq!(p.lease(), Some(1), "r1 has the most free slots");
-        assert_eq!(p.lease(), Some(0), "tie: first replica");
-        assert_eq!(p.lease(), Some(1));
-        assert_eq!(p.lease(), None);
+        assert_eq!(p.least_loaded_free(), Some(1), "r1 has the most free slots");
+        assert_eq!(p.least_loaded_free(), Some(0), "tie: first replica");
+        assert_eq!(p.least_loaded_free(), Some(1));
+        assert_eq!(p.least_loaded_free(), None);
         assert_eq!(p.slots_free(), 0);
+        assert!(!p.try_lease(0));
         p.release(0);
         assert_eq!(p.slots_free(), 1);
-        assert_eq!(p.lease(), Some(0));
+        assert!(p.try_lease(0));
+    }
+
+    #[test]
+    fn affinity_is_remembered_per_session() {
+        let p = pool(&[1, 1]);
+        assert_eq!(p.affinity("s"), None);
+        p.remember_affinity("s", 1);
+        assert_eq!(p.affinity("s"), Some(1));
     }
 
     #[test]

@@ -73,6 +73,11 @@ impl ClassQueues {
         (q.len() - 1) as u32
     }
 
+    /// The task that dispatches next, without removing it.
+    pub fn peek(&self) -> Option<&Queued> {
+        self.classes.iter().find_map(VecDeque::front)
+    }
+
     /// The next task to dispatch: interactive first.
     pub fn pop(&mut self) -> Option<Queued> {
         self.classes.iter_mut().find_map(VecDeque::pop_front)

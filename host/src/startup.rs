@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::adapters::{AdapterRegistry, LoadOutcome};
+use crate::budget::Ledger;
 use crate::config::{EXIT_CONFIG, Settings};
+use crate::decisions::Decisions;
 use crate::dispatch::{self, DispatchConfig};
-use crate::policy::PolicyRuntime;
-use crate::policy::admission::AdmissionPolicy;
+use crate::policy::{PolicyRuntime, PolicySet, watch};
 use crate::pool::{Pool, Replica};
 use crate::state::AppState;
 
@@ -58,22 +59,11 @@ fn load_adapters(settings: &Settings) -> Result<AdapterRegistry, StartupError> {
     Ok(registry)
 }
 
-fn load_admission(settings: &Settings) -> Result<AdmissionPolicy, StartupError> {
+fn load_policies(settings: &Settings) -> Result<PolicySet, StartupError> {
     let runtime = PolicyRuntime::new(settings.policy_limits, settings.cache_dir.clone())
         .map_err(StartupError::Runtime)?;
-    let policy = AdmissionPolicy::load(
-        &runtime,
-        &settings.admission.component,
-        &settings.admission.config_json,
-    )
-    .map_err(|e| StartupError::Config(format!("admission policy refused: {e}")))?;
-    let meta = policy.meta();
-    tracing::info!(
-        policy = meta.kind, name = %meta.name, version = %meta.version, sha256 = %meta.sha256,
-        path = %meta.path.display(), cached = meta.cached, load_ms = meta.load_ms,
-        "policy loaded"
-    );
-    Ok(policy)
+    PolicySet::load(runtime, &settings.policies)
+        .map_err(|e| StartupError::Config(format!("policy refused: {e}")))
 }
 
 fn build_pools(
@@ -119,7 +109,10 @@ fn build_pools(
                 pool_id = %ps.id, replica_id = %rs.id, engine = %ps.engine, engine_version = %version,
                 slots, ready = healthy, "replica configured"
             );
-            replicas.push(Replica::new(rs.id.clone(), client, version, slots, healthy));
+            replicas.push(
+                Replica::new(rs.id.clone(), client, version, slots, healthy)
+                    .with_device_mask(rs.device_mask.clone()),
+            );
         }
         pools.push(Arc::new(Pool::new(ps, replicas)));
     }
@@ -130,14 +123,25 @@ fn build_pools(
 /// Must run inside the tokio runtime.
 pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     let adapters = load_adapters(&settings)?;
-    let admission = load_admission(&settings)?;
+    let policies = Arc::new(load_policies(&settings)?);
     let pools = build_pools(&settings, &adapters)?;
     let config = DispatchConfig {
         decode_idle_timeout: settings.decode_idle_timeout,
     };
-    let state = Arc::new(AppState::new(settings, adapters, admission, pools));
+    let decisions = Arc::new(Decisions {
+        policies: Arc::clone(&policies),
+        ledger: Ledger::new(settings.budgets),
+    });
+    let watcher = watch::spawn(policies, &settings.policies_dir).map_err(StartupError::Runtime)?;
+    let state = Arc::new(AppState::new(
+        settings,
+        adapters,
+        Arc::clone(&decisions),
+        pools,
+    ));
+    state.keep_watcher(watcher);
     for pool in &state.pools {
-        dispatch::spawn_dispatcher(Arc::clone(pool), config);
+        dispatch::spawn_dispatcher(Arc::clone(pool), Arc::clone(&decisions), config);
     }
     let sweeper = Arc::downgrade(&state);
     tokio::spawn(async move {

@@ -3,40 +3,46 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwap;
-
 use crate::adapters::AdapterRegistry;
 use crate::config::Settings;
+use crate::decisions::Decisions;
 use crate::dispatch;
-use crate::policy::admission::AdmissionPolicy;
+use crate::policy::watch::Watcher;
 use crate::pool::Pool;
 use crate::task::{Task, Tasks};
 
 pub struct AppState {
     pub settings: Settings,
     pub adapters: AdapterRegistry,
-    /// The admission policy in force; swapped whole, in-flight calls keep their version.
-    pub admission: ArcSwap<AdmissionPolicy>,
+    /// The policies in force (each swapped whole on reload) and the budget ledger.
+    pub decisions: Arc<Decisions>,
     pub pools: Vec<Arc<Pool>>,
     pub tasks: Tasks,
     shutting_down: AtomicBool,
+    watcher: std::sync::Mutex<Option<Watcher>>,
 }
 
 impl AppState {
     pub fn new(
         settings: Settings,
         adapters: AdapterRegistry,
-        admission: AdmissionPolicy,
+        decisions: Arc<Decisions>,
         pools: Vec<Arc<Pool>>,
     ) -> Self {
         Self {
             settings,
             adapters,
-            admission: ArcSwap::from_pointee(admission),
+            decisions,
             pools,
             tasks: Tasks::default(),
             shutting_down: AtomicBool::new(false),
+            watcher: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Keeps the policy directory watcher alive as long as the state.
+    pub fn keep_watcher(&self, watcher: Watcher) {
+        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
     }
 
     pub fn pool(&self, id: &str) -> Option<&Arc<Pool>> {
@@ -69,6 +75,8 @@ impl AppState {
                 if let Some(job) = job {
                     dispatch::cancel_job(&task.id, job).await;
                 }
+                // Settled for what it produced; a running task's later settle is a no-op.
+                self.decisions.settle(task);
                 true
             }
         }

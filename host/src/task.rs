@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use orchd_contracts::{
-    EndFrame, ErrorEnvelope, MetricsFrame, Priority, StartedFrame, TaskState, TaskStatus,
-    TokenFrame,
+    EndFrame, ErrorEnvelope, MetricsFrame, PlacementRequest, Priority, StartedFrame, TaskState,
+    TaskStatus, TokenFrame,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::adapters::{EngineJob, JobSpec};
+use crate::budget::Reservation;
 
 /// One SSE frame: `id: seq`, `event: name`, `data: json`.
 #[derive(Debug, Clone)]
@@ -27,6 +28,10 @@ pub struct Frame {
 pub struct TaskSpec {
     pub session_id: String,
     pub priority: Priority,
+    pub ctx: u32,
+    pub placement: PlacementRequest,
+    /// Prompt tokens as estimated at admission (until the engine reports its count).
+    pub tokens_in_estimate: u32,
     pub pool_id: String,
     pub engine: String,
     pub correlation_id: String,
@@ -41,6 +46,15 @@ pub struct Task {
     pub admitted_at: Instant,
     inner: Mutex<Inner>,
     changed: Notify,
+    reservation: Mutex<Option<Reservation>>,
+}
+
+/// What a task consumed, for settling its budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub tokens_in: u32,
+    pub tokens_out: u32,
+    pub time_ms: u64,
 }
 
 struct Inner {
@@ -53,6 +67,7 @@ struct Inner {
     dispatched_at: Option<Instant>,
     first_token_at: Option<Instant>,
     finished_at: Option<Instant>,
+    tokens_in: Option<u32>,
 }
 
 /// Timing of a finished run, for the pool's service-rate estimates.
@@ -79,8 +94,38 @@ impl Task {
                 dispatched_at: None,
                 first_token_at: None,
                 finished_at: None,
+                tokens_in: None,
             }),
             changed: Notify::new(),
+            reservation: Mutex::new(None),
+        }
+    }
+
+    /// Attaches the budget reservation the task holds until it settles.
+    pub fn hold(self, reservation: Reservation) -> Self {
+        *self.reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(reservation);
+        self
+    }
+
+    /// The reservation, once: whoever takes it settles it.
+    pub fn take_reservation(&self) -> Option<Reservation> {
+        self.reservation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    pub fn usage(&self) -> Usage {
+        let inner = self.lock();
+        let time_ms = match (inner.dispatched_at, inner.finished_at) {
+            (Some(d), Some(f)) => f.duration_since(d).as_millis() as u64,
+            (Some(d), None) => d.elapsed().as_millis() as u64,
+            _ => 0,
+        };
+        Usage {
+            tokens_in: inner.tokens_in.unwrap_or(self.spec.tokens_in_estimate),
+            tokens_out: inner.tokens_out,
+            time_ms,
         }
     }
 
@@ -188,6 +233,7 @@ impl Task {
             return None;
         }
         let frame = Self::end_frame(&inner, tokens_in, false);
+        inner.tokens_in = Some(tokens_in);
         inner.state = TaskState::Succeeded;
         inner.finished_at = Some(Instant::now());
         inner.job = None;
@@ -329,6 +375,9 @@ pub(crate) mod tests {
             TaskSpec {
                 session_id: "s".into(),
                 priority: Priority::Interactive,
+                ctx: 0,
+                placement: PlacementRequest::default(),
+                tokens_in_estimate: 1,
                 pool_id: "p".into(),
                 engine: "mock".into(),
                 correlation_id: "c".into(),

@@ -73,6 +73,23 @@ config = {{ {mock_config} }}
     )
 }
 
+/// Replaces `target` by `source` the way an operator should: copy to a temporary name in
+/// the same directory, then rename over the target (the watcher never sees a torn file).
+pub fn swap_file(source: &Path, target: &Path) {
+    let tmp = target.with_extension("swap-tmp");
+    std::fs::copy(source, &tmp).expect("copy");
+    std::fs::rename(&tmp, target).expect("rename");
+}
+
+/// A fixture policy component by file name (absolute path).
+pub fn fixture_policy(file: &str) -> String {
+    fixtures_dir()
+        .join("policies")
+        .join(file)
+        .display()
+        .to_string()
+}
+
 /// A config with the given admission section body and pools.
 pub fn config(admission: &str, queue_capacity: u32, pools: &[String]) -> String {
     format!(
@@ -131,6 +148,20 @@ impl DaemonBuilder {
     /// A scratch directory that lives as long as the daemon.
     pub fn scratch(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Copies the dist policies into a scratch directory the daemon watches, so a test can
+    /// swap files in it; returns the directory.
+    pub fn own_policies_dir(&mut self) -> PathBuf {
+        let dir = self.dir.path().join("policies");
+        std::fs::create_dir_all(&dir).expect("policies dir");
+        for entry in std::fs::read_dir(dist_dir().join("policies")).expect("dist policies") {
+            let path = entry.expect("entry").path();
+            std::fs::copy(&path, dir.join(path.file_name().expect("file name")))
+                .expect("copy policy");
+        }
+        self.policies_dir = dir.clone();
+        dir
     }
 
     pub fn policies_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -349,6 +380,22 @@ impl Daemon {
             .send()
             .await
             .expect("POST cancel")
+    }
+
+    /// Polls `GET /v1/tasks/{id}` until the task reaches `state` (at most 10 s).
+    pub async fn wait_state(&self, task_id: &str, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, s) = self.get_json(&format!("/v1/tasks/{task_id}")).await;
+            if s["state"] == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{task_id} never reached {state}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {

@@ -5,6 +5,7 @@
 //! - `test`  = dist and test fixtures, then every test (unit, integration, BDD, policies)
 //! - `fixtures` builds the test fixtures into `target/fixtures/`
 //! - `lint`  clippy, warnings denied, on the workspace and the policy components
+//! - `new-policy NAME [--out DIR]` creates a policy crate from `plugins/template`
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +15,12 @@ use anyhow::{Context, Result, bail};
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 /// Policy components shipped in dist (crate name → file name).
-const POLICIES: &[(&str, &str)] = &[("admission_default", "admission-default.wasm")];
+const POLICIES: &[(&str, &str)] = &[
+    ("admission_default", "admission-default.wasm"),
+    ("budget_default", "budget-default.wasm"),
+    ("placement_default", "placement-default.wasm"),
+    ("error_mapping_default", "error-mapping-default.wasm"),
+];
 /// Adapter libraries shipped in dist (crate lib name → file name).
 const ADAPTERS: &[(&str, &str)] = &[("orchd_adapter_mock", "mock.so")];
 
@@ -90,20 +96,48 @@ fn wasm_out(lib: &str) -> PathBuf {
         .join(format!("{lib}.wasm"))
 }
 
-fn dist() -> Result<PathBuf> {
+/// What `dist` compiles besides the shipped artifacts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The daemon and adapters only (`run`).
+    Product,
+    /// Every workspace target, tests included, in one invocation, so features resolve
+    /// once and `cargo test` afterwards reuses every artifact instead of rebuilding.
+    Everything,
+}
+
+fn dist(scope: Scope) -> Result<PathBuf> {
     let root = root();
-    run(
-        "build daemon and adapters (release)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "orchd-host",
-            "-p",
-            "orchd-adapter-mock",
-        ]),
+    match scope {
+        Scope::Product => run(
+            "build daemon and adapters (release)",
+            cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "orchd-host",
+                "-p",
+                "orchd-adapter-mock",
+            ]),
+        )?,
+        Scope::Everything => run(
+            "build the workspace and its tests (release)",
+            cargo().args([
+                "build",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--all-targets",
+            ]),
+        )?,
+    }
+    build_wasm(
+        &POLICIES
+            .iter()
+            .map(|(_, file)| file.trim_end_matches(".wasm"))
+            .collect::<Vec<_>>(),
     )?;
-    build_wasm(&["admission-default"])?;
     let dist = target().join("dist");
     let release = target().join("release");
     install(
@@ -131,22 +165,32 @@ fn fixtures() -> Result<()> {
         "build fixture adapters",
         cargo().args(["build", "--release", "-p", "orchd-fixture-abi-mismatch"]),
     )?;
-    build_wasm(&["admission-faulty"])?;
+    build_wasm(&["admission-faulty", "admission-accept-all"])?;
     let out = target().join("fixtures");
     install(
         &target().join("release/liborchd_fixture_abi_mismatch.so"),
         &out.join("adapters/abi-mismatch.so"),
     )?;
-    install(
-        &wasm_out("admission_faulty"),
-        &out.join("policies/admission-faulty.wasm"),
+    // A policy in a second language, built from source (componentize-py from PyPI).
+    run(
+        "build the Python example policy",
+        Command::new("bash")
+            .arg(root().join("plugins/examples/python-admission/build.sh"))
+            .arg(out.join("policies/python-admission.wasm")),
     )?;
+    for lib in ["admission_faulty", "admission_accept_all"] {
+        install(
+            &wasm_out(lib),
+            &out.join("policies")
+                .join(format!("{}.wasm", lib.replace('_', "-"))),
+        )?;
+    }
     Ok(())
 }
 
 fn test() -> Result<()> {
     let started = Instant::now();
-    let dist = dist()?;
+    let dist = dist(Scope::Everything)?;
     fixtures()?;
     let root = root();
     run(
@@ -163,8 +207,19 @@ fn test() -> Result<()> {
             .arg(root.join("plugins/Cargo.toml"))
             .arg("--target-dir")
             .arg(target().join("plugins-native"))
-            .args(["-p", "admission-default", "--lib"]),
+            .args([
+                "-p",
+                "admission-default",
+                "-p",
+                "budget-default",
+                "-p",
+                "placement-default",
+                "-p",
+                "error-mapping-default",
+                "--lib",
+            ]),
     )?;
+    check_template()?;
     eprintln!(
         "all tests passed in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -204,13 +259,73 @@ fn lint() -> Result<()> {
     )
 }
 
+/// Creates a standalone admission-policy crate from `plugins/template` at `out`.
+fn new_policy(name: &str, out: &Path) -> Result<()> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.as_bytes()[0].is_ascii_lowercase();
+    if !valid {
+        bail!(
+            "policy name {name:?}: use lowercase letters, digits and '-', starting with a letter"
+        );
+    }
+    if out.exists() {
+        bail!("{} already exists", out.display());
+    }
+    let template = root().join("plugins/template");
+    let wit = root().join("wit");
+    let fill = |text: String| {
+        text.replace("{{name}}", name)
+            .replace("{{lib}}", &name.replace('-', "_"))
+            .replace("{{wit}}", &wit.display().to_string())
+    };
+    std::fs::create_dir_all(out.join("src"))?;
+    for (from, to) in [
+        ("Cargo.toml.tmpl", "Cargo.toml"),
+        ("src/lib.rs.tmpl", "src/lib.rs"),
+    ] {
+        let text = std::fs::read_to_string(template.join(from))?;
+        std::fs::write(out.join(to), fill(text))?;
+    }
+    eprintln!(
+        "created {}\nbuild it:  cargo build --release --target {WASM_TARGET} --manifest-path {}/Cargo.toml\nthen copy target/{WASM_TARGET}/release/{}.wasm into the policy directory",
+        out.display(),
+        out.display(),
+        name.replace('-', "_")
+    );
+    Ok(())
+}
+
+/// Proves the template produces a building policy: generate one and build it.
+fn check_template() -> Result<()> {
+    let out = target().join("new-policy-check");
+    let _ = std::fs::remove_dir_all(&out);
+    new_policy("template-check", &out)?;
+    run(
+        "build a policy generated by new-policy",
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "--target",
+                WASM_TARGET,
+                "--manifest-path",
+            ])
+            .arg(out.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target().join("wasm")),
+    )
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        Some("dist") => dist().map(|_| ()),
+        Some("dist") => dist(Scope::Product).map(|_| ()),
         Some("fixtures") => fixtures(),
         Some("run") => {
-            let dist = dist()?;
+            let dist = dist(Scope::Product)?;
             let mut cmd = Command::new(dist.join("bin/orchestratord"));
             cmd.args(args);
             eprintln!("==> starting {}", dist.join("bin/orchestratord").display());
@@ -222,8 +337,19 @@ fn main() -> Result<()> {
         }
         Some("test") => test(),
         Some("lint") => lint(),
+        Some("new-policy") => {
+            let name = args
+                .next()
+                .context("usage: cargo xtask new-policy <name> [--out DIR]")?;
+            let out = match (args.next().as_deref(), args.next()) {
+                (Some("--out"), Some(dir)) => PathBuf::from(dir),
+                (None, _) => root().join("plugins").join(&name),
+                _ => bail!("usage: cargo xtask new-policy <name> [--out DIR]"),
+            };
+            new_policy(&name, &out)
+        }
         _ => {
-            eprintln!("usage: cargo xtask <dist|run|test|fixtures|lint> [args]");
+            eprintln!("usage: cargo xtask <dist|run|test|fixtures|lint|new-policy> [args]");
             std::process::exit(2);
         }
     }

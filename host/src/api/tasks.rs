@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use orchd_contracts::{ErrorCode, TaskAccepted, TaskRequest, TaskStatus};
+use orchd_contracts::{ErrorCode, TaskRequest, TaskStatus};
 
 use super::extract::ApiJson;
 use super::middleware::CorrelationId;
@@ -24,7 +24,7 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     Extension(correlation): Extension<CorrelationId>,
     ApiJson(req): ApiJson<TaskRequest>,
-) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
+) -> Result<Response, ApiError> {
     if state.is_shutting_down() {
         return Err(ApiError::new(
             ErrorCode::PoolUnavailable,
@@ -32,8 +32,22 @@ pub async fn create(
         )
         .retry_after_ms(5000));
     }
-    let accepted = admit::admit(&state, req, &correlation.0)?;
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    let admitted = admit::admit(&state, req, &correlation.0)?;
+    let mut response = (StatusCode::ACCEPTED, Json(admitted.accepted)).into_response();
+    let h = admitted.headroom;
+    let headers = response.headers_mut();
+    if let Some(t) = h.tokens {
+        headers.insert("x-budget-tokens-remaining", HeaderValue::from(t));
+    }
+    if let Some(ms) = h.time_ms {
+        headers.insert("x-budget-time-remaining-ms", HeaderValue::from(ms));
+    }
+    if let Some(c) = h.cost
+        && let Ok(v) = HeaderValue::from_str(&format!("{c:.6}"))
+    {
+        headers.insert("x-budget-cost-remaining", v);
+    }
+    Ok(response)
 }
 
 fn find(state: &AppState, id: &str) -> Result<Arc<Task>, ApiError> {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    Cli, ConfigError, PolicyLimits, PolicySettings, PoolSettings, ReplicaSettings, Settings,
+    BudgetLimits, BudgetSettings, Cli, ConfigError, OnError, PolicyLimits, PolicySettings,
+    PolicySettingsSet, PoolSettings, ReplicaSettings, Settings,
 };
 
 #[derive(Debug, Deserialize)]
@@ -28,7 +29,18 @@ pub(super) struct FileConfig {
     #[serde(default)]
     policies: PoliciesFile,
     #[serde(default)]
+    budgets: BudgetsFile,
+    #[serde(default)]
     pools: Vec<PoolFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetsFile {
+    #[serde(default)]
+    per_key: BudgetLimits,
+    #[serde(default)]
+    per_session: BudgetLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +125,9 @@ struct PoliciesFile {
     timeout_ms: NonZeroU32,
     memory_mib: NonZeroU32,
     admission: PolicyFile,
+    budget: PolicyFile,
+    placement: PolicyFile,
+    error_mapping: PolicyFile,
 }
 
 impl Default for PoliciesFile {
@@ -120,10 +135,10 @@ impl Default for PoliciesFile {
         Self {
             timeout_ms: NonZeroU32::new(5).expect("non-zero"),
             memory_mib: NonZeroU32::new(64).expect("non-zero"),
-            admission: PolicyFile {
-                component: "admission-default.wasm".into(),
-                config: toml::Table::new(),
-            },
+            admission: PolicyFile::named("admission-default.wasm"),
+            budget: PolicyFile::named("budget-default.wasm"),
+            placement: PolicyFile::named("placement-default.wasm"),
+            error_mapping: PolicyFile::named("error-mapping-default.wasm"),
         }
     }
 }
@@ -135,6 +150,31 @@ struct PolicyFile {
     /// Opaque to the host: the policy validates it in `init`.
     #[serde(default)]
     config: toml::Table,
+    #[serde(default)]
+    on_error: OnError,
+}
+
+impl PolicyFile {
+    fn named(component: &str) -> Self {
+        Self {
+            component: component.into(),
+            config: toml::Table::new(),
+            on_error: OnError::Fail,
+        }
+    }
+
+    fn settings(&self, kind: &str, dir: &Path) -> Result<PolicySettings, ConfigError> {
+        if kind != "placement" && self.on_error != OnError::Fail {
+            return Err(ConfigError::Invalid(format!(
+                "policies.{kind}.on_error: only placement may fall back (admission and budget fail closed; error mapping always falls back to the built-in table)"
+            )));
+        }
+        Ok(PolicySettings {
+            component: resolve(dir, &self.component),
+            config_json: table_to_json(&self.config),
+            on_error: self.on_error,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +207,8 @@ fn default_nominal_ftt() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct ReplicaFile {
     pub id: String,
+    #[serde(default)]
+    pub device_mask: Option<String>,
     /// Opaque to the host: the adapter validates it in its constructor.
     #[serde(default)]
     pub config: toml::Table,
@@ -263,6 +305,7 @@ impl FileConfig {
                 }
                 replicas.push(ReplicaSettings {
                     id: r.id,
+                    device_mask: r.device_mask,
                     adapter_config_json: table_to_json(&r.config),
                 });
             }
@@ -298,9 +341,24 @@ impl FileConfig {
                 timeout: Duration::from_millis(self.policies.timeout_ms.get().into()),
                 memory_bytes: self.policies.memory_mib.get() as usize * 1024 * 1024,
             },
-            admission: PolicySettings {
-                component: resolve(&policies_dir, &self.policies.admission.component),
-                config_json: table_to_json(&self.policies.admission.config),
+            policies: PolicySettingsSet {
+                admission: self
+                    .policies
+                    .admission
+                    .settings("admission", &policies_dir)?,
+                budget: self.policies.budget.settings("budget", &policies_dir)?,
+                placement: self
+                    .policies
+                    .placement
+                    .settings("placement", &policies_dir)?,
+                error_mapping: self
+                    .policies
+                    .error_mapping
+                    .settings("error_mapping", &policies_dir)?,
+            },
+            budgets: BudgetSettings {
+                per_key: self.budgets.per_key,
+                per_session: self.budgets.per_session,
             },
             policies_dir,
             pools,

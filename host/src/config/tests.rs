@@ -23,10 +23,10 @@ fn embedded_default_is_one_mock_pool() {
     assert_eq!(s.pools[0].adapter, "mock");
     assert_eq!(s.adapters_dir, Path::new("/opt/orchd/adapters"));
     assert_eq!(
-        s.admission.component,
+        s.policies.admission.component,
         Path::new("/opt/orchd/policies/admission-default.wasm")
     );
-    assert_eq!(s.admission.config_json, r#"{"mode":"reject"}"#);
+    assert_eq!(s.policies.admission.config_json, r#"{"mode":"reject"}"#);
     assert_eq!(s.queue_capacity.get(), 256);
 }
 
@@ -46,7 +46,7 @@ fn flags_override_the_file() {
     .unwrap();
     assert_eq!(s.addr.to_string(), "0.0.0.0:9");
     assert_eq!(
-        s.admission.component,
+        s.policies.admission.component,
         Path::new("/p/admission-default.wasm")
     );
     assert_eq!(s.adapters_dir, Path::new("/a"));

@@ -1,30 +1,79 @@
-//! Generated bindings for the policy worlds. Nothing hand-written lives here; the rest of
-//! the host uses the re-exported names below.
+//! Generated bindings for the four policy worlds. Nothing hand-written lives here; the rest
+//! of the host uses the names re-exported below. The shared `types` and `host` interfaces
+//! are generated once (with the admission world) and reused by the others.
 
-mod generated {
+mod admission_world {
     wasmtime::component::bindgen!({
         world: "admission-policy",
         path: "../wit",
     });
 }
 
-pub use generated::exports::orchd::policy::admission::{
-    Decision as AdmissionDecision, Eviction, Rejection, Request as AdmissionRequest, SessionInfo,
-    Snapshot as AdmissionSnapshot,
-};
-pub use generated::orchd::policy::host::{Host as HostImports, Level as LogLevel};
-pub use generated::orchd::policy::types::{
-    BudgetLeft, ClassSnapshot, Host as TypesHost, Priority as WitPriority, QueueSnapshot,
-    QueuedEntry,
-};
-pub use generated::{AdmissionPolicy as AdmissionPolicyInstance, AdmissionPolicyPre};
+mod budget_world {
+    wasmtime::component::bindgen!({
+        world: "budget-policy",
+        path: "../wit",
+        with: {
+            "orchd:policy/types": super::admission_world::orchd::policy::types,
+            "orchd:policy/host": super::admission_world::orchd::policy::host,
+        },
+    });
+}
 
-/// Adds the host's imports (`orchd:policy/host`) to a linker.
-pub fn add_admission_imports<T: HostImports + TypesHost + 'static>(
-    linker: &mut wasmtime::component::Linker<T>,
-) -> wasmtime::Result<()> {
-    generated::AdmissionPolicy::add_to_linker::<T, wasmtime::component::HasSelf<T>>(
-        linker,
-        |state| state,
-    )
+mod placement_world {
+    wasmtime::component::bindgen!({
+        world: "placement-policy",
+        path: "../wit",
+        with: {
+            "orchd:policy/types": super::admission_world::orchd::policy::types,
+            "orchd:policy/host": super::admission_world::orchd::policy::host,
+        },
+    });
+}
+
+mod error_mapping_world {
+    wasmtime::component::bindgen!({
+        world: "error-mapping-policy",
+        path: "../wit",
+        with: {
+            "orchd:policy/types": super::admission_world::orchd::policy::types,
+            "orchd:policy/host": super::admission_world::orchd::policy::host,
+        },
+    });
+}
+
+pub use admission_world::orchd::policy::host::{Host as HostImports, Level as LogLevel};
+pub use admission_world::orchd::policy::types::{
+    BudgetLeft, ClassSnapshot, Host as TypesHost, PolicyInfo, Priority as WitPriority,
+    QueueSnapshot, QueuedEntry,
+};
+
+pub mod admission {
+    pub use super::admission_world::exports::orchd::policy::admission::{
+        Decision, Eviction, Rejection, Request, SessionInfo, Snapshot,
+    };
+    pub use super::admission_world::{AdmissionPolicy as Bindings, AdmissionPolicyPre as Pre};
+}
+
+pub mod budget {
+    pub use super::budget_world::exports::orchd::policy::budget::{
+        Denial, Reservation, ReserveRequest, SettleRequest, Usage,
+    };
+    pub use super::budget_world::{BudgetPolicy as Bindings, BudgetPolicyPre as Pre};
+}
+
+pub mod placement {
+    pub use super::placement_world::exports::orchd::policy::placement::{
+        Assignment, Decision, Job, Mode, Pool, Replica, Snapshot, Stage,
+    };
+    pub use super::placement_world::{PlacementPolicy as Bindings, PlacementPolicyPre as Pre};
+}
+
+pub mod error_mapping {
+    pub use super::error_mapping_world::exports::orchd::policy::error_mapping::{
+        Failure, Mapped, Phase,
+    };
+    pub use super::error_mapping_world::{
+        ErrorMappingPolicy as Bindings, ErrorMappingPolicyPre as Pre,
+    };
 }

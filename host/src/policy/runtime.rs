@@ -98,8 +98,8 @@ impl PolicyRuntime {
     pub fn new_store(&self, kind: &'static str) -> Store<PolicyState> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
-            .instances(4)
-            .tables(16)
+            .instances(64)
+            .tables(64)
             .memories(4)
             .trap_on_grow_failure(true)
             .build();

@@ -84,6 +84,10 @@ async fn engine_faults_become_error_frames_and_the_daemon_keeps_serving() {
         assert_eq!(last.data["engine"], "mock");
         assert_eq!(last.data["pool_id"], pool);
         assert!(last.data["correlation_id"].is_string());
+        assert_eq!(
+            last.data["policy_label"], "error-mapping-default",
+            "mapped by the policy"
+        );
         let n = frames.iter().filter(|f| f.event == "token").count();
         assert_eq!(n, tokens, "{pool}");
         let (_, status) = d.get_json(&format!("/v1/tasks/{id}")).await;

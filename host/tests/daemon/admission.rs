@@ -1,7 +1,5 @@
 //! Queue full under both modes of the default admission policy (a Wasm component).
 
-use std::time::Duration;
-
 use orchd_testkit::{Daemon, DaemonBuilder, config, default_admission, mock_pool, task};
 use serde_json::{Value, json};
 
@@ -19,14 +17,7 @@ fn daemon(mode: &str) -> Daemon {
 }
 
 async fn wait_running(d: &Daemon, id: &str) {
-    for _ in 0..200 {
-        let (_, s) = d.get_json(&format!("/v1/tasks/{id}")).await;
-        if s["state"] == "running" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{id} never started");
+    d.wait_state(id, "running").await;
 }
 
 async fn submit(d: &Daemon, id: &str, priority: &str) -> reqwest::Response {

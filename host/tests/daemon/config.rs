@@ -1,6 +1,6 @@
 //! Bad configuration exits 64 with one line naming the problem.
 
-use orchd_testkit::{DaemonBuilder, config, default_admission, mock_pool};
+use orchd_testkit::{DaemonBuilder, config, default_admission, fixture_policy, mock_pool};
 
 fn check(builder: DaemonBuilder, needle: &str) {
     let (code, stderr, _) = builder.run_to_exit();
@@ -55,5 +55,27 @@ fn bad_configs_exit_64_with_one_line() {
     check(
         DaemonBuilder::new(good()).policies_dir("/nonexistent"),
         "/nonexistent/admission-default.wasm",
+    );
+    let faulty = format!(
+        "component = \"{}\"\nconfig = {{ fault = \"nonsense\" }}\n",
+        fixture_policy("admission-faulty.wasm")
+    );
+    check(
+        DaemonBuilder::new(config(&faulty, 8, &[mock_pool("p", "")])),
+        "fault must be trap, loop, grow",
+    );
+    let budget = |extra: &str| {
+        format!(
+            "{}\n[policies.budget]\ncomponent = \"budget-default.wasm\"\n{extra}\n",
+            good()
+        )
+    };
+    check(
+        DaemonBuilder::new(budget("config = { price_per_token = -1 }")),
+        "price_per_token must be a number >= 0",
+    );
+    check(
+        DaemonBuilder::new(budget("on_error = \"fallback\"")),
+        "only placement may fall back",
     );
 }

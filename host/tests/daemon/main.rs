@@ -5,5 +5,6 @@ mod adapters;
 mod admission;
 mod cancel;
 mod config;
+mod policies;
 mod policy_faults;
 mod tasks;

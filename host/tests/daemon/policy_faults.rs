@@ -1,16 +1,16 @@
-//! A policy that traps, loops or exhausts memory: 503 POLICY_UNAVAILABLE, and the daemon
-//! keeps serving through the same policy. The faulty component is a real component built
-//! from `plugins/fixtures/admission-faulty`.
+//! Broken policies: trap, loop, memory bomb, deep recursion, invalid output → 503
+//! POLICY_UNAVAILABLE, and the daemon keeps serving through the same policy. The faulty
+//! component is a real component built from `plugins/fixtures/admission-faulty`.
 
-use orchd_testkit::{DaemonBuilder, config, fixtures_dir, mock_pool, task};
+use orchd_testkit::{DaemonBuilder, config, fixture_policy, mock_pool, task};
 use serde_json::{Value, json};
 
 async fn check_fault(fault: &str, kind: &str) {
-    let admission =
-        format!("component = \"admission-faulty.wasm\"\nconfig = {{ fault = \"{fault}\" }}\n");
-    let d = DaemonBuilder::new(config(&admission, 8, &[mock_pool("p", "slots = 2")]))
-        .policies_dir(fixtures_dir().join("policies"))
-        .start();
+    let admission = format!(
+        "component = \"{}\"\nconfig = {{ fault = \"{fault}\" }}\n",
+        fixture_policy("admission-faulty.wasm")
+    );
+    let d = DaemonBuilder::new(config(&admission, 8, &[mock_pool("p", "slots = 2")])).start();
     let interactive = task("p", json!({"priority": "interactive", "max_tokens": 2}));
     let batch = task("p", json!({"priority": "batch", "max_tokens": 2}));
 
@@ -29,7 +29,24 @@ async fn check_fault(fault: &str, kind: &str) {
     let failures = d.log_events("policy call failed; request refused (fail closed)");
     assert_eq!(failures.len(), 2, "{fault}");
     assert_eq!(failures[0]["kind"], kind, "{fault}: {}", failures[0]);
-    assert_eq!(failures[0]["name"], "admission-faulty");
+    assert_eq!(failures[0]["policy"], "admission");
+    let (_, policies) = d.get_json("/v1/policies").await;
+    let admission = &policies["policies"][0];
+    assert_eq!(admission["name"], "admission-faulty");
+    assert_eq!(admission["errors"], 2, "{admission}");
+    assert_eq!(admission["timeouts"], if kind == "timeout" { 2 } else { 0 });
+    assert!(admission["last_error"].is_string());
+    let metrics = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("policy_calls_total{{outcome=\"{kind}\",policy=\"admission\"}} 2");
+    assert!(metrics.contains(&line), "{line} not in metrics");
     let (status, _) = d.get_json("/readyz").await;
     assert_eq!(status, 200);
 }
@@ -47,4 +64,14 @@ async fn a_looping_policy_is_stopped_by_the_epoch_deadline() {
 #[tokio::test]
 async fn a_policy_that_grows_past_the_memory_cap_traps() {
     check_fault("grow", "trap").await;
+}
+
+#[tokio::test]
+async fn deep_recursion_hits_the_stack_limit() {
+    check_fault("recurse", "trap").await;
+}
+
+#[tokio::test]
+async fn an_invalid_output_is_refused_by_the_host() {
+    check_fault("invalid", "invalid").await;
 }

@@ -1,0 +1,410 @@
+//! The host side of policy decisions: building snapshots, interpreting and validating
+//! outputs, and the documented fallbacks (placement: the host's least-loaded choice when
+//! the operator allowed it; error mapping: the built-in table). Admission and budget fail
+//! closed in `admit.rs`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use orchd_contracts::{ErrorCode, PlacementMode, PlacementRequest, Priority};
+
+use crate::adapters::{EngineFailure, FailureKind, FailurePhase};
+use crate::budget::{Amount, Ledger, Reservation};
+use crate::config::OnError;
+use crate::errors::{self, ApiError};
+use crate::metrics;
+use crate::policy::bindings::{WitPriority, budget, error_mapping, placement};
+use crate::policy::{PolicyFailure, PolicySet};
+use crate::pool::Pool;
+use crate::task::Task;
+
+/// Policies plus the ledger: what admission and dispatch consult.
+pub struct Decisions {
+    pub policies: Arc<PolicySet>,
+    pub ledger: Ledger,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn wit_priority(p: Priority) -> WitPriority {
+    match p {
+        Priority::Interactive => WitPriority::Interactive,
+        Priority::Batch => WitPriority::Batch,
+    }
+}
+
+/// What placement needs to know about the task.
+pub struct JobFacts<'a> {
+    pub task_id: &'a str,
+    pub session_id: &'a str,
+    pub engine: &'a str,
+    pub model_ref: &'a str,
+    pub ctx: u32,
+    pub priority: Priority,
+    pub placement: &'a PlacementRequest,
+}
+
+fn job(f: &JobFacts<'_>) -> placement::Job {
+    let p = f.placement;
+    placement::Job {
+        task_id: f.task_id.to_owned(),
+        session_id: f.session_id.to_owned(),
+        engine: f.engine.to_owned(),
+        model_ref: f.model_ref.to_owned(),
+        ctx: f.ctx,
+        priority: wit_priority(f.priority),
+        mode: match p.mode {
+            PlacementMode::Pin => placement::Mode::Pin,
+            PlacementMode::Prefer => placement::Mode::Prefer,
+            PlacementMode::Auto => placement::Mode::Auto,
+        },
+        pin_pool_id: p.pin_pool_id.clone(),
+        prefer_pools: p.prefer_pools.clone(),
+        avoid_pools: p.avoid_pools.clone(),
+        require_device_mask: p.require_device_mask.clone(),
+        allow_fallback: p.allow_fallback.unwrap_or(true),
+    }
+}
+
+/// `queue_depth` is passed in: the dispatcher calls this while holding the queue lock.
+fn pool_view(pool: &Pool, session_id: &str, queue_depth: u32) -> placement::Pool {
+    let affinity = pool.affinity(session_id);
+    let (tps, ftt) = pool.rates();
+    placement::Pool {
+        pool_id: pool.id.clone(),
+        engine: pool.engine.clone(),
+        model_ref: pool.model_ref.clone(),
+        ready: pool.is_ready(),
+        draining: false,
+        ctx_max: pool.ctx_max,
+        queue_depth,
+        replicas: pool
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| placement::Replica {
+                replica_id: r.id.clone(),
+                ready: r.is_healthy(),
+                slots_total: r.slots_total,
+                slots_free: r.slots_total.saturating_sub(r.leases()),
+                active_leases: r.leases(),
+                tokens_per_s: tps,
+                first_token_ms: ftt,
+                vram_free_bytes: None,
+                device_mask: r.device_mask.clone(),
+                session_affinity: affinity == Some(i),
+            })
+            .collect(),
+    }
+}
+
+/// The placement log line and counters for one decision.
+fn record(outcome: &'static str, log: &str, fallback_by_host: bool) {
+    let parsed: serde_json::Value = serde_json::from_str(log).unwrap_or_default();
+    let pinned = parsed["pinned"].as_bool().unwrap_or(false);
+    let fallback = fallback_by_host || parsed["fallback"].as_bool().unwrap_or(false);
+    metrics::placement_decision(outcome, pinned, fallback);
+    tracing::debug!(outcome, pinned, fallback, decision_log = %log, "placement decision");
+}
+
+impl Decisions {
+    /// Admission-stage placement: which of `candidates` the task queues on.
+    pub fn place_at_admission<'a>(
+        &self,
+        facts: &JobFacts<'_>,
+        candidates: &[&'a Arc<Pool>],
+    ) -> Result<&'a Arc<Pool>, ApiError> {
+        let slot = &self.policies.placement;
+        let policy = slot.get();
+        let snapshot = placement::Snapshot {
+            now_ms: now_ms(),
+            stage: placement::Stage::Admission,
+            job: job(facts),
+            candidates: candidates
+                .iter()
+                .map(|p| pool_view(p, facts.session_id, p.queue_depth()))
+                .collect(),
+        };
+        let decision = policy.place(&snapshot, |d| match d {
+            placement::Decision::Assign(a) => {
+                let pool = candidates
+                    .iter()
+                    .copied()
+                    .find(|p| p.id == a.pool_id)
+                    .ok_or_else(|| {
+                        format!("assigned pool {:?}, which is not a candidate", a.pool_id)
+                    })?;
+                if !pool.replicas.iter().any(|r| r.id == a.replica_id) {
+                    return Err(format!(
+                        "assigned replica {:?}, not in pool {}",
+                        a.replica_id, pool.id
+                    ));
+                }
+                record("assigned", &a.decision_log, false);
+                Ok(Some(pool))
+            }
+            placement::Decision::Wait => Err("answered wait at admission".to_owned()),
+            placement::Decision::NoCapacity(reason) => {
+                record("no_capacity", &reason, false);
+                Ok(None)
+            }
+        });
+        match decision {
+            Ok(Some(pool)) => Ok(pool),
+            Ok(None) => Err(no_capacity(facts, candidates)),
+            Err(failure) => match slot.settings().on_error {
+                OnError::Fallback => {
+                    fallback_logged(&failure);
+                    record("assigned", "{}", true);
+                    host_least_loaded(facts, candidates)
+                        .ok_or_else(|| no_capacity(facts, candidates))
+                }
+                OnError::Fail => Err(policy_failed(&failure)),
+            },
+        }
+    }
+
+    /// Dispatch-stage placement on `pool` for the task at the head of its queue: the
+    /// replica to lease, `Ok(None)` to wait, or the error that fails the task. Called with
+    /// the pool's queue locked (`queue_depth` comes from that guard).
+    pub fn place_at_dispatch(
+        &self,
+        pool: &Pool,
+        task: &Task,
+        queue_depth: u32,
+    ) -> Result<Option<usize>, ApiError> {
+        let slot = &self.policies.placement;
+        let spec = &task.spec;
+        let facts = JobFacts {
+            task_id: &task.id,
+            session_id: &spec.session_id,
+            engine: &spec.engine,
+            model_ref: &spec.job.model,
+            ctx: spec.ctx,
+            priority: spec.priority,
+            placement: &spec.placement,
+        };
+        let snapshot = placement::Snapshot {
+            now_ms: now_ms(),
+            stage: placement::Stage::Dispatch,
+            job: job(&facts),
+            candidates: vec![pool_view(pool, &spec.session_id, queue_depth)],
+        };
+        let decision = slot.get().place(&snapshot, |d| match d {
+            placement::Decision::Assign(a) => {
+                if a.pool_id != pool.id {
+                    return Err(format!(
+                        "assigned pool {:?} at dispatch on pool {}",
+                        a.pool_id, pool.id
+                    ));
+                }
+                let idx = pool
+                    .replicas
+                    .iter()
+                    .position(|r| r.id == a.replica_id)
+                    .ok_or_else(|| {
+                        format!(
+                            "assigned replica {:?}, not in pool {}",
+                            a.replica_id, pool.id
+                        )
+                    })?;
+                record("assigned", &a.decision_log, false);
+                Ok(Some(idx))
+            }
+            placement::Decision::Wait => {
+                record("wait", "{}", false);
+                Ok(None)
+            }
+            placement::Decision::NoCapacity(reason) => Err(reason),
+        });
+        match decision {
+            Ok(choice) => Ok(choice),
+            Err(failure) => match slot.settings().on_error {
+                OnError::Fallback => {
+                    fallback_logged(&failure);
+                    record("assigned", "{}", true);
+                    Ok(pool.least_loaded_free())
+                }
+                OnError::Fail => Err(policy_failed(&failure)),
+            },
+        }
+    }
+
+    /// Maps an engine failure through the error-mapping policy; when the policy fails, the
+    /// built-in table of API.md answers (counted, never hiding the error).
+    pub fn map_failure(
+        &self,
+        f: &EngineFailure,
+        engine: &str,
+        pool_id: &str,
+        attempt: u32,
+    ) -> ApiError {
+        let failure = error_mapping::Failure {
+            kind: kind_name(f.kind).to_owned(),
+            upstream_status: f.upstream_status,
+            message: f.message.clone(),
+            engine: engine.to_owned(),
+            pool_id: pool_id.to_owned(),
+            phase: match f.phase {
+                FailurePhase::Control => error_mapping::Phase::BeforeDispatch,
+                FailurePhase::BeforeFirstToken => error_mapping::Phase::BeforeFirstToken,
+                FailurePhase::MidStream => error_mapping::Phase::MidStream,
+            },
+            attempt,
+        };
+        match self.policies.error_mapping.get().map(&failure) {
+            Ok(m) => {
+                let code = ErrorCode::parse(&m.code).expect("validated by the host");
+                let mut err = ApiError::new(code, m.message)
+                    .engine(engine)
+                    .pool(pool_id)
+                    .policy_label(&m.policy_label)
+                    .with_status(
+                        axum::http::StatusCode::from_u16(m.http_status).expect("validated 4xx/5xx"),
+                    );
+                err.envelope.retriable = Some(m.retriable);
+                if let Some(ms) = m.retry_after_ms {
+                    err = err.retry_after_ms(ms);
+                }
+                err
+            }
+            Err(failure) => {
+                fallback_logged(&failure);
+                errors::engine_failure(f, engine, pool_id)
+            }
+        }
+    }
+
+    /// Reserves budget for a request (under the ledger lock, so concurrent requests never
+    /// spend the same budget twice). Fails closed when the policy fails.
+    pub fn reserve(
+        &self,
+        req: budget::ReserveRequest,
+        key: &str,
+        session: &str,
+    ) -> Result<(Reservation, crate::budget::Headroom), ApiError> {
+        let mut locked = self.ledger.lock(key, session);
+        let req = budget::ReserveRequest {
+            key_left: locked.key_left(),
+            session_left: locked.session_left(),
+            ..req
+        };
+        match self.policies.budget.get().reserve(&req) {
+            Ok(budget::Reservation::Reserve(u)) => Ok(locked.debit(Amount {
+                tokens: u.tokens,
+                time_ms: u.time_ms,
+                cost: u.cost,
+            })),
+            Ok(budget::Reservation::Deny(d)) => {
+                let mut err =
+                    ApiError::new(ErrorCode::BudgetExceeded, d.message).policy_label("budget");
+                err.envelope.retriable = Some(d.retry_after_ms.is_some());
+                if let Some(ms) = d.retry_after_ms {
+                    err = err.retry_after_ms(ms);
+                }
+                Err(err)
+            }
+            Err(failure) => Err(policy_failed(&failure)),
+        }
+    }
+
+    /// Charges a finished task its actual usage (the policy prices it) and returns the rest
+    /// of its reservation. When the policy fails, the whole reservation stays charged.
+    pub fn settle(&self, task: &Task) {
+        let Some(reservation) = task.take_reservation() else {
+            return;
+        };
+        let usage = task.usage();
+        let req = budget::SettleRequest {
+            task_id: task.id.clone(),
+            engine: task.spec.engine.clone(),
+            model_ref: task.spec.job.model.clone(),
+            reserved: budget::Usage {
+                tokens: reservation.amount.tokens,
+                time_ms: reservation.amount.time_ms,
+                cost: reservation.amount.cost,
+            },
+            tokens_in: usage.tokens_in,
+            tokens_out: usage.tokens_out,
+            time_ms: usage.time_ms,
+        };
+        match self.policies.budget.get().settle(&req) {
+            Ok(u) => self.ledger.settle(
+                &reservation,
+                Amount {
+                    tokens: u.tokens,
+                    time_ms: u.time_ms,
+                    cost: u.cost,
+                },
+            ),
+            Err(failure) => {
+                tracing::error!(task_id = %task.id, error = %failure, "budget settle failed; the reservation stays charged");
+            }
+        }
+    }
+}
+
+fn kind_name(k: FailureKind) -> &'static str {
+    match k {
+        FailureKind::Config => "config",
+        FailureKind::InvalidRequest => "invalid-request",
+        FailureKind::Transport => "transport",
+        FailureKind::Timeout => "timeout",
+        FailureKind::Upstream => "upstream",
+        FailureKind::Protocol => "protocol",
+        FailureKind::Panic => "panic",
+        FailureKind::Internal => "internal",
+        FailureKind::Stall => "stall",
+    }
+}
+
+fn fallback_logged(failure: &PolicyFailure) {
+    metrics::policy_fallback(failure.policy);
+    tracing::warn!(policy = failure.policy, kind = failure.kind.as_str(), error = %failure.message, "policy failed; host fallback used");
+}
+
+/// A broken enforcing policy: fail closed.
+pub fn policy_failed(failure: &PolicyFailure) -> ApiError {
+    tracing::error!(
+        policy = failure.policy, kind = failure.kind.as_str(), error = %failure.message,
+        "policy call failed; request refused (fail closed)"
+    );
+    ApiError::policy_unavailable(failure)
+}
+
+/// Why no candidate can take the task, in API codes.
+fn no_capacity(facts: &JobFacts<'_>, candidates: &[&Arc<Pool>]) -> ApiError {
+    let err = if candidates.iter().all(|p| !p.is_ready()) {
+        ApiError::new(
+            ErrorCode::PoolUnready,
+            format!("no pool serving {} is ready", facts.model_ref),
+        )
+    } else {
+        ApiError::new(
+            ErrorCode::ReplicaExhausted,
+            format!(
+                "no replica can take this task (engine {}, model {})",
+                facts.engine, facts.model_ref
+            ),
+        )
+    };
+    err.engine(facts.engine).retry_after_ms(1000)
+}
+
+/// The documented placement fallback: the ready candidate with the least work per slot.
+fn host_least_loaded<'a>(
+    facts: &JobFacts<'_>,
+    candidates: &[&'a Arc<Pool>],
+) -> Option<&'a Arc<Pool>> {
+    candidates
+        .iter()
+        .copied()
+        .filter(|p| p.is_ready() && facts.ctx <= p.ctx_max)
+        .filter(|p| !facts.placement.avoid_pools.contains(&p.id))
+        .min_by(|a, b| a.load().total_cmp(&b.load()).then(a.id.cmp(&b.id)))
+}

@@ -1,0 +1,360 @@
+//! The policy platform: all four defaults loaded, hot reload (swap, refuse, keep serving),
+//! placement, budgets, error mapping through the policy.
+
+use std::time::{Duration, Instant};
+
+use orchd_testkit::{
+    Daemon, DaemonBuilder, config, default_admission, fixture_policy, mock_pool, swap_file, task,
+};
+use serde_json::{Value, json};
+
+async fn policy(d: &Daemon, kind: &str) -> Value {
+    let (status, body) = d.get_json("/v1/policies").await;
+    assert_eq!(status, 200);
+    body["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == kind)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} in {body}"))
+}
+
+async fn wait_for(d: &Daemon, kind: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = policy(d, kind).await;
+        if pred(&p) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened: {p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_four_default_components_are_loaded_and_counted() {
+    let d = DaemonBuilder::new(config(
+        &default_admission("reject"),
+        8,
+        &[mock_pool("p", "slots = 2")],
+    ))
+    .start();
+    for (kind, name) in [
+        ("admission", "admission-default"),
+        ("budget", "budget-default"),
+        ("placement", "placement-default"),
+        ("error_mapping", "error-mapping-default"),
+    ] {
+        let p = policy(&d, kind).await;
+        assert_eq!(p["name"], name);
+        assert_eq!(p["sha256"].as_str().unwrap().len(), 64);
+        assert!(
+            p["path"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("{name}.wasm"))
+        );
+        assert_eq!(p["calls"], 0, "self-tests do not count: {p}");
+    }
+    let id = d.submit_ok(&task("p", json!({}))).await;
+    d.stream(&id).await;
+    assert_eq!(policy(&d, "admission").await["calls"], 1);
+    assert_eq!(
+        policy(&d, "placement").await["calls"],
+        2,
+        "admission and dispatch stages"
+    );
+    assert_eq!(policy(&d, "budget").await["calls"], 2, "reserve and settle");
+    assert_eq!(d.log_events("policy loaded").len(), 4);
+}
+
+#[tokio::test]
+async fn swapping_a_file_changes_behaviour_and_a_broken_one_is_refused() {
+    let mut b = DaemonBuilder::new(config(
+        "component = \"admission.wasm\"\nconfig = {}\n",
+        8,
+        &[mock_pool("p", "slots = 2")],
+    ));
+    let dir = b.own_policies_dir();
+    std::fs::copy(
+        dir.join("admission-default.wasm"),
+        dir.join("admission.wasm"),
+    )
+    .unwrap();
+    let d = b.start();
+    assert_eq!(policy(&d, "admission").await["name"], "admission-default");
+
+    swap_file(
+        fixture_policy("admission-accept-all.wasm").as_ref(),
+        &dir.join("admission.wasm"),
+    );
+    let p = wait_for(&d, "admission", "the swap", |p| {
+        p["name"] == "admission-accept-all"
+    })
+    .await;
+    assert!(p["refused"].is_null());
+    d.submit_ok(&task("p", json!({}))).await;
+    assert_eq!(d.log_events("policy reloaded").len(), 1);
+
+    // A broken file is refused; the version in force keeps serving.
+    let junk = b"\0asm definitely not a component";
+    let tmp = dir.join("junk.tmp");
+    std::fs::write(&tmp, junk).unwrap();
+    std::fs::rename(&tmp, dir.join("admission.wasm")).unwrap();
+    let p = wait_for(&d, "admission", "the refusal", |p| p["refused"].is_object()).await;
+    assert_eq!(p["name"], "admission-accept-all");
+    assert!(
+        p["refused"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("admission.wasm")
+    );
+    let refusals = d.log_events("policy refused; the previous version keeps serving");
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0]["level"], "ERROR");
+    d.submit_ok(&task("p", json!({}))).await;
+
+    // A rescan on demand: nothing new to load.
+    let resp = d
+        .http
+        .post(d.url("/v1/policies/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["result"] == "unchanged"),
+        "{body}"
+    );
+
+    // Rollback is a file operation.
+    swap_file(
+        &dir.join("admission-default.wasm"),
+        &dir.join("admission.wasm"),
+    );
+    wait_for(&d, "admission", "the rollback", |p| {
+        p["name"] == "admission-default"
+    })
+    .await;
+    let metrics = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("policy_reloads_total{policy=\"admission\",result=\"refused\"} 1"));
+}
+
+#[tokio::test]
+async fn hot_swaps_under_load_fail_no_request() {
+    let mut b = DaemonBuilder::new(config(
+        "component = \"admission.wasm\"\nconfig = {}\n",
+        4096,
+        &[mock_pool(
+            "p",
+            "slots = 64, first_token_delay_ms = 1, tokens_per_s = 5000.0",
+        )],
+    ));
+    let dir = b.own_policies_dir();
+    let versions = [
+        dir.join("admission-default.wasm"),
+        fixture_policy("admission-accept-all.wasm").into(),
+    ];
+    std::fs::copy(&versions[0], dir.join("admission.wasm")).unwrap();
+    let d = std::sync::Arc::new(b.start());
+
+    let load = {
+        let d = std::sync::Arc::clone(&d);
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while started.elapsed() < Duration::from_secs(4) {
+                tick.tick().await;
+                let resp = d.submit(&task("p", json!({"max_tokens": 2}))).await;
+                statuses.push(resp.status().as_u16());
+            }
+            statuses
+        })
+    };
+    let mut swaps = 0;
+    while !load.is_finished() {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        swaps += 1;
+        swap_file(&versions[swaps % 2], &dir.join("admission.wasm"));
+    }
+    let statuses = load.await.unwrap();
+    assert!(statuses.len() > 100, "{} requests", statuses.len());
+    assert!(
+        statuses.iter().all(|s| *s == 202),
+        "failed requests during swaps: {statuses:?}"
+    );
+    assert!(
+        d.log_events("policy reloaded").len() >= 3,
+        "swaps took effect"
+    );
+    // Every decision was made by exactly one loaded version: calls add up.
+    let metrics = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ok = format!(
+        "policy_calls_total{{outcome=\"ok\",policy=\"admission\"}} {}",
+        statuses.len()
+    );
+    assert!(metrics.contains(&ok), "{ok}");
+}
+
+#[tokio::test]
+async fn a_budget_covering_ten_requests_admits_at_most_ten_of_two_hundred() {
+    // "tell me about queues" is 20 bytes ≈ 5 tokens; with max_tokens 8 a request reserves 13.
+    let cfg = format!(
+        "[budgets]\nper_key = {{ tokens = 130 }}\n\n{}",
+        config(
+            &default_admission("reject"),
+            1024,
+            &[mock_pool("p", "slots = 1, tokens_per_s = 1.0")]
+        )
+    );
+    let d = std::sync::Arc::new(DaemonBuilder::new(cfg).start());
+    let mut handles = Vec::new();
+    for _ in 0..200 {
+        let d = std::sync::Arc::clone(&d);
+        handles.push(tokio::spawn(async move {
+            let resp = d.submit(&task("p", json!({"max_tokens": 8}))).await;
+            let status = resp.status().as_u16();
+            let remaining = resp
+                .headers()
+                .get("x-budget-tokens-remaining")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            let body: Value = resp.json().await.unwrap();
+            (status, remaining, body)
+        }));
+    }
+    let mut admitted = 0;
+    for h in handles {
+        let (status, remaining, body) = h.await.unwrap();
+        match status {
+            202 => {
+                admitted += 1;
+                assert!(remaining.is_some_and(|r| r < 130));
+            }
+            429 => {
+                assert_eq!(body["code"], "BUDGET_EXCEEDED", "{body}");
+                assert_eq!(body["retriable"], false);
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(admitted, 10);
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("session-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[tokio::test]
+async fn placement_honours_pin_prefer_and_avoid() {
+    let pools = [mock_pool("a", "slots = 2"), mock_pool("b", "slots = 2")].map(|p| {
+        p.replace("model_ref = \"a-model\"", "model_ref = \"shared\"")
+            .replace("model_ref = \"b-model\"", "model_ref = \"shared\"")
+    });
+    let d = DaemonBuilder::new(config(&default_admission("reject"), 8, &pools)).start();
+    let run = |placement: Value| {
+        let d = &d;
+        async move {
+            // A new session each time: session affinity is not under test here.
+            let session = uuid_like();
+            let id = d
+                .submit_ok(&task(
+                    "x",
+                    json!({"model_ref": "shared", "placement": placement, "session_id": session}),
+                ))
+                .await;
+            d.stream(&id).await[0].data["pool_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(run(json!({"mode": "pin", "pin_pool_id": "b"})).await, "b");
+    assert_eq!(
+        run(json!({"mode": "prefer", "prefer_pools": ["b"]})).await,
+        "b"
+    );
+    assert_eq!(run(json!({"avoid_pools": ["a"]})).await, "b");
+    assert_eq!(run(json!({"avoid_pools": ["b"]})).await, "a");
+    assert_eq!(
+        run(json!({})).await,
+        "a",
+        "idle pools tie: lexicographic id"
+    );
+    let resp = d
+        .submit(&task(
+            "x",
+            json!({"model_ref": "shared", "placement": {"mode": "pin", "pin_pool_id": "zzz"}}),
+        ))
+        .await;
+    assert_eq!(resp.status().as_u16(), 400);
+    let resp = d
+        .submit(&task(
+            "x",
+            json!({"model_ref": "shared", "placement": {"avoid_pools": ["a", "b"]}}),
+        ))
+        .await;
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "REPLICA_EXHAUSTED", "{body}");
+    let metrics = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(
+        "placement_decisions_total{fallback=\"false\",outcome=\"assigned\",pinned=\"true\"}"
+    ));
+}
+
+#[tokio::test]
+async fn a_policy_written_in_python_is_built_from_source_and_decides() {
+    let cfg = format!(
+        "[queue]\ncapacity = 3\n\n[policies]\ntimeout_ms = 100\n\n[policies.admission]\ncomponent = \"{}\"\nconfig = {{ max_batch_share = 0.3 }}\n{}",
+        fixture_policy("python-admission.wasm"),
+        mock_pool("p", "slots = 1, tokens_per_s = 20.0")
+    );
+    let d = DaemonBuilder::new(cfg).start();
+    let p = policy(&d, "admission").await;
+    assert_eq!(p["name"], "python-admission");
+    let run = d.submit_ok(&task("p", json!({"max_tokens": 1000}))).await;
+    d.wait_state(&run, "running").await;
+    d.submit_ok(&task("p", json!({"priority": "batch"}))).await;
+    // A second batch task would exceed 30% of the queue for batch work: the policy says no.
+    let resp = d.submit(&task("p", json!({"priority": "batch"}))).await;
+    assert_eq!(resp.status().as_u16(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "ADMISSION_REJECT", "{body}");
+    assert_eq!(body["policy_label"], "python-aging");
+    d.submit_ok(&task("p", json!({"priority": "interactive"})))
+        .await;
+    assert_eq!(policy(&d, "admission").await["errors"], 0);
+}
