@@ -72,6 +72,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub queue_capacity: NonZeroU32,
     pub keep_alive: Duration,
+    /// A client that drops its stream before the terminal frame cancels the task.
+    pub cancel_on_disconnect: bool,
+    /// On SIGTERM/SIGINT, running streams get this long to finish.
+    pub shutdown_grace: Duration,
     pub decode_idle_timeout: Duration,
     pub policy_limits: PolicyLimits,
     pub policies: PolicySettingsSet,

@@ -228,7 +228,7 @@ impl Decisions {
                 OnError::Fallback => {
                     fallback_logged(&failure);
                     record("assigned", "{}", true);
-                    Ok(pool.least_loaded_free())
+                    Ok(pool.least_loaded_replica())
                 }
                 OnError::Fail => Err(policy_failed(&failure)),
             },

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use orchd_contracts::ErrorCode;
 use orchd_host::config::{Cli, EXIT_CONFIG, Settings, dist_root_of};
 use orchd_host::startup;
 
@@ -101,8 +102,23 @@ async fn serve(settings: Settings) -> ExitCode {
     let served = axum::serve(listener, orchd_host::app(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
-            tracing::info!("shutdown requested; refusing new tasks and draining");
+            let grace = drain_state.settings.shutdown_grace;
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown requested; refusing new tasks, draining streams"
+            );
             drain_state.begin_shutdown();
+            // Keep serving (new tasks get 503, /readyz is 503) while running tasks finish,
+            // up to the grace period; then end the rest with a terminal frame so every
+            // stream, and so every connection, can close.
+            let deadline = tokio::time::Instant::now() + grace;
+            while tokio::time::Instant::now() < deadline && !drain_state.tasks.live().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let n = drain_state
+                .abort_all(ErrorCode::PoolUnavailable, "the daemon is shutting down")
+                .await;
+            tracing::info!(aborted = n, "drained; stopping");
         })
         .await;
     match served {

@@ -174,13 +174,31 @@ impl Pool {
             .is_some_and(|r| r.is_healthy() && r.try_lease())
     }
 
-    /// The host's own choice (the documented placement fallback): a slot on the healthy
-    /// replica with the most free slots.
-    pub fn least_loaded_free(&self) -> Option<usize> {
-        self.lease_least_loaded()
+    /// The host's own choice (the documented placement fallback): the healthy replica with
+    /// the most free slots, if any has one. Does not lease.
+    pub fn least_loaded_replica(&self) -> Option<usize> {
+        (0..self.replicas.len())
+            .filter(|&i| self.replicas[i].is_healthy())
+            .map(|i| {
+                (
+                    i,
+                    self.replicas[i]
+                        .slots_total
+                        .saturating_sub(self.replicas[i].leases()),
+                )
+            })
+            .filter(|&(_, free)| free > 0)
+            .max_by_key(|&(i, free)| (free, std::cmp::Reverse(i)))
+            .map(|(i, _)| i)
     }
 
     /// Leases a slot on the healthy replica with the most free slots.
+    #[cfg(test)]
+    fn least_loaded_free(&self) -> Option<usize> {
+        self.lease_least_loaded()
+    }
+
+    #[cfg(test)]
     fn lease_least_loaded(&self) -> Option<usize> {
         let mut order: Vec<usize> = (0..self.replicas.len())
             .filter(|&i| self.replicas[i].is_healthy())
@@ -304,6 +322,10 @@ mod tests {
         p.release(0);
         assert_eq!(p.slots_free(), 1);
         assert!(p.try_lease(0));
+        assert_eq!(p.least_loaded_replica(), None);
+        p.release(1);
+        assert_eq!(p.least_loaded_replica(), Some(1), "choosing does not lease");
+        assert_eq!(p.least_loaded_replica(), Some(1));
     }
 
     #[test]

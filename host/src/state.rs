@@ -61,6 +61,27 @@ impl AppState {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// Ends every task still queued or running with a terminal `error` frame (shutdown
+    /// past its grace period), canceling engine work.
+    pub async fn abort_all(&self, code: orchd_contracts::ErrorCode, message: &str) -> usize {
+        let mut aborted = 0;
+        for task in self.tasks.live() {
+            if let Some(pool) = self.pool(&task.spec.pool_id) {
+                pool.queue().remove(&task.id);
+            }
+            let mut envelope = *crate::errors::ApiError::new(code, message).envelope;
+            envelope.correlation_id = Some(task.spec.correlation_id.clone());
+            if let Some(job) = task.fail(envelope) {
+                aborted += 1;
+                if let Some(job) = job {
+                    dispatch::cancel_job(&task.id, job).await;
+                }
+                self.decisions.settle(&task);
+            }
+        }
+        aborted
+    }
+
     /// Cancels a task wherever it is: a queued task is removed and never dispatched; a
     /// running one gets its `end {canceled}` frame now and its engine job canceled.
     /// Returns `false` if the task had already ended.

@@ -356,6 +356,17 @@ impl Tasks {
         true
     }
 
+    /// Tasks not yet ended.
+    pub fn live(&self) -> Vec<Arc<Task>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|t| !t.state().is_terminal())
+            .cloned()
+            .collect()
+    }
+
     /// Forgets tasks that finished more than `retention` ago.
     pub fn sweep(&self, retention: Duration) -> usize {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());

@@ -165,7 +165,13 @@ fn fixtures() -> Result<()> {
         "build fixture adapters",
         cargo().args(["build", "--release", "-p", "orchd-fixture-abi-mismatch"]),
     )?;
-    build_wasm(&["admission-faulty", "admission-accept-all"])?;
+    build_wasm(&[
+        "placement-fastest",
+        "admission-faulty",
+        "admission-accept-all",
+        "placement-faulty",
+        "error-mapping-faulty",
+    ])?;
     let out = target().join("fixtures");
     install(
         &target().join("release/liborchd_fixture_abi_mismatch.so"),
@@ -178,7 +184,13 @@ fn fixtures() -> Result<()> {
             .arg(root().join("plugins/examples/python-admission/build.sh"))
             .arg(out.join("policies/python-admission.wasm")),
     )?;
-    for lib in ["admission_faulty", "admission_accept_all"] {
+    for lib in [
+        "placement_fastest",
+        "admission_faulty",
+        "admission_accept_all",
+        "placement_faulty",
+        "error_mapping_faulty",
+    ] {
         install(
             &wasm_out(lib),
             &out.join("policies")
@@ -216,6 +228,8 @@ fn test() -> Result<()> {
                 "placement-default",
                 "-p",
                 "error-mapping-default",
+                "-p",
+                "placement-fastest",
                 "--lib",
             ]),
     )?;

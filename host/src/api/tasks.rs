@@ -78,7 +78,8 @@ pub async fn cancel(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Cancels the task when the client goes away before its terminal frame.
+/// Cancels the task when the client goes away before its terminal frame (unless
+/// `stream.cancel_on_disconnect = false`).
 struct DisconnectGuard {
     state: Arc<AppState>,
     task: Arc<Task>,
@@ -86,7 +87,7 @@ struct DisconnectGuard {
 
 impl Drop for DisconnectGuard {
     fn drop(&mut self) {
-        if self.task.state().is_terminal() {
+        if !self.state.settings.cancel_on_disconnect || self.task.state().is_terminal() {
             return;
         }
         let state = Arc::clone(&self.state);

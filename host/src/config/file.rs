@@ -108,6 +108,8 @@ impl Default for QueueFile {
 struct StreamFile {
     keep_alive_ms: NonZeroU32,
     decode_idle_timeout_ms: NonZeroU32,
+    cancel_on_disconnect: bool,
+    shutdown_grace_ms: u32,
 }
 
 impl Default for StreamFile {
@@ -115,6 +117,8 @@ impl Default for StreamFile {
         Self {
             keep_alive_ms: NonZeroU32::new(15_000).expect("non-zero"),
             decode_idle_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
+            cancel_on_disconnect: true,
+            shutdown_grace_ms: 30_000,
         }
     }
 }
@@ -334,6 +338,8 @@ impl FileConfig {
             max_body_bytes: self.limits.max_body_bytes,
             queue_capacity: self.queue.capacity,
             keep_alive: Duration::from_millis(self.stream.keep_alive_ms.get().into()),
+            cancel_on_disconnect: self.stream.cancel_on_disconnect,
+            shutdown_grace: Duration::from_millis(self.stream.shutdown_grace_ms.into()),
             decode_idle_timeout: Duration::from_millis(
                 self.stream.decode_idle_timeout_ms.get().into(),
             ),

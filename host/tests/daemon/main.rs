@@ -7,4 +7,5 @@ mod cancel;
 mod config;
 mod policies;
 mod policy_faults;
+mod shutdown;
 mod tasks;

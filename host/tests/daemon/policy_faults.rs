@@ -75,3 +75,100 @@ async fn deep_recursion_hits_the_stack_limit() {
 async fn an_invalid_output_is_refused_by_the_host() {
     check_fault("invalid", "invalid").await;
 }
+
+fn with_policy(kind: &str, file: &str, extra: &str, pools: &[String]) -> String {
+    format!(
+        "{}\n[policies.{kind}]\ncomponent = \"{}\"\n{extra}\n",
+        config(&orchd_testkit::default_admission("reject"), 8, pools),
+        fixture_policy(file)
+    )
+}
+
+async fn metric(d: &orchd_testkit::Daemon, line_prefix: &str) -> Option<u64> {
+    let text = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_failing_placement_falls_back_only_when_the_operator_allows_it() {
+    let pools = [mock_pool("p", "slots = 2")];
+    let d = DaemonBuilder::new(with_policy(
+        "placement",
+        "placement-faulty.wasm",
+        "on_error = \"fallback\"",
+        &pools,
+    ))
+    .start();
+    for _ in 0..3 {
+        let id = d.submit_ok(&task("p", json!({}))).await;
+        assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+    }
+    assert_eq!(
+        metric(&d, "policy_fallbacks_total{policy=\"placement\"} ").await,
+        Some(3)
+    );
+    assert!(!d.log_events("policy failed; host fallback used").is_empty());
+
+    // Without fallback, a task whose dispatch placement fails ends with POLICY_UNAVAILABLE.
+    let d = DaemonBuilder::new(with_policy(
+        "placement",
+        "placement-faulty.wasm",
+        "on_error = \"fail\"",
+        &pools,
+    ))
+    .start();
+    let id = d.submit_ok(&task("p", json!({}))).await;
+    let frames = d.stream(&id).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].event, "error");
+    assert_eq!(frames[0].data["code"], "POLICY_UNAVAILABLE");
+    assert_eq!(
+        metric(&d, "policy_fallbacks_total{policy=\"placement\"} ").await,
+        None
+    );
+    let (status, _) = d.get_json("/readyz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_failing_error_mapping_falls_back_to_the_built_in_table() {
+    let pools = [
+        mock_pool("p", "failure = \"error_before_first_token\""),
+        mock_pool("q", "failure = \"error_mid_stream\", fail_after_tokens = 1"),
+    ];
+    let d = DaemonBuilder::new(with_policy(
+        "error_mapping",
+        "error-mapping-faulty.wasm",
+        "",
+        &pools,
+    ))
+    .start();
+    // Upstream failure: the policy traps, the built-in table answers.
+    let id = d.submit_ok(&task("p", json!({}))).await;
+    let last = d.stream(&id).await.pop().unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "WORKER_RESET");
+    assert!(
+        last.data["policy_label"].is_null(),
+        "the built-in table, not the policy: {}",
+        last.data
+    );
+    assert_eq!(
+        metric(&d, "policy_fallbacks_total{policy=\"error_mapping\"} ").await,
+        Some(1)
+    );
+    // Transport failure: the policy answers.
+    let id = d.submit_ok(&task("q", json!({}))).await;
+    let last = d.stream(&id).await.pop().unwrap();
+    assert_eq!(last.data["policy_label"], "error-mapping-faulty");
+}
