@@ -10,6 +10,7 @@ use orchd_contracts::{
 };
 
 use crate::adapters::JobSpec;
+use crate::auth::Principal;
 use crate::budget::{Headroom, Reservation};
 use crate::config::valid_id;
 use crate::decisions::{JobFacts, now_ms, policy_failed, wit_priority};
@@ -134,6 +135,7 @@ fn snapshot(
     pool: &Pool,
     queue: &ClassQueues,
     task_id: &str,
+    tenant: &str,
     req: &TaskRequest,
     now: Instant,
 ) -> admission::Snapshot {
@@ -157,7 +159,7 @@ fn snapshot(
         request: admission::Request {
             task_id: task_id.to_owned(),
             session_id: req.session_id.clone(),
-            tenant: "open".to_owned(),
+            tenant: tenant.to_owned(),
             priority: wit_priority(req.priority),
             engine: req.engine.clone(),
             model_ref: req.model_ref.clone(),
@@ -271,6 +273,7 @@ fn unlimited() -> BudgetLeft {
 pub fn admit(
     state: &AppState,
     req: TaskRequest,
+    principal: &Principal,
     correlation_id: &str,
 ) -> Result<Admitted, ApiError> {
     validate(&req)?;
@@ -287,12 +290,11 @@ pub fn admit(
     let candidates = candidates(state, &req)?;
     let prompt = req.prompt.clone().unwrap_or_default();
     let tokens_in_estimate = estimate_tokens(&prompt);
-    let tenant = "open";
     let (reservation, headroom) = state.decisions.reserve(
         budget::ReserveRequest {
             now_ms: now_ms(),
             task_id: task_id.clone(),
-            tenant: tenant.to_owned(),
+            tenant: principal.fingerprint.clone(),
             session_id: req.session_id.clone(),
             priority: wit_priority(req.priority),
             engine: req.engine.clone(),
@@ -303,10 +305,11 @@ pub fn admit(
             key_left: unlimited(),
             session_left: unlimited(),
         },
-        tenant,
+        &principal.name,
         &req.session_id,
     )?;
     let facts = Facts {
+        owner: principal,
         task_id: &task_id,
         correlation_id,
         tokens_in_estimate,
@@ -322,6 +325,7 @@ pub fn admit(
 }
 
 struct Facts<'a> {
+    owner: &'a Principal,
     task_id: &'a str,
     correlation_id: &'a str,
     tokens_in_estimate: u32,
@@ -374,7 +378,7 @@ fn enqueue(
         .engine(&req.engine));
     }
 
-    let snapshot = snapshot(pool, &queue, task_id, req, now);
+    let snapshot = snapshot(pool, &queue, task_id, &facts.owner.fingerprint, req, now);
     let decision = state
         .decisions
         .policies
@@ -418,6 +422,7 @@ fn enqueue(
         Task::new(
             task_id.to_owned(),
             TaskSpec {
+                owner: facts.owner.name.clone(),
                 session_id: req.session_id.clone(),
                 priority: req.priority,
                 ctx: req.ctx,

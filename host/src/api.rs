@@ -34,6 +34,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            middleware::authenticate,
+        ))
         .layer(axum::middleware::from_fn(middleware::correlation))
         .with_state(state)
 }

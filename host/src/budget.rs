@@ -91,6 +91,8 @@ struct Accounts {
 
 pub struct Ledger {
     limits: BudgetSettings,
+    /// Keys with their own budget instead of `limits.per_key`.
+    key_limits: HashMap<String, BudgetLimits>,
     accounts: Mutex<Accounts>,
 }
 
@@ -103,9 +105,10 @@ pub struct Locked<'a> {
 }
 
 impl Ledger {
-    pub fn new(limits: BudgetSettings) -> Self {
+    pub fn new(limits: BudgetSettings, key_limits: HashMap<String, BudgetLimits>) -> Self {
         Self {
             limits,
+            key_limits,
             accounts: Mutex::new(Accounts::default()),
         }
     }
@@ -135,7 +138,7 @@ impl Ledger {
             cost: (actual.cost - r.amount.cost).max(0.0),
         };
         for (map, id, cap) in [
-            (&mut accounts.keys, &r.key, self.limits.per_key),
+            (&mut accounts.keys, &r.key, self.key_limit(&r.key)),
             (&mut accounts.sessions, &r.session, self.limits.per_session),
         ] {
             if let Some(rem) = map.get_mut(id) {
@@ -143,6 +146,13 @@ impl Ledger {
                 rem.debit(overrun);
             }
         }
+    }
+
+    fn key_limit(&self, key: &str) -> BudgetLimits {
+        self.key_limits
+            .get(key)
+            .copied()
+            .unwrap_or(self.limits.per_key)
     }
 
     /// Returns a whole reservation (the request was refused after reserving).
@@ -153,7 +163,7 @@ impl Ledger {
 
 impl Locked<'_> {
     fn key_mut(&mut self) -> &mut Remaining {
-        let limits = self.ledger.limits.per_key;
+        let limits = self.ledger.key_limit(&self.key);
         self.accounts
             .keys
             .entry(self.key.clone())
@@ -227,7 +237,7 @@ mod tests {
 
     #[test]
     fn reserve_settle_and_refund() {
-        let ledger = Ledger::new(limits(100));
+        let ledger = Ledger::new(limits(100), HashMap::new());
         let mut l = ledger.lock("k", "s");
         assert_eq!(l.key_left().tokens, Some(100));
         assert_eq!(l.session_left().tokens, None);

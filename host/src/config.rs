@@ -43,6 +43,9 @@ pub struct Cli {
     /// Directory for precompiled policy components.
     #[arg(long, env = "ORCHD_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// API keys as `name:role:key`, comma-separated (added to `[[auth.keys]]`).
+    #[arg(long, env = "ORCHD_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `orchd_host=debug`.
     #[arg(long, env = "ORCHD_LOG", default_value = "info")]
     pub log: String,
@@ -79,6 +82,8 @@ pub struct Settings {
     pub decode_idle_timeout: Duration,
     pub policy_limits: PolicyLimits,
     pub policies: PolicySettingsSet,
+    /// API keys from `[[auth.keys]]` and `ORCHD_API_KEYS`; empty = open mode (loopback only).
+    pub api_keys: Vec<ApiKeySettings>,
     pub budgets: BudgetSettings,
     pub pools: Vec<PoolSettings>,
     /// Where the settings came from, for the startup log.
@@ -127,6 +132,34 @@ pub struct BudgetLimits {
     pub tokens: Option<u64>,
     pub time_ms: Option<u64>,
     pub cost: Option<f64>,
+}
+
+/// What a key may do: the data plane (its own tasks and sessions) or everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Data,
+    Admin,
+}
+
+/// One API key (never kept in plain text after parsing).
+#[derive(Clone)]
+pub struct ApiKeySettings {
+    pub name: String,
+    pub role: Role,
+    pub sha256: [u8; 32],
+    /// Overrides `budgets.per_key` for this key.
+    pub budget: Option<BudgetLimits>,
+}
+
+impl std::fmt::Debug for ApiKeySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeySettings")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("fingerprint", &hex::encode(&self.sha256[..3]))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]

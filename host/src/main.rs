@@ -91,9 +91,6 @@ async fn serve(settings: Settings) -> ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    if !addr.ip().is_loopback() {
-        tracing::warn!(addr = %bound, "serving on a non-loopback address without authentication");
-    }
     tracing::info!(addr = %bound, "listening");
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);

@@ -130,7 +130,14 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     };
     let decisions = Arc::new(Decisions {
         policies: Arc::clone(&policies),
-        ledger: Ledger::new(settings.budgets),
+        ledger: Ledger::new(
+            settings.budgets,
+            settings
+                .api_keys
+                .iter()
+                .filter_map(|k| k.budget.map(|b| (k.name.clone(), b)))
+                .collect(),
+        ),
     });
     let watcher = watch::spawn(policies, &settings.policies_dir).map_err(StartupError::Runtime)?;
     let state = Arc::new(AppState::new(

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::adapters::AdapterRegistry;
+use crate::auth::Keys;
 use crate::config::Settings;
 use crate::decisions::Decisions;
 use crate::dispatch;
@@ -13,6 +14,7 @@ use crate::task::{Task, Tasks};
 
 pub struct AppState {
     pub settings: Settings,
+    pub keys: Keys,
     pub adapters: AdapterRegistry,
     /// The policies in force (each swapped whole on reload) and the budget ledger.
     pub decisions: Arc<Decisions>,
@@ -30,6 +32,7 @@ impl AppState {
         pools: Vec<Arc<Pool>>,
     ) -> Self {
         Self {
+            keys: Keys::new(&settings.api_keys),
             settings,
             adapters,
             decisions,

@@ -26,6 +26,8 @@ pub struct Frame {
 
 /// What the host sends the engine, and the facts of admission.
 pub struct TaskSpec {
+    /// The API key (principal name) that created the task; only it (or an admin) sees it.
+    pub owner: String,
     pub session_id: String,
     pub priority: Priority,
     pub ctx: u32,
@@ -384,6 +386,7 @@ pub(crate) mod tests {
         Arc::new(Task::new(
             id.to_owned(),
             TaskSpec {
+                owner: "open".into(),
                 session_id: "s".into(),
                 priority: Priority::Interactive,
                 ctx: 0,

@@ -130,6 +130,8 @@ pub struct DaemonBuilder {
     policies_dir: PathBuf,
     adapters_dir: PathBuf,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+    addr: String,
     dir: tempfile::TempDir,
 }
 
@@ -141,6 +143,8 @@ impl DaemonBuilder {
             policies_dir: dist.join("policies"),
             adapters_dir: dist.join("adapters"),
             extra_args: Vec::new(),
+            env: Vec::new(),
+            addr: "127.0.0.1:0".into(),
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
@@ -174,6 +178,18 @@ impl DaemonBuilder {
         self
     }
 
+    /// An environment variable for the daemon.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The address to bind (default `127.0.0.1:0`).
+    pub fn addr(mut self, addr: &str) -> Self {
+        self.addr = addr.to_owned();
+        self
+    }
+
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.extra_args.push(arg.into());
         self
@@ -186,7 +202,7 @@ impl DaemonBuilder {
         cmd.arg("--config")
             .arg(&config_path)
             .arg("--addr")
-            .arg("127.0.0.1:0")
+            .arg(&self.addr)
             .arg("--adapters-dir")
             .arg(&self.adapters_dir)
             .arg("--policies-dir")
@@ -195,7 +211,9 @@ impl DaemonBuilder {
             .arg(self.dir.path().join("cache"))
             .args(&self.extra_args)
             .env_remove("ORCHD_ADDR")
-            .env_remove("ORCHD_CONFIG");
+            .env_remove("ORCHD_CONFIG")
+            .env_remove("ORCHD_API_KEYS")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

@@ -32,7 +32,13 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(CorrelationId(id.clone()));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("request", correlation_id = %id, %method, %path);
+    let span = tracing::info_span!(
+        "request",
+        correlation_id = %id,
+        %method,
+        %path,
+        key = tracing::field::Empty
+    );
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
 
@@ -57,4 +63,92 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
         )
     });
     response
+}
+
+/// Routes anyone may call without a key.
+fn exempt(path: &str) -> bool {
+    matches!(path, "/metrics" | "/healthz" | "/readyz")
+}
+
+/// Routes of the control plane (API.md §2–3): the admin role only.
+fn admin_only(path: &str) -> bool {
+    [
+        "/v1/policies",
+        "/v1/pools",
+        "/v1/capabilities",
+        "/v1/adapters",
+        "/v1/catalog",
+    ]
+    .iter()
+    .any(|prefix| path == *prefix || path.starts_with(&format!("{prefix}/")))
+}
+
+fn presented_key(req: &Request) -> Option<&str> {
+    let headers = req.headers();
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(key.trim());
+    }
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// 401 without a key, 403 for an unknown key or a role too low; otherwise the caller's
+/// [`Principal`] goes into the request's extensions. Only the key's fingerprint is logged.
+pub async fn authenticate(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<crate::state::AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    use orchd_contracts::ErrorCode;
+
+    use crate::auth::Principal;
+    use crate::errors::ApiError;
+
+    let path = req.uri().path().to_owned();
+    if exempt(&path) {
+        return next.run(req).await;
+    }
+    let principal = if state.keys.is_open() {
+        Principal::open()
+    } else {
+        match presented_key(&req).map(|k| state.keys.authenticate(k)) {
+            None => {
+                return ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "missing API key: send X-API-Key or Authorization: Bearer",
+                )
+                .into_response();
+            }
+            Some(None) => {
+                tracing::info!("request with an unknown API key refused");
+                return ApiError::new(ErrorCode::Forbidden, "unknown API key").into_response();
+            }
+            Some(Some(p)) => p,
+        }
+    };
+    tracing::Span::current().record("key", principal.fingerprint.as_str());
+    if admin_only(&path) && !principal.is_admin() {
+        return ApiError::new(ErrorCode::Forbidden, format!("{path} needs the admin role"))
+            .into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_classes() {
+        assert!(exempt("/metrics") && exempt("/healthz") && !exempt("/v1/tasks"));
+        assert!(admin_only("/v1/policies") && admin_only("/v1/policies/reload"));
+        assert!(admin_only("/v1/pools/p/drain") && !admin_only("/v1/poolsX"));
+        assert!(!admin_only("/v1/tasks/x"));
+    }
 }

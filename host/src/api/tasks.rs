@@ -16,6 +16,7 @@ use orchd_contracts::{ErrorCode, TaskRequest, TaskStatus};
 use super::extract::ApiJson;
 use super::middleware::CorrelationId;
 use crate::admit;
+use crate::auth::Principal;
 use crate::errors::ApiError;
 use crate::state::AppState;
 use crate::task::{Frame, Task};
@@ -23,6 +24,7 @@ use crate::task::{Frame, Task};
 pub async fn create(
     State(state): State<Arc<AppState>>,
     Extension(correlation): Extension<CorrelationId>,
+    Extension(principal): Extension<Principal>,
     ApiJson(req): ApiJson<TaskRequest>,
 ) -> Result<Response, ApiError> {
     if state.is_shutting_down() {
@@ -32,7 +34,7 @@ pub async fn create(
         )
         .retry_after_ms(5000));
     }
-    let admitted = admit::admit(&state, req, &correlation.0)?;
+    let admitted = admit::admit(&state, req, &principal, &correlation.0)?;
     let mut response = (StatusCode::ACCEPTED, Json(admitted.accepted)).into_response();
     let h = admitted.headroom;
     let headers = response.headers_mut();
@@ -50,18 +52,21 @@ pub async fn create(
     Ok(response)
 }
 
-fn find(state: &AppState, id: &str) -> Result<Arc<Task>, ApiError> {
+/// The task, if it exists and the caller may see it (else the same 404: no oracle).
+fn find(state: &AppState, principal: &Principal, id: &str) -> Result<Arc<Task>, ApiError> {
     state
         .tasks
         .get(id)
+        .filter(|t| principal.may_see(&t.spec.owner))
         .ok_or_else(|| ApiError::not_found("task", id))
 }
 
 pub async fn status(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskStatus>, ApiError> {
-    let task = find(&state, &id)?;
+    let task = find(&state, &principal, &id)?;
     let position = state
         .pool(&task.spec.pool_id)
         .and_then(|p| p.queue().position(&id))
@@ -71,9 +76,10 @@ pub async fn status(
 
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let task = find(&state, &id)?;
+    let task = find(&state, &principal, &id)?;
     state.cancel(&task, "client").await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -138,10 +144,11 @@ fn frames(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
 
 pub async fn stream(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let task = find(&state, &id)?;
+    let task = find(&state, &principal, &id)?;
     // Resume: the frames after the last one the client saw.
     let next = match headers.get("last-event-id") {
         None => 0,

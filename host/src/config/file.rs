@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    BudgetLimits, BudgetSettings, Cli, ConfigError, OnError, PolicyLimits, PolicySettings,
-    PolicySettingsSet, PoolSettings, ReplicaSettings, Settings,
+    ApiKeySettings, BudgetLimits, BudgetSettings, Cli, ConfigError, OnError, PolicyLimits,
+    PolicySettings, PolicySettingsSet, PoolSettings, ReplicaSettings, Role, Settings,
 };
 
 #[derive(Debug, Deserialize)]
@@ -31,7 +31,132 @@ pub(super) struct FileConfig {
     #[serde(default)]
     budgets: BudgetsFile,
     #[serde(default)]
+    auth: AuthFile,
+    #[serde(default)]
     pools: Vec<PoolFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    #[serde(default)]
+    keys: Vec<KeyFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    name: String,
+    role: Role,
+    /// The key itself, or
+    #[serde(default)]
+    key: Option<String>,
+    /// its SHA-256 (hex), so the config file need not hold the secret.
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    budget: Option<BudgetLimits>,
+}
+
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFile")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).into()
+}
+
+/// `[[auth.keys]]` plus `ORCHD_API_KEYS` (`name:role:key,…`), validated.
+fn api_keys(file: &[KeyFile], env: Option<&str>) -> Result<Vec<ApiKeySettings>, ConfigError> {
+    let invalid = |m: String| ConfigError::Invalid(m);
+    let mut keys = Vec::new();
+    for k in file {
+        let sha256 = match (&k.key, &k.sha256) {
+            (Some(key), None) if !key.is_empty() => digest(key),
+            (None, Some(hex_digest)) => {
+                let bytes = hex::decode(hex_digest)
+                    .ok()
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "auth.keys {:?}: sha256 must be 64 hex characters",
+                            k.name
+                        ))
+                    })?;
+                bytes.try_into().expect("32 bytes")
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "auth.keys {:?}: give exactly one of key or sha256",
+                    k.name
+                )));
+            }
+        };
+        keys.push(ApiKeySettings {
+            name: k.name.clone(),
+            role: k.role,
+            sha256,
+            budget: k.budget,
+        });
+    }
+    for (i, item) in env
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+    {
+        let mut parts = item.splitn(3, ':');
+        let (Some(name), Some(role), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(invalid(format!(
+                "ORCHD_API_KEYS entry {} must be name:role:key",
+                i + 1
+            )));
+        };
+        let role = match role {
+            "data" => Role::Data,
+            "admin" => Role::Admin,
+            _ => {
+                return Err(invalid(format!(
+                    "ORCHD_API_KEYS entry {} ({name}): role must be data or admin",
+                    i + 1
+                )));
+            }
+        };
+        if key.is_empty() {
+            return Err(invalid(format!(
+                "ORCHD_API_KEYS entry {} ({name}): empty key",
+                i + 1
+            )));
+        }
+        keys.push(ApiKeySettings {
+            name: name.to_owned(),
+            role,
+            sha256: digest(key),
+            budget: None,
+        });
+    }
+    let mut names = HashSet::new();
+    for k in &keys {
+        if !valid_id(&k.name) {
+            return Err(invalid(format!(
+                "API key name {:?} must be 1-128 chars of [A-Za-z0-9._:-]",
+                k.name
+            )));
+        }
+        if !names.insert(k.name.clone()) {
+            return Err(invalid(format!(
+                "API key name {:?} is declared twice",
+                k.name
+            )));
+        }
+    }
+    Ok(keys)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,8 +450,16 @@ impl FileConfig {
                 replicas,
             });
         }
+        let addr = cli.addr.unwrap_or(self.server.addr);
+        let api_keys = api_keys(&self.auth.keys, cli.api_keys.as_deref())?;
+        if api_keys.is_empty() && !addr.ip().is_loopback() {
+            return Err(invalid(format!(
+                "serving on non-loopback {addr} needs API keys ([[auth.keys]] or ORCHD_API_KEYS); open mode is loopback-only"
+            )));
+        }
         Ok(Settings {
-            addr: cli.addr.unwrap_or(self.server.addr),
+            addr,
+            api_keys,
             adapters_dir: cli
                 .adapters_dir
                 .clone()

@@ -41,10 +41,15 @@ fn flags_override_the_file() {
             "/p",
             "--adapters-dir",
             "/a",
+            "--api-keys",
+            "ops:admin:s3cret",
         ],
     )
     .unwrap();
     assert_eq!(s.addr.to_string(), "0.0.0.0:9");
+    assert_eq!(s.api_keys.len(), 1);
+    assert_eq!(s.api_keys[0].role, Role::Admin);
+    assert!(!format!("{:?}", s.api_keys).contains("s3cret"));
     assert_eq!(
         s.policies.admission.component,
         Path::new("/p/admission-default.wasm")

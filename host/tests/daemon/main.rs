@@ -3,6 +3,7 @@
 
 mod adapters;
 mod admission;
+mod auth;
 mod cancel;
 mod config;
 mod policies;
