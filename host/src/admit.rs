@@ -15,6 +15,7 @@ use crate::budget::{Headroom, Reservation};
 use crate::config::valid_id;
 use crate::decisions::{JobFacts, now_ms, policy_failed, wit_priority};
 use crate::errors::ApiError;
+use crate::metrics;
 use crate::policy::MAX_RETRY_AFTER_MS;
 use crate::policy::bindings::{
     BudgetLeft, ClassSnapshot, QueueSnapshot, QueuedEntry, WitPriority, admission, budget,
@@ -276,6 +277,25 @@ pub fn admit(
     principal: &Principal,
     correlation_id: &str,
 ) -> Result<Admitted, ApiError> {
+    // Label values stay bounded: an engine no adapter serves is "unknown".
+    let engine = if state.adapters.serves_engine(&req.engine) {
+        req.engine.clone()
+    } else {
+        "unknown".to_owned()
+    };
+    let result = admit_checked(state, req, principal, correlation_id);
+    if let Err(err) = &result {
+        metrics::task_rejected(&engine, err.envelope.code.as_str());
+    }
+    result
+}
+
+fn admit_checked(
+    state: &AppState,
+    req: TaskRequest,
+    principal: &Principal,
+    correlation_id: &str,
+) -> Result<Admitted, ApiError> {
     validate(&req)?;
     let task_id = req
         .task_id
@@ -389,6 +409,10 @@ fn enqueue(
     let class = match decision {
         Admission::Accept(class) => class,
         Admission::Reject(err) => {
+            metrics::admission_backpressure(
+                &req.engine,
+                err.envelope.policy_label.as_deref().unwrap_or("unlabelled"),
+            );
             tracing::info!(
                 task_id = %task_id, pool_id = %pool.id, code = %err.envelope.code,
                 policy_label = err.envelope.policy_label.as_deref().unwrap_or(""),
@@ -411,6 +435,8 @@ fn enqueue(
                 let mut envelope = *frame.envelope;
                 envelope.correlation_id = Some(evicted.task.spec.correlation_id.clone());
                 evicted.task.fail(envelope);
+                evicted.task.count_cancel(pool.engine_version(), "evicted");
+                metrics::admission_backpressure(&req.engine, "drop-lru");
                 state.decisions.settle(&evicted.task);
                 tracing::info!(task_id = %victim, by = %task_id, pool_id = %pool.id, "task evicted (drop-lru)");
             }
@@ -453,7 +479,15 @@ fn enqueue(
         ));
     }
     let queue_position = queue.push(class, task, now);
+    pool.publish(&queue);
     drop(queue);
+    metrics::task_enqueued(&metrics::TaskLabels {
+        engine: &req.engine,
+        engine_version: pool.engine_version(),
+        pool_id: &pool.id,
+        replica_id: "",
+        priority: req.priority.as_str(),
+    });
     pool.wake.notify_one();
     tracing::info!(
         task_id = %task_id, session_id = %req.session_id, pool_id = %pool.id,

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::adapters::{EngineEvent, EngineFailure, EngineJob, FailureKind, FailurePhase};
 use crate::decisions::Decisions;
 use crate::errors::ApiError;
+use crate::metrics;
 use crate::pool::Pool;
 use crate::task::Task;
 
@@ -103,13 +104,33 @@ async fn run(
     config: DispatchConfig,
 ) {
     let replica = &pool.replicas[replica_idx];
+    let labels = metrics::TaskLabels {
+        engine: &task.spec.engine,
+        engine_version: &replica.engine_version,
+        pool_id: &pool.id,
+        replica_id: &replica.id,
+        priority: task.spec.priority.as_str(),
+    };
     if task.start(&replica.id, &replica.engine_version) {
+        metrics::task_started(&labels);
         pool.remember_affinity(&task.spec.session_id, replica_idx);
         tracing::info!(task_id = %task.id, pool_id = %pool.id, replica_id = %replica.id, "task started");
         relay(&pool, &decisions, replica_idx, &task, config).await;
+        let usage = task.usage();
+        let decode_ms = task.first_token_ms().map_or(0.0, |ftt| {
+            (task.admitted_at.elapsed().as_secs_f64() * 1000.0 - ftt).max(0.0)
+        });
+        metrics::task_finished(
+            &labels,
+            task.first_token_ms(),
+            decode_ms,
+            usage.tokens_in,
+            usage.tokens_out,
+        );
     }
     decisions.settle(&task);
     pool.release(replica_idx);
+    pool.publish(&pool.queue());
 }
 
 async fn relay(

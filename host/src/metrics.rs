@@ -10,6 +10,21 @@ use prometheus::{
 
 struct Metrics {
     registry: Registry,
+    tasks_enqueued_total: IntCounterVec,
+    tasks_started_total: IntCounterVec,
+    tasks_canceled_total: IntCounterVec,
+    tasks_rejected_total: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    latency_first_token_ms: HistogramVec,
+    latency_decode_ms: HistogramVec,
+    tokens_in_total: IntCounterVec,
+    tokens_out_total: IntCounterVec,
+    admission_backpressure_events_total: IntCounterVec,
+    /// Registered so the name exists; nothing drops frames yet, so it stays 0.
+    #[allow(dead_code)]
+    sse_backpressure_drops_total: prometheus::IntCounter,
+    pool_ready: IntGaugeVec,
+    active_leases: IntGaugeVec,
     policy_calls_total: IntCounterVec,
     policy_call_duration_seconds: HistogramVec,
     policy_reloads_total: IntCounterVec,
@@ -24,6 +39,42 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
         .expect("registered once");
     c
 }
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("registered once");
+    h
+}
+
+const TASK: &[&str] = &[
+    "engine",
+    "engine_version",
+    "pool_id",
+    "replica_id",
+    "priority",
+];
+const REPLICA: &[&str] = &["engine", "engine_version", "pool_id", "replica_id"];
+const POOL_PRIORITY: &[&str] = &["engine", "engine_version", "pool_id", "priority"];
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new();
@@ -55,7 +106,95 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             option_env!("ORCHD_GIT_SHA").unwrap_or("unknown"),
         ])
         .set(1);
+    let sse_backpressure_drops_total = prometheus::IntCounter::new(
+        "sse_backpressure_drops_total",
+        "SSE frames dropped for slow readers (metrics frames only, never tokens)",
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(sse_backpressure_drops_total.clone()))
+        .expect("registered once");
     Metrics {
+        tasks_enqueued_total: counter(
+            &registry,
+            "tasks_enqueued_total",
+            "Tasks admitted into a queue",
+            TASK,
+        ),
+        tasks_started_total: counter(
+            &registry,
+            "tasks_started_total",
+            "Tasks dispatched to a replica",
+            TASK,
+        ),
+        tasks_canceled_total: counter(
+            &registry,
+            "tasks_canceled_total",
+            "Tasks canceled, by reason",
+            &[
+                "engine",
+                "engine_version",
+                "pool_id",
+                "replica_id",
+                "reason",
+            ],
+        ),
+        tasks_rejected_total: counter(
+            &registry,
+            "tasks_rejected_total",
+            "Requests refused, by error code",
+            &["engine", "reason"],
+        ),
+        queue_depth: gauge(
+            &registry,
+            "queue_depth",
+            "Queued tasks per pool and class",
+            POOL_PRIORITY,
+        ),
+        latency_first_token_ms: histogram(
+            &registry,
+            "latency_first_token_ms",
+            "Admission to first token, ms",
+            &[
+                50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0,
+            ],
+            POOL_PRIORITY,
+        ),
+        latency_decode_ms: histogram(
+            &registry,
+            "latency_decode_ms",
+            "First token to end of stream, ms",
+            &[
+                250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0,
+            ],
+            POOL_PRIORITY,
+        ),
+        tokens_in_total: counter(
+            &registry,
+            "tokens_in_total",
+            "Prompt tokens processed",
+            REPLICA,
+        ),
+        tokens_out_total: counter(&registry, "tokens_out_total", "Tokens streamed", REPLICA),
+        admission_backpressure_events_total: counter(
+            &registry,
+            "admission_backpressure_events_total",
+            "Admission backpressure (rejections and evictions), by policy label",
+            &["engine", "policy"],
+        ),
+        sse_backpressure_drops_total,
+        pool_ready: gauge(
+            &registry,
+            "pool_ready",
+            "1 when the pool can take tasks",
+            &["pool_id"],
+        ),
+        active_leases: gauge(
+            &registry,
+            "active_leases",
+            "Slots leased to running tasks",
+            &["pool_id"],
+        ),
         policy_calls_total: counter(
             &registry,
             "policy_calls_total",
@@ -115,6 +254,107 @@ pub fn placement_decision(outcome: &'static str, pinned: bool, fallback: bool) {
         .placement_decisions_total
         .with_label_values(&[outcome, b(pinned), b(fallback)])
         .inc();
+}
+
+/// Labels of a task on a replica.
+pub struct TaskLabels<'a> {
+    pub engine: &'a str,
+    pub engine_version: &'a str,
+    pub pool_id: &'a str,
+    pub replica_id: &'a str,
+    pub priority: &'a str,
+}
+
+pub fn task_enqueued(l: &TaskLabels<'_>) {
+    METRICS
+        .tasks_enqueued_total
+        .with_label_values(&[
+            l.engine,
+            l.engine_version,
+            l.pool_id,
+            l.replica_id,
+            l.priority,
+        ])
+        .inc();
+}
+
+pub fn task_started(l: &TaskLabels<'_>) {
+    METRICS
+        .tasks_started_total
+        .with_label_values(&[
+            l.engine,
+            l.engine_version,
+            l.pool_id,
+            l.replica_id,
+            l.priority,
+        ])
+        .inc();
+}
+
+pub fn task_canceled(l: &TaskLabels<'_>, reason: &str) {
+    METRICS
+        .tasks_canceled_total
+        .with_label_values(&[l.engine, l.engine_version, l.pool_id, l.replica_id, reason])
+        .inc();
+}
+
+pub fn task_rejected(engine: &str, code: &str) {
+    METRICS
+        .tasks_rejected_total
+        .with_label_values(&[engine, code])
+        .inc();
+}
+
+pub fn queue_depth(engine: &str, engine_version: &str, pool_id: &str, priority: &str, depth: u32) {
+    METRICS
+        .queue_depth
+        .with_label_values(&[engine, engine_version, pool_id, priority])
+        .set(i64::from(depth));
+}
+
+/// A finished stream: first-token latency from admission, decode time, tokens.
+pub fn task_finished(
+    l: &TaskLabels<'_>,
+    first_token_ms: Option<f64>,
+    decode_ms: f64,
+    tokens_in: u32,
+    tokens_out: u32,
+) {
+    let m = &*METRICS;
+    let pool = [l.engine, l.engine_version, l.pool_id, l.priority];
+    if let Some(ms) = first_token_ms {
+        m.latency_first_token_ms
+            .with_label_values(&pool)
+            .observe(ms);
+        m.latency_decode_ms
+            .with_label_values(&pool)
+            .observe(decode_ms);
+    }
+    let replica = [l.engine, l.engine_version, l.pool_id, l.replica_id];
+    m.tokens_in_total
+        .with_label_values(&replica)
+        .inc_by(u64::from(tokens_in));
+    m.tokens_out_total
+        .with_label_values(&replica)
+        .inc_by(u64::from(tokens_out));
+}
+
+pub fn admission_backpressure(engine: &str, policy: &str) {
+    METRICS
+        .admission_backpressure_events_total
+        .with_label_values(&[engine, policy])
+        .inc();
+}
+
+pub fn pool_state(pool_id: &str, ready: bool, leases: u32) {
+    METRICS
+        .pool_ready
+        .with_label_values(&[pool_id])
+        .set(i64::from(ready));
+    METRICS
+        .active_leases
+        .with_label_values(&[pool_id])
+        .set(i64::from(leases));
 }
 
 /// The exposition text of every metric.

@@ -135,6 +135,32 @@ impl Pool {
             .sum()
     }
 
+    /// The engine version metrics report for the pool (its first replica's).
+    pub fn engine_version(&self) -> &str {
+        self.replicas
+            .first()
+            .map(|r| r.engine_version.as_str())
+            .unwrap_or("")
+    }
+
+    /// Publishes the queue's depth per class and the pool's readiness and leases.
+    pub fn publish(&self, queue: &ClassQueues) {
+        for p in [
+            orchd_contracts::Priority::Interactive,
+            orchd_contracts::Priority::Batch,
+        ] {
+            crate::metrics::queue_depth(
+                &self.engine,
+                self.engine_version(),
+                &self.id,
+                p.as_str(),
+                queue.depth_of(p),
+            );
+        }
+        let leases = self.replicas.iter().map(Replica::leases).sum();
+        crate::metrics::pool_state(&self.id, self.is_ready(), leases);
+    }
+
     pub fn queue_depth(&self) -> u32 {
         self.queue().depth()
     }

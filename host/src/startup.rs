@@ -148,6 +148,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     ));
     state.keep_watcher(watcher);
     for pool in &state.pools {
+        pool.publish(&pool.queue());
         dispatch::spawn_dispatcher(Arc::clone(pool), Arc::clone(&decisions), config);
     }
     let sweeper = Arc::downgrade(&state);

@@ -69,13 +69,17 @@ impl AppState {
     pub async fn abort_all(&self, code: orchd_contracts::ErrorCode, message: &str) -> usize {
         let mut aborted = 0;
         for task in self.tasks.live() {
-            if let Some(pool) = self.pool(&task.spec.pool_id) {
-                pool.queue().remove(&task.id);
+            let pool = self.pool(&task.spec.pool_id);
+            if let Some(pool) = pool {
+                let mut queue = pool.queue();
+                queue.remove(&task.id);
+                pool.publish(&queue);
             }
             let mut envelope = *crate::errors::ApiError::new(code, message).envelope;
             envelope.correlation_id = Some(task.spec.correlation_id.clone());
             if let Some(job) = task.fail(envelope) {
                 aborted += 1;
+                task.count_cancel(pool.map(|p| p.engine_version()).unwrap_or(""), "shutdown");
                 if let Some(job) = job {
                     dispatch::cancel_job(&task.id, job).await;
                 }
@@ -89,13 +93,17 @@ impl AppState {
     /// running one gets its `end {canceled}` frame now and its engine job canceled.
     /// Returns `false` if the task had already ended.
     pub async fn cancel(&self, task: &Task, reason: &str) -> bool {
-        if let Some(pool) = self.pool(&task.spec.pool_id) {
-            pool.queue().remove(&task.id);
+        let pool = self.pool(&task.spec.pool_id);
+        if let Some(pool) = pool {
+            let mut queue = pool.queue();
+            queue.remove(&task.id);
+            pool.publish(&queue);
         }
         match task.cancel() {
             None => false,
             Some(job) => {
                 tracing::info!(task_id = %task.id, reason, "task canceled");
+                task.count_cancel(pool.map(|p| p.engine_version()).unwrap_or(""), reason);
                 if let Some(job) = job {
                     dispatch::cancel_job(&task.id, job).await;
                 }

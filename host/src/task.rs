@@ -146,6 +146,32 @@ impl Task {
         self.lock().state
     }
 
+    pub fn replica_id(&self) -> Option<String> {
+        self.lock().replica_id.clone()
+    }
+
+    /// Admission to first token, if there was one.
+    pub fn first_token_ms(&self) -> Option<f64> {
+        self.lock()
+            .first_token_at
+            .map(|t| t.duration_since(self.admitted_at).as_secs_f64() * 1000.0)
+    }
+
+    /// Counts a cancellation in `tasks_canceled_total`.
+    pub fn count_cancel(&self, engine_version: &str, reason: &str) {
+        let replica = self.replica_id().unwrap_or_default();
+        crate::metrics::task_canceled(
+            &crate::metrics::TaskLabels {
+                engine: &self.spec.engine,
+                engine_version,
+                pool_id: &self.spec.pool_id,
+                replica_id: &replica,
+                priority: self.spec.priority.as_str(),
+            },
+            reason,
+        );
+    }
+
     /// Queued → Running with the `started` frame. `false` if the task already ended
     /// (canceled or evicted while being dispatched).
     pub fn start(&self, replica_id: &str, engine_version: &str) -> bool {
