@@ -73,6 +73,8 @@ pub struct Settings {
     pub policies_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
     pub queue_capacity: NonZeroU32,
     pub keep_alive: Duration,
     /// A client that drops its stream before the terminal frame cancels the task.

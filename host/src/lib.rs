@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod queue;
+pub mod server;
 pub mod startup;
 pub mod state;
 pub mod task;

@@ -1,4 +1,4 @@
-//! `orchestratord`: tracing → config → build → bind → serve → drain on SIGTERM/SIGINT.
+//! `orchestratord`: config → tracing → build → bind → serve → drain on SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 
@@ -92,37 +92,32 @@ async fn serve(settings: Settings) -> ExitCode {
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(addr = %bound, "listening");
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let drain_state = state.clone();
-    let served = axum::serve(listener, orchd_host::app(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let grace = drain_state.settings.shutdown_grace;
-            tracing::info!(
-                grace_ms = grace.as_millis() as u64,
-                "shutdown requested; refusing new tasks, draining streams"
-            );
-            drain_state.begin_shutdown();
-            // Keep serving (new tasks get 503, /readyz is 503) while running tasks finish,
-            // up to the grace period; then end the rest with a terminal frame so every
-            // stream, and so every connection, can close.
-            let deadline = tokio::time::Instant::now() + grace;
-            while tokio::time::Instant::now() < deadline && !drain_state.tasks.live().is_empty() {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            let n = drain_state
-                .abort_all(ErrorCode::PoolUnavailable, "the daemon is shutting down")
-                .await;
-            tracing::info!(aborted = n, "drained; stopping");
-        })
-        .await;
-    match served {
-        Ok(()) => {
-            tracing::info!("stopped");
-            ExitCode::SUCCESS
+    let limits = orchd_host::server::Limits {
+        header_read_timeout: state.settings.header_read_timeout,
+        max_header_bytes: state.settings.max_header_bytes,
+    };
+    let shutdown = async move {
+        shutdown_signal().await;
+        let grace = drain_state.settings.shutdown_grace;
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutdown requested; refusing new tasks, draining streams"
+        );
+        drain_state.begin_shutdown();
+        // Keep serving (new tasks get 503, /readyz is 503) while running tasks finish,
+        // up to the grace period; then end the rest with a terminal frame so every
+        // stream, and so every connection, can close.
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline && !drain_state.tasks.live().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        Err(e) => fail(1, format!("server error: {e}")),
-    }
+        let n = drain_state
+            .abort_all(ErrorCode::PoolUnavailable, "the daemon is shutting down")
+            .await;
+        tracing::info!(aborted = n, "drained; stopping");
+    };
+    orchd_host::server::serve(listener, orchd_host::app(state), limits, shutdown).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
 }

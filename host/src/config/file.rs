@@ -204,12 +204,18 @@ impl Default for PathsFile {
 #[serde(deny_unknown_fields, default)]
 struct LimitsFile {
     max_body_bytes: usize,
+    /// A client must send its whole request head within this (slowloris defence).
+    header_read_timeout_ms: NonZeroU32,
+    /// Largest request head; more is answered 431.
+    max_header_bytes: usize,
 }
 
 impl Default for LimitsFile {
     fn default() -> Self {
         Self {
             max_body_bytes: 1 << 20,
+            header_read_timeout_ms: NonZeroU32::new(10_000).expect("non-zero"),
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -469,6 +475,10 @@ impl FileConfig {
                 .clone()
                 .unwrap_or_else(|| resolve(base, &self.paths.cache)),
             max_body_bytes: self.limits.max_body_bytes,
+            header_read_timeout: Duration::from_millis(
+                self.limits.header_read_timeout_ms.get().into(),
+            ),
+            max_header_bytes: self.limits.max_header_bytes,
             queue_capacity: self.queue.capacity,
             keep_alive: Duration::from_millis(self.stream.keep_alive_ms.get().into()),
             cancel_on_disconnect: self.stream.cancel_on_disconnect,

@@ -6,6 +6,7 @@ mod admission;
 mod auth;
 mod cancel;
 mod config;
+mod edge;
 mod metrics;
 mod policies;
 mod policy_faults;

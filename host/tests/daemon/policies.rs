@@ -156,13 +156,18 @@ async fn swapping_a_file_changes_behaviour_and_a_broken_one_is_refused() {
 
 #[tokio::test]
 async fn hot_swaps_under_load_fail_no_request() {
-    let mut b = DaemonBuilder::new(config(
-        "component = \"admission.wasm\"\nconfig = {}\n",
-        4096,
-        &[mock_pool(
-            "p",
-            "slots = 64, first_token_delay_ms = 1, tokens_per_s = 5000.0",
-        )],
+    // What is under test is the swap, not the 5 ms deadline on a 2-core machine that is
+    // also compiling the next version and running other tests: give calls room.
+    let mut b = DaemonBuilder::new(format!(
+        "[policies]\ntimeout_ms = 200\n\n{}",
+        config(
+            "component = \"admission.wasm\"\nconfig = {}\n",
+            4096,
+            &[mock_pool(
+                "p",
+                "slots = 64, first_token_delay_ms = 1, tokens_per_s = 5000.0",
+            )],
+        )
     ));
     let dir = b.own_policies_dir();
     let versions = [
@@ -224,7 +229,7 @@ async fn hot_swaps_under_load_fail_no_request() {
 async fn a_budget_covering_ten_requests_admits_at_most_ten_of_two_hundred() {
     // "tell me about queues" is 20 bytes ≈ 5 tokens; with max_tokens 8 a request reserves 13.
     let cfg = format!(
-        "[budgets]\nper_key = {{ tokens = 130 }}\n\n{}",
+        "[policies]\ntimeout_ms = 200\n\n[budgets]\nper_key = {{ tokens = 130 }}\n\n{}",
         config(
             &default_admission("reject"),
             1024,
