@@ -12,6 +12,6 @@ pub use error::{ErrorCode, ErrorEnvelope};
 pub use policies::{PoliciesResponse, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult};
 pub use stream::{EndFrame, MetricsFrame, StartedFrame, TokenFrame};
 pub use task::{
-    Determinism, KvHint, PlacementMode, PlacementRequest, Priority, TaskAccepted, TaskRequest,
-    TaskState, TaskStatus, TaskStreams, Workload,
+    Determinism, KvHint, PlacementMode, PlacementRequest, Priority, SessionStatus, TaskAccepted,
+    TaskRequest, TaskState, TaskStatus, TaskStreams, Workload,
 };

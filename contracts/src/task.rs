@@ -147,3 +147,18 @@ pub struct TaskStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_id: Option<String>,
 }
+
+/// `GET /v1/sessions/{id}`: metadata only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub ttl_ms_remaining: u64,
+    pub turns: u32,
+    pub kv_bytes: u64,
+    pub kv_warmth: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_budget_remaining: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_budget_remaining_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_budget_remaining: Option<f64>,
+}

@@ -22,6 +22,7 @@ use crate::policy::bindings::{
 };
 use crate::pool::Pool;
 use crate::queue::ClassQueues;
+use crate::sessions::{Sessions, TurnCapReached};
 use crate::state::AppState;
 use crate::task::{Task, TaskSpec};
 
@@ -137,6 +138,7 @@ fn snapshot(
     queue: &ClassQueues,
     task_id: &str,
     tenant: &str,
+    turns: u32,
     req: &TaskRequest,
     now: Instant,
 ) -> admission::Snapshot {
@@ -179,7 +181,7 @@ fn snapshot(
             service_ms: pool.service_ms(req.expected_tokens.unwrap_or(req.max_tokens)),
         },
         session: admission::SessionInfo {
-            turns: 0,
+            turns,
             budget: BudgetLeft {
                 tokens: None,
                 time_ms: None,
@@ -283,7 +285,20 @@ pub fn admit(
     } else {
         "unknown".to_owned()
     };
-    let result = admit_checked(state, req, principal, correlation_id);
+    let session_id = req.session_id.clone();
+    let result = match state.sessions.turn(&principal.name, &session_id) {
+        Err(TurnCapReached(cap)) if valid_id(&session_id) => Err(ApiError::invalid(
+            "session_id",
+            format!("session {session_id:?} has used its {cap} turns; start a new session"),
+        )),
+        turn => {
+            let result = admit_checked(state, req, principal, correlation_id);
+            if result.is_err() && turn.is_ok() {
+                state.sessions.untake(&principal.name, &session_id);
+            }
+            result
+        }
+    };
     if let Err(err) = &result {
         metrics::task_rejected(&engine, err.envelope.code.as_str());
     }
@@ -326,7 +341,7 @@ fn admit_checked(
             session_left: unlimited(),
         },
         &principal.name,
-        &req.session_id,
+        &Sessions::account(&principal.name, &req.session_id),
     )?;
     let facts = Facts {
         owner: principal,
@@ -398,7 +413,16 @@ fn enqueue(
         .engine(&req.engine));
     }
 
-    let snapshot = snapshot(pool, &queue, task_id, &facts.owner.fingerprint, req, now);
+    let turns = state.sessions.turns(&facts.owner.name, &req.session_id);
+    let snapshot = snapshot(
+        pool,
+        &queue,
+        task_id,
+        &facts.owner.fingerprint,
+        turns,
+        req,
+        now,
+    );
     let decision = state
         .decisions
         .policies

@@ -3,6 +3,7 @@
 mod extract;
 mod middleware;
 mod policies;
+mod sessions;
 mod tasks;
 
 use std::sync::Arc;
@@ -26,6 +27,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/tasks/{id}", get(tasks::status))
         .route("/v1/tasks/{id}/stream", get(tasks::stream))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
         .route("/v1/policies", get(policies::list))
         .route("/v1/policies/reload", post(policies::reload))
         .route("/metrics", get(policies::metrics))

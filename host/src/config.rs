@@ -81,6 +81,10 @@ pub struct Settings {
     pub cancel_on_disconnect: bool,
     /// On SIGTERM/SIGINT, running streams get this long to finish.
     pub shutdown_grace: Duration,
+    /// Sessions live this long after their last use.
+    pub session_ttl: Duration,
+    /// Tasks one session may run.
+    pub session_max_turns: u32,
     pub decode_idle_timeout: Duration,
     pub policy_limits: PolicyLimits,
     pub policies: PolicySettingsSet,

@@ -19,6 +19,7 @@ pub mod policy;
 pub mod pool;
 pub mod queue;
 pub mod server;
+pub mod sessions;
 pub mod startup;
 pub mod state;
 pub mod task;

@@ -159,9 +159,12 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
             let Some(state) = sweeper.upgrade() else {
                 return;
             };
-            let n = state.tasks.sweep(RETENTION);
+            let n = state.tasks.sweep(RETENTION) + state.sessions.sweep();
             if n > 0 {
-                tracing::debug!(forgotten = n, "finished tasks past retention forgotten");
+                tracing::debug!(
+                    forgotten = n,
+                    "finished tasks and expired sessions forgotten"
+                );
             }
         }
     });

@@ -10,6 +10,7 @@ use crate::decisions::Decisions;
 use crate::dispatch;
 use crate::policy::watch::Watcher;
 use crate::pool::Pool;
+use crate::sessions::Sessions;
 use crate::task::{Task, Tasks};
 
 pub struct AppState {
@@ -20,6 +21,7 @@ pub struct AppState {
     pub decisions: Arc<Decisions>,
     pub pools: Vec<Arc<Pool>>,
     pub tasks: Tasks,
+    pub sessions: Sessions,
     shutting_down: AtomicBool,
     watcher: std::sync::Mutex<Option<Watcher>>,
 }
@@ -33,6 +35,7 @@ impl AppState {
     ) -> Self {
         Self {
             keys: Keys::new(&settings.api_keys),
+            sessions: Sessions::new(settings.session_ttl, settings.session_max_turns),
             settings,
             adapters,
             decisions,
@@ -87,6 +90,15 @@ impl AppState {
             }
         }
         aborted
+    }
+
+    /// The live tasks of one session of one key.
+    pub fn session_tasks(&self, owner: &str, session_id: &str) -> Vec<Arc<Task>> {
+        self.tasks
+            .live()
+            .into_iter()
+            .filter(|t| t.spec.owner == owner && t.spec.session_id == session_id)
+            .collect()
     }
 
     /// Cancels a task wherever it is: a queued task is removed and never dispatched; a

@@ -104,9 +104,12 @@ pub fn default_admission(mode: &str) -> String {
 }
 
 /// A valid task body for `pool` (model `<pool>-model`), with `extra` fields merged in.
+/// Each body gets its own session (sessions cap their turns) unless `extra` names one.
 pub fn task(pool: &str, extra: Value) -> Value {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SESSION: AtomicU64 = AtomicU64::new(0);
     let mut body = json!({
-        "session_id": "s1",
+        "session_id": format!("s{}", SESSION.fetch_add(1, Ordering::Relaxed)),
         "workload": "completion",
         "model_ref": format!("{pool}-model"),
         "engine": "mock",

@@ -33,7 +33,25 @@ pub(super) struct FileConfig {
     #[serde(default)]
     auth: AuthFile,
     #[serde(default)]
+    sessions: SessionsFile,
+    #[serde(default)]
     pools: Vec<PoolFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SessionsFile {
+    ttl_ms: NonZeroU32,
+    max_turns: NonZeroU32,
+}
+
+impl Default for SessionsFile {
+    fn default() -> Self {
+        Self {
+            ttl_ms: NonZeroU32::new(600_000).expect("non-zero"),
+            max_turns: NonZeroU32::new(8).expect("non-zero"),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -482,6 +500,8 @@ impl FileConfig {
             queue_capacity: self.queue.capacity,
             keep_alive: Duration::from_millis(self.stream.keep_alive_ms.get().into()),
             cancel_on_disconnect: self.stream.cancel_on_disconnect,
+            session_ttl: Duration::from_millis(self.sessions.ttl_ms.get().into()),
+            session_max_turns: self.sessions.max_turns.get(),
             shutdown_grace: Duration::from_millis(self.stream.shutdown_grace_ms.into()),
             decode_idle_timeout: Duration::from_millis(
                 self.stream.decode_idle_timeout_ms.get().into(),

@@ -10,5 +10,6 @@ mod edge;
 mod metrics;
 mod policies;
 mod policy_faults;
+mod sessions;
 mod shutdown;
 mod tasks;

@@ -30,7 +30,10 @@ fn fast() -> String {
 async fn a_task_streams_started_tokens_metrics_end_in_order() {
     let d = DaemonBuilder::new(fast()).start();
     let resp = d
-        .submit(&task("p", json!({"max_tokens": 12, "task_id": "order-1"})))
+        .submit(&task(
+            "p",
+            json!({"max_tokens": 12, "task_id": "order-1", "session_id": "s1"}),
+        ))
         .await;
     assert_eq!(resp.status().as_u16(), 202);
     assert!(resp.headers().contains_key("x-correlation-id"));
