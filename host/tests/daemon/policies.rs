@@ -142,15 +142,7 @@ async fn swapping_a_file_changes_behaviour_and_a_broken_one_is_refused() {
         p["name"] == "admission-default"
     })
     .await;
-    let metrics = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(metrics.contains("policy_reloads_total{policy=\"admission\",result=\"refused\"} 1"));
 }
 
@@ -209,15 +201,7 @@ async fn hot_swaps_under_load_fail_no_request() {
         "swaps took effect"
     );
     // Every decision was made by exactly one loaded version: calls add up.
-    let metrics = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     let ok = format!(
         "policy_calls_total{{outcome=\"ok\",policy=\"admission\"}} {}",
         statuses.len()
@@ -327,15 +311,7 @@ async fn placement_honours_pin_prefer_and_avoid() {
     assert_eq!(resp.status().as_u16(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "REPLICA_EXHAUSTED", "{body}");
-    let metrics = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(metrics.contains(
         "placement_decisions_total{fallback=\"false\",outcome=\"assigned\",pinned=\"true\"}"
     ));

@@ -36,15 +36,7 @@ async fn check_fault(fault: &str, kind: &str) {
     assert_eq!(admission["errors"], 2, "{admission}");
     assert_eq!(admission["timeouts"], if kind == "timeout" { 2 } else { 0 });
     assert!(admission["last_error"].is_string());
-    let metrics = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     let line = format!("policy_calls_total{{outcome=\"{kind}\",policy=\"admission\"}} 2");
     assert!(metrics.contains(&line), "{line} not in metrics");
     let (status, _) = d.get_json("/readyz").await;
@@ -85,15 +77,7 @@ fn with_policy(kind: &str, file: &str, extra: &str, pools: &[String]) -> String 
 }
 
 async fn metric(d: &orchd_testkit::Daemon, line_prefix: &str) -> Option<u64> {
-    let text = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = d.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix(line_prefix))
         .and_then(|v| v.trim().parse().ok())
