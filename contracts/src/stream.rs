@@ -26,6 +26,13 @@ pub struct MetricsFrame {
     pub tokens_out: u32,
     pub elapsed_ms: u64,
     pub tokens_per_s: f64,
+    /// Budget left for the task's key and session (the tighter), when a budget applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_budget_remaining: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_budget_remaining_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_budget_remaining: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -75,8 +75,9 @@ pub struct Reservation {
     pub amount: Amount,
 }
 
-/// What a key and a session have left, as the budget headers report it.
-#[derive(Debug, Clone, Copy)]
+/// What a key and a session have left, as the budget headers report it (`None`:
+/// unlimited).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Headroom {
     pub tokens: Option<u64>,
     pub time_ms: Option<u64>,
@@ -186,22 +187,27 @@ impl Locked<'_> {
         self.session_mut().as_left()
     }
 
-    pub fn debit(mut self, amount: Amount) -> (Reservation, Headroom) {
-        self.key_mut().debit(amount);
-        self.session_mut().debit(amount);
+    /// What is left for the key and the session together (the tighter of the two).
+    pub fn headroom(&mut self) -> Headroom {
         let (k, s) = (*self.key_mut(), *self.session_mut());
         let min_u = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let headroom = Headroom {
+        Headroom {
             tokens: min_u(k.tokens, s.tokens),
             time_ms: min_u(k.time_ms, s.time_ms),
             cost: match (k.cost, s.cost) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
-        };
+        }
+    }
+
+    pub fn debit(mut self, amount: Amount) -> (Reservation, Headroom) {
+        self.key_mut().debit(amount);
+        self.session_mut().debit(amount);
+        let headroom = self.headroom();
         (
             Reservation {
                 key: self.key.clone(),

@@ -313,6 +313,12 @@ impl Decisions {
         }
     }
 
+    /// What the task's key and session have left now.
+    pub fn headroom(&self, task: &Task) -> crate::budget::Headroom {
+        let session = crate::sessions::Sessions::account(&task.spec.owner, &task.spec.session_id);
+        self.ledger.lock(&task.spec.owner, &session).headroom()
+    }
+
     /// Charges a finished task its actual usage (the policy prices it) and returns the rest
     /// of its reservation. When the policy fails, the whole reservation stays charged.
     pub fn settle(&self, task: &Task) {

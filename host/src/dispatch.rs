@@ -199,11 +199,11 @@ async fn relay(
                 }
                 if last_metrics.is_none_or(|t| t.elapsed() >= METRICS_EVERY) {
                     last_metrics = Some(Instant::now());
-                    task.push_metrics(pool.queue_depth());
+                    task.push_metrics(pool.queue_depth(), decisions.headroom(task));
                 }
             }
             Some(EngineEvent::End { tokens_in, .. }) => {
-                task.push_metrics(pool.queue_depth());
+                task.push_metrics(pool.queue_depth(), decisions.headroom(task));
                 if let Some(timing) = task.succeed(tokens_in) {
                     pool.record(timing);
                     tracing::info!(task_id = %task.id, tokens_out = timing.tokens_out, "task succeeded");

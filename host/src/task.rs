@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::adapters::{EngineJob, JobSpec};
-use crate::budget::Reservation;
+use crate::budget::{Headroom, Reservation};
 
 /// One SSE frame: `id: seq`, `event: name`, `data: json`.
 #[derive(Debug, Clone)]
@@ -220,7 +220,7 @@ impl Task {
         true
     }
 
-    pub fn push_metrics(&self, queue_depth: u32) -> bool {
+    pub fn push_metrics(&self, queue_depth: u32, budget: Headroom) -> bool {
         let mut inner = self.lock();
         if inner.state.is_terminal() {
             return false;
@@ -234,6 +234,9 @@ impl Task {
             tokens_out: inner.tokens_out,
             elapsed_ms: elapsed.as_millis() as u64,
             tokens_per_s: rate(inner.tokens_out, elapsed),
+            tokens_budget_remaining: budget.tokens,
+            time_budget_remaining_ms: budget.time_ms,
+            cost_budget_remaining: budget.cost,
         };
         self.push(&mut inner, "metrics", &frame);
         true
@@ -444,7 +447,7 @@ pub(crate) mod tests {
         let t = task("a");
         assert!(t.start("r0", "v1"));
         assert!(t.push_token("x".into()));
-        assert!(t.push_metrics(0));
+        assert!(t.push_metrics(0, Headroom::default()));
         assert!(t.push_token("y".into()));
         assert!(t.succeed(2).is_some());
         assert_eq!(events(&t), ["started", "token", "metrics", "token", "end"]);
@@ -461,7 +464,7 @@ pub(crate) mod tests {
         assert!(t.push_token("x".into()));
         assert!(t.cancel().is_some());
         assert!(!t.push_token("late".into()));
-        assert!(!t.push_metrics(0));
+        assert!(!t.push_metrics(0, Headroom::default()));
         assert!(t.succeed(1).is_none());
         assert!(t.cancel().is_none(), "cancel is idempotent");
         assert_eq!(events(&t), ["started", "token", "end"]);

@@ -17,6 +17,7 @@ use super::extract::ApiJson;
 use super::middleware::CorrelationId;
 use crate::admit;
 use crate::auth::Principal;
+use crate::budget::Headroom;
 use crate::errors::ApiError;
 use crate::state::AppState;
 use crate::task::{Frame, Task};
@@ -36,8 +37,12 @@ pub async fn create(
     }
     let admitted = admit::admit(&state, req, &principal, &correlation.0)?;
     let mut response = (StatusCode::ACCEPTED, Json(admitted.accepted)).into_response();
-    let h = admitted.headroom;
-    let headers = response.headers_mut();
+    budget_headers(response.headers_mut(), admitted.headroom);
+    Ok(response)
+}
+
+/// `X-Budget-*` for the budgets that apply (none when unlimited).
+fn budget_headers(headers: &mut HeaderMap, h: Headroom) {
     if let Some(t) = h.tokens {
         headers.insert("x-budget-tokens-remaining", HeaderValue::from(t));
     }
@@ -49,7 +54,6 @@ pub async fn create(
     {
         headers.insert("x-budget-cost-remaining", v);
     }
-    Ok(response)
 }
 
 /// The task, if it exists and the caller may see it (else the same 404: no oracle).
@@ -159,6 +163,7 @@ pub async fn stream(
             .map(|seen| seen + 1)
             .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be a frame id (integer)"))?,
     };
+    let headroom = state.decisions.headroom(&task);
     let cursor = Cursor {
         task: Arc::clone(&task),
         next,
@@ -181,5 +186,6 @@ pub async fn stream(
     response
         .headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-cache"));
+    budget_headers(response.headers_mut(), headroom);
     Ok(response)
 }
