@@ -80,6 +80,8 @@ async fn a_canceled_queued_task_is_never_dispatched() {
     let running = d
         .submit_ok(&task("slow", json!({"max_tokens": 10000})))
         .await;
+    // Only once the first task holds the only slot is the second one surely queued.
+    d.wait_state(&running, "running").await;
     let queued = d
         .submit_ok(&task("slow", json!({"task_id": "waiting"})))
         .await;
