@@ -265,29 +265,29 @@ pub struct TaskLabels<'a> {
     pub priority: &'a str,
 }
 
+impl TaskLabels<'_> {
+    fn values(&self) -> [&str; 5] {
+        [
+            self.engine,
+            self.engine_version,
+            self.pool_id,
+            self.replica_id,
+            self.priority,
+        ]
+    }
+}
+
 pub fn task_enqueued(l: &TaskLabels<'_>) {
     METRICS
         .tasks_enqueued_total
-        .with_label_values(&[
-            l.engine,
-            l.engine_version,
-            l.pool_id,
-            l.replica_id,
-            l.priority,
-        ])
+        .with_label_values(&l.values())
         .inc();
 }
 
 pub fn task_started(l: &TaskLabels<'_>) {
     METRICS
         .tasks_started_total
-        .with_label_values(&[
-            l.engine,
-            l.engine_version,
-            l.pool_id,
-            l.replica_id,
-            l.priority,
-        ])
+        .with_label_values(&l.values())
         .inc();
 }
 
