@@ -104,6 +104,9 @@ pub struct ErrorEnvelope {
     pub policy_label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// On a task's terminal `error` frame: the id of its transcript artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -3,11 +3,13 @@
 //! Field names are the public contract (`API.md`); request types reject unknown fields.
 //! Both the daemon and its tests use these types.
 
+pub mod artifacts;
 pub mod error;
 pub mod policies;
 pub mod stream;
 pub mod task;
 
+pub use artifacts::{ArtifactCreated, ArtifactKind, ArtifactRequest};
 pub use error::{ErrorCode, ErrorEnvelope};
 pub use policies::{PoliciesResponse, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult};
 pub use stream::{EndFrame, MetricsFrame, StartedFrame, TokenFrame};

@@ -26,6 +26,8 @@ pub struct MetricsFrame {
     pub tokens_out: u32,
     pub elapsed_ms: u64,
     pub tokens_per_s: f64,
+    /// Probability that the task ends before its deadline, from its measured decode rate.
+    pub on_time_probability: f64,
     /// Budget left for the task's key and session (the tighter), when a budget applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_budget_remaining: Option<u64>,

@@ -491,8 +491,11 @@ fn enqueue(
                 },
                 queue_position: queue.depth_of(class),
                 predicted_start_ms,
+                deadline: std::time::Duration::from_millis(req.deadline_ms),
             },
         )
+        .with_log_capacity(state.settings.replay_frames)
+        .record_to(Arc::clone(&state.recorder))
         .hold(reservation.clone()),
     );
     if !state.tasks.insert(Arc::clone(&task)) {
@@ -502,6 +505,7 @@ fn enqueue(
             format!("task {task_id:?} already exists"),
         ));
     }
+    crate::dispatch::watch_deadline(&task, Arc::clone(pool), Arc::clone(&state.decisions));
     let queue_position = queue.push(class, task, now);
     pool.publish(&queue);
     drop(queue);
@@ -513,6 +517,12 @@ fn enqueue(
         priority: req.priority.as_str(),
     });
     pool.wake.notify_one();
+    let span = tracing::Span::current();
+    span.record("task_id", task_id);
+    span.record("session_id", req.session_id.as_str());
+    span.record("pool_id", pool.id.as_str());
+    span.record("engine", req.engine.as_str());
+    span.record("engine_version", pool.engine_version());
     tracing::info!(
         task_id = %task_id, session_id = %req.session_id, pool_id = %pool.id,
         engine = %req.engine, priority = req.priority.as_str(), seed, queue_position,

@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, the JSON extractor, correlation ids, SSE.
 
+mod artifacts;
 mod extract;
 mod middleware;
 mod policies;
@@ -31,6 +32,8 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/v1/sessions/{id}",
             get(sessions::get).delete(sessions::delete),
         )
+        .route("/v1/artifacts", post(artifacts::create))
+        .route("/v1/artifacts/{id}", get(artifacts::get))
         .route("/v1/policies", get(policies::list))
         .route("/v1/policies/reload", post(policies::reload))
         .route("/metrics", get(policies::metrics))
@@ -42,6 +45,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             middleware::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.settings.max_header_bytes,
+            middleware::limit_head,
         ))
         .layer(axum::middleware::from_fn(middleware::correlation))
         .with_state(state)

@@ -81,6 +81,16 @@ pub struct Settings {
     pub cancel_on_disconnect: bool,
     /// On SIGTERM/SIGINT, running streams get this long to finish.
     pub shutdown_grace: Duration,
+    /// A dispatched task no client attached to within this long is canceled.
+    pub attach_timeout: Duration,
+    /// Finished tasks stay streamable this long.
+    pub retention: Duration,
+    /// Frames a task's replay buffer holds (at least 16).
+    pub replay_frames: usize,
+    pub artifacts_dir: PathBuf,
+    pub artifact_max_bytes: usize,
+    /// Keep prompts in transcripts (default: redacted).
+    pub transcript_include_prompt: bool,
     /// Sessions live this long after their last use.
     pub session_ttl: Duration,
     /// Tasks one session may run.

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use orchd_contracts::ErrorCode;
 
 use crate::adapters::{EngineEvent, EngineFailure, EngineJob, FailureKind, FailurePhase};
 use crate::decisions::Decisions;
 use crate::errors::ApiError;
 use crate::metrics;
 use crate::pool::Pool;
-use crate::task::Task;
+use crate::task::{Pushed, Task};
 
 /// Events buffered between an adapter and the host per task; a full buffer blocks the
 /// adapter (backpressure), never grows.
@@ -24,6 +27,8 @@ const METRICS_EVERY: Duration = Duration::from_millis(250);
 pub struct DispatchConfig {
     /// An engine silent for this long mid-task is stalled: `DECODE_TIMEOUT`.
     pub decode_idle_timeout: Duration,
+    /// A started task no client attached to within this long is canceled.
+    pub attach_timeout: Duration,
 }
 
 /// Runs the pool's dispatcher until the process ends: while the head of the queue has a
@@ -33,13 +38,26 @@ pub fn spawn_dispatcher(pool: Arc<Pool>, decisions: Arc<Decisions>, config: Disp
         loop {
             let woken = pool.wake.notified();
             while let Some((replica, task)) = next(&pool, &decisions) {
-                tokio::spawn(run(
-                    Arc::clone(&pool),
-                    Arc::clone(&decisions),
-                    replica,
-                    task,
-                    config,
-                ));
+                let span = tracing::info_span!(
+                    "task",
+                    correlation_id = %task.spec.correlation_id,
+                    task_id = %task.id,
+                    session_id = %task.spec.session_id,
+                    pool_id = %pool.id,
+                    replica_id = %pool.replicas[replica].id,
+                    engine = %task.spec.engine,
+                    engine_version = %pool.replicas[replica].engine_version,
+                );
+                tokio::spawn(
+                    run(
+                        Arc::clone(&pool),
+                        Arc::clone(&decisions),
+                        replica,
+                        task,
+                        config,
+                    )
+                    .instrument(span),
+                );
             }
             woken.await;
         }
@@ -89,6 +107,79 @@ pub async fn cancel_job(task_id: &str, job: Arc<dyn EngineJob>) {
     }
 }
 
+/// Ends the task with `DEADLINE_UNMET` if its deadline comes first: a queued task leaves
+/// the queue (never dispatched), a running one gets its `error` frame and its engine job
+/// canceled. The timer holds the task weakly.
+pub fn watch_deadline(task: &Arc<Task>, pool: Arc<Pool>, decisions: Arc<Decisions>) {
+    let weak = Arc::downgrade(task);
+    let at = tokio::time::Instant::from_std(task.deadline_at());
+    tokio::spawn(async move {
+        tokio::time::sleep_until(at).await;
+        let Some(task) = weak.upgrade() else { return };
+        if task.state().is_terminal() {
+            return;
+        }
+        {
+            let mut queue = pool.queue();
+            if queue.remove(&task.id).is_some() {
+                pool.publish(&queue);
+            }
+        }
+        let err = ApiError::new(
+            ErrorCode::DeadlineUnmet,
+            format!(
+                "deadline of {} ms passed before the task ended",
+                task.spec.deadline.as_millis()
+            ),
+        )
+        .engine(&task.spec.engine)
+        .pool(&pool.id);
+        let mut envelope = *err.envelope;
+        envelope.correlation_id = Some(task.spec.correlation_id.clone());
+        if let Some(job) = task.fail(envelope) {
+            tracing::info!(task_id = %task.id, pool_id = %pool.id, "deadline passed; task ended");
+            task.count_cancel(pool.engine_version(), "deadline");
+            if let Some(job) = job {
+                cancel_job(&task.id, job).await;
+            }
+            decisions.settle(&task);
+        }
+    });
+}
+
+/// Cancels a started task if no client attaches to its stream in time.
+fn watch_attach(task: &Arc<Task>, timeout: Duration, engine_version: String) {
+    let weak = Arc::downgrade(task);
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        let Some(task) = weak.upgrade() else { return };
+        if task.ever_attached() {
+            return;
+        }
+        if let Some(job) = task.cancel() {
+            tracing::info!(
+                task_id = %task.id, timeout_ms = timeout.as_millis() as u64,
+                "no client attached to the stream; task canceled"
+            );
+            task.count_cancel(&engine_version, "no_consumer");
+            if let Some(job) = job {
+                cancel_job(&task.id, job).await;
+            }
+        }
+    });
+}
+
+/// Cancels a task whose reader fell behind its replay buffer.
+async fn cancel_for_slow_reader(task: &Task, engine_version: &str) {
+    if let Some(job) = task.cancel() {
+        tracing::warn!(task_id = %task.id, "stream reader fell behind the replay buffer; task canceled");
+        task.count_cancel(engine_version, "disconnect");
+        if let Some(job) = job {
+            cancel_job(&task.id, job).await;
+        }
+    }
+}
+
 fn fail(task: &Task, err: ApiError) -> Option<Arc<dyn EngineJob>> {
     let mut envelope = *err.envelope;
     envelope.correlation_id = Some(task.spec.correlation_id.clone());
@@ -114,6 +205,9 @@ async fn run(
     if task.start(&replica.id, &replica.engine_version) {
         metrics::task_started(&labels);
         pool.remember_affinity(&task.spec.session_id, replica_idx);
+        if !task.ever_attached() {
+            watch_attach(&task, config.attach_timeout, replica.engine_version.clone());
+        }
         tracing::info!(task_id = %task.id, pool_id = %pool.id, replica_id = %replica.id, "task started");
         relay(&pool, &decisions, replica_idx, &task, config).await;
         let usage = task.usage();
@@ -194,16 +288,22 @@ async fn relay(
             Some(EngineEvent::Started { .. }) => {}
             Some(EngineEvent::Token(text)) => {
                 streamed = true;
-                if !task.push_token(text) {
-                    return; // ended by cancel; whoever ended it canceled the job
+                match task.push_token(text) {
+                    Pushed::Ok => {}
+                    // Ended by cancel; whoever ended it canceled the job.
+                    Pushed::Ended => return,
+                    Pushed::ReaderFellBehind => {
+                        cancel_for_slow_reader(task, &replica.engine_version).await;
+                        return;
+                    }
                 }
                 if last_metrics.is_none_or(|t| t.elapsed() >= METRICS_EVERY) {
                     last_metrics = Some(Instant::now());
-                    task.push_metrics(pool.queue_depth(), decisions.headroom(task));
+                    task.push_metrics(pool.queue_depth(), decisions.headroom(task), pool.rates().0);
                 }
             }
             Some(EngineEvent::End { tokens_in, .. }) => {
-                task.push_metrics(pool.queue_depth(), decisions.headroom(task));
+                task.push_metrics(pool.queue_depth(), decisions.headroom(task), pool.rates().0);
                 if let Some(timing) = task.succeed(tokens_in) {
                     pool.record(timing);
                     tracing::info!(task_id = %task.id, tokens_out = timing.tokens_out, "task succeeded");

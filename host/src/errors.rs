@@ -74,6 +74,7 @@ impl ApiError {
                 retry_after_ms: None,
                 policy_label: None,
                 correlation_id: None,
+                artifact_id: None,
             }),
             status: status_of(code),
         }

@@ -8,6 +8,7 @@
 pub mod adapters;
 pub mod admit;
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod budget;
 pub mod config;

@@ -116,6 +116,9 @@ async fn serve(settings: Settings) -> ExitCode {
             .abort_all(ErrorCode::PoolUnavailable, "the daemon is shutting down")
             .await;
         tracing::info!(aborted = n, "drained; stopping");
+        // Every transcript recorded so far reaches the disk before the process ends.
+        let artifacts = std::sync::Arc::clone(&drain_state.artifacts);
+        let _ = tokio::task::spawn_blocking(move || artifacts.close()).await;
     };
     orchd_host::server::serve(listener, orchd_host::app(state), limits, shutdown).await;
     tracing::info!("stopped");

@@ -346,6 +346,11 @@ pub fn admission_backpressure(engine: &str, policy: &str) {
         .inc();
 }
 
+/// A `metrics` frame dropped from a full replay buffer.
+pub fn sse_backpressure_drop() {
+    METRICS.sse_backpressure_drops_total.inc();
+}
+
 pub fn pool_state(pool_id: &str, ready: bool, leases: u32) {
     METRICS
         .pool_ready

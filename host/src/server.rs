@@ -33,7 +33,9 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
+        // The router answers heads over the limit with an envelope; hyper's buffer is the
+        // hard stop beyond that.
+        .max_buf_size(limits.max_header_bytes.saturating_mul(2).max(16 * 1024));
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

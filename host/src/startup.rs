@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::adapters::{AdapterRegistry, LoadOutcome};
+use crate::artifacts::ArtifactStore;
 use crate::budget::Ledger;
 use crate::config::{EXIT_CONFIG, Settings};
 use crate::decisions::Decisions;
@@ -12,9 +13,6 @@ use crate::dispatch::{self, DispatchConfig};
 use crate::policy::{PolicyRuntime, PolicySet, watch};
 use crate::pool::{Pool, Replica};
 use crate::state::AppState;
-
-/// How long finished tasks stay streamable (full replay).
-const RETENTION: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -125,8 +123,16 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     let adapters = load_adapters(&settings)?;
     let policies = Arc::new(load_policies(&settings)?);
     let pools = build_pools(&settings, &adapters)?;
+    let artifacts = ArtifactStore::open(&settings.artifacts_dir, settings.artifact_max_bytes)
+        .map_err(|e| {
+            StartupError::Config(format!(
+                "cannot open the artifact store {}: {e}",
+                settings.artifacts_dir.display()
+            ))
+        })?;
     let config = DispatchConfig {
         decode_idle_timeout: settings.decode_idle_timeout,
+        attach_timeout: settings.attach_timeout,
     };
     let decisions = Arc::new(Decisions {
         policies: Arc::clone(&policies),
@@ -145,6 +151,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
         adapters,
         Arc::clone(&decisions),
         pools,
+        artifacts,
     ));
     state.keep_watcher(watcher);
     for pool in &state.pools {
@@ -159,7 +166,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
             let Some(state) = sweeper.upgrade() else {
                 return;
             };
-            let n = state.tasks.sweep(RETENTION) + state.sessions.sweep();
+            let n = state.tasks.sweep(state.settings.retention) + state.sessions.sweep();
             if n > 0 {
                 tracing::debug!(
                     forgotten = n,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::adapters::AdapterRegistry;
+use crate::artifacts::ArtifactStore;
 use crate::auth::Keys;
 use crate::config::Settings;
 use crate::decisions::Decisions;
@@ -11,7 +12,7 @@ use crate::dispatch;
 use crate::policy::watch::Watcher;
 use crate::pool::Pool;
 use crate::sessions::Sessions;
-use crate::task::{Task, Tasks};
+use crate::task::{Recorder, Task, Tasks};
 
 pub struct AppState {
     pub settings: Settings,
@@ -22,6 +23,9 @@ pub struct AppState {
     pub pools: Vec<Arc<Pool>>,
     pub tasks: Tasks,
     pub sessions: Sessions,
+    pub artifacts: Arc<ArtifactStore>,
+    /// Where tasks record their transcripts.
+    pub recorder: Arc<Recorder>,
     shutting_down: AtomicBool,
     watcher: std::sync::Mutex<Option<Watcher>>,
 }
@@ -32,8 +36,14 @@ impl AppState {
         adapters: AdapterRegistry,
         decisions: Arc<Decisions>,
         pools: Vec<Arc<Pool>>,
+        artifacts: Arc<ArtifactStore>,
     ) -> Self {
         Self {
+            recorder: Arc::new(Recorder {
+                store: Arc::clone(&artifacts),
+                include_prompt: settings.transcript_include_prompt,
+            }),
+            artifacts,
             keys: Keys::new(&settings.api_keys),
             sessions: Sessions::new(settings.session_ttl, settings.session_max_turns),
             settings,

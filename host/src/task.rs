@@ -1,19 +1,29 @@
 //! A task's life: state, its ordered frame log (what the SSE stream replays), and the
 //! engine job to cancel. Every transition happens under the task's lock, so a frame can
 //! never follow the terminal one: that is what makes cancel race-free.
+//!
+//! The log is the replay buffer, bounded by `capacity` frames. When it is full, the oldest
+//! `metrics` frame is dropped first (`sse_backpressure_drops_total`); only when none is left
+//! does the oldest frame leave. If an attached reader has not yet taken that frame, the
+//! reader is too slow: the push reports it and the caller cancels the task; the reader gets
+//! an `error` frame instead of a gap. `token` frames are never dropped silently.
+//!
+//! The terminal transition records the transcript artifact (every frame so far, seed,
+//! engine and version, pool and replica, error) and puts its id on the terminal frame.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use orchd_contracts::{
-    EndFrame, ErrorEnvelope, MetricsFrame, PlacementRequest, Priority, StartedFrame, TaskState,
-    TaskStatus, TokenFrame,
+    ArtifactKind, EndFrame, ErrorEnvelope, MetricsFrame, PlacementRequest, Priority, StartedFrame,
+    TaskState, TaskStatus, TokenFrame,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::adapters::{EngineJob, JobSpec};
+use crate::artifacts::{ArtifactStore, NewArtifact};
 use crate::budget::{Headroom, Reservation};
 
 /// One SSE frame: `id: seq`, `event: name`, `data: json`.
@@ -40,7 +50,19 @@ pub struct TaskSpec {
     pub job: JobSpec,
     pub queue_position: u32,
     pub predicted_start_ms: u64,
+    /// The task must end within this long of admission.
+    pub deadline: Duration,
 }
+
+/// Where terminal transitions record transcripts.
+pub struct Recorder {
+    pub store: Arc<ArtifactStore>,
+    /// Keep the prompt in transcripts (else `"<redacted>"`).
+    pub include_prompt: bool,
+}
+
+/// Default bound of a task's replay buffer, in frames.
+pub const DEFAULT_LOG_CAPACITY: usize = 4096;
 
 pub struct Task {
     pub id: String,
@@ -49,6 +71,8 @@ pub struct Task {
     inner: Mutex<Inner>,
     changed: Notify,
     reservation: Mutex<Option<Reservation>>,
+    capacity: usize,
+    recorder: Option<Arc<Recorder>>,
 }
 
 /// What a task consumed, for settling its budget.
@@ -59,17 +83,52 @@ pub struct Usage {
     pub time_ms: u64,
 }
 
+/// An attached SSE reader.
+pub type ReaderId = u64;
+
 struct Inner {
     state: TaskState,
-    frames: Vec<Frame>,
+    frames: VecDeque<Frame>,
+    next_seq: u64,
+    /// Frames below this sequence number left the buffer from its front.
+    evicted_upto: u64,
+    /// Frames dropped or evicted so far (the transcript says how many it lacks).
+    dropped: u64,
+    /// Attached readers and the next sequence number each will take.
+    readers: HashMap<ReaderId, u64>,
+    next_reader: ReaderId,
+    ever_attached: bool,
+    /// An attached reader lost a frame it had not taken: it must be disconnected.
+    reader_fell_behind: bool,
     replica_id: Option<String>,
+    engine_version: Option<String>,
     tokens_out: u32,
     error: Option<ErrorEnvelope>,
+    artifact_id: Option<String>,
     job: Option<Arc<dyn EngineJob>>,
     dispatched_at: Option<Instant>,
     first_token_at: Option<Instant>,
     finished_at: Option<Instant>,
     tokens_in: Option<u32>,
+}
+
+impl Inner {
+    /// Frees one place in a full log: the oldest `metrics` frame if there is one, else the
+    /// oldest frame (flagging a reader that had not taken it).
+    fn make_room(&mut self) {
+        self.dropped += 1;
+        if let Some(pos) = self.frames.iter().position(|f| f.event == "metrics") {
+            self.frames.remove(pos);
+            crate::metrics::sse_backpressure_drop();
+            return;
+        }
+        if let Some(front) = self.frames.pop_front() {
+            self.evicted_upto = front.seq + 1;
+            if self.readers.values().any(|&next| next <= front.seq) {
+                self.reader_fell_behind = true;
+            }
+        }
+    }
 }
 
 /// Timing of a finished run, for the pool's service-rate estimates.
@@ -80,6 +139,46 @@ pub struct RunTiming {
     pub tokens_out: u32,
 }
 
+/// The outcome of appending a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Ok,
+    /// The task had ended; the token was dropped.
+    Ended,
+    /// Appended, but an attached reader fell behind the replay buffer: cancel the task.
+    ReaderFellBehind,
+}
+
+/// What a reader gets from the log.
+#[derive(Debug)]
+pub enum Read {
+    /// Frames from the cursor on (at most the batch asked for), and whether the log ends
+    /// with them (terminal frame taken).
+    Frames(Vec<Frame>, bool),
+    /// Frames from the cursor on have left the buffer; the oldest still held is `oldest`.
+    Gone { oldest: u64 },
+}
+
+/// Probability of ending by the deadline: the remaining tokens at `tokens_per_s` against
+/// the time left, with a spread that grows with the prediction (a normal approximation).
+pub fn on_time_probability(remaining_tokens: u32, tokens_per_s: f64, time_left_ms: f64) -> f64 {
+    if time_left_ms <= 0.0 {
+        return 0.0;
+    }
+    if remaining_tokens == 0 {
+        return 1.0;
+    }
+    if !(tokens_per_s.is_finite() && tokens_per_s > 0.0) {
+        return 0.5;
+    }
+    let predicted_ms = f64::from(remaining_tokens) * 1000.0 / tokens_per_s;
+    let spread = 0.25 * predicted_ms + 50.0;
+    let z = (time_left_ms - predicted_ms) / spread;
+    // Logistic approximation of the normal CDF (max error < 0.01).
+    let p = 1.0 / (1.0 + (-1.702 * z).exp());
+    (p * 1000.0).round() / 1000.0
+}
+
 impl Task {
     pub fn new(id: String, spec: TaskSpec) -> Self {
         Self {
@@ -88,10 +187,19 @@ impl Task {
             admitted_at: Instant::now(),
             inner: Mutex::new(Inner {
                 state: TaskState::Queued,
-                frames: Vec::new(),
+                frames: VecDeque::new(),
+                next_seq: 0,
+                evicted_upto: 0,
+                dropped: 0,
+                readers: HashMap::new(),
+                next_reader: 0,
+                ever_attached: false,
+                reader_fell_behind: false,
                 replica_id: None,
+                engine_version: None,
                 tokens_out: 0,
                 error: None,
+                artifact_id: None,
                 job: None,
                 dispatched_at: None,
                 first_token_at: None,
@@ -100,7 +208,21 @@ impl Task {
             }),
             changed: Notify::new(),
             reservation: Mutex::new(None),
+            capacity: DEFAULT_LOG_CAPACITY,
+            recorder: None,
         }
+    }
+
+    /// Bounds the replay buffer to `frames` (at least 8).
+    pub fn with_log_capacity(mut self, frames: usize) -> Self {
+        self.capacity = frames.max(8);
+        self
+    }
+
+    /// Records a transcript artifact when the task ends.
+    pub fn record_to(mut self, recorder: Arc<Recorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// Attaches the budget reservation the task holds until it settles.
@@ -136,9 +258,17 @@ impl Task {
     }
 
     fn push(&self, inner: &mut Inner, event: &'static str, data: &impl Serialize) {
-        let seq = inner.frames.len() as u64;
         let data = serde_json::to_string(data).expect("frame data serializes");
-        inner.frames.push(Frame { seq, event, data });
+        self.push_raw(inner, event, data);
+    }
+
+    fn push_raw(&self, inner: &mut Inner, event: &'static str, data: String) {
+        if inner.frames.len() >= self.capacity {
+            inner.make_room();
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.frames.push_back(Frame { seq, event, data });
         self.changed.notify_waiters();
     }
 
@@ -148,6 +278,11 @@ impl Task {
 
     pub fn replica_id(&self) -> Option<String> {
         self.lock().replica_id.clone()
+    }
+
+    /// When the task must have ended.
+    pub fn deadline_at(&self) -> Instant {
+        self.admitted_at + self.spec.deadline
     }
 
     /// Admission to first token, if there was one.
@@ -181,6 +316,7 @@ impl Task {
         }
         inner.state = TaskState::Running;
         inner.replica_id = Some(replica_id.to_owned());
+        inner.engine_version = Some(engine_version.to_owned());
         inner.dispatched_at = Some(Instant::now());
         let frame = StartedFrame {
             queue_position: self.spec.queue_position,
@@ -205,11 +341,11 @@ impl Task {
         None
     }
 
-    /// Appends a token; `false` once the task has ended (the token is dropped).
-    pub fn push_token(&self, text: String) -> bool {
+    /// Appends a token.
+    pub fn push_token(&self, text: String) -> Pushed {
         let mut inner = self.lock();
         if inner.state.is_terminal() {
-            return false;
+            return Pushed::Ended;
         }
         if inner.first_token_at.is_none() {
             inner.first_token_at = Some(Instant::now());
@@ -217,10 +353,16 @@ impl Task {
         let i = inner.tokens_out;
         inner.tokens_out += 1;
         self.push(&mut inner, "token", &TokenFrame { t: text, i });
-        true
+        if std::mem::take(&mut inner.reader_fell_behind) {
+            Pushed::ReaderFellBehind
+        } else {
+            Pushed::Ok
+        }
     }
 
-    pub fn push_metrics(&self, queue_depth: u32, budget: Headroom) -> bool {
+    /// Appends a `metrics` frame. `pool_tokens_per_s` is the pool's measured rate, used
+    /// until this stream has a rate of its own.
+    pub fn push_metrics(&self, queue_depth: u32, budget: Headroom, pool_tokens_per_s: f64) -> bool {
         let mut inner = self.lock();
         if inner.state.is_terminal() {
             return false;
@@ -229,11 +371,26 @@ impl Task {
             .first_token_at
             .map(|t| t.elapsed())
             .unwrap_or_default();
+        let own_rate = rate(inner.tokens_out, elapsed);
+        let time_left_ms = self
+            .deadline_at()
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64()
+            * 1000.0;
         let frame = MetricsFrame {
             queue_depth,
             tokens_out: inner.tokens_out,
             elapsed_ms: elapsed.as_millis() as u64,
-            tokens_per_s: rate(inner.tokens_out, elapsed),
+            tokens_per_s: own_rate,
+            on_time_probability: on_time_probability(
+                self.spec.job.max_tokens.saturating_sub(inner.tokens_out),
+                if own_rate > 0.0 {
+                    own_rate
+                } else {
+                    pool_tokens_per_s
+                },
+                time_left_ms,
+            ),
             tokens_budget_remaining: budget.tokens,
             time_budget_remaining_ms: budget.time_ms,
             cost_budget_remaining: budget.cost,
@@ -257,17 +414,96 @@ impl Task {
         }
     }
 
+    /// Records the transcript of a task that just ended: every frame held, then the
+    /// terminal one (`terminal`, without its artifact id). Returns the artifact id.
+    fn transcribe(&self, inner: &Inner, event: &str, terminal: &impl Serialize) -> Option<String> {
+        let recorder = self.recorder.as_ref()?;
+        let terminal = serde_json::to_string(terminal).expect("frame data serializes");
+        let mut events = String::with_capacity(64 * (inner.frames.len() + 1));
+        events.push('[');
+        let all = inner
+            .frames
+            .iter()
+            .map(|f| (f.seq, f.event, f.data.as_str()))
+            .chain(std::iter::once((inner.next_seq, event, terminal.as_str())));
+        for (n, (seq, event, data)) in all.enumerate() {
+            if n > 0 {
+                events.push(',');
+            }
+            events.push_str(&format!(
+                r#"{{"id":{seq},"event":"{event}","data":{data}}}"#
+            ));
+        }
+        events.push(']');
+        #[derive(Serialize)]
+        struct Head<'a> {
+            task_id: &'a str,
+            session_id: &'a str,
+            state: TaskState,
+            seed: u64,
+            model_ref: &'a str,
+            engine: &'a str,
+            engine_version: Option<&'a str>,
+            pool_id: &'a str,
+            replica_id: Option<&'a str>,
+            correlation_id: &'a str,
+            prompt: &'a str,
+            tokens_out: u32,
+            error: Option<&'a ErrorEnvelope>,
+            events_dropped: u64,
+        }
+        let head = Head {
+            task_id: &self.id,
+            session_id: &self.spec.session_id,
+            state: inner.state,
+            seed: self.spec.job.seed,
+            model_ref: &self.spec.job.model,
+            engine: &self.spec.engine,
+            engine_version: inner.engine_version.as_deref(),
+            pool_id: &self.spec.pool_id,
+            replica_id: inner.replica_id.as_deref(),
+            correlation_id: &self.spec.correlation_id,
+            prompt: if recorder.include_prompt {
+                &self.spec.job.prompt
+            } else {
+                "<redacted>"
+            },
+            tokens_out: inner.tokens_out,
+            error: inner.error.as_ref(),
+            events_dropped: inner.dropped,
+        };
+        let mut content = serde_json::to_string(&head).expect("transcript serializes");
+        content.pop(); // the closing brace: the events follow
+        content.push_str(r#","events":"#);
+        content.push_str(&events);
+        content.push('}');
+        let tags = [format!("task:{}", self.id)];
+        let id = recorder.store.record(
+            &self.spec.owner,
+            &NewArtifact {
+                kind: ArtifactKind::Transcript,
+                content_json: &content,
+                tags: &tags,
+                parent: None,
+                metadata: None,
+            },
+        );
+        Some(id)
+    }
+
     /// Running → Succeeded with the `end` frame. Returns the run's timing.
     pub fn succeed(&self, tokens_in: u32) -> Option<RunTiming> {
         let mut inner = self.lock();
         if inner.state.is_terminal() {
             return None;
         }
-        let frame = Self::end_frame(&inner, tokens_in, false);
+        let mut frame = Self::end_frame(&inner, tokens_in, false);
         inner.tokens_in = Some(tokens_in);
         inner.state = TaskState::Succeeded;
         inner.finished_at = Some(Instant::now());
         inner.job = None;
+        frame.artifact_id = self.transcribe(&inner, "end", &frame);
+        inner.artifact_id = frame.artifact_id.clone();
         self.push(&mut inner, "end", &frame);
         Some(RunTiming {
             first_token_ms: match (inner.dispatched_at, inner.first_token_at) {
@@ -284,13 +520,16 @@ impl Task {
 
     /// Any state → Failed with the `error` frame; returns the engine job to cancel, if any.
     /// `None` when the task had already ended.
-    pub fn fail(&self, envelope: ErrorEnvelope) -> Option<Option<Arc<dyn EngineJob>>> {
+    pub fn fail(&self, mut envelope: ErrorEnvelope) -> Option<Option<Arc<dyn EngineJob>>> {
         let mut inner = self.lock();
         if inner.state.is_terminal() {
             return None;
         }
         inner.state = TaskState::Failed;
         inner.finished_at = Some(Instant::now());
+        inner.error = Some(envelope.clone());
+        envelope.artifact_id = self.transcribe(&inner, "error", &envelope);
+        inner.artifact_id = envelope.artifact_id.clone();
         self.push(&mut inner, "error", &envelope);
         inner.error = Some(envelope);
         Some(inner.job.take())
@@ -303,19 +542,61 @@ impl Task {
         if inner.state.is_terminal() {
             return None;
         }
-        let frame = Self::end_frame(&inner, 0, true);
+        let mut frame = Self::end_frame(&inner, 0, true);
         inner.state = TaskState::Canceled;
         inner.finished_at = Some(Instant::now());
+        frame.artifact_id = self.transcribe(&inner, "end", &frame);
+        inner.artifact_id = frame.artifact_id.clone();
         self.push(&mut inner, "end", &frame);
         Some(inner.job.take())
     }
 
-    /// Frames from `cursor` on, and whether the log is complete (terminal frame written).
-    /// `notified` must be created before the call so no change is missed.
-    pub fn frames_from(&self, cursor: u64) -> (Vec<Frame>, bool) {
+    /// Registers a reader that will read from sequence number `next` on.
+    pub fn attach(&self, next: u64) -> ReaderId {
+        let mut inner = self.lock();
+        let id = inner.next_reader;
+        inner.next_reader += 1;
+        inner.ever_attached = true;
+        inner.readers.insert(id, next);
+        id
+    }
+
+    pub fn detach(&self, reader: ReaderId) {
+        self.lock().readers.remove(&reader);
+    }
+
+    /// Whether any client ever attached to the stream.
+    pub fn ever_attached(&self) -> bool {
+        self.lock().ever_attached
+    }
+
+    /// Up to `max` frames from sequence number `next` on, for `reader` (whose position the
+    /// log then knows).
+    pub fn read(&self, reader: ReaderId, next: u64, max: usize) -> Read {
+        let mut inner = self.lock();
+        if next < inner.evicted_upto {
+            return Read::Gone {
+                oldest: inner.evicted_upto,
+            };
+        }
+        let from = inner.frames.partition_point(|f| f.seq < next);
+        let to = from.saturating_add(max).min(inner.frames.len());
+        let frames: Vec<Frame> = inner.frames.range(from..to).cloned().collect();
+        let complete = inner.state.is_terminal() && to == inner.frames.len();
+        let cursor = frames.last().map_or(next, |f| f.seq + 1);
+        if let Some(c) = inner.readers.get_mut(&reader) {
+            *c = cursor;
+        }
+        Read::Frames(frames, complete)
+    }
+
+    /// Every frame held, and whether the log is complete (tests and tools).
+    pub fn frames(&self) -> (Vec<Frame>, bool) {
         let inner = self.lock();
-        let from = (cursor as usize).min(inner.frames.len());
-        (inner.frames[from..].to_vec(), inner.state.is_terminal())
+        (
+            inner.frames.iter().cloned().collect(),
+            inner.state.is_terminal(),
+        )
     }
 
     /// Resolves on the next change of the frame log.
@@ -340,7 +621,7 @@ impl Task {
             replica_id: inner.replica_id.clone(),
             tokens_out: inner.tokens_out,
             error: inner.error.clone(),
-            artifact_id: None,
+            artifact_id: inner.artifact_id.clone(),
         }
     }
 }
@@ -411,64 +692,74 @@ impl Tasks {
 pub(crate) mod tests {
     use super::*;
 
-    pub fn task(id: &str) -> Arc<Task> {
-        Arc::new(Task::new(
-            id.to_owned(),
-            TaskSpec {
-                owner: "open".into(),
-                session_id: "s".into(),
-                priority: Priority::Interactive,
-                ctx: 0,
-                placement: PlacementRequest::default(),
-                tokens_in_estimate: 1,
-                pool_id: "p".into(),
-                engine: "mock".into(),
-                correlation_id: "c".into(),
-                job: JobSpec {
-                    task_id: id.into(),
-                    model: "mock".into(),
-                    prompt: "hi".into(),
-                    max_tokens: 4,
-                    seed: 1,
-                    params_json: String::new(),
-                },
-                queue_position: 0,
-                predicted_start_ms: 0,
+    fn spec(id: &str) -> TaskSpec {
+        TaskSpec {
+            owner: "open".into(),
+            session_id: "s".into(),
+            priority: Priority::Interactive,
+            ctx: 0,
+            placement: PlacementRequest::default(),
+            tokens_in_estimate: 1,
+            pool_id: "p".into(),
+            engine: "mock".into(),
+            correlation_id: "c".into(),
+            job: JobSpec {
+                task_id: id.into(),
+                model: "mock".into(),
+                prompt: "hi".into(),
+                max_tokens: 4,
+                seed: 1,
+                params_json: String::new(),
             },
-        ))
+            queue_position: 0,
+            predicted_start_ms: 0,
+            deadline: Duration::from_secs(60),
+        }
+    }
+
+    pub fn task(id: &str) -> Arc<Task> {
+        Arc::new(Task::new(id.to_owned(), spec(id)))
     }
 
     fn events(t: &Task) -> Vec<&'static str> {
-        t.frames_from(0).0.iter().map(|f| f.event).collect()
+        t.frames().0.iter().map(|f| f.event).collect()
+    }
+
+    fn read_all(t: &Task, reader: ReaderId, next: u64) -> Vec<Frame> {
+        match t.read(reader, next, usize::MAX) {
+            Read::Frames(frames, _) => frames,
+            Read::Gone { oldest } => panic!("gone below {oldest}"),
+        }
     }
 
     #[test]
     fn lifecycle_frames_in_order_with_sequence_ids() {
         let t = task("a");
         assert!(t.start("r0", "v1"));
-        assert!(t.push_token("x".into()));
-        assert!(t.push_metrics(0, Headroom::default()));
-        assert!(t.push_token("y".into()));
+        assert_eq!(t.push_token("x".into()), Pushed::Ok);
+        assert!(t.push_metrics(0, Headroom::default(), 100.0));
+        assert_eq!(t.push_token("y".into()), Pushed::Ok);
         assert!(t.succeed(2).is_some());
         assert_eq!(events(&t), ["started", "token", "metrics", "token", "end"]);
-        let (frames, done) = t.frames_from(0);
+        let (frames, done) = t.frames();
         assert!(done);
         assert!(frames.iter().enumerate().all(|(i, f)| f.seq == i as u64));
-        assert_eq!(t.frames_from(3).0[0].data, r#"{"t":"y","i":1}"#);
+        let r = t.attach(3);
+        assert_eq!(read_all(&t, r, 3)[0].data, r#"{"t":"y","i":1}"#);
     }
 
     #[test]
     fn nothing_follows_cancel() {
         let t = task("a");
         assert!(t.start("r0", "v1"));
-        assert!(t.push_token("x".into()));
+        assert_eq!(t.push_token("x".into()), Pushed::Ok);
         assert!(t.cancel().is_some());
-        assert!(!t.push_token("late".into()));
-        assert!(!t.push_metrics(0, Headroom::default()));
+        assert_eq!(t.push_token("late".into()), Pushed::Ended);
+        assert!(!t.push_metrics(0, Headroom::default(), 100.0));
         assert!(t.succeed(1).is_none());
         assert!(t.cancel().is_none(), "cancel is idempotent");
         assert_eq!(events(&t), ["started", "token", "end"]);
-        assert!(t.frames_from(2).0[0].data.contains(r#""canceled":true"#));
+        assert!(t.frames().0[2].data.contains(r#""canceled":true"#));
         assert_eq!(t.state(), TaskState::Canceled);
     }
 
@@ -478,6 +769,120 @@ pub(crate) mod tests {
         assert!(t.cancel().is_some());
         assert!(!t.start("r0", "v1"));
         assert_eq!(events(&t), ["end"]);
+    }
+
+    #[test]
+    fn a_full_log_drops_metrics_first_then_the_oldest_frames() {
+        let t = Task::new("a".into(), spec("a")).with_log_capacity(8);
+        assert!(t.start("r0", "v1"));
+        for _ in 0..3 {
+            assert_eq!(t.push_token("x".into()), Pushed::Ok);
+            assert!(t.push_metrics(0, Headroom::default(), 100.0));
+        }
+        // 7 frames: started, (token, metrics) x3. The 8th fits; the 9th drops a metrics.
+        assert_eq!(t.push_token("y".into()), Pushed::Ok);
+        assert_eq!(t.push_token("z".into()), Pushed::Ok);
+        assert_eq!(
+            events(&t),
+            [
+                "started", "token", "token", "metrics", "token", "metrics", "token", "token"
+            ]
+        );
+        // Then the oldest frames leave; nobody was reading, so nobody fell behind.
+        for _ in 0..3 {
+            assert_eq!(t.push_token("w".into()), Pushed::Ok);
+        }
+        assert_eq!(events(&t)[0], "token");
+        assert!(matches!(t.read(0, 0, 10), Read::Gone { oldest: 1 }));
+        // Ids stay the frames' positions in the stream: gaps where frames were dropped.
+        let seqs: Vec<u64> = t.frames().0.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, [1, 3, 5, 7, 8, 9, 10, 11]);
+    }
+
+    #[test]
+    fn a_reader_that_falls_behind_is_reported_and_then_told() {
+        let t = Task::new("a".into(), spec("a")).with_log_capacity(8);
+        assert!(t.start("r0", "v1"));
+        let fast = t.attach(0);
+        let slow = t.attach(0);
+        let mut outcome = Pushed::Ok;
+        for _ in 0..20 {
+            let taken = read_all(&t, fast, 0);
+            assert!(!taken.is_empty());
+            outcome = t.push_token("x".into());
+            if outcome != Pushed::Ok {
+                break;
+            }
+        }
+        assert_eq!(outcome, Pushed::ReaderFellBehind);
+        assert!(matches!(t.read(slow, 0, 10), Read::Gone { .. }));
+        t.detach(slow);
+        t.detach(fast);
+        assert!(t.ever_attached());
+    }
+
+    #[test]
+    fn reads_come_in_batches_and_end_with_the_terminal_frame() {
+        let t = task("a");
+        assert!(t.start("r0", "v1"));
+        let r = t.attach(0);
+        assert_eq!(t.push_token("x".into()), Pushed::Ok);
+        assert!(t.succeed(1).is_some());
+        let Read::Frames(first, done) = t.read(r, 0, 2) else {
+            panic!()
+        };
+        assert_eq!((first.len(), done), (2, false));
+        let Read::Frames(rest, done) = t.read(r, 2, 2) else {
+            panic!()
+        };
+        assert_eq!((rest.len(), done), (1, true));
+        assert_eq!(rest[0].event, "end");
+    }
+
+    #[test]
+    fn the_terminal_frame_names_the_transcript() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+        let recorder = Arc::new(Recorder {
+            store: Arc::clone(&store),
+            include_prompt: false,
+        });
+        let t = Task::new("a".into(), spec("a")).record_to(recorder);
+        assert!(t.start("r0", "v1"));
+        assert_eq!(t.push_token("x".into()), Pushed::Ok);
+        assert!(t.succeed(1).is_some());
+        let end: serde_json::Value =
+            serde_json::from_str(&t.frames().0.last().unwrap().data).unwrap();
+        let id = end["artifact_id"].as_str().unwrap();
+        assert_eq!(t.status(None).artifact_id.as_deref(), Some(id));
+        let doc = store.get("open", false, id).unwrap().unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+        let c = &doc["content"];
+        assert_eq!(doc["kind"], "transcript");
+        assert_eq!(c["prompt"], "<redacted>");
+        assert_eq!(
+            (c["seed"].as_u64(), c["engine_version"].as_str()),
+            (Some(1), Some("v1"))
+        );
+        let events: Vec<&str> = c["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(events, ["started", "token", "end"]);
+    }
+
+    #[test]
+    fn on_time_probability_follows_the_slack() {
+        assert_eq!(on_time_probability(0, 10.0, 1.0), 1.0);
+        assert_eq!(on_time_probability(10, 10.0, 0.0), 0.0);
+        // 100 tokens at 100/s: 1 s needed.
+        let tight = on_time_probability(100, 100.0, 900.0);
+        let even = on_time_probability(100, 100.0, 1000.0);
+        let loose = on_time_probability(100, 100.0, 3000.0);
+        assert!(tight < even && even < loose, "{tight} {even} {loose}");
+        assert!((even - 0.5).abs() < 1e-9 && loose > 0.99);
     }
 
     #[test]

@@ -37,7 +37,12 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
         correlation_id = %id,
         %method,
         %path,
-        key = tracing::field::Empty
+        key = tracing::field::Empty,
+        task_id = tracing::field::Empty,
+        session_id = tracing::field::Empty,
+        pool_id = tracing::field::Empty,
+        engine = tracing::field::Empty,
+        engine_version = tracing::field::Empty,
     );
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
@@ -63,6 +68,36 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
         )
     });
     response
+}
+
+/// Bytes of the request head as it came in: request line and header lines.
+fn head_bytes(req: &Request) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+/// 431 with an envelope for a request head over `limits.max_header_bytes` (hyper's own,
+/// larger, buffer bound answers a bare 431 beyond that).
+pub async fn limit_head(
+    axum::extract::State(max): axum::extract::State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    let size = head_bytes(&req);
+    if size > max {
+        return crate::errors::ApiError::new(
+            orchd_contracts::ErrorCode::PayloadTooLarge,
+            format!("request head is {size} bytes; the limit is {max}"),
+        )
+        .with_status(axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Routes anyone may call without a key.

@@ -20,7 +20,7 @@ use crate::auth::Principal;
 use crate::budget::Headroom;
 use crate::errors::ApiError;
 use crate::state::AppState;
-use crate::task::{Frame, Task};
+use crate::task::{Frame, Read, ReaderId, Task};
 
 pub async fn create(
     State(state): State<Arc<AppState>>,
@@ -58,11 +58,17 @@ fn budget_headers(headers: &mut HeaderMap, h: Headroom) {
 
 /// The task, if it exists and the caller may see it (else the same 404: no oracle).
 fn find(state: &AppState, principal: &Principal, id: &str) -> Result<Arc<Task>, ApiError> {
-    state
+    let task = state
         .tasks
         .get(id)
         .filter(|t| principal.may_see(&t.spec.owner))
-        .ok_or_else(|| ApiError::not_found("task", id))
+        .ok_or_else(|| ApiError::not_found("task", id))?;
+    let span = tracing::Span::current();
+    span.record("task_id", id);
+    span.record("session_id", task.spec.session_id.as_str());
+    span.record("pool_id", task.spec.pool_id.as_str());
+    span.record("engine", task.spec.engine.as_str());
+    Ok(task)
 }
 
 pub async fn status(
@@ -88,15 +94,21 @@ pub async fn cancel(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Cancels the task when the client goes away before its terminal frame (unless
-/// `stream.cancel_on_disconnect = false`).
+/// Frames a stream takes from the task's log at a time: the log knows each reader's
+/// position to within this many frames, which is how it tells a slow reader.
+const READ_BATCH: usize = 32;
+
+/// Detaches the reader, and cancels the task when the client goes away before its
+/// terminal frame (unless `stream.cancel_on_disconnect = false`).
 struct DisconnectGuard {
     state: Arc<AppState>,
     task: Arc<Task>,
+    reader: ReaderId,
 }
 
 impl Drop for DisconnectGuard {
     fn drop(&mut self) {
+        self.task.detach(self.reader);
         if !self.state.settings.cancel_on_disconnect || self.task.state().is_terminal() {
             return;
         }
@@ -112,6 +124,7 @@ impl Drop for DisconnectGuard {
 
 struct Cursor {
     task: Arc<Task>,
+    reader: ReaderId,
     next: u64,
     pending: VecDeque<Frame>,
     complete: bool,
@@ -135,12 +148,33 @@ fn frames(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
             let changed = task.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (new, complete) = task.frames_from(c.next);
-            c.next += new.len() as u64;
-            c.pending.extend(new);
-            c.complete = complete;
-            if c.pending.is_empty() && !complete {
-                changed.await;
+            match task.read(c.reader, c.next, READ_BATCH) {
+                Read::Frames(new, complete) => {
+                    if let Some(last) = new.last() {
+                        c.next = last.seq + 1;
+                    }
+                    c.pending.extend(new);
+                    c.complete = complete;
+                    if c.pending.is_empty() && !complete {
+                        changed.await;
+                    }
+                }
+                Read::Gone { oldest } => {
+                    // Never a silent gap: say what is missing and end this stream.
+                    c.complete = true;
+                    let mut envelope = *ApiError::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "events from id {} on left the replay buffer (oldest held: {oldest}); \
+                             this reader fell behind or resumed too late",
+                            c.next
+                        ),
+                    )
+                    .envelope;
+                    envelope.correlation_id = Some(task.spec.correlation_id.clone());
+                    let data = serde_json::to_string(&envelope).expect("envelope serializes");
+                    return Some((Ok(Event::default().event("error").data(data)), c));
+                }
             }
         }
     })
@@ -164,14 +198,17 @@ pub async fn stream(
             .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be a frame id (integer)"))?,
     };
     let headroom = state.decisions.headroom(&task);
+    let reader = task.attach(next);
     let cursor = Cursor {
         task: Arc::clone(&task),
+        reader,
         next,
         pending: VecDeque::new(),
         complete: false,
         _guard: DisconnectGuard {
             state: Arc::clone(&state),
             task,
+            reader,
         },
     };
     let keep_alive = KeepAlive::new()

@@ -35,6 +35,10 @@ pub(super) struct FileConfig {
     #[serde(default)]
     sessions: SessionsFile,
     #[serde(default)]
+    artifacts: ArtifactsFile,
+    #[serde(default)]
+    transcripts: TranscriptsFile,
+    #[serde(default)]
     pools: Vec<PoolFile>,
 }
 
@@ -52,6 +56,28 @@ impl Default for SessionsFile {
             max_turns: NonZeroU32::new(8).expect("non-zero"),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ArtifactsFile {
+    /// Largest artifact document; a bigger `POST /v1/artifacts` is answered 413.
+    max_bytes: NonZeroU32,
+}
+
+impl Default for ArtifactsFile {
+    fn default() -> Self {
+        Self {
+            max_bytes: NonZeroU32::new(512 * 1024).expect("non-zero"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TranscriptsFile {
+    /// Keep prompts in transcripts (default: redacted).
+    include_prompt: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +232,7 @@ struct PathsFile {
     adapters: PathBuf,
     policies: PathBuf,
     cache: PathBuf,
+    artifacts: PathBuf,
 }
 
 impl Default for PathsFile {
@@ -214,6 +241,7 @@ impl Default for PathsFile {
             adapters: "adapters".into(),
             policies: "policies".into(),
             cache: "var/cache".into(),
+            artifacts: "var/artifacts".into(),
         }
     }
 }
@@ -259,6 +287,12 @@ struct StreamFile {
     decode_idle_timeout_ms: NonZeroU32,
     cancel_on_disconnect: bool,
     shutdown_grace_ms: u32,
+    /// A dispatched task no client attached to within this long is canceled.
+    attach_timeout_ms: NonZeroU32,
+    /// Finished tasks stay streamable (full replay) this long.
+    retention_ms: u32,
+    /// Frames a task's replay buffer holds.
+    replay_frames: NonZeroU32,
 }
 
 impl Default for StreamFile {
@@ -268,6 +302,9 @@ impl Default for StreamFile {
             decode_idle_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
             cancel_on_disconnect: true,
             shutdown_grace_ms: 30_000,
+            attach_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
+            retention_ms: 60_000,
+            replay_frames: NonZeroU32::new(4096).expect("non-zero"),
         }
     }
 }
@@ -503,6 +540,12 @@ impl FileConfig {
             session_ttl: Duration::from_millis(self.sessions.ttl_ms.get().into()),
             session_max_turns: self.sessions.max_turns.get(),
             shutdown_grace: Duration::from_millis(self.stream.shutdown_grace_ms.into()),
+            attach_timeout: Duration::from_millis(self.stream.attach_timeout_ms.get().into()),
+            retention: Duration::from_millis(self.stream.retention_ms.into()),
+            replay_frames: self.stream.replay_frames.get().max(16) as usize,
+            artifacts_dir: resolve(base, &self.paths.artifacts),
+            artifact_max_bytes: self.artifacts.max_bytes.get() as usize,
+            transcript_include_prompt: self.transcripts.include_prompt,
             decode_idle_timeout: Duration::from_millis(
                 self.stream.decode_idle_timeout_ms.get().into(),
             ),
