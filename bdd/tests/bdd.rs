@@ -1,9 +1,11 @@
 //! Cucumber runner: every feature in `bdd/features` against the real binary in
 //! `target/dist` (built by `cargo xtask dist`).
 
+use cucumber::gherkin::Step;
 use cucumber::{World, given, then, when};
 use orchd_testkit::{
-    Daemon, DaemonBuilder, SseFrame, SseReader, config, default_admission, mock_pool, task,
+    Daemon, DaemonBuilder, SseFrame, SseReader, config, default_admission, mock_pool, read_to_end,
+    task,
 };
 use serde_json::{Value, json};
 
@@ -33,6 +35,16 @@ struct Orchd {
     reader: Option<Reader>,
     tokens_before_cancel: Vec<SseFrame>,
     remembered: String,
+    /// Configuration assembled by `Given` steps before `the daemon is running`.
+    extra_config: String,
+    pools: Vec<String>,
+    /// The API key requests carry (`X-API-Key`), if any.
+    key: Option<String>,
+    headers: reqwest::header::HeaderMap,
+    /// Frames of the last stream read, and of the one before it.
+    frames: Vec<SseFrame>,
+    earlier_frames: Vec<SseFrame>,
+    artifact_id: String,
 }
 
 impl Orchd {
@@ -42,6 +54,7 @@ impl Orchd {
 
     async fn record(&mut self, resp: reqwest::Response) {
         self.status = resp.status().as_u16();
+        self.headers = resp.headers().clone();
         self.body = resp.json().await.unwrap_or(Value::Null);
     }
 
@@ -67,6 +80,65 @@ impl Orchd {
             .filter(|f| f.event == "token")
             .map(|f| f.data["t"].as_str().unwrap().to_owned())
             .collect()
+    }
+}
+
+impl Orchd {
+    /// `{task}` and `{artifact}` in a path stand for the current task and artifact.
+    fn path(&self, path: &str) -> String {
+        path.replace("{task}", &self.task_id)
+            .replace("{artifact}", &self.artifact_id)
+    }
+
+    async fn send(&mut self, method: &str, path: &str, body: Option<Value>) {
+        let d = self.d();
+        let mut req = d.http.request(
+            method.parse().expect("an HTTP method"),
+            d.url(&self.path(path)),
+        );
+        if let Some(key) = &self.key {
+            req = req.header("x-api-key", key.as_str());
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request sent");
+        self.record(resp).await;
+    }
+
+    /// Reads the current task's stream to its end (after `last_event_id` if given).
+    async fn read_stream(&mut self, last_event_id: Option<u64>) {
+        let id = self.task_id.clone();
+        self.read_stream_of(&id, last_event_id).await;
+    }
+
+    async fn read_stream_of(&mut self, task_id: &str, last_event_id: Option<u64>) {
+        let d = self.d();
+        let mut req = d.http.get(d.url(&format!("/v1/tasks/{task_id}/stream")));
+        if let Some(key) = &self.key {
+            req = req.header("x-api-key", key.as_str());
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let resp = req.send().await.expect("stream request sent");
+        assert_eq!(resp.status().as_u16(), 200, "stream of {task_id}");
+        let frames = read_to_end(task_id, SseReader::new(resp)).await;
+        self.earlier_frames = std::mem::replace(&mut self.frames, frames);
+    }
+}
+
+/// A JSON value from a step argument.
+fn json_arg(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("step argument {text:?} is not JSON: {e}"))
+}
+
+/// The value at `pointer` (`/a/b`) as text, strings unquoted.
+fn field(body: &Value, pointer: &str) -> String {
+    match body.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => panic!("no {pointer} in {body}"),
     }
 }
 
@@ -249,6 +321,163 @@ async fn other_only_end(w: &mut Orchd, event: String) {
     assert_eq!(frames.len(), 1, "{frames:?}");
     assert_eq!(frames[0].event, event);
     assert_eq!(frames[0].data["canceled"], true);
+}
+
+#[given("the daemon config:")]
+fn daemon_config(w: &mut Orchd, step: &Step) {
+    w.extra_config
+        .push_str(step.docstring.as_deref().expect("a doc string"));
+    w.extra_config.push('\n');
+}
+
+#[given(expr = "a mock pool {string} with {string}")]
+fn pool_with(w: &mut Orchd, pool: String, mock: String) {
+    w.pools.push(mock_pool(&pool, &mock));
+}
+
+#[given("the daemon is running")]
+fn daemon_running(w: &mut Orchd) {
+    let config = format!("{}\n{}", w.extra_config, w.pools.concat());
+    w.daemon = Some(Running(DaemonBuilder::new(config).start()));
+}
+
+#[when(expr = "I use the key {string}")]
+fn use_key(w: &mut Orchd, key: String) {
+    w.key = Some(key);
+}
+
+#[when("I use no key")]
+fn no_key(w: &mut Orchd) {
+    w.key = None;
+}
+
+#[when(expr = "I submit to pool {string} a task with {string}")]
+async fn submit_task_with(w: &mut Orchd, pool: String, extra: String) {
+    let body = task(&pool, json_arg(&extra));
+    w.send("POST", "/v1/tasks", Some(body)).await;
+    if w.status == 202 {
+        w.other_id = std::mem::take(&mut w.task_id);
+        w.task_id = field(&w.body, "/task_id");
+    }
+}
+
+#[when(expr = "I send {word} {string}")]
+async fn send(w: &mut Orchd, method: String, path: String) {
+    w.send(&method, &path, None).await;
+}
+
+#[when(expr = "I send {word} {string} with body {string}")]
+async fn send_body(w: &mut Orchd, method: String, path: String, body: String) {
+    w.send(&method, &path, Some(json_arg(&body))).await;
+}
+
+#[when("I read the task's stream")]
+async fn read_stream(w: &mut Orchd) {
+    w.read_stream(None).await;
+}
+
+#[when("I read the previous task's stream")]
+async fn read_previous_stream(w: &mut Orchd) {
+    let id = w.other_id.clone();
+    w.read_stream_of(&id, None).await;
+}
+
+#[when(expr = "I resume the task's stream after event {int}")]
+async fn resume_stream(w: &mut Orchd, after: u64) {
+    w.read_stream(Some(after)).await;
+}
+
+#[when("I wait until the task is running")]
+async fn wait_running(w: &mut Orchd) {
+    w.d().wait_state(&w.task_id, "running").await;
+}
+
+#[when("I fetch the artifact again with its ETag")]
+async fn fetch_with_etag(w: &mut Orchd) {
+    let etag = w.headers["etag"].to_str().expect("an ETag").to_owned();
+    let d = w.d();
+    let mut req = d
+        .http
+        .get(d.url(&format!("/v1/artifacts/{}", w.artifact_id)))
+        .header("if-none-match", etag);
+    if let Some(key) = &w.key {
+        req = req.header("x-api-key", key.as_str());
+    }
+    let resp = req.send().await.expect("request sent");
+    w.record(resp).await;
+}
+
+#[then(expr = "the response field {string} is {string}")]
+fn response_field(w: &mut Orchd, pointer: String, expected: String) {
+    assert_eq!(field(&w.body, &pointer), expected, "{}", w.body);
+}
+
+#[then(expr = "the response has the header {string}")]
+fn response_header(w: &mut Orchd, name: String) {
+    assert!(w.headers.contains_key(name.as_str()), "{:?}", w.headers);
+}
+
+#[then(expr = "the stream ends with an {string} frame with code {string}")]
+fn stream_error(w: &mut Orchd, event: String, code: String) {
+    let last = w.frames.last().expect("frames");
+    assert_eq!(last.event, event, "{:?}", w.frames);
+    assert_eq!(last.data["code"], code.as_str());
+}
+
+#[then(expr = "the stream ends with {string}")]
+fn stream_ends(w: &mut Orchd, event: String) {
+    let last = w.frames.last().expect("frames");
+    assert_eq!(last.event, event, "{:?}", w.frames);
+}
+
+#[then("every frame has an id, counting up from 0 without a gap")]
+fn ids_from_zero(w: &mut Orchd) {
+    let ids: Vec<u64> = w.frames.iter().map(|f| f.id.expect("an id")).collect();
+    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
+}
+
+#[then(expr = "the resumed stream holds exactly the events after {int}")]
+fn resumed_exactly(w: &mut Orchd, after: u64) {
+    let full: Vec<(Option<u64>, String)> = w
+        .earlier_frames
+        .iter()
+        .filter(|f| f.id.is_some_and(|id| id > after))
+        .map(|f| (f.id, f.data.to_string()))
+        .collect();
+    let resumed: Vec<(Option<u64>, String)> = w
+        .frames
+        .iter()
+        .map(|f| (f.id, f.data.to_string()))
+        .collect();
+    assert!(!resumed.is_empty());
+    assert_eq!(resumed, full);
+}
+
+#[then("the terminal frame names the task's transcript")]
+fn names_transcript(w: &mut Orchd) {
+    let last = w.frames.last().expect("frames");
+    w.artifact_id = last.data["artifact_id"]
+        .as_str()
+        .expect("artifact_id on the terminal frame")
+        .to_owned();
+    assert!(w.artifact_id.starts_with("sha256:"));
+}
+
+#[then(expr = "the response field {string} is the remembered artifact")]
+fn field_is_artifact(w: &mut Orchd, pointer: String) {
+    assert_eq!(field(&w.body, &pointer), w.artifact_id, "{}", w.body);
+}
+
+#[then("I remember the artifact id from the response")]
+fn remember_artifact(w: &mut Orchd) {
+    w.artifact_id = field(&w.body, "/id");
+}
+
+#[then(expr = "no log line contains {string}")]
+fn log_clean(w: &mut Orchd, secret: String) {
+    let logs = w.d().logs();
+    assert!(!logs.is_empty());
+    assert!(logs.iter().all(|l| !l.contains(&secret)));
 }
 
 #[tokio::main]

@@ -7,12 +7,13 @@ mod policies;
 mod sessions;
 mod tasks;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use orchd_contracts::ErrorCode;
 
 use crate::errors::ApiError;
@@ -20,25 +21,61 @@ use crate::state::AppState;
 
 pub use middleware::CorrelationId;
 
+/// Every operation the daemon serves, as (method, path). The OpenAPI contract marks
+/// exactly these `x-orchd-status: served`, and the router is built from this table: a test
+/// holds the two together.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/tasks"),
+    ("GET", "/v1/tasks/{id}"),
+    ("GET", "/v1/tasks/{id}/stream"),
+    ("POST", "/v1/tasks/{id}/cancel"),
+    ("GET", "/v1/sessions/{id}"),
+    ("DELETE", "/v1/sessions/{id}"),
+    ("POST", "/v1/artifacts"),
+    ("GET", "/v1/artifacts/{id}"),
+    ("GET", "/v1/policies"),
+    ("POST", "/v1/policies/reload"),
+    ("GET", "/metrics"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+];
+
+fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
+    match (method, path) {
+        ("POST", "/v1/tasks") => post(tasks::create),
+        ("GET", "/v1/tasks/{id}") => get(tasks::status),
+        ("GET", "/v1/tasks/{id}/stream") => get(tasks::stream),
+        ("POST", "/v1/tasks/{id}/cancel") => post(tasks::cancel),
+        ("GET", "/v1/sessions/{id}") => get(sessions::get),
+        ("DELETE", "/v1/sessions/{id}") => delete(sessions::delete),
+        ("POST", "/v1/artifacts") => post(artifacts::create),
+        ("GET", "/v1/artifacts/{id}") => get(artifacts::get),
+        ("GET", "/v1/policies") => get(policies::list),
+        ("POST", "/v1/policies/reload") => post(policies::reload),
+        ("GET", "/metrics") => get(policies::metrics),
+        ("GET", "/healthz") => get(healthz),
+        ("GET", "/readyz") => get(readyz),
+        _ => unreachable!("ROUTES names {method} {path}, which has no handler"),
+    }
+}
+
 /// The daemon's router; tests call it in-process.
 pub fn app(state: Arc<AppState>) -> Router {
     let body_limit = state.settings.max_body_bytes;
-    Router::new()
-        .route("/v1/tasks", post(tasks::create))
-        .route("/v1/tasks/{id}", get(tasks::status))
-        .route("/v1/tasks/{id}/stream", get(tasks::stream))
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .route(
-            "/v1/sessions/{id}",
-            get(sessions::get).delete(sessions::delete),
-        )
-        .route("/v1/artifacts", post(artifacts::create))
-        .route("/v1/artifacts/{id}", get(artifacts::get))
-        .route("/v1/policies", get(policies::list))
-        .route("/v1/policies/reload", post(policies::reload))
-        .route("/metrics", get(policies::metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let mut paths: BTreeMap<&str, MethodRouter<Arc<AppState>>> = BTreeMap::new();
+    for &(method, path) in ROUTES {
+        let route = handler(method, path);
+        let merged = match paths.remove(path) {
+            Some(existing) => existing.merge(route),
+            None => route,
+        };
+        paths.insert(path, merged);
+    }
+    paths
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -127,6 +127,28 @@ pub fn task(pool: &str, extra: Value) -> Value {
     body
 }
 
+/// Checks an error response: status, envelope `code`, a `needle` in the message, and the
+/// correlation id in both header and body. Returns the envelope.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str, needle: &str) -> Value {
+    let got = resp.status().as_u16();
+    let correlation = resp
+        .headers()
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(got, status, "expected {status} {code}, got {got}: {text}");
+    let body: Value = serde_json::from_str(&text).expect("an error envelope");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or("").contains(needle),
+        "message should mention {needle:?}: {body}"
+    );
+    let correlation = correlation.expect("X-Correlation-Id on every response");
+    assert_eq!(body["correlation_id"], correlation.as_str());
+    body
+}
+
 /// How to start a daemon.
 pub struct DaemonBuilder {
     config: String,
@@ -397,22 +419,29 @@ impl Daemon {
         SseReader::new(resp)
     }
 
+    /// A stream resumed after frame `last_event_id` (`Last-Event-ID`).
+    pub async fn open_stream_after(&self, task_id: &str, last_event_id: u64) -> SseReader {
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/tasks/{task_id}/stream")))
+            .header("last-event-id", last_event_id.to_string())
+            .send()
+            .await
+            .expect("GET stream");
+        assert_eq!(resp.status().as_u16(), 200, "stream of {task_id}");
+        SseReader::new(resp)
+    }
+
     /// The whole stream of a task, until the server closes it (at most 30 s).
     pub async fn stream(&self, task_id: &str) -> Vec<SseFrame> {
-        let mut reader = self.open_stream(task_id).await;
-        let mut frames = Vec::new();
-        let read = async {
-            while let Some(f) = reader.next_frame().await {
-                frames.push(f);
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(30), read)
-            .await
-            .is_err()
-        {
-            panic!("stream of {task_id} did not end within 30 s");
-        }
-        frames
+        let reader = self.open_stream(task_id).await;
+        read_to_end(task_id, reader).await
+    }
+
+    /// The rest of a stream after frame `last_event_id`, until the server closes it.
+    pub async fn stream_after(&self, task_id: &str, last_event_id: u64) -> Vec<SseFrame> {
+        let reader = self.open_stream_after(task_id, last_event_id).await;
+        read_to_end(task_id, reader).await
     }
 
     pub async fn cancel(&self, task_id: &str) -> reqwest::Response {
@@ -451,9 +480,43 @@ impl Daemon {
             .expect("metrics text")
     }
 
+    /// The sum of a metric's samples whose labels include every `labels` pair.
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(series, _)| {
+                let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|(_, v)| v.parse::<f64>().ok())
+            .sum()
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let resp = self.http.get(self.url(path)).send().await.expect("GET");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
+}
+
+/// Reads a stream until the server closes it (at most 30 s).
+pub async fn read_to_end(task_id: &str, mut reader: SseReader) -> Vec<SseFrame> {
+    let mut frames = Vec::new();
+    let read = async {
+        while let Some(f) = reader.next_frame().await {
+            frames.push(f);
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .is_err()
+    {
+        panic!("stream of {task_id} did not end within 30 s");
+    }
+    frames
 }

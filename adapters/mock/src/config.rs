@@ -14,6 +14,8 @@ pub struct MockConfig {
     pub failure: Failure,
     /// For `error_mid_stream`, `panic_mid_stream` and `stall`: tokens produced before the fault.
     pub fail_after_tokens: u32,
+    /// `false`: the engine reports itself live but not ready (a model still loading).
+    pub ready: bool,
 }
 
 impl Default for MockConfig {
@@ -26,6 +28,7 @@ impl Default for MockConfig {
             tokens_per_s: 200.0,
             failure: Failure::None,
             fail_after_tokens: 0,
+            ready: true,
         }
     }
 }
@@ -40,6 +43,8 @@ pub enum Failure {
     RejectSubmit,
     /// An error event before the first token.
     ErrorBeforeFirstToken,
+    /// An error event of kind `internal` (the adapter's own bug) before the first token.
+    InternalError,
     /// A reset after `fail_after_tokens` tokens.
     ErrorMidStream,
     /// Stops producing after `fail_after_tokens` tokens and waits for cancel.

@@ -95,6 +95,14 @@ fn run(config: &MockConfig, flag: &CancelFlag, req: &SubmitRequest, sink: &Sink)
     }) {
         return;
     }
+    if config.failure == Failure::InternalError {
+        sink.emit(Event::Error(AdapterError::new(
+            ErrorKind::Internal,
+            Phase::BeforeFirstToken,
+            "injected internal adapter error",
+        )));
+        return;
+    }
     if config.failure == Failure::ErrorBeforeFirstToken {
         sink.emit(Event::Error(AdapterError::new(
             ErrorKind::Upstream,

@@ -61,8 +61,13 @@ impl EngineClient for MockClient {
     fn health(&self) -> Result<Health, AdapterError> {
         Ok(Health {
             live: true,
-            ready: true,
-            message: "ok".into(),
+            ready: self.config.ready,
+            message: if self.config.ready {
+                "ok"
+            } else {
+                "loading model"
+            }
+            .into(),
         })
     }
 

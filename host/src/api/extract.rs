@@ -27,10 +27,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             }
         })?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let value = T::deserialize(&mut de)
-            .and_then(|v| de.end().map(|()| v))
+        let value = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| {
-                ApiError::new(ErrorCode::InvalidParams, format!("invalid JSON body: {e}"))
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                // Name the field when the problem is inside one (`kind: unknown variant …`).
+                let message = if path == "." || inner.is_syntax() || inner.is_eof() {
+                    format!("invalid JSON body: {inner}")
+                } else {
+                    format!("invalid JSON body: {path}: {inner}")
+                };
+                ApiError::new(ErrorCode::InvalidParams, message)
+            })
+            .and_then(|v| {
+                de.end().map(|()| v).map_err(|e| {
+                    ApiError::new(ErrorCode::InvalidParams, format!("invalid JSON body: {e}"))
+                })
             })?;
         Ok(ApiJson(value))
     }

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use orchd_testkit::{DaemonBuilder, config, default_admission, mock_pool};
+use orchd_testkit::{DaemonBuilder, config, default_admission, expect_error, mock_pool};
 
 fn cfg() -> String {
     format!(
@@ -68,7 +68,8 @@ async fn trickling_clients_are_cut_off_and_others_are_served() {
 #[tokio::test]
 async fn an_oversized_head_gets_431_and_h2c_is_served() {
     let d = DaemonBuilder::new(cfg()).start();
-    let big = "y".repeat(32 * 1024);
+    // Over the limit: 431 with an envelope and the correlation id.
+    let big = "y".repeat(20 * 1024);
     let resp = d
         .http
         .get(d.url("/healthz"))
@@ -76,7 +77,24 @@ async fn an_oversized_head_gets_431_and_h2c_is_served() {
         .send()
         .await
         .unwrap();
+    let body = expect_error(resp, 431, "PAYLOAD_TOO_LARGE", "request head").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("16384"),
+        "{body}"
+    );
+    // Far over it, hyper's buffer bound answers first (bare 431) and the connection closes.
+    let huge = "y".repeat(64 * 1024);
+    let resp = d
+        .http
+        .get(d.url("/healthz"))
+        .header("x-big", huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 431);
+    // Still serving.
+    let resp = d.http.get(d.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
 
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()

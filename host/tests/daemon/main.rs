@@ -3,13 +3,18 @@
 
 mod adapters;
 mod admission;
+mod artifacts;
 mod auth;
 mod cancel;
 mod config;
+mod contract;
+mod deadlines;
 mod edge;
+mod errors;
 mod metrics;
 mod policies;
 mod policy_faults;
 mod sessions;
 mod shutdown;
+mod stream;
 mod tasks;

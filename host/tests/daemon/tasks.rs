@@ -1,6 +1,8 @@
 //! Enqueue and stream: order, indices, determinism, status, error envelopes.
 
-use orchd_testkit::{DaemonBuilder, SseFrame, config, default_admission, mock_pool, task};
+use orchd_testkit::{
+    DaemonBuilder, SseFrame, config, default_admission, expect_error, mock_pool, task,
+};
 use serde_json::{Value, json};
 
 fn events(frames: &[SseFrame]) -> Vec<&str> {
@@ -117,22 +119,13 @@ async fn the_same_seed_gives_the_same_tokens() {
 }
 
 async fn check_error(
-    d: &orchd_testkit::Daemon,
+    _d: &orchd_testkit::Daemon,
     resp: reqwest::Response,
     status: u16,
     code: &str,
     needle: &str,
 ) {
-    assert_eq!(resp.status().as_u16(), status);
-    let correlation = resp.headers()["x-correlation-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["code"], code, "{body}");
-    assert!(body["message"].as_str().unwrap().contains(needle), "{body}");
-    assert_eq!(body["correlation_id"], correlation.as_str());
-    let _ = d;
+    expect_error(resp, status, code, needle).await;
 }
 
 #[tokio::test]
