@@ -121,6 +121,12 @@ impl Orchd {
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
         }
+        assert!(
+            !task_id.is_empty(),
+            "no task to stream; last response {} {}",
+            self.status,
+            self.body
+        );
         let resp = req.send().await.expect("stream request sent");
         assert_eq!(resp.status().as_u16(), 200, "stream of {task_id}");
         let frames = read_to_end(task_id, SseReader::new(resp)).await;
@@ -142,8 +148,18 @@ fn field(body: &Value, pointer: &str) -> String {
     }
 }
 
+/// Scenarios run concurrently, each with its own daemon, on what may be a 2-core machine:
+/// policies get a wall-clock deadline that preemption cannot blow (production uses 5 ms).
+const POLICY_TIMEOUT: &str = "[policies]\ntimeout_ms = 250\n\n";
+
 fn start(pool: String) -> Running {
-    Running(DaemonBuilder::new(config(&default_admission("reject"), 16, &[pool])).start())
+    Running(
+        DaemonBuilder::new(format!(
+            "{POLICY_TIMEOUT}{}",
+            config(&default_admission("reject"), 16, &[pool])
+        ))
+        .start(),
+    )
 }
 
 #[given(expr = "a running daemon with a mock pool {string}")]
@@ -337,7 +353,7 @@ fn pool_with(w: &mut Orchd, pool: String, mock: String) {
 
 #[given("the daemon is running")]
 fn daemon_running(w: &mut Orchd) {
-    let config = format!("{}\n{}", w.extra_config, w.pools.concat());
+    let config = format!("{POLICY_TIMEOUT}{}\n{}", w.extra_config, w.pools.concat());
     w.daemon = Some(Running(DaemonBuilder::new(config).start()));
 }
 
@@ -483,6 +499,7 @@ fn log_clean(w: &mut Orchd, secret: String) {
 #[tokio::main]
 async fn main() {
     Orchd::cucumber()
+        .max_concurrent_scenarios(4)
         .fail_on_skipped()
         .run_and_exit(concat!(env!("CARGO_MANIFEST_DIR"), "/features"))
         .await;

@@ -459,7 +459,7 @@ fn enqueue(
                 let mut envelope = *frame.envelope;
                 envelope.correlation_id = Some(evicted.task.spec.correlation_id.clone());
                 evicted.task.fail(envelope);
-                evicted.task.count_cancel(pool.engine_version(), "evicted");
+                evicted.task.count_cancel(&pool.engine_version(), "evicted");
                 metrics::admission_backpressure(&req.engine, "drop-lru");
                 state.decisions.settle(&evicted.task);
                 tracing::info!(task_id = %victim, by = %task_id, pool_id = %pool.id, "task evicted (drop-lru)");
@@ -511,7 +511,7 @@ fn enqueue(
     drop(queue);
     metrics::task_enqueued(&metrics::TaskLabels {
         engine: &req.engine,
-        engine_version: pool.engine_version(),
+        engine_version: &pool.engine_version(),
         pool_id: &pool.id,
         replica_id: "",
         priority: req.priority.as_str(),
@@ -522,7 +522,7 @@ fn enqueue(
     span.record("session_id", req.session_id.as_str());
     span.record("pool_id", pool.id.as_str());
     span.record("engine", req.engine.as_str());
-    span.record("engine_version", pool.engine_version());
+    span.record("engine_version", pool.engine_version().as_str());
     tracing::info!(
         task_id = %task_id, session_id = %req.session_id, pool_id = %pool.id,
         engine = %req.engine, priority = req.priority.as_str(), seed, queue_position,

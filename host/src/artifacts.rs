@@ -42,11 +42,17 @@ struct Job {
 pub struct ArtifactStore {
     dir: PathBuf,
     max_bytes: usize,
-    /// Recorded but not yet on disk: hex → (document, owner tag).
-    pending: Mutex<HashMap<String, (Arc<Vec<u8>>, String)>>,
+    /// Recorded but not yet on disk, by hex digest.
+    pending: Mutex<HashMap<String, PendingDoc>>,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     tmp_counter: AtomicU64,
+}
+
+/// A recorded document the writer thread has not written yet.
+struct PendingDoc {
+    doc: Arc<Vec<u8>>,
+    owner_tag: String,
 }
 
 /// What an artifact is created from.
@@ -175,7 +181,7 @@ impl ArtifactStore {
         self.max_bytes
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Vec<u8>>, String)>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, PendingDoc>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -242,8 +248,13 @@ impl ArtifactStore {
         let built = build(new, now_ms());
         let doc = Arc::new(built.doc);
         let tag = owner_tag(owner);
-        self.lock_pending()
-            .insert(built.hex.clone(), (Arc::clone(&doc), tag.clone()));
+        self.lock_pending().insert(
+            built.hex.clone(),
+            PendingDoc {
+                doc: Arc::clone(&doc),
+                owner_tag: tag.clone(),
+            },
+        );
         let sent = self
             .writer
             .lock()
@@ -283,8 +294,8 @@ impl ArtifactStore {
             return Ok(None);
         };
         let tag = owner_tag(owner);
-        if let Some((doc, doc_owner)) = self.lock_pending().get(hex) {
-            return Ok((admin || *doc_owner == tag).then(|| Arc::clone(doc)));
+        if let Some(pending) = self.lock_pending().get(hex) {
+            return Ok((admin || pending.owner_tag == tag).then(|| Arc::clone(&pending.doc)));
         }
         if !admin && !self.owner_path(hex, &tag).exists() {
             return Ok(None);

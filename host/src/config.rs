@@ -46,6 +46,11 @@ pub struct Cli {
     /// API keys as `name:role:key`, comma-separated (added to `[[auth.keys]]`).
     #[arg(long, env = "ORCHD_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
+    /// A pool of one replica, `ID=ADAPTER@URL` (repeatable), e.g.
+    /// `llama=llamacpp@http://127.0.0.1:8081`. Tasks name it with `model_ref` = ID. Without
+    /// `--config` these replace the embedded default's pools.
+    #[arg(long = "pool", value_name = "ID=ADAPTER@URL")]
+    pub pools: Vec<String>,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `orchd_host=debug`.
     #[arg(long, env = "ORCHD_LOG", default_value = "info")]
     pub log: String,
@@ -189,10 +194,14 @@ pub struct BudgetSettings {
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub id: String,
-    pub engine: String,
+    /// `None`: the first engine the adapter serves.
+    pub engine: Option<String>,
     pub adapter: String,
     pub model_ref: String,
-    pub ctx_max: u32,
+    /// `None`: what the engine reports.
+    pub ctx_max: Option<u32>,
+    /// How often replicas' health and props are polled.
+    pub health_interval: Duration,
     pub queue_capacity: NonZeroU32,
     pub nominal_tokens_per_s: f64,
     pub nominal_first_token_ms: u64,

@@ -90,8 +90,8 @@ fn pool_view(pool: &Pool, session_id: &str, queue_depth: u32) -> placement::Pool
             .map(|(i, r)| placement::Replica {
                 replica_id: r.id.clone(),
                 ready: r.is_healthy(),
-                slots_total: r.slots_total,
-                slots_free: r.slots_total.saturating_sub(r.leases()),
+                slots_total: r.slots_total(),
+                slots_free: r.slots_total().saturating_sub(r.leases()),
                 active_leases: r.leases(),
                 tokens_per_s: tps,
                 first_token_ms: ftt,

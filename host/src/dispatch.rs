@@ -46,7 +46,7 @@ pub fn spawn_dispatcher(pool: Arc<Pool>, decisions: Arc<Decisions>, config: Disp
                     pool_id = %pool.id,
                     replica_id = %pool.replicas[replica].id,
                     engine = %task.spec.engine,
-                    engine_version = %pool.replicas[replica].engine_version,
+                    engine_version = %pool.replicas[replica].engine_version(),
                 );
                 tokio::spawn(
                     run(
@@ -138,7 +138,7 @@ pub fn watch_deadline(task: &Arc<Task>, pool: Arc<Pool>, decisions: Arc<Decision
         envelope.correlation_id = Some(task.spec.correlation_id.clone());
         if let Some(job) = task.fail(envelope) {
             tracing::info!(task_id = %task.id, pool_id = %pool.id, "deadline passed; task ended");
-            task.count_cancel(pool.engine_version(), "deadline");
+            task.count_cancel(&pool.engine_version(), "deadline");
             if let Some(job) = job {
                 cancel_job(&task.id, job).await;
             }
@@ -195,18 +195,19 @@ async fn run(
     config: DispatchConfig,
 ) {
     let replica = &pool.replicas[replica_idx];
+    let engine_version = replica.engine_version();
     let labels = metrics::TaskLabels {
         engine: &task.spec.engine,
-        engine_version: &replica.engine_version,
+        engine_version: &engine_version,
         pool_id: &pool.id,
         replica_id: &replica.id,
         priority: task.spec.priority.as_str(),
     };
-    if task.start(&replica.id, &replica.engine_version) {
+    if task.start(&replica.id, &engine_version) {
         metrics::task_started(&labels);
         pool.remember_affinity(&task.spec.session_id, replica_idx);
         if !task.ever_attached() {
-            watch_attach(&task, config.attach_timeout, replica.engine_version.clone());
+            watch_attach(&task, config.attach_timeout, engine_version.to_string());
         }
         tracing::info!(task_id = %task.id, pool_id = %pool.id, replica_id = %replica.id, "task started");
         relay(&pool, &decisions, replica_idx, &task, config).await;
@@ -243,6 +244,9 @@ async fn relay(
         match tokio::task::spawn_blocking(move || client.submit(spec, tx)).await {
             Ok(Ok(job)) => Arc::from(job),
             Ok(Err(failure)) => {
+                if failure.kind == FailureKind::Panic {
+                    crate::health::take_out(pool, replica, &failure.message);
+                }
                 fail(task, map(&failure));
                 return;
             }
@@ -293,7 +297,7 @@ async fn relay(
                     // Ended by cancel; whoever ended it canceled the job.
                     Pushed::Ended => return,
                     Pushed::ReaderFellBehind => {
-                        cancel_for_slow_reader(task, &replica.engine_version).await;
+                        cancel_for_slow_reader(task, &replica.engine_version()).await;
                         return;
                     }
                 }
@@ -311,12 +315,20 @@ async fn relay(
                 return;
             }
             Some(EngineEvent::Error(failure)) => {
+                if failure.kind == FailureKind::Panic {
+                    crate::health::take_out(pool, replica, &failure.message);
+                }
                 fail(task, map(&failure));
                 return;
             }
             None => {
                 // The adapter dropped the sink without a terminal event: the engine died.
                 if !task.state().is_terminal() {
+                    crate::health::take_out(
+                        pool,
+                        replica,
+                        "the adapter dropped a task without a terminal event",
+                    );
                     let reset = EngineFailure::new(
                         FailureKind::Transport,
                         phase,

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -20,10 +22,13 @@ pub struct Replica {
     /// Devices this replica runs on (comma-separated ids), for placement.
     pub device_mask: Option<String>,
     pub client: Arc<dyn EngineClient>,
-    pub engine_version: String,
-    pub slots_total: u32,
+    /// What the engine last said it is (health polling refreshes it).
+    engine_version: ArcSwap<String>,
+    slots_total: AtomicU32,
     leases: AtomicU32,
     healthy: AtomicBool,
+    /// Why the replica is not ready, when it is not.
+    last_error: Mutex<Option<String>>,
 }
 
 impl Replica {
@@ -38,10 +43,11 @@ impl Replica {
             id,
             device_mask: None,
             client,
-            engine_version,
-            slots_total,
+            engine_version: ArcSwap::from_pointee(engine_version),
+            slots_total: AtomicU32::new(slots_total),
             leases: AtomicU32::new(0),
             healthy: AtomicBool::new(healthy),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -53,15 +59,59 @@ impl Replica {
         self.healthy.load(Ordering::Acquire)
     }
 
+    pub fn engine_version(&self) -> Arc<String> {
+        self.engine_version.load_full()
+    }
+
+    pub fn slots_total(&self) -> u32 {
+        self.slots_total.load(Ordering::Acquire)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes the replica out of placement (a panicking adapter, a dead engine) until a
+    /// health probe says it is ready again. Returns whether it was healthy before.
+    pub fn mark_unhealthy(&self, why: &str) -> bool {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
+        self.healthy.swap(false, Ordering::AcqRel)
+    }
+
+    /// Records a health probe: ready or not, and what the engine reports. Returns whether
+    /// readiness changed.
+    pub fn observe(
+        &self,
+        ready: bool,
+        engine_version: Option<String>,
+        slots: Option<u32>,
+        why: Option<String>,
+    ) -> bool {
+        if let Some(v) =
+            engine_version.filter(|v| !v.is_empty() && **self.engine_version.load() != *v)
+        {
+            self.engine_version.store(Arc::new(v));
+        }
+        if let Some(n) = slots {
+            self.slots_total.store(n, Ordering::Release);
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = why;
+        self.healthy.swap(ready, Ordering::AcqRel) != ready
+    }
+
     pub fn with_device_mask(mut self, mask: Option<String>) -> Self {
         self.device_mask = mask;
         self
     }
 
     fn try_lease(&self) -> bool {
+        let total = self.slots_total();
         self.leases
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.slots_total).then_some(n + 1)
+                (n < total).then_some(n + 1)
             })
             .is_ok()
     }
@@ -93,12 +143,19 @@ pub struct Pool {
 const AFFINITY_CAP: usize = 65_536;
 
 impl Pool {
-    pub fn new(settings: &PoolSettings, replicas: Vec<Replica>) -> Self {
+    /// A pool of `replicas` serving `engine` with contexts up to `ctx_max` (both resolved
+    /// from the adapter and the engines where the settings leave them open).
+    pub fn new(
+        settings: &PoolSettings,
+        engine: String,
+        ctx_max: u32,
+        replicas: Vec<Replica>,
+    ) -> Self {
         Self {
             id: settings.id.clone(),
-            engine: settings.engine.clone(),
+            engine,
             model_ref: settings.model_ref.clone(),
-            ctx_max: settings.ctx_max,
+            ctx_max,
             replicas,
             queue: Mutex::new(ClassQueues::new(settings.queue_capacity.get())),
             wake: Notify::new(),
@@ -123,7 +180,7 @@ impl Pool {
         self.replicas
             .iter()
             .filter(|r| r.is_healthy())
-            .map(|r| r.slots_total)
+            .map(Replica::slots_total)
             .sum()
     }
 
@@ -131,16 +188,16 @@ impl Pool {
         self.replicas
             .iter()
             .filter(|r| r.is_healthy())
-            .map(|r| r.slots_total.saturating_sub(r.leases()))
+            .map(|r| r.slots_total().saturating_sub(r.leases()))
             .sum()
     }
 
     /// The engine version metrics report for the pool (its first replica's).
-    pub fn engine_version(&self) -> &str {
+    pub fn engine_version(&self) -> Arc<String> {
         self.replicas
             .first()
-            .map(|r| r.engine_version.as_str())
-            .unwrap_or("")
+            .map(Replica::engine_version)
+            .unwrap_or_default()
     }
 
     /// Publishes the queue's depth per class and the pool's readiness and leases.
@@ -151,7 +208,7 @@ impl Pool {
         ] {
             crate::metrics::queue_depth(
                 &self.engine,
-                self.engine_version(),
+                &self.engine_version(),
                 &self.id,
                 p.as_str(),
                 queue.depth_of(p),
@@ -209,7 +266,7 @@ impl Pool {
                 (
                     i,
                     self.replicas[i]
-                        .slots_total
+                        .slots_total()
                         .saturating_sub(self.replicas[i].leases()),
                 )
             })
@@ -231,7 +288,7 @@ impl Pool {
             .collect();
         order.sort_by_key(|&i| {
             let r = &self.replicas[i];
-            std::cmp::Reverse(r.slots_total.saturating_sub(r.leases()))
+            std::cmp::Reverse(r.slots_total().saturating_sub(r.leases()))
         });
         order.into_iter().find(|&i| self.replicas[i].try_lease())
     }
@@ -319,10 +376,11 @@ mod tests {
     fn pool(slots: &[u32]) -> Pool {
         let settings = PoolSettings {
             id: "p".into(),
-            engine: "mock".into(),
+            engine: None,
             adapter: "mock".into(),
             model_ref: "m".into(),
-            ctx_max: 100,
+            ctx_max: None,
+            health_interval: std::time::Duration::from_secs(2),
             queue_capacity: NonZeroU32::new(8).unwrap(),
             nominal_tokens_per_s: 100.0,
             nominal_first_token_ms: 50,
@@ -333,7 +391,7 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| Replica::new(format!("r{i}"), Arc::new(NoEngine), "v".into(), n, true))
             .collect();
-        Pool::new(&settings, replicas)
+        Pool::new(&settings, "mock".into(), 100, replicas)
     }
 
     #[test]

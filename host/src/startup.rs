@@ -10,6 +10,7 @@ use crate::budget::Ledger;
 use crate::config::{EXIT_CONFIG, Settings};
 use crate::decisions::Decisions;
 use crate::dispatch::{self, DispatchConfig};
+use crate::health::{probe, spawn_health_poller};
 use crate::policy::{PolicyRuntime, PolicySet, watch};
 use crate::pool::{Pool, Replica};
 use crate::state::AppState;
@@ -79,16 +80,24 @@ fn build_pools(
                 settings.adapters_dir.display()
             ))
         })?;
-        if !adapter.info().engines.iter().any(|e| e == &ps.engine) {
-            return Err(StartupError::Config(format!(
-                "pool {:?}: adapter {:?} does not serve engine {:?} (it serves {:?})",
-                ps.id,
-                ps.adapter,
-                ps.engine,
-                adapter.info().engines
-            )));
-        }
+        let served = &adapter.info().engines;
+        let engine = match &ps.engine {
+            Some(engine) if served.iter().any(|e| e == engine) => engine.clone(),
+            Some(engine) => {
+                return Err(StartupError::Config(format!(
+                    "pool {:?}: adapter {:?} does not serve engine {engine:?} (it serves {served:?})",
+                    ps.id, ps.adapter
+                )));
+            }
+            None => served.first().cloned().ok_or_else(|| {
+                StartupError::Config(format!(
+                    "pool {:?}: adapter {:?} declares no engine",
+                    ps.id, ps.adapter
+                ))
+            })?,
+        };
         let mut replicas = Vec::with_capacity(ps.replicas.len());
+        let mut reported_ctx = 0;
         for rs in &ps.replicas {
             let client = adapter.new_client(&rs.adapter_config_json).map_err(|e| {
                 StartupError::Config(format!(
@@ -96,25 +105,40 @@ fn build_pools(
                     ps.id, rs.id, ps.adapter, e.message
                 ))
             })?;
-            let (healthy, version, slots) = match (client.health(), client.props()) {
-                (Ok(h), Ok(p)) => (h.ready, p.engine_version, p.slots_total),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(pool_id = %ps.id, replica_id = %rs.id, error = %e, "replica not ready");
-                    (false, String::new(), 0)
-                }
-            };
+            let probe = probe(client.as_ref());
+            reported_ctx = reported_ctx.max(probe.ctx_max.unwrap_or(0));
             tracing::info!(
-                pool_id = %ps.id, replica_id = %rs.id, engine = %ps.engine, engine_version = %version,
-                slots, ready = healthy, "replica configured"
+                pool_id = %ps.id, replica_id = %rs.id, engine = %engine,
+                engine_version = probe.engine_version.as_deref().unwrap_or(""),
+                slots = probe.slots.unwrap_or(0), ready = probe.ready,
+                reason = probe.why.as_deref().unwrap_or(""), "replica configured"
             );
             replicas.push(
-                Replica::new(rs.id.clone(), client, version, slots, healthy)
-                    .with_device_mask(rs.device_mask.clone()),
+                Replica::new(
+                    rs.id.clone(),
+                    client,
+                    probe.engine_version.unwrap_or_default(),
+                    probe.slots.unwrap_or(0),
+                    probe.ready,
+                )
+                .with_device_mask(rs.device_mask.clone()),
             );
         }
-        pools.push(Arc::new(Pool::new(ps, replicas)));
+        let ctx_max = ps
+            .ctx_max
+            .unwrap_or(if reported_ctx > 0 { reported_ctx } else { 4096 });
+        pools.push(Arc::new(Pool::new(ps, engine, ctx_max, replicas)));
     }
     Ok(pools)
+}
+
+fn pool_interval(settings: &Settings, pool_id: &str) -> Duration {
+    settings
+        .pools
+        .iter()
+        .find(|p| p.id == pool_id)
+        .map(|p| p.health_interval)
+        .unwrap_or(Duration::from_secs(2))
 }
 
 /// Loads everything and starts the background tasks (dispatchers, retention sweeper).
@@ -157,6 +181,10 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     for pool in &state.pools {
         pool.publish(&pool.queue());
         dispatch::spawn_dispatcher(Arc::clone(pool), Arc::clone(&decisions), config);
+        spawn_health_poller(
+            Arc::downgrade(pool),
+            pool_interval(&state.settings, &pool.id),
+        );
     }
     let sweeper = Arc::downgrade(&state);
     tokio::spawn(async move {

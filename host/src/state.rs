@@ -92,7 +92,10 @@ impl AppState {
             envelope.correlation_id = Some(task.spec.correlation_id.clone());
             if let Some(job) = task.fail(envelope) {
                 aborted += 1;
-                task.count_cancel(pool.map(|p| p.engine_version()).unwrap_or(""), "shutdown");
+                task.count_cancel(
+                    &pool.map(|p| p.engine_version()).unwrap_or_default(),
+                    "shutdown",
+                );
                 if let Some(job) = job {
                     dispatch::cancel_job(&task.id, job).await;
                 }
@@ -125,7 +128,10 @@ impl AppState {
             None => false,
             Some(job) => {
                 tracing::info!(task_id = %task.id, reason, "task canceled");
-                task.count_cancel(pool.map(|p| p.engine_version()).unwrap_or(""), reason);
+                task.count_cancel(
+                    &pool.map(|p| p.engine_version()).unwrap_or_default(),
+                    reason,
+                );
                 if let Some(job) = job {
                     dispatch::cancel_job(&task.id, job).await;
                 }

@@ -22,7 +22,11 @@ const POLICIES: &[(&str, &str)] = &[
     ("error_mapping_default", "error-mapping-default.wasm"),
 ];
 /// Adapter libraries shipped in dist (crate lib name → file name).
-const ADAPTERS: &[(&str, &str)] = &[("orchd_adapter_mock", "mock.so")];
+const ADAPTERS: &[(&str, &str)] = &[
+    ("orchd_adapter_mock", "mock.so"),
+    ("orchd_adapter_llamacpp", "llamacpp.so"),
+    ("orchd_adapter_openai", "openai.so"),
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -118,6 +122,10 @@ fn dist(scope: Scope) -> Result<PathBuf> {
                 "orchd-host",
                 "-p",
                 "orchd-adapter-mock",
+                "-p",
+                "orchd-adapter-llamacpp",
+                "-p",
+                "orchd-adapter-openai",
             ]),
         )?,
         Scope::Everything => run(

@@ -70,6 +70,11 @@ impl AdapterRegistry {
         Ok((registry, outcomes))
     }
 
+    /// Loads one library (the conformance kit and tools); the same checks as `load_dir`.
+    pub fn load_file(path: &Path) -> Result<Arc<dyn Adapter>, String> {
+        load_library(path).map(|a| Arc::new(a) as Arc<dyn Adapter>)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Adapter>> {
         self.adapters.get(name)
     }

@@ -371,10 +371,19 @@ impl PolicyFile {
 #[serde(deny_unknown_fields)]
 pub struct PoolFile {
     pub id: String,
-    pub engine: String,
+    /// Default: the first engine the adapter serves.
+    #[serde(default)]
+    pub engine: Option<String>,
     pub adapter: String,
-    pub model_ref: String,
-    pub ctx_max: u32,
+    /// Default: the pool id.
+    #[serde(default)]
+    pub model_ref: Option<String>,
+    /// Default: what the engine reports (4096 when it cannot be asked).
+    #[serde(default)]
+    pub ctx_max: Option<u32>,
+    /// How often every replica's health and props are asked for.
+    #[serde(default = "default_health_interval")]
+    pub health_interval_ms: NonZeroU32,
     #[serde(default)]
     pub queue_capacity: Option<NonZeroU32>,
     /// Rates assumed until the pool has measured its own (conservative by default).
@@ -383,6 +392,45 @@ pub struct PoolFile {
     #[serde(default = "default_nominal_ftt")]
     pub nominal_first_token_ms: u64,
     pub replicas: Vec<ReplicaFile>,
+}
+
+fn default_health_interval() -> NonZeroU32 {
+    NonZeroU32::new(2_000).expect("non-zero")
+}
+
+/// A pool of one replica from `--pool ID=ADAPTER@URL`: engine from the adapter, model_ref
+/// = ID, replica `ID-0` with adapter config `{"url": URL}`.
+pub(super) fn quick_pool(spec: &str) -> Result<PoolFile, String> {
+    let bad = |why: &str| format!("--pool {spec:?}: {why} (expected ID=ADAPTER@URL)");
+    let (id, rest) = spec.split_once('=').ok_or_else(|| bad("no '='"))?;
+    let (adapter, url) = rest.split_once('@').ok_or_else(|| bad("no '@'"))?;
+    if !valid_id(id) {
+        return Err(bad("ID must be 1-128 chars of [A-Za-z0-9._:-]"));
+    }
+    if adapter.is_empty() {
+        return Err(bad("ADAPTER is empty"));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(bad("URL must start with http:// or https://"));
+    }
+    let mut config = toml::Table::new();
+    config.insert("url".into(), toml::Value::String(url.to_owned()));
+    Ok(PoolFile {
+        id: id.to_owned(),
+        engine: None,
+        adapter: adapter.to_owned(),
+        model_ref: None,
+        ctx_max: None,
+        health_interval_ms: default_health_interval(),
+        queue_capacity: None,
+        nominal_tokens_per_s: default_nominal_tps(),
+        nominal_first_token_ms: default_nominal_ftt(),
+        replicas: vec![ReplicaFile {
+            id: format!("{id}-0"),
+            device_mask: None,
+            config,
+        }],
+    })
 }
 
 fn default_nominal_tps() -> f64 {
@@ -455,15 +503,30 @@ impl FileConfig {
                 "limits.max_body_bytes must be at least 1024".into(),
             ));
         }
-        if self.pools.is_empty() {
+        // `--pool` adds pools; without a config file they replace the embedded default's.
+        let mut file_pools = self.pools;
+        if !cli.pools.is_empty() {
+            let quick = cli
+                .pools
+                .iter()
+                .map(|spec| quick_pool(spec))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(invalid)?;
+            if cli.config.is_none() {
+                file_pools = quick;
+            } else {
+                file_pools.extend(quick);
+            }
+        }
+        if file_pools.is_empty() {
             return Err(invalid(
                 "no pools configured: add at least one [[pools]]".into(),
             ));
         }
         let mut pool_ids = HashSet::new();
         let mut replica_ids = HashSet::new();
-        let mut pools = Vec::with_capacity(self.pools.len());
-        for pool in self.pools {
+        let mut pools = Vec::with_capacity(file_pools.len());
+        for pool in file_pools {
             if !valid_id(&pool.id) {
                 return Err(invalid(format!(
                     "pool id {:?} must be 1-128 chars of [A-Za-z0-9._:-]",
@@ -501,11 +564,12 @@ impl FileConfig {
             }
             pools.push(PoolSettings {
                 queue_capacity: pool.queue_capacity.unwrap_or(self.queue.capacity),
+                model_ref: pool.model_ref.unwrap_or_else(|| pool.id.clone()),
                 id: pool.id,
                 engine: pool.engine,
                 adapter: pool.adapter,
-                model_ref: pool.model_ref,
                 ctx_max: pool.ctx_max,
+                health_interval: Duration::from_millis(pool.health_interval_ms.get().into()),
                 nominal_tokens_per_s: pool.nominal_tokens_per_s,
                 nominal_first_token_ms: pool.nominal_first_token_ms,
                 replicas,

@@ -102,6 +102,30 @@ async fn a_canceled_queued_task_is_never_dispatched() {
 }
 
 #[tokio::test]
+async fn a_client_that_disconnects_while_queued_cancels_its_task() {
+    // Keep-alives every 100 ms: the daemon notices the closed connection on the next one.
+    let d = DaemonBuilder::new(format!("[stream]\nkeep_alive_ms = 100\n\n{}", slow())).start();
+    let running = d
+        .submit_ok(&task("slow", json!({"max_tokens": 10000})))
+        .await;
+    d.wait_state(&running, "running").await;
+    let queued = d.submit_ok(&task("slow", json!({"max_tokens": 5}))).await;
+    {
+        let _reader = d.open_stream(&queued).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    } // dropped while the task waits in the queue
+    d.wait_state(&queued, "canceled").await;
+    let (_, status) = d.get_json(&format!("/v1/tasks/{queued}")).await;
+    assert!(
+        status.get("replica_id").is_none(),
+        "never dispatched: {status}"
+    );
+    let frames = d.stream(&queued).await;
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].data["canceled"], true);
+}
+
+#[tokio::test]
 async fn a_client_that_disconnects_cancels_its_task() {
     let d = DaemonBuilder::new(slow()).start();
     let id = d

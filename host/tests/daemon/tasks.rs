@@ -102,6 +102,33 @@ async fn a_task_streams_started_tokens_metrics_end_in_order() {
         .unwrap();
     let mut reader = orchd_testkit::SseReader::new(resumed);
     assert_eq!(reader.next_frame().await.unwrap().id, Some(4));
+
+    // Log lines about the task carry its span: correlation id, task, session, pool,
+    // replica, engine and version.
+    let started = d
+        .log_events("task started")
+        .into_iter()
+        .find(|e| e["span"]["task_id"] == "order-1")
+        .expect("a `task started` line in the task's span");
+    let span = &started["span"];
+    assert_eq!(span["session_id"], "s1");
+    assert_eq!(span["pool_id"], "p");
+    assert_eq!(span["replica_id"], "p-0");
+    assert_eq!(span["engine"], "mock");
+    assert!(
+        span["engine_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("mock-")
+    );
+    assert!(span["correlation_id"].is_string());
+    let admitted = d
+        .log_events("task admitted")
+        .into_iter()
+        .find(|e| e["task_id"] == "order-1")
+        .expect("a `task admitted` line");
+    assert_eq!(admitted["span"]["task_id"], "order-1");
+    assert_eq!(admitted["span"]["pool_id"], "p");
 }
 
 #[tokio::test]

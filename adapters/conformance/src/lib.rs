@@ -1,0 +1,367 @@
+//! The adapter conformance kit: loads a `.so` through the same loader as the daemon (ABI
+//! version and layout checked) and drives it the way the daemon does. Each check is a
+//! [`Check`] with a verdict and what was seen.
+//!
+//! Checks: identity; a bad config is refused with a `Config` error; health and props;
+//! stream order (`Started`, tokens, exactly one `End`, nothing after it, `tokens_out`
+//! consistent); cancel stops the stream promptly; and, when the caller gives the configs
+//! that provoke them, a contained panic and classified failures of an unreachable engine.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orchd_host::adapters::{
+    Adapter, AdapterRegistry, EngineClient, EngineEvent, FailureKind, JobSpec,
+};
+use tokio::sync::mpsc;
+
+/// What to check a library with.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// A replica config under which the engine serves.
+    pub config: String,
+    pub prompt: String,
+    /// Tokens asked for in the stream-order check.
+    pub max_tokens: u32,
+    /// A config whose `submit` panics inside the adapter (the check is skipped without one).
+    pub panic_config: Option<String>,
+    /// A config pointing at an engine that is not there (skipped without one).
+    pub unreachable_config: Option<String>,
+    /// How long a stream may take.
+    pub timeout: Duration,
+}
+
+impl Plan {
+    pub fn new(config: impl Into<String>) -> Self {
+        Self {
+            config: config.into(),
+            prompt: "The quick brown fox".into(),
+            max_tokens: 8,
+            panic_config: None,
+            unreachable_config: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    /// `None` = skipped (what the plan did not provide).
+    pub passed: Option<bool>,
+    pub detail: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed != Some(false))
+    }
+
+    fn record(&mut self, name: &'static str, result: Result<String, String>) {
+        let (passed, detail) = match result {
+            Ok(d) => (Some(true), d),
+            Err(d) => (Some(false), d),
+        };
+        self.checks.push(Check {
+            name,
+            passed,
+            detail,
+        });
+    }
+
+    fn skip(&mut self, name: &'static str, why: &str) {
+        self.checks.push(Check {
+            name,
+            passed: None,
+            detail: why.to_owned(),
+        });
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            let verdict = match c.passed {
+                Some(true) => "pass",
+                Some(false) => "FAIL",
+                None => "skip",
+            };
+            out.push_str(&format!("{verdict:4}  {:<22} {}\n", c.name, c.detail));
+        }
+        out
+    }
+}
+
+fn job(plan: &Plan, max_tokens: u32, seed: u64) -> JobSpec {
+    JobSpec {
+        task_id: format!("conformance-{seed}"),
+        model: String::new(),
+        prompt: plan.prompt.clone(),
+        max_tokens,
+        seed,
+        params_json: String::new(),
+    }
+}
+
+/// Runs every check against the library at `lib`. Must run inside a tokio runtime.
+pub async fn run(lib: &Path, plan: &Plan) -> Report {
+    let mut report = Report::default();
+    let adapter = match AdapterRegistry::load_file(lib) {
+        Ok(a) => a,
+        Err(e) => {
+            report.record("load", Err(format!("{}: {e}", lib.display())));
+            return report;
+        }
+    };
+    let info = adapter.info().clone();
+    report.record(
+        "load",
+        if info.name.is_empty() || info.engines.is_empty() {
+            Err(format!("name {:?}, engines {:?}", info.name, info.engines))
+        } else {
+            Ok(format!(
+                "{} {} (ABI {}), engines {:?}",
+                info.name, info.version, info.abi_version, info.engines
+            ))
+        },
+    );
+    report.record("bad config refused", bad_config(adapter.as_ref()).await);
+    let client = {
+        let adapter = Arc::clone(&adapter);
+        let config = plan.config.clone();
+        match tokio::task::spawn_blocking(move || adapter.new_client(&config)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                report.record("client", Err(format!("the plan's config was refused: {e}")));
+                return report;
+            }
+            Err(e) => {
+                report.record("client", Err(format!("new_client did not return: {e}")));
+                return report;
+            }
+        }
+    };
+    report.record("health and props", health_props(&client).await);
+    report.record("stream order", stream_order(&client, plan).await);
+    report.record("cancel", cancel(&client, plan).await);
+    match &plan.panic_config {
+        Some(config) => report.record(
+            "contained panic",
+            panic(adapter.as_ref(), config, plan).await,
+        ),
+        None => report.skip("contained panic", "no panic config in the plan"),
+    }
+    match &plan.unreachable_config {
+        Some(config) => report.record(
+            "classified errors",
+            unreachable(adapter.as_ref(), config, plan).await,
+        ),
+        None => report.skip("classified errors", "no unreachable config in the plan"),
+    }
+    report
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("the call did not return: {e}"))
+}
+
+async fn bad_config(adapter: &dyn Adapter) -> Result<String, String> {
+    let bogus = r#"{"orchd_conformance_unknown_field": true}"#;
+    match adapter.new_client(bogus) {
+        Err(e) if e.kind == FailureKind::Config => Ok(format!("Config: {}", e.message)),
+        Err(e) => Err(format!(
+            "refused, but as {:?} (want Config): {}",
+            e.kind, e.message
+        )),
+        Ok(_) => Err("a config with an unknown field was accepted".into()),
+    }
+}
+
+async fn health_props(client: &Arc<dyn EngineClient>) -> Result<String, String> {
+    let c = Arc::clone(client);
+    let (health, props) = blocking(move || (c.health(), c.props())).await?;
+    let health = health.map_err(|e| format!("health failed: {e}"))?;
+    if !(health.live && health.ready) {
+        return Err(format!("not ready: {}", health.message));
+    }
+    let props = props.map_err(|e| format!("props failed: {e}"))?;
+    if props.slots_total == 0 || props.engine_version.is_empty() || props.ctx_max == 0 {
+        return Err(format!("implausible props: {props:?}"));
+    }
+    Ok(format!(
+        "ready; {} slots, ctx {}, {}",
+        props.slots_total, props.ctx_max, props.engine_version
+    ))
+}
+
+/// Every event of one job, until the adapter drops its sender or `timeout`.
+async fn collect(
+    rx: &mut mpsc::Receiver<EngineEvent>,
+    timeout: Duration,
+) -> Result<Vec<EngineEvent>, String> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ev)) => events.push(ev),
+            Ok(None) => return Ok(events),
+            Err(_) => {
+                return Err(format!(
+                    "the stream did not end within {} s ({} events)",
+                    timeout.as_secs(),
+                    events.len()
+                ));
+            }
+        }
+    }
+}
+
+async fn stream_order(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result<String, String> {
+    let (tx, mut rx) = mpsc::channel(256);
+    let (c, spec) = (Arc::clone(client), job(plan, plan.max_tokens, 7));
+    let _job = blocking(move || c.submit(spec, tx))
+        .await?
+        .map_err(|e| format!("submit failed: {e}"))?;
+    let events = collect(&mut rx, plan.timeout).await?;
+    if !matches!(events.first(), Some(EngineEvent::Started { .. })) {
+        return Err(format!("first event is not Started: {:?}", events.first()));
+    }
+    let tokens = events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::Token(_)))
+        .count() as u32;
+    let ends: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, EngineEvent::End { .. } | EngineEvent::Error(_)))
+        .map(|(i, _)| i)
+        .collect();
+    match (ends.as_slice(), events.last()) {
+        ([at], Some(EngineEvent::End { tokens_out, .. })) if *at == events.len() - 1 => {
+            if tokens == 0 || tokens > plan.max_tokens {
+                return Err(format!(
+                    "{tokens} tokens for max_tokens {}",
+                    plan.max_tokens
+                ));
+            }
+            if *tokens_out < tokens {
+                return Err(format!(
+                    "End says {tokens_out} tokens, {tokens} were streamed"
+                ));
+            }
+            Ok(format!(
+                "Started, {tokens} tokens, End (tokens_out {tokens_out})"
+            ))
+        }
+        _ => Err(format!(
+            "want exactly one terminal End, last: {:?}",
+            events.last()
+        )),
+    }
+}
+
+async fn cancel(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result<String, String> {
+    let (tx, mut rx) = mpsc::channel(256);
+    let (c, spec) = (Arc::clone(client), job(plan, 100_000, 11));
+    let job = blocking(move || c.submit(spec, tx))
+        .await?
+        .map_err(|e| format!("submit failed: {e}"))?;
+    // Wait for the first token, then cancel.
+    let deadline = tokio::time::Instant::now() + plan.timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(EngineEvent::Token(_))) => break,
+            Ok(Some(EngineEvent::Started { .. })) => {}
+            Ok(other) => return Err(format!("no token before {other:?}")),
+            Err(_) => return Err("no token in time".into()),
+        }
+    }
+    let started = Instant::now();
+    let job: Arc<dyn orchd_host::adapters::EngineJob> = Arc::from(job);
+    let j = Arc::clone(&job);
+    blocking(move || j.cancel())
+        .await?
+        .map_err(|e| format!("cancel failed: {e}"))?;
+    let returned = started.elapsed();
+    // Events already in flight may arrive; then the adapter must let go of the stream.
+    let rest = collect(&mut rx, Duration::from_secs(2))
+        .await
+        .map_err(|e| format!("after cancel: {e}"))?;
+    if rest.iter().any(|e| matches!(e, EngineEvent::End { .. })) {
+        return Err("an End followed the cancel".into());
+    }
+    blocking(move || job.cancel())
+        .await?
+        .map_err(|e| format!("a second cancel failed: {e}"))?;
+    Ok(format!(
+        "cancel returned in {} ms; stream released after {} more events; idempotent",
+        returned.as_millis(),
+        rest.len()
+    ))
+}
+
+async fn panic(adapter: &dyn Adapter, config: &str, plan: &Plan) -> Result<String, String> {
+    let client = adapter
+        .new_client(config)
+        .map_err(|e| format!("the panic config was refused: {e}"))?;
+    let (tx, mut rx) = mpsc::channel(16);
+    let spec = job(plan, 4, 3);
+    let c = Arc::clone(&client);
+    let failure = match blocking(move || c.submit(spec, tx)).await? {
+        Err(e) => e,
+        Ok(_job) => match collect(&mut rx, plan.timeout).await?.pop() {
+            Some(EngineEvent::Error(e)) => e,
+            other => return Err(format!("no failure after the panic: {other:?}")),
+        },
+    };
+    if failure.kind != FailureKind::Panic {
+        return Err(format!("failure of kind {:?}, want Panic", failure.kind));
+    }
+    // Still usable afterwards.
+    let c = Arc::clone(&client);
+    blocking(move || c.health())
+        .await?
+        .map_err(|e| format!("health after the panic failed: {e}"))?;
+    Ok(format!("contained: {}", failure.message))
+}
+
+async fn unreachable(adapter: &dyn Adapter, config: &str, plan: &Plan) -> Result<String, String> {
+    let client = adapter
+        .new_client(config)
+        .map_err(|e| format!("the unreachable config was refused: {e}"))?;
+    let c = Arc::clone(&client);
+    let health = blocking(move || c.health()).await?;
+    match &health {
+        Ok(h) if h.ready => return Err("an unreachable engine reported ready".into()),
+        Err(e) if !matches!(e.kind, FailureKind::Transport | FailureKind::Timeout) => {
+            return Err(format!("health failure classified {:?}", e.kind));
+        }
+        _ => {}
+    }
+    let (tx, mut rx) = mpsc::channel(16);
+    let spec = job(plan, 4, 5);
+    let c = Arc::clone(&client);
+    let failure = match blocking(move || c.submit(spec, tx)).await? {
+        Err(e) => e,
+        Ok(_job) => match collect(&mut rx, plan.timeout).await?.pop() {
+            Some(EngineEvent::Error(e)) => e,
+            other => return Err(format!("no failure from an unreachable engine: {other:?}")),
+        },
+    };
+    match failure.kind {
+        FailureKind::Transport | FailureKind::Timeout => Ok(format!(
+            "health not ready; submit failed as {:?} ({:?})",
+            failure.kind, failure.phase
+        )),
+        other => Err(format!(
+            "submit failure classified {other:?}, want Transport"
+        )),
+    }
+}

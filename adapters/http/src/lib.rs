@@ -1,0 +1,470 @@
+//! What every HTTP engine adapter shares (ADAPTERS.md, "Shared HTTP behaviour"):
+//!
+//! - [`Upstream`]: one engine base URL behind a keep-alive pool (`TCP_NODELAY`), connect
+//!   timeout, first-byte timeout, idle timeout mid-stream, and retries only before the first
+//!   byte and only for transport failures (at most 4 attempts, full-jitter backoff
+//!   100 ms → 2 s);
+//! - [`sse::SseParser`]: a streaming SSE / JSON-lines parser that tolerates frames and UTF-8
+//!   split across reads, with bounded line and frame sizes (engine output is untrusted);
+//! - [`classify`]: failures as the error-mapping policy sees them (kind, phase, status);
+//! - [`Upstream::stream`]: runs one streaming request on the library's runtime, hands each
+//!   event to a [`Decoder`], and returns a [`StreamJob`] whose `cancel` drops the request,
+//!   which closes the upstream connection.
+//!
+//! No async type crosses the adapter boundary: each adapter library owns a small tokio
+//! runtime ([`runtime`]) and exposes blocking calls to the host.
+
+pub mod sse;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use orchd_adapter_abi::plugin::{EngineJob, Sink};
+use orchd_adapter_abi::{AdapterError, ErrorKind, Event, Phase};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use sse::{SseEvent, SseParser};
+
+/// The library's runtime: two workers are plenty for relaying streams.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("orchd-adapter-http")
+            .enable_all()
+            .build()
+            .expect("the adapter runtime starts")
+    })
+}
+
+/// Runs `fut` on the library runtime and waits for it from any thread (also from inside
+/// another runtime: the caller's thread blocks, the runtime's threads do the work).
+pub fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime().spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().expect("the adapter runtime finished the call")
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Timeouts and bounds of one upstream; every field has a default (ADAPTERS.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    pub connect_timeout_ms: u64,
+    /// From sending the request to the response head.
+    pub first_byte_timeout_ms: u64,
+    /// Silence allowed between two reads of a streaming body.
+    pub idle_timeout_ms: u64,
+    /// Timeout of control calls (health, props).
+    pub control_timeout_ms: u64,
+    /// Attempts for transport failures before the first byte (1 = no retry).
+    pub max_attempts: u32,
+    pub max_line_bytes: usize,
+    pub max_frame_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 5_000,
+            first_byte_timeout_ms: 30_000,
+            idle_timeout_ms: 30_000,
+            control_timeout_ms: 5_000,
+            max_attempts: 4,
+            max_line_bytes: 1 << 20,
+            max_frame_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Full-jitter backoff before attempt `attempt` (1-based retries): uniform in
+/// `[0, min(2 s, 100 ms × 2^(attempt-1))]`.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = 100u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(5))
+        .min(2_000);
+    ms(fastrand::u64(0..=cap))
+}
+
+/// A failure of a request, classified.
+pub fn classify(err: &reqwest::Error, phase: Phase) -> AdapterError {
+    let kind = if err.is_timeout() {
+        ErrorKind::Timeout
+    } else if err.is_connect() || err.is_request() || err.is_body() {
+        ErrorKind::Transport
+    } else if err.is_decode() {
+        ErrorKind::Protocol
+    } else {
+        ErrorKind::Transport
+    };
+    AdapterError::new(kind, phase, err.to_string())
+}
+
+/// An error status from the engine, with the start of its body.
+pub fn upstream_status(status: u16, body: &str, phase: Phase) -> AdapterError {
+    let snippet: String = body.chars().take(300).collect();
+    let mut e = AdapterError::new(
+        ErrorKind::Upstream,
+        phase,
+        format!("engine answered {status}: {snippet}"),
+    );
+    e.upstream_status = status;
+    e
+}
+
+fn protocol(phase: Phase, message: impl Into<String>) -> AdapterError {
+    AdapterError::new(ErrorKind::Protocol, phase, message)
+}
+
+/// One engine base URL.
+#[derive(Clone)]
+pub struct Upstream {
+    base: String,
+    client: reqwest::Client,
+    settings: HttpSettings,
+    bearer: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the bearer key.
+        f.debug_struct("Upstream")
+            .field("base", &self.base)
+            .field("bearer", &self.bearer.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// What an adapter does with a streaming response.
+pub trait Decoder: Send + 'static {
+    /// One event (an SSE event or a JSON line) → the events to emit: tokens, and `End`
+    /// when this was the engine's final frame. An error fails the task.
+    fn on_data(&mut self, event: &SseEvent, phase: Phase) -> Result<Vec<Event>, AdapterError>;
+    /// The body ended. Engines whose protocol ends by closing the stream return their
+    /// final event here; the others say the stream was cut.
+    fn on_eof(&mut self, phase: Phase) -> Result<Vec<Event>, AdapterError> {
+        Err(AdapterError::new(
+            ErrorKind::Transport,
+            phase,
+            "the engine closed the stream before its final frame",
+        ))
+    }
+}
+
+/// A running streaming request; `cancel` drops it, which closes the connection.
+pub struct StreamJob {
+    abort: tokio::task::AbortHandle,
+    canceled: Arc<AtomicBool>,
+}
+
+impl EngineJob for StreamJob {
+    fn cancel(&self) {
+        self.canceled.store(true, Ordering::Release);
+        self.abort.abort();
+    }
+}
+
+/// Delivers an event; `false` when the host wants no more (or the job was canceled).
+fn emit(sink: &Sink, canceled: &AtomicBool, event: Event) -> bool {
+    if canceled.load(Ordering::Acquire) {
+        return false;
+    }
+    // The host's buffer may be full (backpressure): block this worker, not the loop.
+    tokio::task::block_in_place(|| sink.emit(event))
+}
+
+impl Upstream {
+    pub fn new(
+        base_url: &str,
+        settings: HttpSettings,
+        bearer: Option<String>,
+    ) -> Result<Self, AdapterError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(AdapterError::new(
+                ErrorKind::Config,
+                Phase::Control,
+                format!("url {base_url:?} must start with http:// or https://"),
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(ms(settings.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| AdapterError::new(ErrorKind::Config, Phase::Control, e.to_string()))?;
+        Ok(Self {
+            base,
+            client,
+            settings,
+            bearer: bearer.map(Arc::from),
+        })
+    }
+
+    pub fn settings(&self) -> &HttpSettings {
+        &self.settings
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, self.url(path));
+        match &self.bearer {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
+    }
+
+    /// Sends with retries: transport failures before any response byte are retried with
+    /// full-jitter backoff; anything else is returned.
+    async fn send_retrying(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        first_byte: Duration,
+        phase: Phase,
+    ) -> Result<reqwest::Response, AdapterError> {
+        let attempts = self.settings.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let result = tokio::time::timeout(first_byte, build().send()).await;
+            let err = match result {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) => classify(&e, phase),
+                Err(_) => AdapterError::new(
+                    ErrorKind::Timeout,
+                    phase,
+                    format!("no response head within {} ms", first_byte.as_millis()),
+                ),
+            };
+            if err.kind != ErrorKind::Transport || attempt >= attempts {
+                return Err(err);
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// A control call: `GET path` → (status, JSON body or `null`).
+    pub fn get_json(&self, path: &str) -> Result<(u16, Value), AdapterError> {
+        let this = self.clone();
+        let path = path.to_owned();
+        block_on(async move {
+            let timeout = ms(this.settings.control_timeout_ms);
+            let resp = this
+                .send_retrying(
+                    || this.request(reqwest::Method::GET, &path),
+                    timeout,
+                    Phase::Control,
+                )
+                .await?;
+            let status = resp.status().as_u16();
+            let bytes = tokio::time::timeout(timeout, resp.bytes())
+                .await
+                .map_err(|_| AdapterError::new(ErrorKind::Timeout, Phase::Control, "body timeout"))?
+                .map_err(|e| classify(&e, Phase::Control))?;
+            if bytes.len() > this.settings.max_frame_bytes {
+                return Err(protocol(
+                    Phase::Control,
+                    "response body over the frame bound",
+                ));
+            }
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            Ok((status, value))
+        })
+    }
+
+    /// A control call: `POST path` with a JSON body → JSON (error statuses are errors).
+    pub fn post_json(&self, path: &str, body: Value) -> Result<Value, AdapterError> {
+        let this = self.clone();
+        let path = path.to_owned();
+        block_on(async move {
+            let timeout = ms(this.settings.first_byte_timeout_ms);
+            let resp = this
+                .send_retrying(
+                    || this.request(reqwest::Method::POST, &path).json(&body),
+                    timeout,
+                    Phase::Control,
+                )
+                .await?;
+            let status = resp.status().as_u16();
+            let bytes = tokio::time::timeout(timeout, resp.bytes())
+                .await
+                .map_err(|_| AdapterError::new(ErrorKind::Timeout, Phase::Control, "body timeout"))?
+                .map_err(|e| classify(&e, Phase::Control))?;
+            let text = String::from_utf8_lossy(&bytes);
+            if !(200..300).contains(&status) {
+                return Err(upstream_status(status, &text, Phase::Control));
+            }
+            serde_json::from_slice(&bytes)
+                .map_err(|e| protocol(Phase::Control, format!("invalid JSON from the engine: {e}")))
+        })
+    }
+
+    /// Starts a streaming `POST path` on the runtime: `Started` once the engine answered
+    /// 2xx, then what `decoder` makes of each event, then its end, or one `Error`.
+    pub fn stream(
+        &self,
+        path: &str,
+        body: Value,
+        engine_version: String,
+        mut decoder: impl Decoder,
+        sink: Sink,
+    ) -> StreamJob {
+        let this = self.clone();
+        let path = path.to_owned();
+        let canceled = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&canceled);
+        let handle = runtime().spawn(async move {
+            let fail = |e: AdapterError| {
+                emit(&sink, &flag, Event::Error(e));
+            };
+            let first_byte = ms(this.settings.first_byte_timeout_ms);
+            let resp = match this
+                .send_retrying(
+                    || this.request(reqwest::Method::POST, &path).json(&body),
+                    first_byte,
+                    Phase::BeforeFirstToken,
+                )
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) => return fail(e),
+            };
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                let text = tokio::time::timeout(first_byte, resp.text())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                return fail(upstream_status(status, &text, Phase::BeforeFirstToken));
+            }
+            if !emit(
+                &sink,
+                &flag,
+                Event::Started {
+                    engine_version: engine_version.into(),
+                },
+            ) {
+                return;
+            }
+            let mut parser =
+                SseParser::new(this.settings.max_line_bytes, this.settings.max_frame_bytes);
+            let mut body = resp.bytes_stream();
+            let idle = ms(this.settings.idle_timeout_ms);
+            let mut phase = Phase::BeforeFirstToken;
+            loop {
+                let chunk = match tokio::time::timeout(idle, body.next()).await {
+                    Err(_) => {
+                        return fail(AdapterError::new(
+                            ErrorKind::Timeout,
+                            phase,
+                            format!("the engine sent nothing for {} ms", idle.as_millis()),
+                        ));
+                    }
+                    Ok(None) => {
+                        match parser.finish().and_then(|tail| {
+                            let mut out = Vec::new();
+                            for ev in tail {
+                                out.extend(decoder.on_data(&ev, phase)?);
+                            }
+                            out.extend(decoder.on_eof(phase)?);
+                            Ok(out)
+                        }) {
+                            Ok(events) => {
+                                for ev in events {
+                                    if !emit(&sink, &flag, ev) {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(e) => fail(e),
+                        }
+                        return;
+                    }
+                    Ok(Some(Err(e))) => return fail(classify(&e, phase)),
+                    Ok(Some(Ok(bytes))) => bytes,
+                };
+                let events = match parser.push(&chunk) {
+                    Ok(events) => events,
+                    Err(e) => return fail(protocol(phase, e)),
+                };
+                for ev in events {
+                    let out = match decoder.on_data(&ev, phase) {
+                        Ok(out) => out,
+                        Err(e) => return fail(e),
+                    };
+                    for event in out {
+                        let terminal = matches!(event, Event::End { .. } | Event::Error(_));
+                        if matches!(event, Event::Token { .. }) {
+                            phase = Phase::MidStream;
+                        }
+                        if !emit(&sink, &flag, event) || terminal {
+                            return; // dropping the body closes the connection
+                        }
+                    }
+                }
+            }
+        });
+        StreamJob {
+            abort: handle.abort_handle(),
+            canceled,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_full_jitter_capped_at_two_seconds() {
+        for attempt in 1..10 {
+            let cap = (100u64 << (attempt - 1).min(5)).min(2_000);
+            for _ in 0..50 {
+                assert!(backoff(attempt) <= ms(cap));
+            }
+        }
+        assert!(
+            (0..200).any(|_| backoff(5) > ms(1_000)),
+            "spreads up to the cap"
+        );
+    }
+
+    #[test]
+    fn urls_must_be_http() {
+        let err = Upstream::new("ftp://x", HttpSettings::default(), None).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config);
+        let up = Upstream::new("http://h:1/", HttpSettings::default(), Some("sk".into())).unwrap();
+        assert_eq!(up.url("/v1/models"), "http://h:1/v1/models");
+        assert!(!format!("{up:?}").contains("sk"));
+    }
+
+    #[test]
+    fn refused_connections_are_transport_failures_after_retries() {
+        // A port nobody listens on: connect is refused at once, retried, then classified.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let settings = HttpSettings {
+            max_attempts: 2,
+            ..HttpSettings::default()
+        };
+        let up = Upstream::new(&format!("http://127.0.0.1:{port}"), settings, None).unwrap();
+        let err = up.get_json("/health").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Transport, "{err}");
+        assert_eq!(err.phase, Phase::Control);
+    }
+}

@@ -1,0 +1,351 @@
+//! llama.cpp `llama-server` adapter.
+//!
+//! - health: `GET /health` (200 ready; 503 while the model loads; unreachable = not live);
+//! - props: `GET /props` (context size, slots, build) and `GET /slots` (slots busy now);
+//! - submit: `POST /completion` with `stream: true`; SSE `data:` lines carry `content`,
+//!   the last one `stop: true` with `tokens_predicted` and `tokens_evaluated`;
+//! - cancel: the request is dropped, which closes the connection; llama-server stops the
+//!   slot's generation when its client goes away.
+//!
+//! Replica config (JSON): `url` (required), `params` (sampler fields merged into every
+//! request, e.g. `{"temperature": 0}`), and `http` (the shared timeouts and bounds).
+
+use orchd_adapter_abi::plugin::{Adapter, EngineClient, Sink};
+use orchd_adapter_abi::{
+    AdapterError, ErrorKind, Event, Features, Health, Phase, Props, SubmitRequest,
+};
+use orchd_adapter_http::{Decoder, HttpSettings, SseEvent, StreamJob, Upstream, upstream_status};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    url: String,
+    #[serde(default)]
+    params: Map<String, Value>,
+    /// Timeouts and bounds (`connect_timeout_ms`, `first_byte_timeout_ms`, …).
+    #[serde(default)]
+    http: HttpSettings,
+}
+
+pub struct LlamaCppAdapter;
+
+impl Adapter for LlamaCppAdapter {
+    const NAME: &'static str = "llamacpp";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Client = LlamaCppClient;
+
+    fn engines() -> Vec<String> {
+        vec!["llamacpp".to_owned()]
+    }
+
+    fn features() -> Features {
+        Features {
+            streaming: true,
+            cancel: true,
+            embeddings: true,
+            tokenize: true,
+            metrics: true,
+            ..Features::default()
+        }
+    }
+
+    fn new_client(config: &str) -> Result<LlamaCppClient, AdapterError> {
+        let config: Config = serde_json::from_str(if config.trim().is_empty() {
+            "{}"
+        } else {
+            config
+        })
+        .map_err(|e| {
+            AdapterError::new(
+                ErrorKind::Config,
+                Phase::Control,
+                format!("invalid llamacpp adapter config: {e}"),
+            )
+        })?;
+        Ok(LlamaCppClient {
+            upstream: Upstream::new(&config.url, config.http, None)?,
+            params: config.params,
+        })
+    }
+}
+
+orchd_adapter_abi::export_adapter!(LlamaCppAdapter);
+
+pub struct LlamaCppClient {
+    upstream: Upstream,
+    params: Map<String, Value>,
+}
+
+fn protocol(phase: Phase, message: impl Into<String>) -> AdapterError {
+    AdapterError::new(ErrorKind::Protocol, phase, message)
+}
+
+/// The server's build as it reports it (`build_info`, e.g. `b6123-abcdef0`).
+fn version_of(props: &Value) -> String {
+    props["build_info"]
+        .as_str()
+        .map(|b| format!("llama.cpp-{b}"))
+        .unwrap_or_else(|| "llama.cpp-unknown".to_owned())
+}
+
+impl LlamaCppClient {
+    fn props_json(&self) -> Result<Value, AdapterError> {
+        match self.upstream.get_json("/props")? {
+            (200, v) if v.is_object() => Ok(v),
+            (status, v) => Err(upstream_status(status, &v.to_string(), Phase::Control)),
+        }
+    }
+}
+
+impl EngineClient for LlamaCppClient {
+    type Job = StreamJob;
+
+    fn health(&self) -> Result<Health, AdapterError> {
+        match self.upstream.get_json("/health") {
+            Ok((200, _)) => Ok(Health {
+                live: true,
+                ready: true,
+                message: "ok".into(),
+            }),
+            Ok((status, body)) => Ok(Health {
+                live: true,
+                ready: false,
+                message: format!(
+                    "{status}: {}",
+                    body["error"]["message"].as_str().unwrap_or("not ready")
+                )
+                .into(),
+            }),
+            Err(e) if matches!(e.kind, ErrorKind::Transport | ErrorKind::Timeout) => Ok(Health {
+                live: false,
+                ready: false,
+                message: e.message,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn props(&self) -> Result<Props, AdapterError> {
+        let props = self.props_json()?;
+        let settings = &props["default_generation_settings"];
+        let ctx = settings["n_ctx"]
+            .as_u64()
+            .or_else(|| props["n_ctx"].as_u64())
+            .unwrap_or(0);
+        let (_, slots) = self.upstream.get_json("/slots")?;
+        let (total, busy) = match slots.as_array() {
+            Some(list) => (
+                list.len() as u64,
+                list.iter()
+                    .filter(|s| s["is_processing"].as_bool().unwrap_or(false))
+                    .count() as u64,
+            ),
+            None => (props["total_slots"].as_u64().unwrap_or(1), 0),
+        };
+        let model = props["model_path"]
+            .as_str()
+            .map(|p| p.rsplit('/').next().unwrap_or(p).to_owned())
+            .unwrap_or_default();
+        Ok(Props {
+            slots_total: total as u32,
+            slots_free: total.saturating_sub(busy) as u32,
+            ctx_max: ctx as u32,
+            engine_version: version_of(&props).into(),
+            model: model.into(),
+        })
+    }
+
+    fn engine_version(&self) -> Result<String, AdapterError> {
+        Ok(version_of(&self.props_json()?))
+    }
+
+    fn submit(&self, req: SubmitRequest, sink: Sink) -> Result<StreamJob, AdapterError> {
+        let mut body = json!({
+            "prompt": req.prompt.as_str(),
+            "n_predict": req.max_tokens,
+            "seed": req.seed,
+            "stream": true,
+            "cache_prompt": true,
+        });
+        let obj = body.as_object_mut().expect("an object");
+        for (k, v) in &self.params {
+            obj.insert(k.clone(), v.clone());
+        }
+        if !req.params_json.is_empty() {
+            let extra: Map<String, Value> = serde_json::from_str(req.params_json.as_str())
+                .map_err(|e| {
+                    AdapterError::new(
+                        ErrorKind::InvalidRequest,
+                        Phase::BeforeFirstToken,
+                        format!("params_json is not a JSON object: {e}"),
+                    )
+                })?;
+            obj.extend(extra);
+        }
+        // The version is asked for once per job only when the stream starts; a failure
+        // there is not worth failing the task for.
+        let version = self
+            .engine_version()
+            .unwrap_or_else(|_| "llama.cpp-unknown".to_owned());
+        Ok(self.upstream.stream(
+            "/completion",
+            body,
+            version,
+            CompletionDecoder::default(),
+            sink,
+        ))
+    }
+}
+
+/// `/completion` stream frames → tokens and the end.
+#[derive(Default)]
+pub struct CompletionDecoder {
+    tokens_out: u32,
+}
+
+impl Decoder for CompletionDecoder {
+    fn on_data(&mut self, ev: &SseEvent, phase: Phase) -> Result<Vec<Event>, AdapterError> {
+        if let Some(err) = &ev.error {
+            return Err(engine_error(err, phase));
+        }
+        if ev.data.is_empty() {
+            return Ok(Vec::new());
+        }
+        let frame: Value = serde_json::from_str(&ev.data)
+            .map_err(|e| protocol(phase, format!("invalid JSON in a /completion frame: {e}")))?;
+        if frame.get("error").is_some() {
+            return Err(engine_error(&frame.to_string(), phase));
+        }
+        let mut out = Vec::new();
+        match frame.get("content") {
+            Some(Value::String(text)) if !text.is_empty() => {
+                self.tokens_out += 1;
+                out.push(Event::Token {
+                    text: text.as_str().into(),
+                });
+            }
+            Some(Value::String(_)) | None => {}
+            Some(_) => return Err(protocol(phase, "`content` is not a string")),
+        }
+        if frame["stop"].as_bool().unwrap_or(false) {
+            let predicted = frame["tokens_predicted"].as_u64().map(|n| n as u32);
+            out.push(Event::End {
+                tokens_in: frame["tokens_evaluated"].as_u64().unwrap_or(0) as u32,
+                tokens_out: predicted.unwrap_or(self.tokens_out),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// An error the server reported inside the stream (`error:` line or an `error` object).
+fn engine_error(text: &str, phase: Phase) -> AdapterError {
+    let parsed: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let err = if parsed["error"].is_object() {
+        &parsed["error"]
+    } else {
+        &parsed
+    };
+    let status = err["code"].as_u64().unwrap_or(500) as u16;
+    let message = err["message"].as_str().unwrap_or(text);
+    let mut e = AdapterError::new(
+        if (400..500).contains(&status) {
+            ErrorKind::InvalidRequest
+        } else {
+            ErrorKind::Upstream
+        },
+        phase,
+        format!("llama-server: {message}"),
+    );
+    e.upstream_status = status;
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(data: &str) -> SseEvent {
+        SseEvent {
+            data: data.to_owned(),
+            ..SseEvent::default()
+        }
+    }
+
+    #[test]
+    fn frames_become_tokens_then_the_end() {
+        let mut d = CompletionDecoder::default();
+        let out = d
+            .on_data(
+                &ev(r#"{"content":"Hel","stop":false}"#),
+                Phase::BeforeFirstToken,
+            )
+            .unwrap();
+        assert!(matches!(&out[..], [Event::Token { text }] if text.as_str() == "Hel"));
+        assert!(
+            d.on_data(&ev(r#"{"content":"","stop":false}"#), Phase::MidStream)
+                .unwrap()
+                .is_empty()
+        );
+        let out = d
+            .on_data(
+                &ev(r#"{"content":"","stop":true,"tokens_predicted":2,"tokens_evaluated":5}"#),
+                Phase::MidStream,
+            )
+            .unwrap();
+        assert!(matches!(
+            &out[..],
+            [Event::End {
+                tokens_in: 5,
+                tokens_out: 2
+            }]
+        ));
+    }
+
+    #[test]
+    fn garbage_and_engine_errors_are_classified() {
+        let mut d = CompletionDecoder::default();
+        let e = d.on_data(&ev("{not json"), Phase::MidStream).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Protocol);
+        let e = d
+            .on_data(&ev(r#"{"content":5}"#), Phase::MidStream)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Protocol);
+        let e = d
+            .on_data(
+                &SseEvent {
+                    error: Some(r#"{"code":500,"message":"boom","type":"server_error"}"#.into()),
+                    ..SseEvent::default()
+                },
+                Phase::MidStream,
+            )
+            .unwrap_err();
+        assert_eq!((e.kind, e.upstream_status), (ErrorKind::Upstream, 500));
+        let e = d
+            .on_data(
+                &ev(r#"{"error":{"code":400,"message":"context too long"}}"#),
+                Phase::BeforeFirstToken,
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        // The stream ending before `stop` is a cut connection.
+        assert_eq!(
+            d.on_eof(Phase::MidStream).unwrap_err().kind,
+            ErrorKind::Transport
+        );
+    }
+
+    #[test]
+    fn config_is_checked() {
+        assert!(LlamaCppAdapter::new_client("{}").is_err());
+        assert!(LlamaCppAdapter::new_client(r#"{"url":"http://127.0.0.1:1","bogus":1}"#).is_err());
+        assert!(
+            LlamaCppAdapter::new_client(
+                r#"{"url":"http://127.0.0.1:1","params":{"temperature":0}}"#
+            )
+            .is_ok()
+        );
+    }
+}
