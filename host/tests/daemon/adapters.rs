@@ -101,3 +101,117 @@ async fn engine_faults_become_error_frames_and_the_daemon_keeps_serving() {
         );
     }
 }
+
+/// A pool on the mock with its own health interval.
+fn probed_pool(id: &str, mock: &str, interval_ms: u32) -> String {
+    format!(
+        "\n[[pools]]\nid = \"{id}\"\nadapter = \"mock\"\nmodel_ref = \"{id}-model\"\nctx_max = 4096\nhealth_interval_ms = {interval_ms}\n\n[[pools.replicas]]\nid = \"{id}-0\"\nconfig = {{ {mock} }}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_panicking_adapter_takes_its_replica_out_until_a_probe_brings_it_back() {
+    let cfg = config(
+        &default_admission("reject"),
+        8,
+        &[
+            mock_pool("ok", "slots = 1"),
+            // Probed once a minute: it stays out for the whole test.
+            probed_pool("stays-out", "failure = \"panic_on_submit\"", 60_000),
+            // Probed every 200 ms: back almost at once (its health is fine).
+            probed_pool("comes-back", "failure = \"panic_on_submit\"", 200),
+        ],
+    );
+    let d = DaemonBuilder::new(cfg).start();
+    let id = d.submit_ok(&task("stays-out", json!({}))).await;
+    let last = d.stream(&id).await.pop().unwrap();
+    assert_eq!(
+        last.data["code"], "WORKER_RESET",
+        "the error-mapping policy's answer"
+    );
+    // Out of placement now: the pool is not ready.
+    let resp = d.submit(&task("stays-out", json!({}))).await;
+    orchd_testkit::expect_error(resp, 503, "POOL_UNREADY", "ready").await;
+    assert!(
+        d.log_events("replica marked unhealthy until a health probe says it is ready")
+            .iter()
+            .any(|e| e["replica_id"] == "stays-out-0")
+    );
+    // The other panicking pool is probed again and serves (and panics) again.
+    let id = d.submit_ok(&task("comes-back", json!({}))).await;
+    assert_eq!(
+        d.stream(&id).await.pop().unwrap().data["code"],
+        "WORKER_RESET"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let resp = d.submit(&task("comes-back", json!({}))).await;
+        if resp.status().as_u16() == 202 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        d.log_events("replica ready")
+            .iter()
+            .any(|e| e["replica_id"] == "comes-back-0")
+    );
+    // Everything else kept serving.
+    let ok = d.submit_ok(&task("ok", json!({}))).await;
+    assert_eq!(d.stream(&ok).await.last().unwrap().event, "end");
+}
+
+#[tokio::test]
+async fn quick_start_pools_and_engines_that_are_not_up() {
+    // `--pool` adds a pool of one replica; its engine is not running: the pool exists,
+    // is not ready, and tasks for it get 503 POOL_UNREADY while the rest serves.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let d = DaemonBuilder::new(config(
+        &default_admission("reject"),
+        8,
+        &[mock_pool("p", "")],
+    ))
+    .arg("--pool")
+    .arg(format!("llama=llamacpp@http://127.0.0.1:{port}"))
+    .start();
+    let configured = d
+        .log_events("replica configured")
+        .into_iter()
+        .find(|e| e["replica_id"] == "llama-0")
+        .expect("the quick-start replica");
+    assert_eq!(configured["pool_id"], "llama");
+    assert_eq!(configured["engine"], "llamacpp");
+    assert_eq!(configured["ready"], false);
+    let resp = d
+        .submit(&task(
+            "p",
+            json!({"engine": "llamacpp", "model_ref": "llama"}),
+        ))
+        .await;
+    orchd_testkit::expect_error(resp, 503, "POOL_UNREADY", "ready").await;
+    let id = d.submit_ok(&task("p", json!({}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+
+    // Malformed --pool values stop start-up with one line, exit 64.
+    for bad in [
+        "llama",
+        "llama=llamacpp",
+        "bad id=llamacpp@http://x",
+        "l=llamacpp@ftp://x",
+    ] {
+        let (code, stderr, _) = DaemonBuilder::new(config(
+            &default_admission("reject"),
+            8,
+            &[mock_pool("p", "")],
+        ))
+        .arg("--pool")
+        .arg(bad)
+        .run_to_exit();
+        assert_eq!(code, 64, "{bad}: {stderr}");
+        assert!(stderr.contains("--pool"), "{bad}: {stderr}");
+    }
+}
