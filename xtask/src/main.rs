@@ -2,7 +2,10 @@
 //!
 //! - `dist`  builds everything into `target/dist/` (`bin/`, `adapters/`, `policies/`, `etc/`)
 //! - `run`   = dist, then starts the daemon on its embedded default (extra args are passed on)
-//! - `test`  = dist and test fixtures, then every test (unit, integration, BDD, policies)
+//! - `test`  = dist and test fixtures, then every test (unit, integration, BDD, policies),
+//!   then the real-engine tier (`e2e`)
+//! - `e2e`   the real-engine tier: installs llama-server (cached under `~/.cache/orchd`),
+//!   generates two tiny GGUF models, and runs `orchd-e2e` against them
 //! - `fixtures` builds the test fixtures into `target/fixtures/`
 //! - `lint`  clippy, warnings denied, on the workspace and the policy components
 //! - `new-policy NAME [--out DIR]` creates a policy crate from `plugins/template`
@@ -26,6 +29,8 @@ const ADAPTERS: &[(&str, &str)] = &[
     ("orchd_adapter_mock", "mock.so"),
     ("orchd_adapter_llamacpp", "llamacpp.so"),
     ("orchd_adapter_openai", "openai.so"),
+    ("orchd_adapter_tgi", "tgi.so"),
+    ("orchd_adapter_triton", "triton.so"),
 ];
 
 fn root() -> PathBuf {
@@ -126,6 +131,10 @@ fn dist(scope: Scope) -> Result<PathBuf> {
                 "orchd-adapter-llamacpp",
                 "-p",
                 "orchd-adapter-openai",
+                "-p",
+                "orchd-adapter-tgi",
+                "-p",
+                "orchd-adapter-triton",
             ]),
         )?,
         Scope::Everything => run(
@@ -216,7 +225,15 @@ fn test() -> Result<()> {
     run(
         "workspace tests (unit, integration, BDD)",
         cargo()
-            .args(["test", "--release", "--workspace", "--exclude", "xtask"])
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--exclude",
+                "orchd-e2e",
+            ])
             .env("ORCHD_DIST", &dist)
             .env("ORCHD_FIXTURES", target().join("fixtures")),
     )?;
@@ -242,11 +259,105 @@ fn test() -> Result<()> {
             ]),
     )?;
     check_template()?;
+    e2e_tests(&dist)?;
     eprintln!(
         "all tests passed in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Where slow-to-build tools and generated models are cached.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("ORCHD_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/orchd")))
+        .unwrap_or_else(|| target().join("cache"))
+}
+
+/// Installs llama-server (cached) and generates the models; returns the environment the
+/// real-engine tests need.
+fn e2e_environment() -> Result<Vec<(String, String)>> {
+    let started = Instant::now();
+    eprintln!(
+        "==> install llama-server (cached under {})",
+        cache_dir().display()
+    );
+    // The script prints its answer on the last line of stdout (progress goes to stderr).
+    let ask = |arg: Option<&str>| -> Result<String> {
+        let mut cmd = Command::new("bash");
+        cmd.arg(root().join("tools/e2e/llama-server.sh"));
+        cmd.args(arg);
+        let out = cmd
+            .env("ORCHD_CACHE", cache_dir())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("run tools/e2e/llama-server.sh")?;
+        if !out.status.success() {
+            bail!("tools/e2e/llama-server.sh failed ({})", out.status);
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .context("tools/e2e/llama-server.sh printed nothing")
+    };
+    let server = ask(None)?;
+    let python = ask(Some("--python"))?;
+    eprintln!(
+        "<== install llama-server: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let script = root().join("tools/e2e/make_model.py");
+    // Models are keyed by the generator's content: a changed script makes new ones.
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::fs::read(&script)?.hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    let models = cache_dir().join("models");
+    std::fs::create_dir_all(&models)?;
+    let mut env = vec![("ORCHD_LLAMA_SERVER".to_owned(), server)];
+    for (var, name, seed) in [
+        ("ORCHD_E2E_MODEL", "a", "1"),
+        ("ORCHD_E2E_MODEL_B", "b", "2"),
+    ] {
+        let path = models.join(format!("tiny-{name}-{digest}.gguf"));
+        if !path.exists() {
+            run(
+                &format!("generate model {name}"),
+                Command::new(&python)
+                    .arg(&script)
+                    .arg("--out")
+                    .arg(&path)
+                    .args(["--seed", seed]),
+            )?;
+        }
+        env.push((var.to_owned(), path.display().to_string()));
+    }
+    Ok(env)
+}
+
+/// The real-engine tier against `dist`.
+fn e2e_tests(dist: &Path) -> Result<()> {
+    let env = e2e_environment()?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "-p",
+        "orchd-e2e",
+        "--",
+        "--test-threads",
+        "1",
+    ])
+    .env("ORCHD_DIST", dist);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run("real-engine tier (llama-server)", &mut cmd)
 }
 
 /// Clippy with warnings denied, on the workspace and on the policy components.
@@ -358,6 +469,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("test") => test(),
+        Some("e2e") => {
+            let dist = dist(Scope::Product)?;
+            run(
+                "build the real-engine tier",
+                cargo().args(["build", "--release", "-p", "orchd-e2e", "--tests"]),
+            )?;
+            e2e_tests(&dist)
+        }
         Some("lint") => lint(),
         Some("new-policy") => {
             let name = args
@@ -371,7 +490,7 @@ fn main() -> Result<()> {
             new_policy(&name, &out)
         }
         _ => {
-            eprintln!("usage: cargo xtask <dist|run|test|fixtures|lint|new-policy> [args]");
+            eprintln!("usage: cargo xtask <dist|run|test|e2e|fixtures|lint|new-policy> [args]");
             std::process::exit(2);
         }
     }

@@ -166,6 +166,27 @@ pub async fn run(lib: &Path, plan: &Plan) -> Report {
     report
 }
 
+/// Loads `lib`, makes a client from `config` and streams one job to its end: every event
+/// the adapter delivered (for tests of how an adapter reports a misbehaving engine).
+pub async fn events_of(
+    lib: &Path,
+    config: &str,
+    max_tokens: u32,
+    timeout: Duration,
+) -> Result<Vec<EngineEvent>, String> {
+    let adapter = AdapterRegistry::load_file(lib)?;
+    let client = adapter
+        .new_client(config)
+        .map_err(|e| format!("config refused: {e}"))?;
+    let (tx, mut rx) = mpsc::channel(256);
+    let plan = Plan::new(config);
+    let spec = job(&plan, max_tokens, 1);
+    let _job = blocking(move || client.submit(spec, tx))
+        .await?
+        .map_err(|e| format!("submit failed: {e}"))?;
+    collect(&mut rx, timeout).await
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
         .await

@@ -96,18 +96,23 @@ pub fn backoff(attempt: u32) -> Duration {
     ms(fastrand::u64(0..=cap))
 }
 
-/// A failure of a request, classified.
+/// A failure of a request, classified. Bodies are read as raw bytes (no decompression,
+/// JSON is parsed by the adapters), so every non-timeout error here is the connection:
+/// refused, reset, or cut mid-body (which reqwest calls "error decoding response body").
 pub fn classify(err: &reqwest::Error, phase: Phase) -> AdapterError {
     let kind = if err.is_timeout() {
         ErrorKind::Timeout
-    } else if err.is_connect() || err.is_request() || err.is_body() {
-        ErrorKind::Transport
-    } else if err.is_decode() {
-        ErrorKind::Protocol
     } else {
         ErrorKind::Transport
     };
-    AdapterError::new(kind, phase, err.to_string())
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    AdapterError::new(kind, phase, message)
 }
 
 /// An error status from the engine, with the start of its body.

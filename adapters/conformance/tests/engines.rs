@@ -1,0 +1,197 @@
+//! The TGI and Triton adapters against local fixture servers that speak those engines'
+//! documented streaming formats: the conformance kit passes against a well-behaved
+//! server, and malformed frames, oversized lines and mid-stream resets become classified
+//! failures (never a hang, never a crash).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Json, Path};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use orchd_adapter_conformance::{Plan, events_of, run};
+use orchd_host::adapters::{EngineEvent, FailureKind, FailurePhase};
+use orchd_testkit::dist_dir;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Good,
+    /// After two tokens, a frame that is not JSON.
+    Malformed,
+    /// After two tokens, a line far over the adapter's bound.
+    Oversized,
+    /// After two tokens, the connection is cut.
+    Reset,
+}
+
+/// A body of `frames` with a short pause before each, ending as `mode` says.
+fn body(frames: Vec<String>, mode: Mode) -> Body {
+    let stream = futures_util::stream::unfold(
+        (frames.into_iter(), 0usize),
+        move |(mut it, i)| async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if i == 2 && mode != Mode::Good {
+                let item: Result<Bytes, std::io::Error> = match mode {
+                    Mode::Malformed => Ok(Bytes::from_static(b"data: {\"token\": {broken\n\n")),
+                    Mode::Oversized => Ok(Bytes::from(format!("data: {}\n\n", "x".repeat(16_384)))),
+                    _ => Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "cut",
+                    )),
+                };
+                return Some((item, (Vec::new().into_iter(), usize::MAX)));
+            }
+            if i == usize::MAX {
+                return None;
+            }
+            it.next().map(|f| (Ok(Bytes::from(f)), (it, i + 1)))
+        },
+    );
+    Body::from_stream(stream)
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+/// TGI: `/health`, `/info`, `/generate_stream` (`data:` without a space, as TGI sends it).
+async fn tgi(mode: Mode) -> String {
+    let app = Router::new()
+        .route("/health", get(|| async { "" }))
+        .route(
+            "/info",
+            get(|| async {
+                Json(json!({"model_id": "fixture/tiny", "max_total_tokens": 2048,
+                            "max_concurrent_requests": 4, "version": "2.4.1"}))
+            }),
+        )
+        .route(
+            "/generate_stream",
+            post(move |Json(req): Json<Value>| async move {
+                let n = req["parameters"]["max_new_tokens"].as_u64().unwrap_or(4);
+                let mut frames: Vec<String> = (0..n)
+                    .map(|i| {
+                        format!(
+                            "data:{{\"index\":{i},\"token\":{{\"id\":{i},\"text\":\"t{i} \",\"logprob\":-0.5,\"special\":false}},\"generated_text\":null,\"details\":null}}\n\n"
+                        )
+                    })
+                    .collect();
+                frames.push(format!(
+                    "data:{{\"index\":{n},\"token\":{{\"id\":2,\"text\":\"</s>\",\"special\":true}},\"generated_text\":\"…\",\"details\":{{\"finish_reason\":\"length\",\"generated_tokens\":{n},\"seed\":1}}}}\n\n"
+                ));
+                Ok::<_, Infallible>(([("content-type", "text/event-stream")], body(frames, mode)))
+            }),
+        );
+    serve(app).await
+}
+
+/// Triton: health, model readiness, server metadata, `generate_stream` ended by closing.
+async fn triton(mode: Mode) -> String {
+    let app = Router::new()
+        .route("/v2/health/ready", get(|| async { "" }))
+        .route("/v2/models/{model}/ready", get(|Path(_m): Path<String>| async { "" }))
+        .route("/v2", get(|| async { Json(json!({"name": "triton", "version": "2.50.0"})) }))
+        .route(
+            "/v2/models/{model}/generate_stream",
+            post(move |Path(model): Path<String>, Json(req): Json<Value>| async move {
+                let n = req["max_tokens"].as_u64().unwrap_or(4);
+                let frames: Vec<String> = (0..n)
+                    .map(|i| {
+                        format!(
+                            "data: {{\"model_name\":\"{model}\",\"model_version\":\"1\",\"sequence_end\":false,\"text_output\":\"t{i} \"}}\n\n"
+                        )
+                    })
+                    .collect();
+                Ok::<_, Infallible>(([("content-type", "text/event-stream")], body(frames, mode)))
+            }),
+        );
+    serve(app).await
+}
+
+fn closed_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+fn lib(name: &str) -> std::path::PathBuf {
+    dist_dir().join("adapters").join(name)
+}
+
+fn config(engine: &str, url: &str) -> String {
+    let bounds = r#""http": {"max_line_bytes": 4096, "max_attempts": 2, "idle_timeout_ms": 5000}"#;
+    match engine {
+        "tgi.so" => format!(r#"{{"url": "{url}", {bounds}}}"#),
+        _ => format!(r#"{{"url": "{url}", "model": "ensemble", {bounds}}}"#),
+    }
+}
+
+async fn server(engine: &str, mode: Mode) -> String {
+    match engine {
+        "tgi.so" => tgi(mode).await,
+        _ => triton(mode).await,
+    }
+}
+
+#[tokio::test]
+async fn tgi_and_triton_adapters_pass_the_kit_against_their_fixture_servers() {
+    for engine in ["tgi.so", "triton.so"] {
+        let url = server(engine, Mode::Good).await;
+        let mut plan = Plan::new(config(engine, &url));
+        plan.unreachable_config = Some(config(engine, &closed_url()));
+        plan.timeout = Duration::from_secs(20);
+        let report = run(&lib(engine), &plan).await;
+        print!("{engine}:\n{}", report.render());
+        assert!(report.passed(), "{engine} is not conformant");
+        let version = report
+            .checks
+            .iter()
+            .find(|c| c.name == "health and props")
+            .unwrap();
+        assert!(version.detail.contains(if engine == "tgi.so" {
+            "tgi-2.4.1"
+        } else {
+            "triton-2.50.0"
+        }));
+    }
+}
+
+#[tokio::test]
+async fn malformed_frames_oversized_lines_and_resets_are_classified() {
+    for engine in ["tgi.so", "triton.so"] {
+        for (mode, kind) in [
+            (Mode::Malformed, FailureKind::Protocol),
+            (Mode::Oversized, FailureKind::Protocol),
+            (Mode::Reset, FailureKind::Transport),
+        ] {
+            let url = server(engine, mode).await;
+            let events = events_of(
+                &lib(engine),
+                &config(engine, &url),
+                10,
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{engine} {mode:?}: {e}"));
+            let tokens = events
+                .iter()
+                .filter(|e| matches!(e, EngineEvent::Token(_)))
+                .count();
+            assert_eq!(tokens, 2, "{engine} {mode:?}: {events:?}");
+            match events.last() {
+                Some(EngineEvent::Error(f)) => {
+                    assert_eq!(f.kind, kind, "{engine} {mode:?}: {f:?}");
+                    assert_eq!(f.phase, FailurePhase::MidStream, "{engine} {mode:?}");
+                }
+                other => panic!("{engine} {mode:?}: ended with {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! orchestratord → adapter `.so` → a real llama-server, through the real binary.
+
+use std::time::{Duration, Instant};
+
+use orchd_e2e::{ALIAS, LlamaServer, free_port, model_a};
+use orchd_testkit::{Daemon, DaemonBuilder, SseFrame, default_admission, mock_pool, task};
+use serde_json::{Value, json};
+
+/// Config: policies with room for a busy CI machine, a mock pool `p`, and `pools`.
+fn config(pools: &str) -> String {
+    format!(
+        "[policies]\ntimeout_ms = 200\n\n[policies.admission]\n{}\n{}\n{pools}",
+        default_admission("reject"),
+        mock_pool("p", "slots = 2")
+    )
+}
+
+fn llama_pool(id: &str, url: &str, extra: &str) -> String {
+    format!(
+        "\n[[pools]]\nid = \"{id}\"\nadapter = \"llamacpp\"\nmodel_ref = \"{ALIAS}\"\nhealth_interval_ms = 200\nnominal_tokens_per_s = 100.0\nnominal_first_token_ms = 100\n\n[[pools.replicas]]\nid = \"{id}-0\"\nconfig = {{ url = \"{url}\" {extra} }}\n"
+    )
+}
+
+fn openai_pool(id: &str, url: &str, mode: &str) -> String {
+    format!(
+        "\n[[pools]]\nid = \"{id}\"\nadapter = \"openai\"\nengine = \"openai\"\nmodel_ref = \"{id}\"\nctx_max = 4096\nhealth_interval_ms = 200\n\n[[pools.replicas]]\nid = \"{id}-0\"\nconfig = {{ url = \"{url}\", model = \"{ALIAS}\", mode = \"{mode}\", slots = 2 }}\n"
+    )
+}
+
+fn llama_task(extra: Value) -> Value {
+    let mut body = task(
+        "unused",
+        json!({"engine": "llamacpp", "model_ref": ALIAS, "prompt": "Once upon a time"}),
+    );
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+fn tokens(frames: &[SseFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f.event == "token")
+        .map(|f| f.data["t"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn wait_until_ready(d: &Daemon, body: &Value) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = d.submit(body).await;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        if status == 202 {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            return v["task_id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "never admitted: {status} {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn real_tokens_stream_in_order_and_the_same_seed_gives_the_same_tokens() {
+    let engine = LlamaServer::start(&model_a(), 2);
+    let d = DaemonBuilder::new(config(&llama_pool("llama", &engine.url(), ""))).start();
+    let mut runs = Vec::new();
+    for seed in [42, 42] {
+        let id = d
+            .submit_ok(&llama_task(json!({"max_tokens": 16, "seed": seed})))
+            .await;
+        let frames = d.stream(&id).await;
+        let started = &frames[0];
+        assert_eq!(started.event, "started", "{frames:?}");
+        assert_eq!(started.data["engine"], "llamacpp");
+        assert!(
+            started.data["engine_version"]
+                .as_str()
+                .unwrap()
+                .starts_with("llama.cpp-"),
+            "{}",
+            started.data
+        );
+        let end = frames.last().unwrap();
+        assert_eq!(end.event, "end", "{frames:?}");
+        let indices: Vec<u64> = frames
+            .iter()
+            .filter(|f| f.event == "token")
+            .map(|f| f.data["i"].as_u64().unwrap())
+            .collect();
+        assert!(!indices.is_empty() && indices.len() <= 16);
+        assert_eq!(indices, (0..indices.len() as u64).collect::<Vec<_>>());
+        assert_eq!(
+            end.data["tokens_out"].as_u64().unwrap(),
+            indices.len() as u64
+        );
+        assert!(
+            end.data["tokens_in"].as_u64().unwrap() > 0,
+            "the engine counts the prompt"
+        );
+        runs.push(tokens(&frames));
+    }
+    assert_eq!(runs[0], runs[1], "same seed, same tokens");
+}
+
+#[tokio::test]
+async fn cancel_mid_stream_frees_the_engine_slot_within_a_second() {
+    let engine = LlamaServer::start(&model_a(), 1);
+    let d = DaemonBuilder::new(config(&llama_pool("llama", &engine.url(), ""))).start();
+    let id = d
+        .submit_ok(&llama_task(
+            json!({"max_tokens": 3500, "expected_tokens": 50}),
+        ))
+        .await;
+    let mut reader = d.open_stream(&id).await;
+    let mut seen = 0;
+    while seen < 3 {
+        let f = reader.next_frame().await.expect("stream open");
+        if f.event == "token" {
+            seen += 1;
+        }
+    }
+    assert_eq!(engine.busy_slots().await, 1, "generating");
+    assert_eq!(d.cancel(&id).await.status().as_u16(), 204);
+    let canceled_at = Instant::now();
+    let mut last = None;
+    while let Some(f) = reader.next_frame().await {
+        last = Some(f);
+    }
+    assert_eq!(last.unwrap().data["canceled"], true);
+    loop {
+        if engine.busy_slots().await == 0 {
+            break;
+        }
+        assert!(
+            canceled_at.elapsed() < Duration::from_secs(1),
+            "the slot is still busy a second after the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The freed slot serves the next task.
+    let id = d.submit_ok(&llama_task(json!({"max_tokens": 4}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+}
+
+#[tokio::test]
+async fn a_killed_engine_gives_worker_reset_and_the_daemon_keeps_serving() {
+    let mut engine = LlamaServer::start(&model_a(), 1);
+    let d = DaemonBuilder::new(config(&llama_pool("llama", &engine.url(), ""))).start();
+    let id = d
+        .submit_ok(&llama_task(
+            json!({"max_tokens": 3500, "expected_tokens": 50}),
+        ))
+        .await;
+    let mut reader = d.open_stream(&id).await;
+    while reader.next_frame().await.expect("stream open").event != "token" {}
+    engine.kill();
+    let mut last = None;
+    while let Some(f) = reader.next_frame().await {
+        last = Some(f);
+    }
+    let last = last.unwrap();
+    assert_eq!(last.event, "error", "{last:?}");
+    assert_eq!(last.data["code"], "WORKER_RESET", "{}", last.data);
+    // The pool goes unready (health polling) while everything else serves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = d.submit(&llama_task(json!({"max_tokens": 4}))).await;
+        if resp.status().as_u16() == 503 {
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["code"], "POOL_UNREADY");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead engine's pool stayed ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ok = d.submit_ok(&task("p", json!({}))).await;
+    assert_eq!(d.stream(&ok).await.last().unwrap().event, "end");
+}
+
+#[tokio::test]
+async fn an_engine_that_is_not_up_leaves_its_pool_unready_until_it_comes_up() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let d = DaemonBuilder::new(config(&llama_pool("llama", &url, ""))).start();
+    let resp = d.submit(&llama_task(json!({"max_tokens": 4}))).await;
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "POOL_UNREADY", "{body}");
+    // The engine comes up: the next probes find it and the pool serves.
+    let _engine = LlamaServer::start_on(port, &model_a(), 1);
+    let id = wait_until_ready(&d, &llama_task(json!({"max_tokens": 4}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+}
+
+#[tokio::test]
+async fn the_openai_adapter_streams_completions_and_chat_from_the_same_server() {
+    let engine = LlamaServer::start(&model_a(), 2);
+    let pools = format!(
+        "{}{}",
+        openai_pool("oai-completions", &engine.url(), "completions"),
+        openai_pool("oai-chat", &engine.url(), "chat")
+    );
+    let d = DaemonBuilder::new(config(&pools)).start();
+    for pool in ["oai-completions", "oai-chat"] {
+        let mut body = task(
+            pool,
+            json!({"engine": "openai", "model_ref": pool, "max_tokens": 8}),
+        );
+        body["prompt"] = json!("Tell me a story");
+        let id = d.submit_ok(&body).await;
+        let frames = d.stream(&id).await;
+        assert_eq!(
+            frames[0].data["engine_version"], "openai-compatible-llamacpp",
+            "{pool}"
+        );
+        let end = frames.last().unwrap();
+        assert_eq!(end.event, "end", "{pool}: {frames:?}");
+        let n = tokens(&frames).len() as u64;
+        assert!(n >= 1, "{pool}");
+        assert!(
+            end.data["tokens_out"].as_u64().unwrap() >= n,
+            "{pool}: {}",
+            end.data
+        );
+    }
+}
+
+#[tokio::test]
+async fn quick_start_with_pool_flag_streams_real_tokens() {
+    let engine = LlamaServer::start(&model_a(), 1);
+    let d = DaemonBuilder::new(config(""))
+        .arg("--pool")
+        .arg(format!("llama={}@{}", "llamacpp", engine.url()))
+        .start();
+    let mut body = llama_task(json!({"max_tokens": 6}));
+    body["model_ref"] = json!("llama");
+    let id = d.submit_ok(&body).await;
+    let frames = d.stream(&id).await;
+    assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+    assert!(!tokens(&frames).is_empty());
+}
+
+#[tokio::test]
+async fn the_shipped_http_adapters_pass_the_conformance_kit_against_llama_server() {
+    use orchd_adapter_conformance::{Plan, run};
+    let engine = LlamaServer::start(&model_a(), 2);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    for (lib, config, unreachable) in [
+        (
+            "llamacpp.so",
+            format!(r#"{{"url": "{}"}}"#, engine.url()),
+            format!(r#"{{"url": "{dead}", "http": {{"max_attempts": 2}}}}"#),
+        ),
+        (
+            "openai.so",
+            format!(r#"{{"url": "{}", "model": "{ALIAS}"}}"#, engine.url()),
+            format!(r#"{{"url": "{dead}", "model": "{ALIAS}", "http": {{"max_attempts": 2}}}}"#),
+        ),
+    ] {
+        let mut plan = Plan::new(config);
+        plan.unreachable_config = Some(unreachable);
+        let report = run(&orchd_testkit::dist_dir().join("adapters").join(lib), &plan).await;
+        print!("{lib}:\n{}", report.render());
+        assert!(report.passed(), "{lib} is not conformant");
+    }
+}
