@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod error;
+pub mod openai;
 pub mod policies;
 pub mod stream;
 pub mod task;

@@ -252,7 +252,7 @@ fn derived_seed(task_id: &str) -> u64 {
 }
 
 /// Prompt tokens before the engine counts them: about one per 4 bytes.
-fn estimate_tokens(prompt: &str) -> u32 {
+pub fn estimate_tokens(prompt: &str) -> u32 {
     u32::try_from(prompt.len().div_ceil(4)).unwrap_or(u32::MAX)
 }
 
@@ -279,6 +279,18 @@ pub fn admit(
     principal: &Principal,
     correlation_id: &str,
 ) -> Result<Admitted, ApiError> {
+    admit_with(state, req, String::new(), principal, correlation_id)
+}
+
+/// [`admit`] with engine parameters (a JSON object of sampler fields, or empty) handed to
+/// the adapter with the task (the OpenAI front door's `temperature`, `top_p`, `stop`).
+pub fn admit_with(
+    state: &AppState,
+    req: TaskRequest,
+    engine_params: String,
+    principal: &Principal,
+    correlation_id: &str,
+) -> Result<Admitted, ApiError> {
     // Label values stay bounded: an engine no adapter serves is "unknown".
     let engine = if state.adapters.serves_engine(&req.engine) {
         req.engine.clone()
@@ -292,7 +304,7 @@ pub fn admit(
             format!("session {session_id:?} has used its {cap} turns; start a new session"),
         )),
         turn => {
-            let result = admit_checked(state, req, principal, correlation_id);
+            let result = admit_checked(state, req, engine_params, principal, correlation_id);
             if result.is_err() && turn.is_ok() {
                 state.sessions.untake(&principal.name, &session_id);
             }
@@ -308,6 +320,7 @@ pub fn admit(
 fn admit_checked(
     state: &AppState,
     req: TaskRequest,
+    engine_params: String,
     principal: &Principal,
     correlation_id: &str,
 ) -> Result<Admitted, ApiError> {
@@ -349,6 +362,7 @@ fn admit_checked(
         correlation_id,
         tokens_in_estimate,
         prompt,
+        engine_params,
     };
     match enqueue(state, &req, facts, &candidates, &reservation) {
         Ok(accepted) => Ok(Admitted { accepted, headroom }),
@@ -365,6 +379,7 @@ struct Facts<'a> {
     correlation_id: &'a str,
     tokens_in_estimate: u32,
     prompt: String,
+    engine_params: String,
 }
 
 fn enqueue(
@@ -487,7 +502,7 @@ fn enqueue(
                     prompt: facts.prompt,
                     max_tokens: req.max_tokens,
                     seed,
-                    params_json: String::new(),
+                    params_json: facts.engine_params,
                 },
                 queue_position: queue.depth_of(class),
                 predicted_start_ms,

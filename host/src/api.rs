@@ -3,6 +3,7 @@
 mod artifacts;
 mod extract;
 mod middleware;
+mod openai;
 mod policies;
 mod sessions;
 mod tasks;
@@ -33,6 +34,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/sessions/{id}"),
     ("POST", "/v1/artifacts"),
     ("GET", "/v1/artifacts/{id}"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("GET", "/v1/models"),
     ("GET", "/v1/policies"),
     ("POST", "/v1/policies/reload"),
     ("GET", "/metrics"),
@@ -50,6 +54,9 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("DELETE", "/v1/sessions/{id}") => delete(sessions::delete),
         ("POST", "/v1/artifacts") => post(artifacts::create),
         ("GET", "/v1/artifacts/{id}") => get(artifacts::get),
+        ("POST", "/v1/chat/completions") => post(openai::chat),
+        ("POST", "/v1/completions") => post(openai::completions),
+        ("GET", "/v1/models") => get(openai::models),
         ("GET", "/v1/policies") => get(policies::list),
         ("POST", "/v1/policies/reload") => post(policies::reload),
         ("GET", "/metrics") => get(policies::metrics),

@@ -47,10 +47,16 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
 
-    // Error envelopes carry the correlation id too.
+    // Error envelopes carry the correlation id too; the OpenAI front door answers in
+    // OpenAI's error shape instead.
     if let Some(mut envelope) = response.extensions_mut().remove::<ErrorEnvelope>() {
         envelope.correlation_id = Some(id.clone());
-        let body = serde_json::to_vec(&envelope).expect("envelope serializes");
+        let body = if super::openai::is_openai_path(&path) {
+            let shaped = super::openai::openai_error(&envelope, response.status().as_u16());
+            serde_json::to_vec(&shaped).expect("error serializes")
+        } else {
+            serde_json::to_vec(&envelope).expect("envelope serializes")
+        };
         response
             .headers_mut()
             .remove(axum::http::header::CONTENT_LENGTH);

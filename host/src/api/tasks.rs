@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
-use orchd_contracts::{ErrorCode, TaskRequest, TaskStatus};
+use futures_util::{Stream, StreamExt};
+use orchd_contracts::{ErrorCode, ErrorEnvelope, TaskRequest, TaskStatus};
 
 use super::extract::ApiJson;
 use super::middleware::CorrelationId;
@@ -131,15 +131,18 @@ struct Cursor {
     _guard: DisconnectGuard,
 }
 
-fn frames(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
+/// What a reader of a task's log gets: its frames in order, or, once, word that the
+/// frames it needs have left the replay buffer (then the stream ends).
+pub(super) enum Item {
+    Frame(Frame),
+    Gone(ErrorEnvelope),
+}
+
+fn items(cursor: Cursor) -> impl Stream<Item = Item> {
     futures_util::stream::unfold(cursor, |mut c| async move {
         loop {
             if let Some(frame) = c.pending.pop_front() {
-                let event = Event::default()
-                    .id(frame.seq.to_string())
-                    .event(frame.event)
-                    .data(frame.data);
-                return Some((Ok(event), c));
+                return Some((Item::Frame(frame), c));
             }
             if c.complete {
                 return None;
@@ -172,11 +175,46 @@ fn frames(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
                     )
                     .envelope;
                     envelope.correlation_id = Some(task.spec.correlation_id.clone());
-                    let data = serde_json::to_string(&envelope).expect("envelope serializes");
-                    return Some((Ok(Event::default().event("error").data(data)), c));
+                    return Some((Item::Gone(envelope), c));
                 }
             }
         }
+    })
+}
+
+/// A reader of `task`'s log from sequence number `next` on. Dropping the stream before
+/// the terminal frame counts as the client going away (cancel, unless configured off).
+pub(super) fn read_task(
+    state: &Arc<AppState>,
+    task: Arc<Task>,
+    next: u64,
+) -> impl Stream<Item = Item> + use<> {
+    let reader = task.attach(next);
+    items(Cursor {
+        task: Arc::clone(&task),
+        reader,
+        next,
+        pending: VecDeque::new(),
+        complete: false,
+        _guard: DisconnectGuard {
+            state: Arc::clone(state),
+            task,
+            reader,
+        },
+    })
+}
+
+fn sse_events(items: impl Stream<Item = Item>) -> impl Stream<Item = Result<Event, Infallible>> {
+    items.map(|item| {
+        Ok(match item {
+            Item::Frame(frame) => Event::default()
+                .id(frame.seq.to_string())
+                .event(frame.event)
+                .data(frame.data),
+            Item::Gone(envelope) => Event::default()
+                .event("error")
+                .data(serde_json::to_string(&envelope).expect("envelope serializes")),
+        })
     })
 }
 
@@ -198,23 +236,11 @@ pub async fn stream(
             .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be a frame id (integer)"))?,
     };
     let headroom = state.decisions.headroom(&task);
-    let reader = task.attach(next);
-    let cursor = Cursor {
-        task: Arc::clone(&task),
-        reader,
-        next,
-        pending: VecDeque::new(),
-        complete: false,
-        _guard: DisconnectGuard {
-            state: Arc::clone(&state),
-            task,
-            reader,
-        },
-    };
+    let items = read_task(&state, task, next);
     let keep_alive = KeepAlive::new()
         .interval(state.settings.keep_alive)
         .text("keep-alive");
-    let mut response = Sse::new(frames(cursor))
+    let mut response = Sse::new(sse_events(items))
         .keep_alive(keep_alive)
         .into_response();
     response
