@@ -112,6 +112,21 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
 }
 
+/// `POST /v1/embeddings`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: Prompt,
+    /// `float` (default) or `base64` (little-endian f32; what the official clients ask for).
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    #[serde(default)]
+    pub dimensions: Option<u32>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
 /// `prompt`: a string, or a list of exactly one string.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -37,7 +37,7 @@ pub struct MetricsFrame {
     pub cost_budget_remaining: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndFrame {
     pub tokens_out: u32,
     pub decode_ms: u64,
@@ -46,4 +46,7 @@ pub struct EndFrame {
     pub canceled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_id: Option<String>,
+    /// An `embedding` task's result: one vector per input, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<Vec<Vec<f32>>>,
 }

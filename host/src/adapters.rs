@@ -41,6 +41,15 @@ pub trait EngineClient: Send + Sync {
         job: JobSpec,
         events: mpsc::Sender<EngineEvent>,
     ) -> Result<Box<dyn EngineJob>, EngineFailure>;
+    /// One embedding vector per input. Blocking.
+    fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, EngineFailure> {
+        let _ = inputs;
+        Err(EngineFailure::new(
+            FailureKind::InvalidRequest,
+            FailurePhase::BeforeFirstToken,
+            "this engine adapter does not serve embeddings",
+        ))
+    }
 }
 
 /// A running task inside an adapter.
@@ -73,6 +82,8 @@ pub struct JobSpec {
     pub max_tokens: u32,
     pub seed: u64,
     pub params_json: String,
+    /// An embedding job: the texts to embed (`prompt` is unused).
+    pub inputs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]

@@ -503,6 +503,10 @@ fn enqueue(
                     max_tokens: req.max_tokens,
                     seed,
                     params_json: facts.engine_params,
+                    inputs: match req.workload {
+                        Workload::Embedding | Workload::Rerank => req.inputs.clone(),
+                        Workload::Completion => None,
+                    },
                 },
                 queue_position: queue.depth_of(class),
                 predicted_start_ms,

@@ -237,6 +237,34 @@ async fn relay(
 ) {
     let replica = &pool.replicas[replica_idx];
     let map = |f: &EngineFailure| decisions.map_failure(f, &pool.engine, &pool.id, 1);
+    if let Some(inputs) = task.spec.job.inputs.clone() {
+        // An embedding task: one blocking call, the vectors ride on the `end` frame.
+        let tokens_in = inputs
+            .iter()
+            .map(|i| crate::admit::estimate_tokens(i))
+            .sum::<u32>();
+        let client = Arc::clone(&replica.client);
+        match tokio::task::spawn_blocking(move || client.embed(inputs)).await {
+            Ok(Ok(vectors)) => {
+                if task.succeed_embedding(vectors, tokens_in) {
+                    tracing::info!(task_id = %task.id, "embedding task succeeded");
+                }
+            }
+            Ok(Err(failure)) => {
+                if failure.kind == FailureKind::Panic {
+                    crate::health::take_out(pool, replica, &failure.message);
+                }
+                fail(task, map(&failure));
+            }
+            Err(join) => {
+                fail(
+                    task,
+                    ApiError::internal(format!("adapter embed did not return: {join}")),
+                );
+            }
+        }
+        return;
+    }
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
     let client = Arc::clone(&replica.client);
     let spec = task.spec.job.clone();

@@ -411,6 +411,7 @@ impl Task {
             tokens_in,
             canceled,
             artifact_id: None,
+            embeddings: None,
         }
     }
 
@@ -516,6 +517,23 @@ impl Task {
                 .unwrap_or(0.0),
             tokens_out: inner.tokens_out,
         })
+    }
+
+    /// Running → Succeeded for an embedding task: the `end` frame carries the vectors.
+    pub fn succeed_embedding(&self, vectors: Vec<Vec<f32>>, tokens_in: u32) -> bool {
+        let mut inner = self.lock();
+        if inner.state.is_terminal() {
+            return false;
+        }
+        let mut frame = Self::end_frame(&inner, tokens_in, false);
+        frame.embeddings = Some(vectors);
+        inner.tokens_in = Some(tokens_in);
+        inner.state = TaskState::Succeeded;
+        inner.finished_at = Some(Instant::now());
+        frame.artifact_id = self.transcribe(&inner, "end", &frame);
+        inner.artifact_id = frame.artifact_id.clone();
+        self.push(&mut inner, "end", &frame);
+        true
     }
 
     /// Any state → Failed with the `error` frame; returns the engine job to cancel, if any.
@@ -710,6 +728,7 @@ pub(crate) mod tests {
                 max_tokens: 4,
                 seed: 1,
                 params_json: String::new(),
+                inputs: None,
             },
             queue_position: 0,
             predicted_start_ms: 0,

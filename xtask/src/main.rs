@@ -235,7 +235,8 @@ fn test() -> Result<()> {
                 "orchd-e2e",
             ])
             .env("ORCHD_DIST", &dist)
-            .env("ORCHD_FIXTURES", target().join("fixtures")),
+            .env("ORCHD_FIXTURES", target().join("fixtures"))
+            .env("ORCHD_OPENAI_PYTHON", openai_python()?),
     )?;
     run(
         "policy component unit tests (native)",
@@ -340,6 +341,30 @@ fn e2e_environment() -> Result<Vec<(String, String)>> {
     Ok(env)
 }
 
+/// A python with the official `openai` package (cached venv), for the front-door tests.
+fn openai_python() -> Result<String> {
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(root().join("tools/openai-client/setup.sh"))
+        .env("ORCHD_CACHE", cache_dir())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("run tools/openai-client/setup.sh")?;
+    if !out.status.success() {
+        bail!("tools/openai-client/setup.sh failed ({})", out.status);
+    }
+    eprintln!(
+        "<== python openai client ready: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .context("tools/openai-client/setup.sh printed nothing")
+}
+
 /// The real-engine tier against `dist`.
 fn e2e_tests(dist: &Path) -> Result<()> {
     let env = e2e_environment()?;
@@ -353,7 +378,8 @@ fn e2e_tests(dist: &Path) -> Result<()> {
         "--test-threads",
         "1",
     ])
-    .env("ORCHD_DIST", dist);
+    .env("ORCHD_DIST", dist)
+    .env("ORCHD_OPENAI_PYTHON", openai_python()?);
     for (k, v) in env {
         cmd.env(k, v);
     }

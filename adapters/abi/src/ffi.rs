@@ -5,7 +5,7 @@
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RBox, RResult, RStr, RString};
+use abi_stable::std_types::{RBox, RResult, RStr, RString, RVec};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
 use crate::types::{AdapterError, AdapterInfo, Event, Health, Props, SinkStatus, SubmitRequest};
@@ -37,6 +37,8 @@ pub trait FfiClient: Send + Sync {
     #[sabi(last_prefix_field)]
     fn submit(&self, req: SubmitRequest, sink: FfiEventSinkBox)
     -> RResult<FfiJobBox, AdapterError>;
+    /// One embedding vector per input (appended in ABI 0.1.1; blocking).
+    fn embed(&self, inputs: RVec<RString>) -> RResult<RVec<RVec<f32>>, AdapterError>;
 }
 
 pub type FfiEventSinkBox = FfiEventSink_TO<'static, RBox<()>>;

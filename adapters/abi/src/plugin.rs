@@ -37,6 +37,16 @@ pub trait EngineClient: Send + Sync + 'static {
     /// Starts one task. Must return promptly: run the work on adapter-owned threads and
     /// deliver events through `sink`.
     fn submit(&self, req: SubmitRequest, sink: Sink) -> Result<Self::Job, AdapterError>;
+    /// One embedding vector per input. Blocking. Adapters of engines without embeddings
+    /// keep this default, an `InvalidRequest` failure.
+    fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, AdapterError> {
+        let _ = inputs;
+        Err(AdapterError::new(
+            ErrorKind::InvalidRequest,
+            Phase::BeforeFirstToken,
+            "this engine adapter does not serve embeddings",
+        ))
+    }
 }
 
 /// A running task.
@@ -106,6 +116,18 @@ impl<C: EngineClient> FfiClient for ClientWrapper<C> {
                 .submit(req, Sink(sink))
                 .map(|job| FfiJob_TO::from_value(JobWrapper(job), TD_Opaque))
         })
+    }
+
+    fn embed(&self, inputs: RVec<RString>) -> RResult<RVec<RVec<f32>>, AdapterError> {
+        guard(Phase::BeforeFirstToken, || self.embed_vectors(inputs))
+    }
+}
+
+impl<C: EngineClient> ClientWrapper<C> {
+    fn embed_vectors(&self, inputs: RVec<RString>) -> Result<RVec<RVec<f32>>, AdapterError> {
+        let inputs = inputs.into_iter().map(String::from).collect();
+        let vectors = self.0.embed(inputs)?;
+        Ok(vectors.into_iter().map(RVec::from).collect())
     }
 }
 

@@ -105,6 +105,7 @@ fn job(plan: &Plan, max_tokens: u32, seed: u64) -> JobSpec {
         max_tokens,
         seed,
         params_json: String::new(),
+        inputs: None,
     }
 }
 

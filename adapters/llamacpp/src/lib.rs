@@ -99,6 +99,38 @@ impl LlamaCppClient {
     }
 }
 
+/// `/embedding` answers per input either one pooled vector or one vector per token (when
+/// the server runs without pooling); per-token vectors are mean-pooled here.
+fn pooled(embedding: &Value) -> Result<Vec<f32>, AdapterError> {
+    let bad = || {
+        protocol(
+            Phase::BeforeFirstToken,
+            "an /embedding vector is not numbers",
+        )
+    };
+    let floats = |v: &Value| -> Result<Vec<f32>, AdapterError> {
+        v.as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|x| x.as_f64().map(|f| f as f32).ok_or_else(bad))
+            .collect()
+    };
+    let list = embedding.as_array().ok_or_else(bad)?;
+    if list.first().is_some_and(Value::is_array) {
+        let rows = list.iter().map(floats).collect::<Result<Vec<_>, _>>()?;
+        let dim = rows.first().map_or(0, Vec::len);
+        if rows.iter().any(|r| r.len() != dim) {
+            return Err(bad());
+        }
+        let n = rows.len().max(1) as f32;
+        Ok((0..dim)
+            .map(|d| rows.iter().map(|r| r[d]).sum::<f32>() / n)
+            .collect())
+    } else {
+        floats(embedding)
+    }
+}
+
 impl EngineClient for LlamaCppClient {
     type Job = StreamJob;
 
@@ -196,6 +228,37 @@ impl EngineClient for LlamaCppClient {
             CompletionDecoder::default(),
             sink,
         ))
+    }
+
+    fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, AdapterError> {
+        let answer = self
+            .upstream
+            .post_json("/embedding", json!({"content": inputs}))?;
+        let items: Vec<&Value> = match &answer {
+            Value::Array(list) => list.iter().collect(),
+            obj @ Value::Object(_) => vec![obj],
+            _ => {
+                return Err(protocol(
+                    Phase::BeforeFirstToken,
+                    "unexpected /embedding answer",
+                ));
+            }
+        };
+        if items.len() != inputs.len() {
+            return Err(protocol(
+                Phase::BeforeFirstToken,
+                format!("{} vectors for {} inputs", items.len(), inputs.len()),
+            ));
+        }
+        let mut out = vec![Vec::new(); items.len()];
+        for (n, item) in items.iter().enumerate() {
+            let at = item["index"].as_u64().map_or(n, |i| i as usize);
+            let slot = out.get_mut(at).ok_or_else(|| {
+                protocol(Phase::BeforeFirstToken, "an /embedding index out of range")
+            })?;
+            *slot = pooled(&item["embedding"])?;
+        }
+        Ok(out)
     }
 }
 

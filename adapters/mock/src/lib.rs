@@ -34,6 +34,7 @@ impl Adapter for MockAdapter {
         Features {
             streaming: true,
             cancel: true,
+            embeddings: true,
             ..Features::default()
         }
     }
@@ -53,6 +54,28 @@ orchd_adapter_abi::export_adapter!(MockAdapter);
 pub struct MockClient {
     config: Arc<MockConfig>,
     active: Arc<AtomicU32>,
+}
+
+/// Dimensions of the mock's embeddings.
+pub const EMBEDDING_DIM: usize = 16;
+
+/// A deterministic unit vector for `text` (FNV-1a per dimension).
+pub fn mock_embedding(text: &str) -> Vec<f32> {
+    let raw: Vec<f32> = (0..EMBEDDING_DIM as u64)
+        .map(|d| {
+            let h = text.bytes().fold(0xcbf2_9ce4_8422_2325 ^ d, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            (h % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    raw.into_iter().map(|x| x / norm).collect()
 }
 
 impl EngineClient for MockClient {
@@ -104,5 +127,16 @@ impl EngineClient for MockClient {
             req,
             sink,
         ))
+    }
+
+    fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, AdapterError> {
+        if let Failure::InternalError = self.config.failure {
+            return Err(AdapterError::new(
+                ErrorKind::Internal,
+                Phase::BeforeFirstToken,
+                "injected internal adapter error",
+            ));
+        }
+        Ok(inputs.iter().map(|t| mock_embedding(t)).collect())
     }
 }

@@ -211,6 +211,35 @@ impl EngineClient for OpenAiClient {
             .upstream
             .stream(path, body, version, ChunkDecoder::new(self.mode), sink))
     }
+
+    fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, AdapterError> {
+        let n = inputs.len();
+        let answer = self.upstream.post_json(
+            "/v1/embeddings",
+            json!({"model": self.model, "input": inputs, "encoding_format": "float"}),
+        )?;
+        let bad = |m: &str| AdapterError::new(ErrorKind::Protocol, Phase::BeforeFirstToken, m);
+        let data = answer["data"]
+            .as_array()
+            .ok_or_else(|| bad("an embeddings answer without data"))?;
+        if data.len() != n {
+            return Err(bad("as many vectors as inputs were expected"));
+        }
+        let mut out = vec![Vec::new(); n];
+        for (k, item) in data.iter().enumerate() {
+            let at = item["index"].as_u64().map_or(k, |i| i as usize);
+            let vector = item["embedding"]
+                .as_array()
+                .ok_or_else(|| bad("an embedding that is not a list"))?
+                .iter()
+                .map(|x| x.as_f64().map(|f| f as f32))
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| bad("an embedding that is not numbers"))?;
+            *out.get_mut(at)
+                .ok_or_else(|| bad("an embedding index out of range"))? = vector;
+        }
+        Ok(out)
+    }
 }
 
 /// Streaming chunks (`text_completion` or `chat.completion.chunk`) → tokens and the end.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr};
+use abi_stable::std_types::{RResult, RStr, RString};
 use orchd_adapter_abi::ffi::{FfiEventSink, FfiEventSink_TO};
 use orchd_adapter_abi::{
     self as abi, AdapterModRef, Event, FfiClientBox, FfiJobBox, SinkStatus, SubmitRequest,
@@ -234,6 +234,13 @@ impl EngineClient for FfiClient {
         let sink = FfiEventSink_TO::from_value(HostSink { events }, TD_Opaque);
         result(self.0.submit(req, sink), |job| {
             Box::new(FfiJob(job)) as Box<dyn EngineJob>
+        })
+    }
+
+    fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, EngineFailure> {
+        let inputs = inputs.into_iter().map(RString::from).collect();
+        result(self.0.embed(inputs), |vectors| {
+            vectors.into_iter().map(|v| v.into_vec()).collect()
         })
     }
 }

@@ -17,8 +17,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use orchd_contracts::openai::{
-    ChatCompletionRequest, ChatMessage, CompletionRequest, Content, Model, ModelList, OpenAiError,
-    OpenAiErrorBody, Prompt, Stop, Usage,
+    ChatCompletionRequest, ChatMessage, CompletionRequest, Content, EmbeddingRequest, Model,
+    ModelList, OpenAiError, OpenAiErrorBody, Prompt, Stop, Usage,
 };
 use orchd_contracts::{EndFrame, ErrorCode, ErrorEnvelope, Priority, TaskRequest, Workload};
 use serde_json::{Map, Value, json};
@@ -336,6 +336,137 @@ pub async fn completions(
         Kind::Completion,
     )
     .await
+}
+
+/// Inputs per embeddings request.
+const MAX_EMBEDDING_INPUTS: usize = 256;
+
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    Extension(correlation): Extension<CorrelationId>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<EmbeddingRequest>,
+) -> Result<Response, ApiError> {
+    if state.is_shutting_down() {
+        return Err(ApiError::new(
+            ErrorCode::PoolUnavailable,
+            "shutting down; not accepting tasks",
+        )
+        .retry_after_ms(5000));
+    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "encoding_format",
+                format!("{other:?} is not float or base64"),
+            ));
+        }
+    };
+    if req.dimensions.is_some() {
+        return Err(ApiError::invalid("dimensions", "is not supported"));
+    }
+    let inputs = match req.input {
+        Prompt::One(s) => vec![s],
+        Prompt::Many(v) => v,
+    };
+    if inputs.is_empty() || inputs.len() > MAX_EMBEDDING_INPUTS {
+        return Err(ApiError::invalid(
+            "input",
+            format!("1 to {MAX_EMBEDDING_INPUTS} inputs"),
+        ));
+    }
+    let pool = state
+        .pools
+        .iter()
+        .find(|p| p.model_ref == req.model && p.is_ready())
+        .or_else(|| state.pools.iter().find(|p| p.model_ref == req.model))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::PoolUnavailable,
+                format!("no pool serves model {:?}; see GET /v1/models", req.model),
+            )
+            .retry_after_ms(1000)
+        })?;
+    let prompt_tokens: u32 = inputs.iter().map(|i| admit::estimate_tokens(i)).sum();
+    let task_req = TaskRequest {
+        task_id: None,
+        session_id: session_of(&headers, req.user.as_deref()),
+        workload: Workload::Embedding,
+        model_ref: req.model.clone(),
+        engine: pool.engine.clone(),
+        ctx: inputs
+            .iter()
+            .map(|i| admit::estimate_tokens(i))
+            .max()
+            .unwrap_or(0),
+        priority: priority_of(&headers)?,
+        seed: None,
+        determinism: None,
+        sampler_profile_version: None,
+        prompt: None,
+        inputs: Some(inputs),
+        max_tokens: 1,
+        deadline_ms: deadline_of(&headers)?,
+        expected_tokens: Some(1),
+        kv_hint: None,
+        placement: None,
+    };
+    let admitted = admit::admit(&state, task_req, &principal, &correlation.0)?;
+    let task = state
+        .tasks
+        .get(&admitted.accepted.task_id)
+        .ok_or_else(|| ApiError::internal("an admitted task is not registered"))?;
+    let items = read_task(&state, task, 0);
+    tokio::pin!(items);
+    while let Some(item) = items.next().await {
+        let frame = match item {
+            Item::Frame(f) => f,
+            Item::Gone(envelope) => return Err(ApiError::from_envelope(envelope)),
+        };
+        match frame.event {
+            "error" => {
+                let envelope: ErrorEnvelope = serde_json::from_str(&frame.data)
+                    .map_err(|e| ApiError::internal(format!("bad error frame: {e}")))?;
+                return Err(ApiError::from_envelope(envelope));
+            }
+            "end" => {
+                let end: EndFrame = serde_json::from_str(&frame.data)
+                    .map_err(|e| ApiError::internal(format!("bad end frame: {e}")))?;
+                let vectors = end.embeddings.unwrap_or_default();
+                let data: Vec<Value> = vectors
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let embedding = if base64 {
+                            use base64::Engine as _;
+                            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                            json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                        } else {
+                            json!(v)
+                        };
+                        json!({"object": "embedding", "index": i, "embedding": embedding})
+                    })
+                    .collect();
+                let tokens = if end.tokens_in > 0 {
+                    end.tokens_in
+                } else {
+                    prompt_tokens
+                };
+                return Ok(
+                    Json(json!({"object": "list", "data": data, "model": req.model,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+                    .into_response(),
+                );
+            }
+            _ => {}
+        }
+    }
+    Err(ApiError::internal(
+        "the task's stream ended without a terminal frame",
+    ))
 }
 
 async fn run(

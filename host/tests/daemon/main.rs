@@ -12,6 +12,7 @@ mod deadlines;
 mod edge;
 mod errors;
 mod metrics;
+mod openai;
 mod policies;
 mod policy_faults;
 mod sessions;
