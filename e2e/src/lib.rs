@@ -58,6 +58,8 @@ impl LlamaServer {
             .arg(model)
             .args(["-c", "4096", "-np", &slots.to_string(), "-t", "2"])
             .args(["--alias", ALIAS])
+            // Embeddings on, mean-pooled (what `/v1/embeddings` needs); completion still works.
+            .args(["--embeddings", "--pooling", "mean"])
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
             .stderr(out)

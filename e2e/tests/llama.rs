@@ -269,3 +269,81 @@ async fn the_shipped_http_adapters_pass_the_conformance_kit_against_llama_server
         assert!(report.passed(), "{lib} is not conformant");
     }
 }
+
+#[tokio::test]
+async fn embeddings_through_the_llamacpp_and_openai_adapters() {
+    let engine = LlamaServer::start(&model_a(), 2);
+    let pools = format!(
+        "{}{}",
+        llama_pool("llama", &engine.url(), ""),
+        openai_pool("oai", &engine.url(), "completions")
+    );
+    let d = DaemonBuilder::new(config(&pools)).start();
+    // A task of workload `embedding` on the llamacpp adapter: the vectors ride on `end`.
+    let mut body =
+        llama_task(json!({"workload": "embedding", "inputs": ["hello", "world"], "max_tokens": 1}));
+    body.as_object_mut().unwrap().remove("prompt");
+    let id = d.submit_ok(&body).await;
+    let frames = d.stream(&id).await;
+    let end = frames.last().unwrap();
+    assert_eq!(end.event, "end", "{frames:?}");
+    let vectors = end.data["embeddings"].as_array().unwrap();
+    assert_eq!(vectors.len(), 2);
+    let dim = vectors[0].as_array().unwrap().len();
+    assert!(dim > 1 && vectors[1].as_array().unwrap().len() == dim);
+    assert_ne!(vectors[0], vectors[1]);
+    // The OpenAI front door on the openai adapter (llama-server's /v1/embeddings).
+    let resp = d
+        .http
+        .post(d.url("/v1/embeddings"))
+        .json(&json!({"model": "oai", "input": ["hello", "world"], "encoding_format": "float"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let emb: Value = resp.json().await.unwrap();
+    assert_eq!(emb["data"].as_array().unwrap().len(), 2);
+    assert_eq!(emb["data"][0]["embedding"].as_array().unwrap().len(), dim);
+}
+
+#[tokio::test]
+async fn the_official_python_client_works_against_llama_server() {
+    let python = std::env::var("ORCHD_OPENAI_PYTHON")
+        .expect("ORCHD_OPENAI_PYTHON is set by `cargo xtask e2e`");
+    let engine = LlamaServer::start(&model_a(), 2);
+    let keys = "[[auth.keys]]\nname = \"app\"\nrole = \"data\"\nkey = \"e2e-key\"\n\n\
+                [[auth.keys]]\nname = \"poor\"\nrole = \"data\"\nkey = \"e2e-poor\"\nbudget = { tokens = 10 }\n\n";
+    let d = DaemonBuilder::new(format!(
+        "{keys}{}",
+        config(&llama_pool("llama", &engine.url(), ""))
+    ))
+    .start();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../host/tests/openai/client_check.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .args([
+            "--base-url",
+            &d.url("/v1"),
+            "--key",
+            "e2e-key",
+            "--model",
+            ALIAS,
+        ])
+        .args([
+            "--budget-key",
+            "e2e-poor",
+            "--embeddings",
+            "--deterministic",
+        ])
+        .args(["--long-tokens", "400"])
+        .output()
+        .await
+        .expect("run the Python client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}

@@ -22,7 +22,7 @@
 # Needs: python3 (>= 3.10) with venv, a C/C++ compiler, make, flock; PyPI access
 # on the first run only. A warm cache returns in about a second.
 #
-# Only the last line of stdout is the answer; progress and timings go to stderr.
+# stdout is exactly one line (the answer); progress and timings go to stderr.
 set -euo pipefail
 
 LCB_VERSION=11434.0.0   # == llama.cpp b11434
@@ -71,7 +71,7 @@ case "${1:-}" in
     "") ;;
     --python) what=python ;;
     --prefix) what=prefix ;;
-    -h | --help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
 esac
 [[ $# -le 1 ]] || die "too many arguments (try --help)"

@@ -128,7 +128,7 @@ def sync_checks(args):
     with client.chat.completions.with_streaming_response.create(
         model=args.model,
         messages=[{"role": "user", "content": "A long story"}],
-        max_tokens=3000,
+        max_tokens=args.long_tokens,
         stream=True,
     ) as resp:
         task_id = resp.headers["x-orchd-task-id"]
@@ -190,6 +190,8 @@ def main():
     p.add_argument("--budget-key")
     p.add_argument("--embeddings", action="store_true")
     p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--long-tokens", type=int, default=3000,
+                   help="tokens of the request whose stream is closed early (fits the context)")
     args = p.parse_args()
     print(f"openai {openai.__version__} against {args.base_url}")
     sync_checks(args)
