@@ -107,7 +107,7 @@ impl<W: World> Loaded<W> {
         };
         let mut warm = loaded.instantiate().map_err(|f| refuse(f.message))?;
         warm.store
-            .set_epoch_deadline(loaded.runtime.deadline_ticks());
+            .set_epoch_deadline(loaded.runtime.setup_deadline_ticks());
         let info = W::info(&warm.bindings, &mut warm.store)
             .map_err(|e| refuse(format!("info() failed: {e:#}")))?;
         if info.name.is_empty() || info.name.len() > 128 || info.version.len() > 64 {
@@ -140,10 +140,10 @@ impl<W: World> Loaded<W> {
     /// A fresh instance with `init(config)` done.
     fn instantiate(&self) -> Result<Warm<W>, PolicyFailure> {
         let mut store = self.runtime.new_store(W::KIND);
-        store.set_epoch_deadline(self.runtime.deadline_ticks());
+        store.set_epoch_deadline(self.runtime.setup_deadline_ticks());
         let bindings =
             W::instantiate(&self.pre, &mut store).map_err(|e| failure::<W>(&e, "instantiate"))?;
-        store.set_epoch_deadline(self.runtime.deadline_ticks());
+        store.set_epoch_deadline(self.runtime.setup_deadline_ticks());
         match W::init(&bindings, &mut store, &self.config_json) {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
             Ok(Err(msg)) => Err(PolicyFailure {
@@ -203,7 +203,13 @@ impl<W: World> Loaded<W> {
             Some(w) => w,
             None => self.instantiate()?,
         };
-        warm.store.set_epoch_deadline(self.runtime.deadline_ticks());
+        // The self-test at load runs before the version serves: it gets the setup deadline,
+        // so a busy machine cannot refuse a good component.
+        warm.store.set_epoch_deadline(if self.live {
+            self.runtime.deadline_ticks()
+        } else {
+            self.runtime.setup_deadline_ticks()
+        });
         match f(&warm.bindings, &mut warm.store) {
             Ok(r) => {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());

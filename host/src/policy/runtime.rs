@@ -94,6 +94,14 @@ impl PolicyRuntime {
         (self.limits.timeout.as_millis() as u64 / TICK.as_millis() as u64).max(1)
     }
 
+    /// Deadline of instantiating and `init` (and the load-time `info`), in ticks: setup
+    /// parses config and warms up, and must not fail because a busy machine preempted it
+    /// for a few milliseconds, yet a looping `init` is still stopped (20 call deadlines,
+    /// at least 250 ms).
+    pub fn setup_deadline_ticks(&self) -> u64 {
+        (self.deadline_ticks() * 20).max(250 / TICK.as_millis().max(1) as u64)
+    }
+
     /// A fresh store with the memory cap.
     pub fn new_store(&self, kind: &'static str) -> Store<PolicyState> {
         let limits = StoreLimitsBuilder::new()

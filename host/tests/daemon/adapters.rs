@@ -21,23 +21,29 @@ async fn libraries_built_against_another_abi_or_not_libraries_are_refused() {
         dir.join("old-vendor.so"),
     )
     .unwrap();
-    std::fs::write(dir.join("truncated.so"), b"\x7fELF not really").unwrap();
+    // A real library cut short (as by an interrupted copy), and a file that is no library.
+    let real = std::fs::read(dist_dir().join("adapters/mock.so")).unwrap();
+    std::fs::write(dir.join("truncated.so"), &real[..real.len() / 3]).unwrap();
+    std::fs::write(dir.join("notes.so"), b"these are not machine instructions").unwrap();
     let d = b.adapters_dir(&dir).start();
 
-    let refused = d.log_events(
-        "adapter refused: ABI version mismatch: expected 0.1.0 (compatible), found 0.0.1",
-    );
+    let abi = orchd_host::adapters::expected_abi_version();
+    let refused = d.log_events(&format!(
+        "adapter refused: ABI version mismatch: expected {abi} (compatible), found 0.0.1"
+    ));
     assert_eq!(refused.len(), 1, "{:#?}", d.logs());
     let line = &refused[0];
     assert!(line["path"].as_str().unwrap().ends_with("old-vendor.so"));
-    assert_eq!(line["expected_abi_version"], "0.1.0");
+    assert_eq!(line["expected_abi_version"], abi);
     assert_eq!(line["level"], "ERROR");
-    let all_refused: Vec<_> = d
-        .logs()
-        .into_iter()
-        .filter(|l| l.contains("adapter refused") && l.contains("truncated.so"))
-        .collect();
-    assert_eq!(all_refused.len(), 1, "the non-library is refused too");
+    for file in ["truncated.so", "notes.so"] {
+        let refused: Vec<_> = d
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("adapter refused") && l.contains(file))
+            .collect();
+        assert_eq!(refused.len(), 1, "{file} is refused with one line");
+    }
     assert_eq!(d.log_events("adapter loaded").len(), 1);
 
     let id = d.submit_ok(&task("p", json!({}))).await;

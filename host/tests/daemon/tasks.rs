@@ -212,7 +212,7 @@ async fn bad_requests_get_envelopes_naming_the_problem() {
     .await;
     check_error(
         &d,
-        d.submit(&task("p", json!({"engine": "vllm"}))).await,
+        d.submit(&task("p", json!({"engine": "tensorrt"}))).await,
         400,
         "INVALID_PARAMS",
         "engine",
