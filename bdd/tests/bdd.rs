@@ -149,17 +149,12 @@ fn field(body: &Value, pointer: &str) -> String {
 }
 
 /// Scenarios run concurrently, each with its own daemon, on what may be a 2-core machine:
-/// policies get a wall-clock deadline that preemption cannot blow (production uses 5 ms).
+/// policies get a wall-clock deadline that preemption cannot blow (production uses 5 ms;
+/// `config()` sets the same for the daemons it describes).
 const POLICY_TIMEOUT: &str = "[policies]\ntimeout_ms = 250\n\n";
 
 fn start(pool: String) -> Running {
-    Running(
-        DaemonBuilder::new(format!(
-            "{POLICY_TIMEOUT}{}",
-            config(&default_admission("reject"), 16, &[pool])
-        ))
-        .start(),
-    )
+    Running(DaemonBuilder::new(config(&default_admission("reject"), 16, &[pool])).start())
 }
 
 #[given(expr = "a running daemon with a mock pool {string}")]

@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod error;
 pub mod openai;
 pub mod policies;
+pub mod pools;
 pub mod stream;
 pub mod task;
 

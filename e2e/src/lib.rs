@@ -52,12 +52,19 @@ impl LlamaServer {
     pub fn start_on(port: u16, model: &std::path::Path, slots: u32) -> Self {
         let log = std::env::temp_dir().join(format!("orchd-e2e-llama-{port}.log"));
         let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env_path("ORCHD_LLAMA_SERVER"))
+        let mut cmd = Command::new(env_path("ORCHD_LLAMA_SERVER"));
+        // llama-server reads LLAMA_ARG_* for most flags: none may leak in.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("LLAMA_ARG_") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("-m")
             .arg(model)
             .args(["-c", "4096", "-np", &slots.to_string(), "-t", "2"])
-            .args(["--alias", ALIAS])
+            .args(["--alias", ALIAS, "--no-webui"])
             // Embeddings on, mean-pooled (what `/v1/embeddings` needs); completion still works.
             .args(["--embeddings", "--pooling", "mean"])
             .stdin(Stdio::null())

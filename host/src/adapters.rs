@@ -19,6 +19,8 @@ pub struct AdapterInfo {
     pub version: String,
     pub abi_version: String,
     pub engines: Vec<String>,
+    /// What the library says it can do: `streaming`, `cancel`, `embeddings`, …
+    pub features: Vec<String>,
     pub path: PathBuf,
     pub sha256: String,
 }

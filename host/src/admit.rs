@@ -100,11 +100,26 @@ fn candidates<'a>(state: &'a AppState, req: &TaskRequest) -> Result<Vec<&'a Arc<
             format!("unknown pool {pin:?}"),
         ));
     }
-    let candidates: Vec<&Arc<Pool>> = state
+    let serving: Vec<&Arc<Pool>> = state
         .pools
         .iter()
         .filter(|p| p.engine == req.engine && p.model_ref == req.model_ref)
         .collect();
+    // A draining pool takes no new work.
+    let candidates: Vec<&Arc<Pool>> = serving
+        .iter()
+        .copied()
+        .filter(|p| !p.is_draining())
+        .collect();
+    if candidates.is_empty() && !serving.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::PoolUnavailable,
+            format!("every pool serving model {:?} is draining", req.model_ref),
+        )
+        .engine(&req.engine)
+        .pool(&serving[0].id)
+        .retry_after_ms(5000));
+    }
     if candidates.is_empty() {
         return Err(ApiError::new(
             ErrorCode::PoolUnavailable,

@@ -5,6 +5,7 @@ mod extract;
 mod middleware;
 mod openai;
 mod policies;
+mod pools;
 mod sessions;
 mod tasks;
 
@@ -38,6 +39,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/completions"),
     ("POST", "/v1/embeddings"),
     ("GET", "/v1/models"),
+    ("GET", "/v1/pools"),
+    ("GET", "/v1/pools/{id}/health"),
+    ("POST", "/v1/pools/{id}/drain"),
+    ("GET", "/v1/adapters"),
+    ("GET", "/v1/capabilities"),
     ("GET", "/v1/policies"),
     ("POST", "/v1/policies/reload"),
     ("GET", "/metrics"),
@@ -59,6 +65,11 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("POST", "/v1/completions") => post(openai::completions),
         ("POST", "/v1/embeddings") => post(openai::embeddings),
         ("GET", "/v1/models") => get(openai::models),
+        ("GET", "/v1/pools") => get(pools::list),
+        ("GET", "/v1/pools/{id}/health") => get(pools::health),
+        ("POST", "/v1/pools/{id}/drain") => post(pools::drain),
+        ("GET", "/v1/adapters") => get(pools::adapters),
+        ("GET", "/v1/capabilities") => get(pools::capabilities),
         ("GET", "/v1/policies") => get(policies::list),
         ("POST", "/v1/policies/reload") => post(policies::reload),
         ("GET", "/metrics") => get(policies::metrics),

@@ -12,6 +12,8 @@ use crate::pool::Pool;
 /// What one probe learned.
 #[derive(Debug, Default)]
 pub struct Probe {
+    /// The engine answered at all.
+    pub live: bool,
     pub ready: bool,
     pub engine_version: Option<String>,
     pub slots: Option<u32>,
@@ -33,6 +35,7 @@ pub fn probe(client: &dyn EngineClient) -> Probe {
     };
     if !health.ready {
         return Probe {
+            live: health.live,
             why: Some(format!(
                 "not ready ({}): {}",
                 if health.live { "live" } else { "not live" },
@@ -43,6 +46,7 @@ pub fn probe(client: &dyn EngineClient) -> Probe {
     }
     match client.props() {
         Ok(p) => Probe {
+            live: true,
             ready: p.slots_total > 0,
             why: (p.slots_total == 0).then(|| "the engine reports no slots".to_owned()),
             engine_version: Some(p.engine_version),
@@ -50,6 +54,7 @@ pub fn probe(client: &dyn EngineClient) -> Probe {
             ctx_max: (p.ctx_max > 0).then_some(p.ctx_max),
         },
         Err(e) => Probe {
+            live: true,
             why: Some(format!("props failed: {e}")),
             ..Probe::default()
         },
@@ -79,6 +84,7 @@ async fn poll_once(pool: &Arc<Pool>) {
         };
         let replica = &pool.replicas[idx];
         let why = p.why.clone();
+        replica.set_live(p.live);
         if replica.observe(p.ready, p.engine_version, p.slots, p.why) {
             changed = true;
             if replica.is_healthy() {

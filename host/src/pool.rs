@@ -27,6 +27,8 @@ pub struct Replica {
     slots_total: AtomicU32,
     leases: AtomicU32,
     healthy: AtomicBool,
+    /// The engine answered its last probe at all (it may still be loading).
+    live: AtomicBool,
     /// Why the replica is not ready, when it is not.
     last_error: Mutex<Option<String>>,
 }
@@ -47,6 +49,7 @@ impl Replica {
             slots_total: AtomicU32::new(slots_total),
             leases: AtomicU32::new(0),
             healthy: AtomicBool::new(healthy),
+            live: AtomicBool::new(healthy),
             last_error: Mutex::new(None),
         }
     }
@@ -61,6 +64,15 @@ impl Replica {
 
     pub fn engine_version(&self) -> Arc<String> {
         self.engine_version.load_full()
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Records whether the engine answered its probe at all.
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Release);
     }
 
     pub fn slots_total(&self) -> u32 {
@@ -128,6 +140,10 @@ struct ServiceStats {
 pub struct Pool {
     pub id: String,
     pub engine: String,
+    /// The adapter library the pool's replicas use.
+    pub adapter: String,
+    /// No new placements while draining (`POST /v1/pools/{id}/drain`).
+    draining: AtomicBool,
     pub model_ref: String,
     pub ctx_max: u32,
     pub replicas: Vec<Replica>,
@@ -154,6 +170,8 @@ impl Pool {
         Self {
             id: settings.id.clone(),
             engine,
+            adapter: settings.adapter.clone(),
+            draining: AtomicBool::new(false),
             model_ref: settings.model_ref.clone(),
             ctx_max,
             replicas,
@@ -174,6 +192,15 @@ impl Pool {
 
     pub fn is_ready(&self) -> bool {
         self.replicas.iter().any(Replica::is_healthy)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining; `false` if the pool already was.
+    pub fn begin_drain(&self) -> bool {
+        !self.draining.swap(true, Ordering::AcqRel)
     }
 
     pub fn slots_total(&self) -> u32 {

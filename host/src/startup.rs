@@ -113,16 +113,19 @@ fn build_pools(
                 slots = probe.slots.unwrap_or(0), ready = probe.ready,
                 reason = probe.why.as_deref().unwrap_or(""), "replica configured"
             );
-            replicas.push(
-                Replica::new(
-                    rs.id.clone(),
-                    client,
-                    probe.engine_version.unwrap_or_default(),
-                    probe.slots.unwrap_or(0),
-                    probe.ready,
-                )
-                .with_device_mask(rs.device_mask.clone()),
-            );
+            let replica = Replica::new(
+                rs.id.clone(),
+                client,
+                probe.engine_version.clone().unwrap_or_default(),
+                probe.slots.unwrap_or(0),
+                probe.ready,
+            )
+            .with_device_mask(rs.device_mask.clone());
+            replica.set_live(probe.live);
+            if !probe.ready {
+                replica.observe(false, None, None, probe.why.clone());
+            }
+            replicas.push(replica);
         }
         let ctx_max = ps
             .ctx_max

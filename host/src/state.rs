@@ -105,6 +105,42 @@ impl AppState {
         aborted
     }
 
+    /// Ends every live task of `pool` with `POOL_UNAVAILABLE` (a drain's deadline):
+    /// queued ones leave the queue, running ones have their engine job canceled.
+    pub async fn end_pool_tasks(&self, pool: &Pool, reason: &str) -> usize {
+        let mut ended = 0;
+        for task in self
+            .tasks
+            .live()
+            .into_iter()
+            .filter(|t| t.spec.pool_id == pool.id)
+        {
+            {
+                let mut queue = pool.queue();
+                queue.remove(&task.id);
+                pool.publish(&queue);
+            }
+            let mut envelope = *crate::errors::ApiError::new(
+                orchd_contracts::ErrorCode::PoolUnavailable,
+                format!("pool {} was drained before the task ended", pool.id),
+            )
+            .pool(&pool.id)
+            .engine(&pool.engine)
+            .retry_after_ms(1000)
+            .envelope;
+            envelope.correlation_id = Some(task.spec.correlation_id.clone());
+            if let Some(job) = task.fail(envelope) {
+                ended += 1;
+                task.count_cancel(&pool.engine_version(), reason);
+                if let Some(job) = job {
+                    dispatch::cancel_job(&task.id, job).await;
+                }
+                self.decisions.settle(&task);
+            }
+        }
+        ended
+    }
+
     /// The live tasks of one session of one key.
     pub fn session_tasks(&self, owner: &str, session_id: &str) -> Vec<Arc<Task>> {
         self.tasks

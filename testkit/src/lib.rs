@@ -90,10 +90,12 @@ pub fn fixture_policy(file: &str) -> String {
         .to_string()
 }
 
-/// A config with the given admission section body and pools.
+/// A config with the given admission section body and pools. Policy calls get 100 ms:
+/// tests run daemons side by side on small machines, where the production 5 ms wall-clock
+/// deadline can expire under preemption (fail-closed, by design); what they test is not that.
 pub fn config(admission: &str, queue_capacity: u32, pools: &[String]) -> String {
     format!(
-        "[queue]\ncapacity = {queue_capacity}\n\n[policies.admission]\n{admission}\n{}",
+        "[queue]\ncapacity = {queue_capacity}\n\n[policies]\ntimeout_ms = 100\n\n[policies.admission]\n{admission}\n{}",
         pools.concat()
     )
 }

@@ -13,10 +13,10 @@ its venv. Run with that venv's python, which has the pinned gguf + numpy:
     "$PY" tools/e2e/make_model.py --out /tmp/a.gguf --seed 1
     "$PY" tools/e2e/make_model.py --out /tmp/b.gguf --seed 2 --layers 3
 
-The output is a pure function of the arguments (and the pinned numpy/gguf):
-the same arguments give a byte-identical file. Models with different --seed
-differ only in weights; --layers/--dim/--heads/--ffn change the shapes (and
-what /v1/models reports as n_params/n_embd).
+The output is a pure function of the arguments (and the pinned numpy/gguf),
+not of the output path: the same arguments give a byte-identical file. Models
+with different --seed differ only in weights; --layers/--dim/--heads/--ffn
+change the shapes (and what /v1/models reports as n_params/n_embd).
 
 Output rows of all non-normal tokens (<unk>, <s>, </s>, byte tokens <0xNN>)
 are zero, so greedy/low-temperature generation never emits EOS (runs always
@@ -48,9 +48,11 @@ CHATML = (
 
 
 def find_vocab(explicit: str | None) -> Path:
-    candidates: list[Path] = []
     if explicit:
-        candidates.append(Path(explicit))
+        if not Path(explicit).is_file():
+            sys.exit("make_model.py: error: --vocab %s: no such file" % explicit)
+        return Path(explicit)
+    candidates: list[Path] = []
     if os.environ.get("ORCHD_LLAMA_VOCAB"):
         candidates.append(Path(os.environ["ORCHD_LLAMA_VOCAB"]))
     # Run with <prefix>/venv/bin/python: the vocab is <prefix>/<VOCAB_NAME>.
@@ -78,7 +80,7 @@ def main() -> None:
     ap.add_argument("--ffn", type=int, default=None, help="feed-forward size (default 2*dim)")
     ap.add_argument("--ctx", type=int, default=512, help="training context length written to the model (default 512)")
     ap.add_argument("--dtype", choices=["f32", "f16"], default="f32", help="type of the 2-D weights (default f32)")
-    ap.add_argument("--name", default=None, help="general.name (default: output file stem)")
+    ap.add_argument("--name", default=None, help="general.name (default: derived from the shape and seed)")
     ap.add_argument("--vocab", default=None, help="path of %s (default: found next to the venv)" % VOCAB_NAME)
     ap.add_argument("--allow-eos", action="store_true", help="give </s> a random output row (EOS can be sampled)")
     args = ap.parse_args()
@@ -92,8 +94,11 @@ def main() -> None:
     ffn = args.ffn or 2 * args.dim
 
     t0 = time.monotonic()
-    import numpy as np  # imported late so --help works without the venv
-    import gguf
+    try:  # imported late so --help works without the venv
+        import numpy as np
+        import gguf
+    except ImportError as e:
+        sys.exit("make_model.py: error: %s; run me with $(tools/e2e/llama-server.sh --python)" % e)
 
     vocab_path = find_vocab(args.vocab)
     reader = gguf.GGUFReader(str(vocab_path))
@@ -107,7 +112,10 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp%d" % os.getpid())
-    name = args.name or out.stem
+    # Default name depends only on the arguments, so the file bytes do too.
+    name = args.name or "orchd-e2e-llama-l%d-d%d-h%d-f%d-c%d-%s-seed%d" % (
+        args.layers, args.dim, args.heads, ffn, args.ctx, args.dtype, args.seed
+    )
 
     rng = np.random.default_rng(args.seed)
     wtype = np.float16 if args.dtype == "f16" else np.float32

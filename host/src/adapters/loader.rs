@@ -79,6 +79,11 @@ impl AdapterRegistry {
         self.adapters.get(name)
     }
 
+    /// Every loaded adapter, by name.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Adapter>> {
+        self.adapters.values()
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.adapters.keys().map(String::as_str)
     }
@@ -131,11 +136,25 @@ fn load_library(path: &Path) -> Result<LoadedAdapter, String> {
     };
     // abi_stable checked semver compatibility; the library also names the exact ABI it
     // was built with, which we report.
+    let f = info.features;
+    let features = [
+        ("streaming", f.streaming),
+        ("cancel", f.cancel),
+        ("embeddings", f.embeddings),
+        ("rerank", f.rerank),
+        ("tokenize", f.tokenize),
+        ("metrics", f.metrics),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| name.to_owned())
+    .collect();
     let info = AdapterInfo {
         name: info.name.into(),
         version: info.version.into(),
         abi_version: info.abi_version.into(),
         engines: info.engines.into_iter().map(Into::into).collect(),
+        features,
         path: path.to_path_buf(),
         sha256,
     };

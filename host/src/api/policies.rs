@@ -48,7 +48,7 @@ fn status<W: crate::policy::component_world::World>(slot: &Slot<W>) -> PolicySta
     }
 }
 
-fn statuses(set: &PolicySet) -> Vec<PolicyStatus> {
+pub(super) fn statuses(set: &PolicySet) -> Vec<PolicyStatus> {
     vec![
         status(&set.admission),
         status(&set.budget),

@@ -151,7 +151,7 @@ async fn hot_swaps_under_load_fail_no_request() {
     // What is under test is the swap, not the 5 ms deadline on a 2-core machine that is
     // also compiling the next version and running other tests: give calls room.
     let mut b = DaemonBuilder::new(format!(
-        "[policies]\ntimeout_ms = 200\n\n{}",
+        "{}",
         config(
             "component = \"admission.wasm\"\nconfig = {}\n",
             4096,
@@ -213,7 +213,7 @@ async fn hot_swaps_under_load_fail_no_request() {
 async fn a_budget_covering_ten_requests_admits_at_most_ten_of_two_hundred() {
     // "tell me about queues" is 20 bytes ≈ 5 tokens; with max_tokens 8 a request reserves 13.
     let cfg = format!(
-        "[policies]\ntimeout_ms = 200\n\n[budgets]\nper_key = {{ tokens = 130 }}\n\n{}",
+        "[budgets]\nper_key = {{ tokens = 130 }}\n\n{}",
         config(
             &default_admission("reject"),
             1024,

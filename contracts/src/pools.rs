@@ -1,0 +1,87 @@
+//! The control plane's view of pools and adapters (API.md §2).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub replica_id: String,
+    pub live: bool,
+    pub ready: bool,
+    pub engine_version: String,
+    pub slots_total: u32,
+    pub active_leases: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_mask: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolMetrics {
+    pub queue_depth: u32,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub active_leases: u32,
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// `GET /v1/pools/{id}/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolHealth {
+    pub live: bool,
+    pub ready: bool,
+    pub draining: bool,
+    pub last_error: Option<String>,
+    pub metrics: PoolMetrics,
+}
+
+/// One entry of `GET /v1/pools`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolView {
+    pub pool_id: String,
+    pub engine: String,
+    pub adapter: String,
+    pub model_ref: String,
+    pub ctx_max: u32,
+    #[serde(flatten)]
+    pub health: PoolHealth,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolList {
+    pub pools: Vec<PoolView>,
+}
+
+/// Body of `POST /v1/pools/{id}/drain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    pub deadline_ms: u64,
+}
+
+/// 202 answer to a drain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainAccepted {
+    pub pool_id: String,
+    pub draining: bool,
+    pub deadline_ms: u64,
+    /// Tasks running or queued on the pool when the drain began.
+    pub in_flight: u32,
+}
+
+/// One loaded adapter library (`GET /v1/adapters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdapterView {
+    pub name: String,
+    pub version: String,
+    pub abi_version: String,
+    pub engines: Vec<String>,
+    pub features: Vec<String>,
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdapterList {
+    pub adapters: Vec<AdapterView>,
+}

@@ -1,0 +1,203 @@
+//! The control plane (admin role): `GET /v1/pools`, `GET /v1/pools/{id}/health`,
+//! `POST /v1/pools/{id}/drain`, `GET /v1/adapters`, `GET /v1/capabilities` — all built
+//! from what is loaded and configured at the moment of the request.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use orchd_contracts::pools::{
+    AdapterList, AdapterView, DrainAccepted, DrainRequest, PoolHealth, PoolList, PoolMetrics,
+    PoolView, ReplicaView,
+};
+use orchd_contracts::{ErrorCode, PoliciesResponse};
+use serde_json::{Value, json};
+
+use super::extract::ApiJson;
+use crate::errors::ApiError;
+use crate::pool::{Pool, Replica};
+use crate::state::AppState;
+
+/// The API version `GET /v1/capabilities` reports.
+pub const API_VERSION: &str = "1.0.0";
+
+fn replica_view(r: &Replica) -> ReplicaView {
+    ReplicaView {
+        replica_id: r.id.clone(),
+        live: r.is_live(),
+        ready: r.is_healthy(),
+        engine_version: r.engine_version().to_string(),
+        slots_total: r.slots_total(),
+        active_leases: r.leases(),
+        device_mask: r.device_mask.clone(),
+        last_error: r.last_error(),
+    }
+}
+
+fn health_of(pool: &Pool) -> PoolHealth {
+    let replicas: Vec<ReplicaView> = pool.replicas.iter().map(replica_view).collect();
+    PoolHealth {
+        live: replicas.iter().any(|r| r.live),
+        ready: pool.is_ready() && !pool.is_draining(),
+        draining: pool.is_draining(),
+        last_error: replicas
+            .iter()
+            .find(|r| !r.ready)
+            .and_then(|r| r.last_error.clone()),
+        metrics: PoolMetrics {
+            queue_depth: pool.queue_depth(),
+            slots_total: pool.slots_total(),
+            slots_free: pool.slots_free(),
+            active_leases: replicas.iter().map(|r| r.active_leases).sum(),
+            replicas,
+        },
+    }
+}
+
+fn find<'a>(state: &'a AppState, id: &str) -> Result<&'a Arc<Pool>, ApiError> {
+    state
+        .pool(id)
+        .ok_or_else(|| ApiError::not_found("pool", id))
+}
+
+pub async fn list(State(state): State<Arc<AppState>>) -> Json<PoolList> {
+    Json(PoolList {
+        pools: state
+            .pools
+            .iter()
+            .map(|p| PoolView {
+                pool_id: p.id.clone(),
+                engine: p.engine.clone(),
+                adapter: p.adapter.clone(),
+                model_ref: p.model_ref.clone(),
+                ctx_max: p.ctx_max,
+                health: health_of(p),
+            })
+            .collect(),
+    })
+}
+
+pub async fn health(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<PoolHealth>, ApiError> {
+    Ok(Json(health_of(find(&state, &id)?)))
+}
+
+/// Longest drain deadline accepted.
+const MAX_DRAIN_MS: u64 = 24 * 3600 * 1000;
+
+pub async fn drain(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<DrainRequest>,
+) -> Result<(StatusCode, Json<DrainAccepted>), ApiError> {
+    let pool = Arc::clone(find(&state, &id)?);
+    if req.deadline_ms > MAX_DRAIN_MS {
+        return Err(ApiError::invalid(
+            "deadline_ms",
+            format!("at most {MAX_DRAIN_MS}"),
+        ));
+    }
+    if !pool.begin_drain() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("pool {id:?} is already draining"),
+        )
+        .pool(&id));
+    }
+    pool.publish(&pool.queue());
+    let in_flight = state
+        .tasks
+        .live()
+        .iter()
+        .filter(|t| t.spec.pool_id == id)
+        .count() as u32;
+    tracing::info!(pool_id = %id, deadline_ms = req.deadline_ms, in_flight, "pool draining");
+    let deadline = Duration::from_millis(req.deadline_ms);
+    let drainer = Arc::clone(&state);
+    tokio::spawn(async move {
+        tokio::time::sleep(deadline).await;
+        let n = drainer.end_pool_tasks(&pool, "drain").await;
+        tracing::info!(pool_id = %pool.id, canceled = n, "pool drained");
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DrainAccepted {
+            pool_id: id,
+            draining: true,
+            deadline_ms: req.deadline_ms,
+            in_flight,
+        }),
+    ))
+}
+
+fn adapter_views(state: &AppState) -> Vec<AdapterView> {
+    state
+        .adapters
+        .all()
+        .map(|a| {
+            let i = a.info();
+            AdapterView {
+                name: i.name.clone(),
+                version: i.version.clone(),
+                abi_version: i.abi_version.clone(),
+                engines: i.engines.clone(),
+                features: i.features.clone(),
+                path: i.path.display().to_string(),
+                sha256: i.sha256.clone(),
+            }
+        })
+        .collect()
+}
+
+pub async fn adapters(State(state): State<Arc<AppState>>) -> Json<AdapterList> {
+    Json(AdapterList {
+        adapters: adapter_views(&state),
+    })
+}
+
+pub async fn capabilities(State(state): State<Arc<AppState>>) -> Json<Value> {
+    // One entry per engine a loaded adapter serves or a pool uses.
+    let mut engines: BTreeMap<String, Value> = BTreeMap::new();
+    for adapter in state.adapters.all() {
+        let info = adapter.info();
+        for engine in &info.engines {
+            let pools: Vec<&Arc<Pool>> =
+                state.pools.iter().filter(|p| &p.engine == engine).collect();
+            let workloads = if info.features.iter().any(|f| f == "embeddings") {
+                json!(["completion", "embedding"])
+            } else {
+                json!(["completion"])
+            };
+            engines.insert(
+                engine.clone(),
+                json!({
+                    "engine": engine,
+                    "adapter": info.name,
+                    "engine_version": pools.first().map(|p| p.engine_version().to_string()),
+                    "ctx_max": pools.iter().map(|p| p.ctx_max).max(),
+                    "supported_workloads": workloads,
+                    "features": info.features,
+                    "pools": pools.iter().map(|p| json!({
+                        "pool_id": p.id, "model_ref": p.model_ref, "ready": p.is_ready(),
+                        "draining": p.is_draining(), "slots_total": p.slots_total(),
+                    })).collect::<Vec<_>>(),
+                    "slots_total": pools.iter().map(|p| p.slots_total()).sum::<u32>(),
+                }),
+            );
+        }
+    }
+    let policies: PoliciesResponse = PoliciesResponse {
+        policies: super::policies::statuses(&state.decisions.policies),
+    };
+    Json(json!({
+        "api_version": API_VERSION,
+        "engines": engines.into_values().collect::<Vec<_>>(),
+        "adapters": adapter_views(&state),
+        "policies": policies.policies,
+    }))
+}
