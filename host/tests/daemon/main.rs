@@ -15,6 +15,7 @@ mod metrics;
 mod openai;
 mod policies;
 mod policy_faults;
+mod pools;
 mod sessions;
 mod shutdown;
 mod stream;

@@ -1,0 +1,236 @@
+//! The control plane: pools and their health, drain, adapters and capabilities, built
+//! from what is loaded and configured now; admin role only.
+
+use std::time::Duration;
+
+use orchd_testkit::{
+    Daemon, DaemonBuilder, config, default_admission, expect_error, mock_pool, task,
+};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "pools-admin-key";
+const DATA: &str = "pools-data-key";
+
+fn daemon() -> Daemon {
+    DaemonBuilder::new(format!(
+        "[[auth.keys]]\nname = \"ops\"\nrole = \"admin\"\nkey = \"{ADMIN}\"\n\n\
+         [[auth.keys]]\nname = \"app\"\nrole = \"data\"\nkey = \"{DATA}\"\n\n{}",
+        config(
+            &default_admission("reject"),
+            8,
+            &[
+                mock_pool("slow", "slots = 1, tokens_per_s = 20.0"),
+                mock_pool("loading", "ready = false"),
+            ]
+        )
+    ))
+    .start()
+}
+
+async fn get(d: &Daemon, path: &str, key: &str) -> reqwest::Response {
+    d.http
+        .get(d.url(path))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn submit(d: &Daemon, body: &Value) -> String {
+    let resp = d
+        .http
+        .post(d.url("/v1/tasks"))
+        .header("x-api-key", ADMIN)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    resp.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn wait_state(d: &Daemon, id: &str, state: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = get(d, &format!("/v1/tasks/{id}"), ADMIN).await.json().await.unwrap();
+        if v["state"] == state {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{id} never reached {state}: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn pools_and_their_health_are_reported_to_admins_only() {
+    let d = daemon();
+    let pools: Value = get(&d, "/v1/pools", ADMIN).await.json().await.unwrap();
+    let list = pools["pools"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let slow = list.iter().find(|p| p["pool_id"] == "slow").unwrap();
+    assert_eq!(slow["engine"], "mock");
+    assert_eq!(slow["adapter"], "mock");
+    assert_eq!(
+        (
+            slow["live"].as_bool(),
+            slow["ready"].as_bool(),
+            slow["draining"].as_bool()
+        ),
+        (Some(true), Some(true), Some(false))
+    );
+    assert_eq!(slow["metrics"]["slots_total"], 1);
+    assert_eq!(slow["metrics"]["replicas"][0]["replica_id"], "slow-0");
+
+    let health: Value = get(&d, "/v1/pools/loading/health", ADMIN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["live"], true);
+    assert_eq!(health["ready"], false);
+    assert!(
+        health["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("loading model"),
+        "{health}"
+    );
+
+    expect_error(
+        get(&d, "/v1/pools/nope/health", ADMIN).await,
+        404,
+        "NOT_FOUND",
+        "nope",
+    )
+    .await;
+    expect_error(get(&d, "/v1/pools", DATA).await, 403, "FORBIDDEN", "admin").await;
+}
+
+#[tokio::test]
+async fn a_drain_stops_new_work_and_ends_what_is_left_at_its_deadline() {
+    let d = daemon();
+    let running = submit(
+        &d,
+        &task("slow", json!({"max_tokens": 1000, "expected_tokens": 5})),
+    )
+    .await;
+    wait_state(&d, &running, "running").await;
+    let queued = submit(&d, &task("slow", json!({"max_tokens": 5}))).await;
+
+    let drain = |deadline: u64| {
+        d.http
+            .post(d.url("/v1/pools/slow/drain"))
+            .header("x-api-key", ADMIN)
+            .json(&json!({"deadline_ms": deadline}))
+            .send()
+    };
+    let resp = drain(600).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let accepted: Value = resp.json().await.unwrap();
+    assert_eq!(accepted["in_flight"], 2);
+    // A second drain while the first is on: 409.
+    expect_error(drain(100).await.unwrap(), 409, "CONFLICT", "draining").await;
+    // No new work for a draining pool.
+    let resp = d
+        .http
+        .post(d.url("/v1/tasks"))
+        .header("x-api-key", ADMIN)
+        .json(&task("slow", json!({})))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 503, "POOL_UNAVAILABLE", "draining").await;
+    let health: Value = get(&d, "/v1/pools/slow/health", ADMIN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["draining"], true);
+    assert_eq!(health["ready"], false);
+
+    // The queued task runs once the slot frees? No: the running one holds it until the
+    // deadline, then both end with POOL_UNAVAILABLE.
+    let frames = {
+        let resp = get(&d, &format!("/v1/tasks/{running}/stream"), ADMIN).await;
+        orchd_testkit::read_to_end(&running, orchd_testkit::SseReader::new(resp)).await
+    };
+    let last = frames.last().unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "POOL_UNAVAILABLE");
+    wait_state(&d, &queued, "failed").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while d
+        .metric_sum("tasks_canceled_total", &[("reason", "drain")])
+        .await
+        < 2.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "drain cancellations not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    expect_error(
+        d.http
+            .post(d.url("/v1/pools/nope/drain"))
+            .header("x-api-key", ADMIN)
+            .json(&json!({"deadline_ms": 1}))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "NOT_FOUND",
+        "nope",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn adapters_and_capabilities_reflect_what_is_loaded() {
+    let d = daemon();
+    let adapters: Value = get(&d, "/v1/adapters", ADMIN).await.json().await.unwrap();
+    let list = adapters["adapters"].as_array().unwrap();
+    let names: Vec<&str> = list.iter().map(|a| a["name"].as_str().unwrap()).collect();
+    for name in ["llamacpp", "mock", "openai", "tgi", "triton"] {
+        assert!(names.contains(&name), "{names:?}");
+    }
+    let mock = list.iter().find(|a| a["name"] == "mock").unwrap();
+    assert_eq!(
+        mock["abi_version"],
+        orchd_host::adapters::expected_abi_version()
+    );
+    assert_eq!(mock["sha256"].as_str().unwrap().len(), 64);
+    assert!(mock["path"].as_str().unwrap().ends_with("mock.so"));
+    assert!(
+        mock["features"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("embeddings"))
+    );
+
+    let caps: Value = get(&d, "/v1/capabilities", ADMIN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(caps["api_version"], "1.0.0");
+    let mock = caps["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["engine"] == "mock")
+        .unwrap();
+    assert_eq!(mock["pools"].as_array().unwrap().len(), 2);
+    assert_eq!(mock["slots_total"], 1, "only ready replicas count");
+    assert!(
+        mock["engine_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("mock-")
+    );
+    assert_eq!(caps["policies"].as_array().unwrap().len(), 4);
+    assert!(caps["adapters"].as_array().unwrap().len() >= 5);
+}
