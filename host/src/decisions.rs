@@ -95,7 +95,7 @@ fn pool_view(pool: &Pool, session_id: &str, queue_depth: u32) -> placement::Pool
                 active_leases: r.leases(),
                 tokens_per_s: tps,
                 first_token_ms: ftt,
-                vram_free_bytes: None,
+                vram_free_bytes: r.vram_free(),
                 device_mask: r.device_mask.clone(),
                 session_affinity: affinity == Some(i),
             })

@@ -15,6 +15,7 @@ pub mod config;
 pub mod decisions;
 pub mod dispatch;
 pub mod errors;
+pub mod gpu;
 pub mod health;
 pub mod metrics;
 pub mod policy;

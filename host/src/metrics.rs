@@ -20,9 +20,10 @@ struct Metrics {
     tokens_in_total: IntCounterVec,
     tokens_out_total: IntCounterVec,
     admission_backpressure_events_total: IntCounterVec,
-    /// Registered so the name exists; nothing drops frames yet, so it stays 0.
-    #[allow(dead_code)]
     sse_backpressure_drops_total: prometheus::IntCounter,
+    /// Exported only where NVML answers (no series at all without a driver).
+    gpu_utilization: IntGaugeVec,
+    vram_used_bytes: IntGaugeVec,
     pool_ready: IntGaugeVec,
     active_leases: IntGaugeVec,
     policy_calls_total: IntCounterVec,
@@ -72,6 +73,13 @@ const TASK: &[&str] = &[
     "pool_id",
     "replica_id",
     "priority",
+];
+const GPU: &[&str] = &[
+    "engine",
+    "engine_version",
+    "pool_id",
+    "replica_id",
+    "device",
 ];
 const REPLICA: &[&str] = &["engine", "engine_version", "pool_id", "replica_id"];
 const POOL_PRIORITY: &[&str] = &["engine", "engine_version", "pool_id", "priority"];
@@ -183,6 +191,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["engine", "policy"],
         ),
         sse_backpressure_drops_total,
+        gpu_utilization: gauge(
+            &registry,
+            "gpu_utilization",
+            "GPU utilization, percent, per device of a replica",
+            GPU,
+        ),
+        vram_used_bytes: gauge(
+            &registry,
+            "vram_used_bytes",
+            "GPU memory in use, bytes, per device of a replica",
+            GPU,
+        ),
         pool_ready: gauge(
             &registry,
             "pool_ready",
@@ -344,6 +364,18 @@ pub fn admission_backpressure(engine: &str, policy: &str) {
         .admission_backpressure_events_total
         .with_label_values(&[engine, policy])
         .inc();
+}
+
+/// One device of a replica, as NVML last saw it.
+pub fn gpu(labels: [&str; 5], utilization_percent: u32, vram_used: u64) {
+    METRICS
+        .gpu_utilization
+        .with_label_values(&labels)
+        .set(i64::from(utilization_percent));
+    METRICS
+        .vram_used_bytes
+        .with_label_values(&labels)
+        .set(i64::try_from(vram_used).unwrap_or(i64::MAX));
 }
 
 /// A `metrics` frame dropped from a full replay buffer.

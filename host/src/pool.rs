@@ -29,6 +29,8 @@ pub struct Replica {
     healthy: AtomicBool,
     /// The engine answered its last probe at all (it may still be loading).
     live: AtomicBool,
+    /// Free VRAM over the replica's devices (NVML), `u64::MAX` = unknown.
+    vram_free: std::sync::atomic::AtomicU64,
     /// Why the replica is not ready, when it is not.
     last_error: Mutex<Option<String>>,
 }
@@ -50,6 +52,7 @@ impl Replica {
             leases: AtomicU32::new(0),
             healthy: AtomicBool::new(healthy),
             live: AtomicBool::new(healthy),
+            vram_free: std::sync::atomic::AtomicU64::new(u64::MAX),
             last_error: Mutex::new(None),
         }
     }
@@ -64,6 +67,16 @@ impl Replica {
 
     pub fn engine_version(&self) -> Arc<String> {
         self.engine_version.load_full()
+    }
+
+    /// Free VRAM over the replica's devices, when NVML reports it.
+    pub fn vram_free(&self) -> Option<u64> {
+        Some(self.vram_free.load(Ordering::Acquire)).filter(|&v| v != u64::MAX)
+    }
+
+    pub fn set_vram_free(&self, bytes: Option<u64>) {
+        self.vram_free
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Release);
     }
 
     pub fn is_live(&self) -> bool {

@@ -189,6 +189,9 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
             pool_interval(&state.settings, &pool.id),
         );
     }
+    if let Some(gpus) = crate::gpu::Gpus::init() {
+        crate::gpu::spawn_poller(gpus, state.pools.iter().map(Arc::downgrade).collect());
+    }
     let sweeper = Arc::downgrade(&state);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));

@@ -55,11 +55,18 @@ async fn submit(d: &Daemon, body: &Value) -> String {
 async fn wait_state(d: &Daemon, id: &str, state: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let v: Value = get(d, &format!("/v1/tasks/{id}"), ADMIN).await.json().await.unwrap();
+        let v: Value = get(d, &format!("/v1/tasks/{id}"), ADMIN)
+            .await
+            .json()
+            .await
+            .unwrap();
         if v["state"] == state {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{id} never reached {state}: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never reached {state}: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -233,4 +240,26 @@ async fn adapters_and_capabilities_reflect_what_is_loaded() {
     );
     assert_eq!(caps["policies"].as_array().unwrap().len(), 4);
     assert!(caps["adapters"].as_array().unwrap().len() >= 5);
+}
+
+#[tokio::test]
+async fn gpu_telemetry_is_reported_where_nvml_answers_and_absent_in_one_line_otherwise() {
+    let d = daemon();
+    let off = d.log_events(
+        "GPU telemetry off: NVML is not available (no NVIDIA driver); gpu_utilization and vram_used_bytes are not exported",
+    );
+    let on = d.log_events("GPU telemetry on (NVML)");
+    assert_eq!(
+        off.len() + on.len(),
+        1,
+        "exactly one line about GPU telemetry"
+    );
+    let metrics = d.metrics().await;
+    if on.is_empty() {
+        // This machine: no driver. The series do not exist; everything else works.
+        assert!(!metrics.contains("gpu_utilization{"), "{metrics}");
+        assert!(!metrics.contains("vram_used_bytes{"));
+        let id = submit(&d, &task("slow", json!({"max_tokens": 2}))).await;
+        wait_state(&d, &id, "succeeded").await;
+    }
 }
