@@ -4,6 +4,7 @@
 //! Both the daemon and its tests use these types.
 
 pub mod artifacts;
+pub mod catalog;
 pub mod error;
 pub mod openai;
 pub mod policies;

@@ -271,6 +271,21 @@ pub fn estimate_tokens(prompt: &str) -> u32 {
     u32::try_from(prompt.len().div_ceil(4)).unwrap_or(u32::MAX)
 }
 
+/// Strict trust (`X-Trust-Policy: strict`): the model must be in the catalog, signed.
+pub fn require_trusted(state: &AppState, model_ref: &str) -> Result<(), ApiError> {
+    match state.catalog.lookup(model_ref) {
+        Some((_, true)) => Ok(()),
+        Some((_, false)) => Err(ApiError::new(
+            ErrorCode::UntrustedArtifact,
+            format!("model {model_ref:?} is not signed; strict trust refuses it"),
+        )),
+        None => Err(ApiError::new(
+            ErrorCode::UntrustedArtifact,
+            format!("model {model_ref:?} is not in the catalog; strict trust refuses it"),
+        )),
+    }
+}
+
 /// A 202 and what the budget headers say.
 pub struct Admitted {
     pub accepted: TaskAccepted,
@@ -349,6 +364,15 @@ fn admit_checked(
             ErrorCode::Conflict,
             format!("task {task_id:?} already exists"),
         ));
+    }
+    if let Some((orchd_contracts::catalog::ModelState::Retired, _)) =
+        state.catalog.lookup(&req.model_ref)
+    {
+        return Err(ApiError::new(
+            ErrorCode::ModelDeprecated,
+            format!("model {:?} is Retired in the catalog", req.model_ref),
+        )
+        .engine(&req.engine));
     }
     let candidates = candidates(state, &req)?;
     let prompt = req.prompt.clone().unwrap_or_default();

@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, the JSON extractor, correlation ids, SSE.
 
 mod artifacts;
+mod catalog;
 mod extract;
 mod middleware;
 mod openai;
@@ -44,6 +45,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/pools/{id}/drain"),
     ("GET", "/v1/adapters"),
     ("GET", "/v1/capabilities"),
+    ("POST", "/v1/catalog/models"),
+    ("GET", "/v1/catalog/models/{id}"),
+    ("DELETE", "/v1/catalog/models/{id}"),
+    ("POST", "/v1/catalog/models/{id}/verify"),
+    ("POST", "/v1/catalog/models/{id}/state"),
     ("GET", "/v1/policies"),
     ("POST", "/v1/policies/reload"),
     ("GET", "/metrics"),
@@ -70,6 +76,11 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("POST", "/v1/pools/{id}/drain") => post(pools::drain),
         ("GET", "/v1/adapters") => get(pools::adapters),
         ("GET", "/v1/capabilities") => get(pools::capabilities),
+        ("POST", "/v1/catalog/models") => post(catalog::create),
+        ("GET", "/v1/catalog/models/{id}") => get(catalog::get),
+        ("DELETE", "/v1/catalog/models/{id}") => delete(catalog::delete),
+        ("POST", "/v1/catalog/models/{id}/verify") => post(catalog::verify),
+        ("POST", "/v1/catalog/models/{id}/state") => post(catalog::set_state),
         ("GET", "/v1/policies") => get(policies::list),
         ("POST", "/v1/policies/reload") => post(policies::reload),
         ("GET", "/metrics") => get(policies::metrics),

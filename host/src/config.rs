@@ -93,6 +93,8 @@ pub struct Settings {
     /// Frames a task's replay buffer holds (at least 16).
     pub replay_frames: usize,
     pub artifacts_dir: PathBuf,
+    /// The model catalog's SQLite file.
+    pub catalog_path: PathBuf,
     pub artifact_max_bytes: usize,
     /// Keep prompts in transcripts (default: redacted).
     pub transcript_include_prompt: bool,

@@ -11,6 +11,7 @@ pub mod api;
 pub mod artifacts;
 pub mod auth;
 pub mod budget;
+pub mod catalog;
 pub mod config;
 pub mod decisions;
 pub mod dispatch;

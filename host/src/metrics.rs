@@ -24,6 +24,8 @@ struct Metrics {
     /// Exported only where NVML answers (no series at all without a driver).
     gpu_utilization: IntGaugeVec,
     vram_used_bytes: IntGaugeVec,
+    model_state: IntGaugeVec,
+    catalog_verifications_total: IntCounterVec,
     pool_ready: IntGaugeVec,
     active_leases: IntGaugeVec,
     policy_calls_total: IntCounterVec,
@@ -203,6 +205,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "GPU memory in use, bytes, per device of a replica",
             GPU,
         ),
+        model_state: gauge(
+            &registry,
+            "model_state",
+            "1 for the state a catalog model is in",
+            &["model_id", "state"],
+        ),
+        catalog_verifications_total: counter(
+            &registry,
+            "catalog_verifications_total",
+            "Catalog verifications by result",
+            &["result", "reason", "engine"],
+        ),
         pool_ready: gauge(
             &registry,
             "pool_ready",
@@ -376,6 +390,28 @@ pub fn gpu(labels: [&str; 5], utilization_percent: u32, vram_used: u64) {
         .vram_used_bytes
         .with_label_values(&labels)
         .set(i64::try_from(vram_used).unwrap_or(i64::MAX));
+}
+
+/// A catalog model's state (the other state's series goes to 0); `None` forgets it.
+pub fn model_state(model_id: &str, state: Option<&str>) {
+    for s in ["Active", "Retired"] {
+        match state {
+            Some(current) => METRICS
+                .model_state
+                .with_label_values(&[model_id, s])
+                .set(i64::from(s == current)),
+            None => {
+                let _ = METRICS.model_state.remove_label_values(&[model_id, s]);
+            }
+        }
+    }
+}
+
+pub fn catalog_verification(result: &str, reason: &str, engine: &str) {
+    METRICS
+        .catalog_verifications_total
+        .with_label_values(&[result, reason, engine])
+        .inc();
 }
 
 /// A `metrics` frame dropped from a full replay buffer.

@@ -157,6 +157,15 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
                 settings.artifacts_dir.display()
             ))
         })?;
+    let catalog = crate::catalog::Catalog::open(&settings.catalog_path).map_err(|e| {
+        StartupError::Config(format!(
+            "cannot open the model catalog {}: {e}",
+            settings.catalog_path.display()
+        ))
+    })?;
+    for (id, state) in catalog.states() {
+        crate::metrics::model_state(&id, Some(state.as_str()));
+    }
     let config = DispatchConfig {
         decode_idle_timeout: settings.decode_idle_timeout,
         attach_timeout: settings.attach_timeout,
@@ -179,6 +188,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
         Arc::clone(&decisions),
         pools,
         artifacts,
+        Arc::new(catalog),
     ));
     state.keep_watcher(watcher);
     for pool in &state.pools {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::adapters::AdapterRegistry;
 use crate::artifacts::ArtifactStore;
 use crate::auth::Keys;
+use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::decisions::Decisions;
 use crate::dispatch;
@@ -24,6 +25,7 @@ pub struct AppState {
     pub tasks: Tasks,
     pub sessions: Sessions,
     pub artifacts: Arc<ArtifactStore>,
+    pub catalog: Arc<Catalog>,
     /// Where tasks record their transcripts.
     pub recorder: Arc<Recorder>,
     shutting_down: AtomicBool,
@@ -37,8 +39,10 @@ impl AppState {
         decisions: Arc<Decisions>,
         pools: Vec<Arc<Pool>>,
         artifacts: Arc<ArtifactStore>,
+        catalog: Arc<Catalog>,
     ) -> Self {
         Self {
+            catalog,
             recorder: Arc::new(Recorder {
                 store: Arc::clone(&artifacts),
                 include_prompt: settings.transcript_include_prompt,

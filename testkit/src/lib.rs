@@ -375,6 +375,12 @@ impl Daemon {
         None
     }
 
+    /// Kills the process with SIGKILL (a crash: nothing is flushed) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let _ = Command::new("kill")

@@ -26,6 +26,7 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     Extension(correlation): Extension<CorrelationId>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<TaskRequest>,
 ) -> Result<Response, ApiError> {
     if state.is_shutting_down() {
@@ -34,6 +35,9 @@ pub async fn create(
             "shutting down; not accepting tasks",
         )
         .retry_after_ms(5000));
+    }
+    if super::catalog::strict(&headers) {
+        admit::require_trusted(&state, &req.model_ref)?;
     }
     let admitted = admit::admit(&state, req, &principal, &correlation.0)?;
     let mut response = (StatusCode::ACCEPTED, Json(admitted.accepted)).into_response();

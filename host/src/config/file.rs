@@ -233,6 +233,7 @@ struct PathsFile {
     policies: PathBuf,
     cache: PathBuf,
     artifacts: PathBuf,
+    catalog: PathBuf,
 }
 
 impl Default for PathsFile {
@@ -242,6 +243,7 @@ impl Default for PathsFile {
             policies: "policies".into(),
             cache: "var/cache".into(),
             artifacts: "var/artifacts".into(),
+            catalog: "var/catalog.sqlite".into(),
         }
     }
 }
@@ -608,6 +610,7 @@ impl FileConfig {
             retention: Duration::from_millis(self.stream.retention_ms.into()),
             replay_frames: self.stream.replay_frames.get().max(16) as usize,
             artifacts_dir: resolve(base, &self.paths.artifacts),
+            catalog_path: resolve(base, &self.paths.catalog),
             artifact_max_bytes: self.artifacts.max_bytes.get() as usize,
             transcript_include_prompt: self.transcripts.include_prompt,
             decode_idle_timeout: Duration::from_millis(

@@ -1,9 +1,6 @@
 //! One test per row of API.md's error table: each code is produced by the real daemon,
 //! with its status, envelope, `retriable` and (for 429/503) retry hints. Rows whose
 //! behaviour has deeper tests elsewhere are checked here at the edge only.
-//!
-//! UNTRUSTED_ARTIFACT and MODEL_DEPRECATED come from the model catalog, which this build
-//! does not have yet; their rows have no test here.
 
 use orchd_testkit::{
     Daemon, DaemonBuilder, config, default_admission, expect_error, fixture_policy, mock_pool, task,
@@ -286,4 +283,48 @@ async fn internal_sse_error_for_an_adapter_bug() {
     // Still serving.
     let (status, _) = d.get_json("/healthz").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn untrusted_artifact_400_under_strict_trust() {
+    let d = daemon("");
+    let resp = d
+        .http
+        .post(d.url("/v1/tasks"))
+        .header("x-trust-policy", "strict")
+        .json(&task("p", json!({})))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_error(resp, 400, "UNTRUSTED_ARTIFACT", "strict trust").await;
+    assert_eq!(body["retriable"], false);
+}
+
+#[tokio::test]
+async fn model_deprecated_410_for_a_retired_model() {
+    let d = daemon("");
+    let register = d
+        .http
+        .post(d.url("/v1/catalog/models"))
+        .json(&json!({"id": "p-model", "digest": format!("sha256:{}", "b".repeat(64))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(register.status().as_u16(), 201);
+    let retire = d
+        .http
+        .post(d.url("/v1/catalog/models/p-model/state"))
+        .json(&json!({"state": "Retired"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retire.status().as_u16(), 202);
+    let body = expect_error(
+        d.submit(&task("p", json!({}))).await,
+        410,
+        "MODEL_DEPRECATED",
+        "Retired",
+    )
+    .await;
+    assert_eq!(body["retriable"], false);
 }

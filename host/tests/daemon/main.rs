@@ -6,6 +6,7 @@ mod admission;
 mod artifacts;
 mod auth;
 mod cancel;
+mod catalog;
 mod config;
 mod contract;
 mod deadlines;
