@@ -479,6 +479,14 @@ fn field_is_artifact(w: &mut Orchd, pointer: String) {
     assert_eq!(field(&w.body, &pointer), w.artifact_id, "{}", w.body);
 }
 
+#[then(expr = "the response lists an adapter {string}")]
+fn lists_adapter(w: &mut Orchd, name: String) {
+    let found = w.body["adapters"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x["name"] == name.as_str()));
+    assert!(found, "{}", w.body);
+}
+
 #[then("I remember the artifact id from the response")]
 fn remember_artifact(w: &mut Orchd) {
     w.artifact_id = field(&w.body, "/id");
