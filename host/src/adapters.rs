@@ -12,6 +12,8 @@ use tokio::sync::mpsc;
 
 pub use loader::{AdapterRegistry, LoadOutcome, expected_abi_version};
 
+pub mod watch;
+
 /// Identity of a loaded adapter library.
 #[derive(Debug, Clone)]
 pub struct AdapterInfo {

@@ -81,7 +81,7 @@ fn validate(req: &TaskRequest) -> Result<(), ApiError> {
 /// an unknown engine, an unknown pin target or a context no candidate can hold is a 400.
 fn candidates<'a>(state: &'a AppState, req: &TaskRequest) -> Result<Vec<&'a Arc<Pool>>, ApiError> {
     if !state.adapters.serves_engine(&req.engine) {
-        let known: Vec<_> = state.adapters.names().collect();
+        let known = state.adapters.names();
         return Err(ApiError::invalid(
             "engine",
             format!(

@@ -42,6 +42,12 @@ fn load_adapters(settings: &Settings) -> Result<AdapterRegistry, StartupError> {
             dir.display()
         ))
     })?;
+    log_outcomes(outcomes);
+    Ok(registry)
+}
+
+/// One log line per library loaded or refused.
+pub fn log_outcomes(outcomes: Vec<LoadOutcome>) {
     for outcome in outcomes {
         match outcome {
             LoadOutcome::Loaded(info) => tracing::info!(
@@ -55,7 +61,6 @@ fn load_adapters(settings: &Settings) -> Result<AdapterRegistry, StartupError> {
             ),
         }
     }
-    Ok(registry)
 }
 
 fn load_policies(settings: &Settings) -> Result<PolicySet, StartupError> {
@@ -72,7 +77,7 @@ fn build_pools(
     let mut pools = Vec::with_capacity(settings.pools.len());
     for ps in &settings.pools {
         let adapter = adapters.get(&ps.adapter).ok_or_else(|| {
-            let loaded: Vec<_> = adapters.names().collect();
+            let loaded = adapters.names();
             StartupError::Config(format!(
                 "pool {:?} names adapter {:?}, which is not loaded from {} (loaded: {loaded:?})",
                 ps.id,
@@ -191,6 +196,12 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
         Arc::new(catalog),
     ));
     state.keep_watcher(watcher);
+    match crate::adapters::watch::spawn(Arc::downgrade(&state), &state.settings.adapters_dir) {
+        Ok(w) => state.keep_adapter_watcher(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "new adapter libraries will not be picked up without a restart")
+        }
+    }
     for pool in &state.pools {
         pool.publish(&pool.queue());
         dispatch::spawn_dispatcher(Arc::clone(pool), Arc::clone(&decisions), config);

@@ -30,6 +30,7 @@ pub struct AppState {
     pub recorder: Arc<Recorder>,
     shutting_down: AtomicBool,
     watcher: std::sync::Mutex<Option<Watcher>>,
+    adapter_watcher: std::sync::Mutex<Option<crate::adapters::watch::AdapterWatcher>>,
 }
 
 impl AppState {
@@ -57,7 +58,16 @@ impl AppState {
             tasks: Tasks::default(),
             shutting_down: AtomicBool::new(false),
             watcher: std::sync::Mutex::new(None),
+            adapter_watcher: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Keeps the adapter directory watcher alive as long as the state.
+    pub fn keep_adapter_watcher(&self, watcher: crate::adapters::watch::AdapterWatcher) {
+        *self
+            .adapter_watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(watcher);
     }
 
     /// Keeps the policy directory watcher alive as long as the state.

@@ -3,10 +3,10 @@
 //! The only module that sees `abi_stable` types. Libraries are never unloaded (abi_stable
 //! leaks them on purpose; dlopen of the same path returns the old code).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::sabi_trait::TD_Opaque;
@@ -30,44 +30,69 @@ pub enum LoadOutcome {
     Refused { path: PathBuf, reason: String },
 }
 
-/// Every adapter library loaded from the adapter directory, by name.
+/// Every adapter library loaded from the adapter directory, by name. Libraries are never
+/// unloaded: a new file (or a new version of one) is loaded beside the old ones and new
+/// pools use it; clients already made keep the library they came from.
 #[derive(Default)]
 pub struct AdapterRegistry {
-    adapters: BTreeMap<String, Arc<dyn Adapter>>,
+    adapters: RwLock<BTreeMap<String, Arc<dyn Adapter>>>,
+    /// The content hash each file had when last looked at (loaded or refused).
+    seen: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl AdapterRegistry {
     /// Loads every `*.so` in `dir` (sorted by name). A library that cannot be loaded is
     /// refused and reported; it never stops the others.
     pub fn load_dir(dir: &Path) -> std::io::Result<(Self, Vec<LoadOutcome>)> {
+        let registry = Self::default();
+        let outcomes = registry.rescan(dir)?;
+        Ok((registry, outcomes))
+    }
+
+    /// Loads what is new in `dir`: files not seen before or whose content changed. A new
+    /// version of an adapter already loaded replaces it for new pools.
+    pub fn rescan(&self, dir: &Path) -> std::io::Result<Vec<LoadOutcome>> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "so"))
             .collect();
         paths.sort();
-        let mut registry = Self::default();
-        let mut outcomes = Vec::with_capacity(paths.len());
+        let mut outcomes = Vec::new();
         for path in paths {
+            let Ok(sha) = sha256_file(&path) else {
+                continue; // vanished or unreadable mid-copy; the next event retries
+            };
+            {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.get(&path) == Some(&sha) {
+                    continue;
+                }
+                seen.insert(path.clone(), sha);
+            }
             let outcome = match load_library(&path) {
                 Ok(adapter) => {
                     let info = adapter.info().clone();
-                    if registry.adapters.contains_key(&info.name) {
-                        LoadOutcome::Refused {
+                    let mut adapters = self.adapters.write().unwrap_or_else(|p| p.into_inner());
+                    match adapters.get(&info.name) {
+                        Some(loaded) if loaded.info().path != info.path => LoadOutcome::Refused {
                             path,
-                            reason: format!("an adapter named {:?} is already loaded", info.name),
+                            reason: format!(
+                                "an adapter named {:?} is already loaded from {}",
+                                info.name,
+                                loaded.info().path.display()
+                            ),
+                        },
+                        _ => {
+                            adapters.insert(info.name.clone(), Arc::new(adapter));
+                            LoadOutcome::Loaded(info)
                         }
-                    } else {
-                        registry
-                            .adapters
-                            .insert(info.name.clone(), Arc::new(adapter));
-                        LoadOutcome::Loaded(info)
                     }
                 }
                 Err(reason) => LoadOutcome::Refused { path, reason },
             };
             outcomes.push(outcome);
         }
-        Ok((registry, outcomes))
+        Ok(outcomes)
     }
 
     /// Loads one library (the conformance kit and tools); the same checks as `load_dir`.
@@ -75,22 +100,26 @@ impl AdapterRegistry {
         load_library(path).map(|a| Arc::new(a) as Arc<dyn Adapter>)
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Adapter>> {
-        self.adapters.get(name)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<dyn Adapter>>> {
+        self.adapters.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Adapter>> {
+        self.read().get(name).cloned()
     }
 
     /// Every loaded adapter, by name.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Adapter>> {
-        self.adapters.values()
+    pub fn all(&self) -> Vec<Arc<dyn Adapter>> {
+        self.read().values().cloned().collect()
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.adapters.keys().map(String::as_str)
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
     }
 
     /// Every engine some loaded adapter declares.
     pub fn serves_engine(&self, engine: &str) -> bool {
-        self.adapters
+        self.read()
             .values()
             .any(|a| a.info().engines.iter().any(|e| e == engine))
     }

@@ -139,6 +139,7 @@ fn adapter_views(state: &AppState) -> Vec<AdapterView> {
     state
         .adapters
         .all()
+        .into_iter()
         .map(|a| {
             let i = a.info();
             AdapterView {
@@ -163,7 +164,7 @@ pub async fn adapters(State(state): State<Arc<AppState>>) -> Json<AdapterList> {
 pub async fn capabilities(State(state): State<Arc<AppState>>) -> Json<Value> {
     // One entry per engine a loaded adapter serves or a pool uses.
     let mut engines: BTreeMap<String, Value> = BTreeMap::new();
-    for adapter in state.adapters.all() {
+    for adapter in &state.adapters.all() {
         let info = adapter.info();
         for engine in &info.engines {
             let pools: Vec<&Arc<Pool>> =

@@ -149,17 +149,14 @@ async fn swapping_a_file_changes_behaviour_and_a_broken_one_is_refused() {
 #[tokio::test]
 async fn hot_swaps_under_load_fail_no_request() {
     // What is under test is the swap, not the 5 ms deadline on a 2-core machine that is
-    // also compiling the next version and running other tests: give calls room.
-    let mut b = DaemonBuilder::new(format!(
-        "{}",
-        config(
-            "component = \"admission.wasm\"\nconfig = {}\n",
-            4096,
-            &[mock_pool(
-                "p",
-                "slots = 64, first_token_delay_ms = 1, tokens_per_s = 5000.0",
-            )],
-        )
+    // also compiling the next version and running other tests: `config()` gives calls room.
+    let mut b = DaemonBuilder::new(config(
+        "component = \"admission.wasm\"\nconfig = {}\n",
+        4096,
+        &[mock_pool(
+            "p",
+            "slots = 64, first_token_delay_ms = 1, tokens_per_s = 5000.0",
+        )],
     ));
     let dir = b.own_policies_dir();
     let versions = [

@@ -263,3 +263,74 @@ async fn gpu_telemetry_is_reported_where_nvml_answers_and_absent_in_one_line_oth
         wait_state(&d, &id, "succeeded").await;
     }
 }
+
+#[tokio::test]
+async fn a_library_dropped_into_the_adapter_directory_is_loaded_without_a_restart() {
+    let mut b = DaemonBuilder::new(format!(
+        "[[auth.keys]]\nname = \"ops\"\nrole = \"admin\"\nkey = \"{ADMIN}\"\n\n{}",
+        config(&default_admission("reject"), 8, &[mock_pool("p", "")])
+    ));
+    let dir = b.scratch().join("adapters");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dist = orchd_testkit::dist_dir().join("adapters");
+    std::fs::copy(dist.join("mock.so"), dir.join("mock.so")).unwrap();
+    b = b.adapters_dir(&dir);
+    let d = b.start();
+    let names = |v: &Value| -> Vec<String> {
+        v["adapters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before: Value = get(&d, "/v1/adapters", ADMIN).await.json().await.unwrap();
+    assert_eq!(names(&before), ["mock"]);
+    let unknown = d
+        .http
+        .post(d.url("/v1/tasks"))
+        .header("x-api-key", ADMIN)
+        .json(&task("p", json!({"engine": "llamacpp"})))
+        .send()
+        .await
+        .unwrap();
+    expect_error(unknown, 400, "INVALID_PARAMS", "engine").await;
+
+    // An operator drops a library in (copied under a temporary name, then renamed).
+    std::fs::copy(dist.join("llamacpp.so"), dir.join(".llamacpp.so.part")).unwrap();
+    std::fs::rename(dir.join(".llamacpp.so.part"), dir.join("llamacpp.so")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now: Value = get(&d, "/v1/adapters", ADMIN).await.json().await.unwrap();
+        if names(&now).contains(&"llamacpp".to_owned()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never loaded: {now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let caps: Value = get(&d, "/v1/capabilities", ADMIN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        caps["engines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["engine"] == "llamacpp")
+    );
+    // The engine is known now; no pool serves it yet.
+    let resp = d
+        .http
+        .post(d.url("/v1/tasks"))
+        .header("x-api-key", ADMIN)
+        .json(&task("p", json!({"engine": "llamacpp"})))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 503, "POOL_UNAVAILABLE", "no pool").await;
+    // The first library keeps serving.
+    let id = submit(&d, &task("p", json!({"max_tokens": 2}))).await;
+    wait_state(&d, &id, "succeeded").await;
+}
