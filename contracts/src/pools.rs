@@ -59,6 +59,14 @@ pub struct DrainRequest {
     pub deadline_ms: u64,
 }
 
+/// Body of `POST /v1/pools/{id}/reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadRequest {
+    /// The model file launched replicas restart on (`file:/abs/path` or a path).
+    pub new_model_ref: String,
+}
+
 /// 202 answer to a drain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrainAccepted {

@@ -347,3 +347,119 @@ async fn the_official_python_client_works_against_llama_server() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("all checks passed"), "{stdout}");
 }
+
+/// A pool whose replica the daemon launches itself (on `model`), on `port`.
+fn launched_pool(port: u16, model: &std::path::Path) -> String {
+    let server = std::env::var("ORCHD_LLAMA_SERVER").expect("ORCHD_LLAMA_SERVER");
+    format!(
+        "\n[[pools]]\nid = \"tiny\"\nadapter = \"llamacpp\"\nmodel_ref = \"{ALIAS}\"\nhealth_interval_ms = 200\nnominal_tokens_per_s = 50.0\nnominal_first_token_ms = 100\n\n\
+         [[pools.replicas]]\nid = \"tiny-0\"\nconfig = {{ url = \"http://127.0.0.1:{port}\" }}\n\
+         launch = {{ cmd = \"{server}\", args = [\"-m\", \"{{model}}\", \"--host\", \"127.0.0.1\", \"--port\", \"{port}\", \"-c\", \"1024\", \"-np\", \"1\", \"-t\", \"2\", \"--alias\", \"{ALIAS}\", \"--no-webui\"], model = \"{}\", ready_timeout_ms = 30000 }}\n",
+        model.display()
+    )
+}
+
+async fn served_model(port: u16) -> String {
+    let props: Value = reqwest::get(format!("http://127.0.0.1:{port}/props"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    props["model_path"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn reload(d: &Daemon, model: &str) -> (u16, Value) {
+    let resp = d
+        .http
+        .post(d.url("/v1/pools/tiny/reload"))
+        .json(&json!({"new_model_ref": model}))
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn launched_engines_drain_reload_roll_back_and_restart() {
+    let port = free_port();
+    let (a, b) = (model_a(), orchd_e2e::model_b());
+    let d = DaemonBuilder::new(config(&launched_pool(port, &a))).start();
+    // The daemon started the engine; the probes make the pool ready.
+    let id = wait_until_ready(&d, &llama_task(json!({"max_tokens": 4}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+    assert_eq!(served_model(port).await, a.display().to_string());
+
+    // Drain while a task runs: it finishes (nothing dropped); then reload onto model b.
+    let running = d.submit_ok(&llama_task(json!({"max_tokens": 30}))).await;
+    let resp = d
+        .http
+        .post(d.url("/v1/pools/tiny/drain"))
+        .json(&json!({"deadline_ms": 1500}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let (status, body) = reload(&d, &b.display().to_string()).await;
+    assert_eq!(status, 409, "a reload during the drain conflicts: {body}");
+    let frames = d.stream(&running).await;
+    assert_eq!(
+        frames.last().unwrap().event,
+        "end",
+        "the drained task finished: {frames:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (status, body) = reload(&d, &b.display().to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served_model(port).await, b.display().to_string());
+    let id = d.submit_ok(&llama_task(json!({"max_tokens": 4}))).await;
+    assert_eq!(
+        d.stream(&id).await.last().unwrap().event,
+        "end",
+        "serving again after the reload"
+    );
+
+    // A broken model file: the engine never gets ready; the pool goes back to model b: 409.
+    let broken = std::env::temp_dir().join(format!("orchd-broken-{port}.gguf"));
+    std::fs::write(&broken, b"GGUF but not really a model").unwrap();
+    let (status, body) = reload(&d, &broken.display().to_string()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "CONFLICT");
+    assert!(
+        body["message"].as_str().unwrap().contains("rolled back"),
+        "{body}"
+    );
+    assert_eq!(served_model(port).await, b.display().to_string());
+    let id = wait_until_ready(&d, &llama_task(json!({"max_tokens": 4}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+
+    // The engine dies: the pool manager restarts it.
+    let killed = std::process::Command::new("pkill")
+        .args(["-9", "-f", &format!("port {port} ")])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The probes see it down, then (after the restart) up again.
+    let mut seen_down = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, health) = d.get_json("/v1/pools/tiny/health").await;
+        let ready = health["ready"].as_bool().unwrap_or(false);
+        seen_down |= !ready;
+        if seen_down && ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {health}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = d.submit_ok(&llama_task(json!({"max_tokens": 4}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+    assert!(
+        d.log_events("engine exited; restarting")
+            .iter()
+            .any(|e| e["replica_id"] == "tiny-0")
+    );
+}

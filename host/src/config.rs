@@ -217,6 +217,19 @@ pub struct ReplicaSettings {
     pub device_mask: Option<String>,
     /// The adapter's configuration as JSON text, handed to its constructor.
     pub adapter_config_json: String,
+    /// Set when the pool manager starts and supervises the engine itself.
+    pub launch: Option<LaunchSettings>,
+}
+
+/// How to start a replica's engine (`launch` in the config).
+#[derive(Debug, Clone)]
+pub struct LaunchSettings {
+    pub cmd: PathBuf,
+    /// `{model}` is replaced by the model file.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub model: String,
+    pub ready_timeout: Duration,
 }
 
 impl Settings {

@@ -26,6 +26,7 @@ pub mod server;
 pub mod sessions;
 pub mod startup;
 pub mod state;
+pub mod supervisor;
 pub mod task;
 
 pub use api::app;

@@ -29,6 +29,8 @@ pub struct Replica {
     healthy: AtomicBool,
     /// The engine answered its last probe at all (it may still be loading).
     live: AtomicBool,
+    /// The engine process, when the pool manager launched it.
+    pub supervisor: Option<Arc<crate::supervisor::Supervisor>>,
     /// Free VRAM over the replica's devices (NVML), `u64::MAX` = unknown.
     vram_free: std::sync::atomic::AtomicU64,
     /// Why the replica is not ready, when it is not.
@@ -53,6 +55,7 @@ impl Replica {
             healthy: AtomicBool::new(healthy),
             live: AtomicBool::new(healthy),
             vram_free: std::sync::atomic::AtomicU64::new(u64::MAX),
+            supervisor: None,
             last_error: Mutex::new(None),
         }
     }
@@ -127,6 +130,11 @@ impl Replica {
         self.healthy.swap(ready, Ordering::AcqRel) != ready
     }
 
+    pub fn with_supervisor(mut self, supervisor: Arc<crate::supervisor::Supervisor>) -> Self {
+        self.supervisor = Some(supervisor);
+        self
+    }
+
     pub fn with_device_mask(mut self, mask: Option<String>) -> Self {
         self.device_mask = mask;
         self
@@ -157,6 +165,10 @@ pub struct Pool {
     pub adapter: String,
     /// No new placements while draining (`POST /v1/pools/{id}/drain`).
     draining: AtomicBool,
+    /// When the current drain's deadline passes.
+    drain_until: Mutex<Option<std::time::Instant>>,
+    /// A reload is in progress.
+    reloading: AtomicBool,
     pub model_ref: String,
     pub ctx_max: u32,
     pub replicas: Vec<Replica>,
@@ -185,6 +197,8 @@ impl Pool {
             engine,
             adapter: settings.adapter.clone(),
             draining: AtomicBool::new(false),
+            drain_until: Mutex::new(None),
+            reloading: AtomicBool::new(false),
             model_ref: settings.model_ref.clone(),
             ctx_max,
             replicas,
@@ -211,9 +225,43 @@ impl Pool {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Starts draining; `false` if the pool already was.
-    pub fn begin_drain(&self) -> bool {
-        !self.draining.swap(true, Ordering::AcqRel)
+    /// Starts draining until `deadline`; `false` if the pool already was, or is reloading.
+    pub fn begin_drain(&self, deadline: std::time::Duration) -> bool {
+        if self.is_reloading() || self.draining.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        *self.drain_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now() + deadline);
+        true
+    }
+
+    /// A drain whose deadline has not passed yet.
+    pub fn drain_in_progress(&self) -> bool {
+        self.is_draining()
+            && self
+                .drain_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    /// The pool takes work again (after a reload).
+    pub fn end_drain(&self) {
+        self.draining.store(false, Ordering::Release);
+        *self.drain_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn is_reloading(&self) -> bool {
+        self.reloading.load(Ordering::Acquire)
+    }
+
+    /// Claims the pool for a reload; `false` if a reload or a drain is in progress.
+    pub fn begin_reload(&self) -> bool {
+        !self.drain_in_progress() && !self.reloading.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn end_reload(&self) {
+        self.reloading.store(false, Ordering::Release);
     }
 
     pub fn slots_total(&self) -> u32 {

@@ -110,7 +110,27 @@ fn build_pools(
                     ps.id, rs.id, ps.adapter, e.message
                 ))
             })?;
-            let probe = probe(client.as_ref());
+            // A launched engine is started here and becomes ready through the probes.
+            let supervisor = rs.launch.clone().map(|launch| {
+                let logs = settings
+                    .artifacts_dir
+                    .parent()
+                    .map(|p| p.join("logs"))
+                    .unwrap_or_else(|| std::path::PathBuf::from("logs"));
+                let sup = crate::supervisor::Supervisor::new(&rs.id, launch, &logs);
+                if let Err(e) = sup.start() {
+                    tracing::error!(replica_id = %sup.replica_id, error = %e, "engine launch failed");
+                }
+                sup
+            });
+            let probe = if supervisor.is_some() {
+                crate::health::Probe {
+                    why: Some("starting the engine".to_owned()),
+                    ..Default::default()
+                }
+            } else {
+                probe(client.as_ref())
+            };
             reported_ctx = reported_ctx.max(probe.ctx_max.unwrap_or(0));
             tracing::info!(
                 pool_id = %ps.id, replica_id = %rs.id, engine = %engine,
@@ -126,6 +146,10 @@ fn build_pools(
                 probe.ready,
             )
             .with_device_mask(rs.device_mask.clone());
+            let replica = match supervisor {
+                Some(sup) => replica.with_supervisor(sup),
+                None => replica,
+            };
             replica.set_live(probe.live);
             if !probe.ready {
                 replica.observe(false, None, None, probe.why.clone());

@@ -159,7 +159,7 @@ pub async fn set_state(
         && let Some(deadline_ms) = req.deadline_ms
     {
         for pool in state.pools.iter().filter(|p| p.model_ref == id) {
-            if pool.begin_drain() {
+            if pool.begin_drain(std::time::Duration::from_millis(deadline_ms)) {
                 pool.publish(&pool.queue());
                 draining.push(pool.id.clone());
                 let (drainer, pool) = (Arc::clone(&state), Arc::clone(pool));

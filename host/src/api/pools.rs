@@ -102,10 +102,10 @@ pub async fn drain(
             format!("at most {MAX_DRAIN_MS}"),
         ));
     }
-    if !pool.begin_drain() {
+    if !pool.begin_drain(Duration::from_millis(req.deadline_ms)) {
         return Err(ApiError::new(
             ErrorCode::Conflict,
-            format!("pool {id:?} is already draining"),
+            format!("pool {id:?} is already draining or reloading"),
         )
         .pool(&id));
     }
@@ -121,8 +121,10 @@ pub async fn drain(
     let drainer = Arc::clone(&state);
     tokio::spawn(async move {
         tokio::time::sleep(deadline).await;
-        let n = drainer.end_pool_tasks(&pool, "drain").await;
-        tracing::info!(pool_id = %pool.id, canceled = n, "pool drained");
+        if pool.is_draining() {
+            let n = drainer.end_pool_tasks(&pool, "drain").await;
+            tracing::info!(pool_id = %pool.id, canceled = n, "pool drained");
+        }
     });
     Ok((
         StatusCode::ACCEPTED,
@@ -132,6 +134,128 @@ pub async fn drain(
             deadline_ms: req.deadline_ms,
             in_flight,
         }),
+    ))
+}
+
+/// Polls a replica's engine until it is ready or `within` passes.
+async fn wait_ready(replica: &Replica, within: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let client = Arc::clone(&replica.client);
+        let probe = tokio::task::spawn_blocking(move || crate::health::probe(client.as_ref()))
+            .await
+            .map_err(|e| format!("probe did not return: {e}"))?;
+        replica.set_live(probe.live);
+        let why = probe.why.clone();
+        replica.observe(probe.ready, probe.engine_version, probe.slots, probe.why);
+        if probe.ready {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(why.unwrap_or_else(|| "not ready".to_owned()));
+        }
+        if let Some(sup) = &replica.supervisor
+            && (sup.breaker_open() || sup.exited_since_restart())
+        {
+            return Err(format!(
+                "the engine exited while starting (its log: {})",
+                sup.log_path().display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `POST /v1/pools/{id}/reload {new_model_ref}`: restarts the pool's launched replicas on
+/// the new model file. Ready in time → 200 and the pool takes work again (a drain before
+/// it ends); not ready → each replica goes back to its previous model → 409.
+pub async fn reload(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<orchd_contracts::pools::ReloadRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = Arc::clone(find(&state, &id)?);
+    if req.new_model_ref.trim().is_empty() {
+        return Err(ApiError::invalid("new_model_ref", "must not be empty"));
+    }
+    if pool.replicas.iter().all(|r| r.supervisor.is_none()) {
+        return Err(ApiError::invalid(
+            "new_model_ref",
+            format!("pool {id:?} has no launched replicas; only those can be reloaded"),
+        ));
+    }
+    if !pool.begin_reload() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("pool {id:?} is reloading or draining; try again after it ends"),
+        )
+        .pool(&id)
+        .retry_after_ms(5000));
+    }
+    let result = reload_replicas(&pool, &req.new_model_ref).await;
+    pool.end_reload();
+    pool.publish(&pool.queue());
+    pool.wake.notify_one();
+    match result {
+        Ok(previous) => {
+            pool.end_drain();
+            tracing::info!(pool_id = %id, model = %req.new_model_ref, "pool reloaded");
+            Ok(Json(json!({"pool_id": id, "model": req.new_model_ref,
+                           "previous_model": previous, "ready": pool.is_ready()})))
+        }
+        Err(message) => {
+            tracing::warn!(pool_id = %id, model = %req.new_model_ref, error = %message, "reload rolled back");
+            Err(ApiError::new(ErrorCode::Conflict, message).pool(&id))
+        }
+    }
+}
+
+/// Restarts each launched replica on `model`; on the first failure, puts every replica
+/// touched back on its previous model. Returns the previous model.
+async fn reload_replicas(pool: &Pool, model: &str) -> Result<String, String> {
+    let mut done: Vec<(&Replica, String)> = Vec::new();
+    let mut failure = None;
+    for replica in pool.replicas.iter().filter(|r| r.supervisor.is_some()) {
+        let sup = replica.supervisor.as_ref().expect("filtered");
+        let previous = sup.model();
+        replica.mark_unhealthy("reloading");
+        pool.publish(&pool.queue());
+        done.push((replica, previous));
+        if let Err(e) = sup.restart_with(model).await {
+            failure = Some(format!(
+                "replica {}: cannot start the engine: {e}",
+                replica.id
+            ));
+            break;
+        }
+        if let Err(why) = wait_ready(replica, sup.ready_timeout()).await {
+            failure = Some(format!(
+                "replica {} was not ready on {model} within {} ms: {why}",
+                replica.id,
+                sup.ready_timeout().as_millis()
+            ));
+            break;
+        }
+    }
+    let previous = done.first().map(|(_, m)| m.clone()).unwrap_or_default();
+    let Some(failure) = failure else {
+        return Ok(previous);
+    };
+    for (replica, old) in &done {
+        let sup = replica.supervisor.as_ref().expect("launched");
+        replica.mark_unhealthy("rolling back");
+        let back = match sup.restart_with(old).await {
+            Ok(()) => wait_ready(replica, sup.ready_timeout()).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = back {
+            return Err(format!(
+                "{failure}; rolling back to {old} failed too: {why} (the pool is not ready)"
+            ));
+        }
+    }
+    Err(format!(
+        "{failure}; rolled back to {previous}, which serves again"
     ))
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    ApiKeySettings, BudgetLimits, BudgetSettings, Cli, ConfigError, OnError, PolicyLimits,
-    PolicySettings, PolicySettingsSet, PoolSettings, ReplicaSettings, Role, Settings,
+    ApiKeySettings, BudgetLimits, BudgetSettings, Cli, ConfigError, LaunchSettings, OnError,
+    PolicyLimits, PolicySettings, PolicySettingsSet, PoolSettings, ReplicaSettings, Role, Settings,
 };
 
 #[derive(Debug, Deserialize)]
@@ -431,6 +431,7 @@ pub(super) fn quick_pool(spec: &str) -> Result<PoolFile, String> {
             id: format!("{id}-0"),
             device_mask: None,
             config,
+            launch: None,
         }],
     })
 }
@@ -452,6 +453,30 @@ pub struct ReplicaFile {
     /// Opaque to the host: the adapter validates it in its constructor.
     #[serde(default)]
     pub config: toml::Table,
+    /// The pool manager starts and supervises the engine process.
+    #[serde(default)]
+    pub launch: Option<LaunchFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchFile {
+    /// The engine's executable.
+    pub cmd: PathBuf,
+    /// Arguments; `{model}` is replaced by the model file.
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: toml::Table,
+    /// The model file the engine starts on (`file:/abs`, or a path).
+    pub model: String,
+    /// How long a (re)started engine may take to become ready.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout_ms: NonZeroU32,
+}
+
+fn default_ready_timeout() -> NonZeroU32 {
+    NonZeroU32::new(60_000).expect("non-zero")
 }
 
 /// Parses TOML into the file shape; the error is one line with the line number.
@@ -558,10 +583,28 @@ impl FileConfig {
                 if !replica_ids.insert(r.id.clone()) {
                     return Err(invalid(format!("replica id {:?} is declared twice", r.id)));
                 }
+                let launch = r.launch.map(|l| LaunchSettings {
+                    cmd: resolve(base, &l.cmd),
+                    args: l.args,
+                    env: l
+                        .env
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let value = match v {
+                                toml::Value::String(s) => s,
+                                other => other.to_string(),
+                            };
+                            (k, value)
+                        })
+                        .collect(),
+                    model: l.model,
+                    ready_timeout: Duration::from_millis(l.ready_timeout_ms.get().into()),
+                });
                 replicas.push(ReplicaSettings {
                     id: r.id,
                     device_mask: r.device_mask,
                     adapter_config_json: table_to_json(&r.config),
+                    launch,
                 });
             }
             pools.push(PoolSettings {

@@ -81,7 +81,6 @@ async fn the_daemon_serves_every_documented_operation_and_nothing_else() {
     // Undocumented operations: unknown paths are 404 with an envelope, other methods 405.
     for (method, path, status) in [
         ("GET", "/v1/nothing/here", 404),
-        ("POST", "/v1/pools/x/reload", 404),
         ("GET", "/v2/tasks", 404),
         ("PUT", "/v1/tasks", 405),
         ("DELETE", "/v1/tasks/x", 405),
