@@ -66,3 +66,10 @@ Feature: Control plane
     Then the response status is 410 with code "MODEL_DEPRECATED"
     When I send GET "/v1/catalog/models/p-model"
     Then the response field "/state" is "Retired"
+
+  Scenario: Reload needs launched replicas
+    When I use the key "ops-bdd-key"
+    And I send POST "/v1/pools/p/reload" with body '{"new_model_ref": "file:/models/next.gguf"}'
+    Then the response status is 400 with code "INVALID_PARAMS"
+    When I send POST "/v1/pools/nowhere/reload" with body '{"new_model_ref": "x"}'
+    Then the response status is 404 with code "NOT_FOUND"
