@@ -45,6 +45,8 @@ struct Orchd {
     frames: Vec<SseFrame>,
     earlier_frames: Vec<SseFrame>,
     artifact_id: String,
+    /// The port of a llama-server the daemon launched.
+    engine_port: u16,
 }
 
 impl Orchd {
@@ -499,11 +501,91 @@ fn log_clean(w: &mut Orchd, secret: String) {
     assert!(logs.iter().all(|l| !l.contains(&secret)));
 }
 
+/// A model of the real-engine tier by letter (`a`, `b`), from `cargo xtask e2e`.
+fn model_file(letter: &str) -> String {
+    let var = match letter {
+        "a" => "ORCHD_E2E_MODEL",
+        "b" => "ORCHD_E2E_MODEL_B",
+        other => panic!("no model {other:?}"),
+    };
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} is set by `cargo xtask e2e`"))
+}
+
+#[given(expr = "a daemon that launches llama-server on model {string}")]
+async fn launched_daemon(w: &mut Orchd, letter: String) {
+    let server = std::env::var("ORCHD_LLAMA_SERVER").expect("ORCHD_LLAMA_SERVER");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    w.engine_port = port;
+    let pool = format!(
+        "[[pools]]\nid = \"tiny\"\nadapter = \"llamacpp\"\nmodel_ref = \"tiny\"\nhealth_interval_ms = 200\n\n\
+         [[pools.replicas]]\nid = \"tiny-0\"\nconfig = {{ url = \"http://127.0.0.1:{port}\" }}\n\
+         launch = {{ cmd = \"{server}\", model = \"{}\", ready_timeout_ms = 30000, args = [\"-m\", \"{{model}}\", \"--host\", \"127.0.0.1\", \"--port\", \"{port}\", \"-c\", \"1024\", \"-np\", \"1\", \"-t\", \"2\", \"--alias\", \"tiny\", \"--no-webui\"] }}\n",
+        model_file(&letter)
+    );
+    let d = DaemonBuilder::new(format!("{POLICY_TIMEOUT}{pool}")).start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, health) = d.get_json("/v1/pools/tiny/health").await;
+        if health["ready"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the launched engine never got ready: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    w.daemon = Some(Running(d));
+}
+
+#[when(expr = "I reload the pool onto model {string}")]
+async fn reload_onto(w: &mut Orchd, letter: String) {
+    let body = json!({"new_model_ref": model_file(&letter)});
+    w.send("POST", "/v1/pools/tiny/reload", Some(body)).await;
+}
+
+#[when("I reload the pool onto a broken model file")]
+async fn reload_broken(w: &mut Orchd) {
+    let path = std::env::temp_dir().join(format!("orchd-bdd-broken-{}.gguf", w.engine_port));
+    std::fs::write(&path, b"GGUF, but nothing a server can load").unwrap();
+    let body = json!({"new_model_ref": path.display().to_string()});
+    w.send("POST", "/v1/pools/tiny/reload", Some(body)).await;
+}
+
+#[then(expr = "the engine runs model {string}")]
+async fn engine_runs(w: &mut Orchd, letter: String) {
+    let props: Value = reqwest::get(format!("http://127.0.0.1:{}/props", w.engine_port))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(props["model_path"], model_file(&letter).as_str());
+}
+
+#[when(expr = "I wait {int} ms")]
+async fn wait_ms(_w: &mut Orchd, ms: u64) {
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
 #[tokio::main]
 async fn main() {
     Orchd::cucumber()
         .max_concurrent_scenarios(4)
         .fail_on_skipped()
-        .run_and_exit(concat!(env!("CARGO_MANIFEST_DIR"), "/features"))
+        .run_and_exit(features_dir())
         .await;
+}
+
+/// `features/` normally; `real-engine/` when the real-engine tier runs the BDD binary
+/// (`ORCHD_BDD_REAL_ENGINE=1`, set by `cargo xtask e2e` with a llama-server installed).
+fn features_dir() -> &'static str {
+    if std::env::var_os("ORCHD_BDD_REAL_ENGINE").is_some() {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/real-engine")
+    } else {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/features")
+    }
 }

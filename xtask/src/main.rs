@@ -383,7 +383,15 @@ fn e2e_tests(dist: &Path) -> Result<()> {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    run("real-engine tier (llama-server)", &mut cmd)
+    run("real-engine tier (llama-server)", &mut cmd)?;
+    let mut bdd = cargo();
+    bdd.args(["test", "--release", "-p", "orchd-bdd", "--test", "bdd"])
+        .env("ORCHD_DIST", dist)
+        .env("ORCHD_BDD_REAL_ENGINE", "1");
+    for (k, v) in e2e_environment()? {
+        bdd.env(k, v);
+    }
+    run("real-engine BDD features (llama-server)", &mut bdd)
 }
 
 /// Clippy with warnings denied, on the workspace and on the policy components.

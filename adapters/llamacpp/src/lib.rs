@@ -45,8 +45,6 @@ impl Adapter for LlamaCppAdapter {
             streaming: true,
             cancel: true,
             embeddings: true,
-            tokenize: true,
-            metrics: true,
             ..Features::default()
         }
     }
