@@ -74,30 +74,32 @@ fn job(f: &JobFacts<'_>) -> placement::Job {
 /// `queue_depth` is passed in: the dispatcher calls this while holding the queue lock.
 fn pool_view(pool: &Pool, session_id: &str, queue_depth: u32) -> placement::Pool {
     let affinity = pool.affinity(session_id);
-    let (tps, ftt) = pool.rates();
     placement::Pool {
         pool_id: pool.id.clone(),
         engine: pool.engine.clone(),
         model_ref: pool.model_ref.clone(),
         ready: pool.is_ready(),
-        draining: false,
+        draining: pool.is_draining(),
         ctx_max: pool.ctx_max,
         queue_depth,
         replicas: pool
             .replicas
             .iter()
             .enumerate()
-            .map(|(i, r)| placement::Replica {
-                replica_id: r.id.clone(),
-                ready: r.is_healthy(),
-                slots_total: r.slots_total(),
-                slots_free: r.slots_total().saturating_sub(r.leases()),
-                active_leases: r.leases(),
-                tokens_per_s: tps,
-                first_token_ms: ftt,
-                vram_free_bytes: r.vram_free(),
-                device_mask: r.device_mask.clone(),
-                session_affinity: affinity == Some(i),
+            .map(|(i, r)| {
+                let (tps, ftt) = pool.replica_rates(i);
+                placement::Replica {
+                    replica_id: r.id.clone(),
+                    ready: r.is_healthy(),
+                    slots_total: r.slots_total(),
+                    slots_free: r.slots_total().saturating_sub(r.leases()),
+                    active_leases: r.leases(),
+                    tokens_per_s: tps,
+                    first_token_ms: ftt,
+                    vram_free_bytes: r.vram_free(),
+                    device_mask: r.device_mask.clone(),
+                    session_affinity: affinity == Some(i),
+                }
             })
             .collect(),
     }

@@ -337,7 +337,7 @@ async fn relay(
             Some(EngineEvent::End { tokens_in, .. }) => {
                 task.push_metrics(pool.queue_depth(), decisions.headroom(task), pool.rates().0);
                 if let Some(timing) = task.succeed(tokens_in) {
-                    pool.record(timing);
+                    pool.record_on(replica_idx, timing);
                     tracing::info!(task_id = %task.id, tokens_out = timing.tokens_out, "task succeeded");
                 }
                 return;

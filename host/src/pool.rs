@@ -29,6 +29,8 @@ pub struct Replica {
     healthy: AtomicBool,
     /// The engine answered its last probe at all (it may still be loading).
     live: AtomicBool,
+    /// Moving averages of this replica's own streams.
+    stats: Mutex<ServiceStats>,
     /// The engine process, when the pool manager launched it.
     pub supervisor: Option<Arc<crate::supervisor::Supervisor>>,
     /// Free VRAM over the replica's devices (NVML), `u64::MAX` = unknown.
@@ -56,6 +58,11 @@ impl Replica {
             live: AtomicBool::new(healthy),
             vram_free: std::sync::atomic::AtomicU64::new(u64::MAX),
             supervisor: None,
+            stats: Mutex::new(ServiceStats {
+                tokens_per_s: 0.0,
+                first_token_ms: 0.0,
+                measured: false,
+            }),
             last_error: Mutex::new(None),
         }
     }
@@ -396,9 +403,39 @@ impl Pool {
         *self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Feeds a finished run into the moving averages.
+    /// Feeds a finished run on replica `replica` into the pool's and the replica's moving
+    /// averages.
+    pub fn record_on(&self, replica: usize, run: RunTiming) {
+        self.record(run);
+        if let Some(r) = self.replicas.get(replica) {
+            blend_into(&mut r.stats.lock().unwrap_or_else(|p| p.into_inner()), run);
+        }
+    }
+
+    /// Feeds a finished run into the pool's moving averages.
     pub fn record(&self, run: RunTiming) {
-        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        blend_into(
+            &mut self.stats.lock().unwrap_or_else(|p| p.into_inner()),
+            run,
+        );
+    }
+
+    /// A replica's measured tokens/s and first-token ms, the pool's until it has its own.
+    pub fn replica_rates(&self, replica: usize) -> (f64, u64) {
+        let own = self
+            .replicas
+            .get(replica)
+            .map(|r| *r.stats.lock().unwrap_or_else(|p| p.into_inner()))
+            .filter(|s| s.measured);
+        match own {
+            Some(s) => (s.tokens_per_s, s.first_token_ms.round() as u64),
+            None => self.rates(),
+        }
+    }
+}
+
+fn blend_into(s: &mut ServiceStats, run: RunTiming) {
+    {
         let measured = s.measured;
         let blend = |old: f64, new: f64| {
             if measured {
@@ -417,7 +454,9 @@ impl Pool {
         }
         s.measured = true;
     }
+}
 
+impl Pool {
     /// Expected time one task of `tokens` output tokens holds a slot, in ms.
     pub fn service_ms(&self, tokens: u32) -> u64 {
         let s = self.stats();
@@ -522,4 +561,20 @@ mod tests {
         });
         assert_eq!(p.service_ms(100), 10 + 100);
     }
+
+    #[test]
+    fn replicas_keep_their_own_rates_and_fall_back_to_the_pools() {
+        let p = pool(&[1, 1]);
+        let run = RunTiming {
+            first_token_ms: Some(40.0),
+            decode_ms: 900.0,
+            tokens_out: 10,
+        };
+        p.record_on(0, run);
+        let (tps0, ftt0) = p.replica_rates(0);
+        assert!((tps0 - 10.0).abs() < 1e-9 && ftt0 == 40);
+        // Replica 1 has no stream of its own yet: the pool's (now measured) rates.
+        assert_eq!(p.replica_rates(1), p.rates());
+    }
+
 }
