@@ -576,5 +576,4 @@ mod tests {
         // Replica 1 has no stream of its own yet: the pool's (now measured) rates.
         assert_eq!(p.replica_rates(1), p.rates());
     }
-
 }

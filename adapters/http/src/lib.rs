@@ -131,6 +131,37 @@ fn protocol(phase: Phase, message: impl Into<String>) -> AdapterError {
     AdapterError::new(ErrorKind::Protocol, phase, message)
 }
 
+/// Merges sampler parameters into a request object: the replica's configured `defaults`
+/// first, then the task's own (`params_json`, a JSON object or empty) over them.
+pub fn merge_params(
+    body: &mut Value,
+    defaults: &serde_json::Map<String, Value>,
+    params_json: &str,
+) -> Result<(), AdapterError> {
+    let Some(obj) = body.as_object_mut() else {
+        return Err(AdapterError::new(
+            ErrorKind::Internal,
+            Phase::BeforeFirstToken,
+            "a request body that is not an object",
+        ));
+    };
+    for (k, v) in defaults {
+        obj.insert(k.clone(), v.clone());
+    }
+    if !params_json.is_empty() {
+        let extra: serde_json::Map<String, Value> =
+            serde_json::from_str(params_json).map_err(|e| {
+                AdapterError::new(
+                    ErrorKind::InvalidRequest,
+                    Phase::BeforeFirstToken,
+                    format!("params_json is not a JSON object: {e}"),
+                )
+            })?;
+        obj.extend(extra);
+    }
+    Ok(())
+}
+
 /// One engine base URL.
 #[derive(Clone)]
 pub struct Upstream {
@@ -446,6 +477,18 @@ mod tests {
             (0..200).any(|_| backoff(5) > ms(1_000)),
             "spreads up to the cap"
         );
+    }
+
+    #[test]
+    fn task_params_override_replica_defaults() {
+        let mut body = serde_json::json!({"prompt": "x", "temperature": 1.0});
+        let defaults: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"temperature": 0.5, "top_k": 40}"#).unwrap();
+        merge_params(&mut body, &defaults, r#"{"temperature": 0.0}"#).unwrap();
+        assert_eq!(body["temperature"], 0.0);
+        assert_eq!(body["top_k"], 40);
+        let err = merge_params(&mut body, &defaults, "[1]").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest);
     }
 
     #[test]

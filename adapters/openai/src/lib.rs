@@ -15,7 +15,9 @@ use orchd_adapter_abi::plugin::{Adapter, EngineClient, Sink};
 use orchd_adapter_abi::{
     AdapterError, ErrorKind, Event, Features, Health, Phase, Props, SubmitRequest,
 };
-use orchd_adapter_http::{Decoder, HttpSettings, SseEvent, StreamJob, Upstream, upstream_status};
+use orchd_adapter_http::{
+    Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, upstream_status,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -190,20 +192,7 @@ impl EngineClient for OpenAiClient {
         obj.insert("seed".into(), json!(req.seed));
         obj.insert("stream".into(), json!(true));
         obj.insert("stream_options".into(), json!({"include_usage": true}));
-        for (k, v) in &self.params {
-            obj.insert(k.clone(), v.clone());
-        }
-        if !req.params_json.is_empty() {
-            let extra: Map<String, Value> = serde_json::from_str(req.params_json.as_str())
-                .map_err(|e| {
-                    AdapterError::new(
-                        ErrorKind::InvalidRequest,
-                        Phase::BeforeFirstToken,
-                        format!("params_json is not a JSON object: {e}"),
-                    )
-                })?;
-            obj.extend(extra);
-        }
+        merge_params(&mut body, &self.params, req.params_json.as_str())?;
         let version = self
             .engine_version()
             .unwrap_or_else(|_| "openai-compatible-unknown".to_owned());

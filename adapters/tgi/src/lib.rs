@@ -15,7 +15,9 @@ use orchd_adapter_abi::plugin::{Adapter, EngineClient, Sink};
 use orchd_adapter_abi::{
     AdapterError, ErrorKind, Event, Features, Health, Phase, Props, SubmitRequest,
 };
-use orchd_adapter_http::{Decoder, HttpSettings, SseEvent, StreamJob, Upstream, upstream_status};
+use orchd_adapter_http::{
+    Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, upstream_status,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -136,21 +138,7 @@ impl EngineClient for TgiClient {
             "seed": req.seed,
             "details": true,
         });
-        let obj = parameters.as_object_mut().expect("an object");
-        for (k, v) in &self.params {
-            obj.insert(k.clone(), v.clone());
-        }
-        if !req.params_json.is_empty() {
-            let extra: Map<String, Value> = serde_json::from_str(req.params_json.as_str())
-                .map_err(|e| {
-                    AdapterError::new(
-                        ErrorKind::InvalidRequest,
-                        Phase::BeforeFirstToken,
-                        format!("params_json is not a JSON object: {e}"),
-                    )
-                })?;
-            obj.extend(extra);
-        }
+        merge_params(&mut parameters, &self.params, req.params_json.as_str())?;
         let body = json!({"inputs": req.prompt.as_str(), "parameters": parameters});
         let version = self
             .engine_version()
