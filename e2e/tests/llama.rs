@@ -267,6 +267,15 @@ async fn the_shipped_http_adapters_pass_the_conformance_kit_against_llama_server
         let report = run(&orchd_testkit::dist_dir().join("adapters").join(lib), &plan).await;
         print!("{lib}:\n{}", report.render());
         assert!(report.passed(), "{lib} is not conformant");
+        if lib == "llamacpp.so" {
+            let tokenize = report.checks.iter().find(|c| c.name == "tokenize").unwrap();
+            assert_eq!(
+                tokenize.passed,
+                Some(true),
+                "llama-server's /tokenize: {}",
+                tokenize.detail
+            );
+        }
     }
 }
 

@@ -54,6 +54,15 @@ pub trait EngineClient: Send + Sync {
             "this engine adapter does not serve embeddings",
         ))
     }
+    /// The engine's token ids for `text`. Blocking.
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineFailure> {
+        let _ = text;
+        Err(EngineFailure::new(
+            FailureKind::InvalidRequest,
+            FailurePhase::Control,
+            "this engine adapter does not tokenize",
+        ))
+    }
 }
 
 /// A running task inside an adapter.

@@ -39,6 +39,8 @@ pub trait FfiClient: Send + Sync {
     -> RResult<FfiJobBox, AdapterError>;
     /// One embedding vector per input (appended in ABI 0.1.1; blocking).
     fn embed(&self, inputs: RVec<RString>) -> RResult<RVec<RVec<f32>>, AdapterError>;
+    /// The engine's token ids for `text` (appended in ABI 0.1.2; blocking).
+    fn tokenize(&self, text: RString) -> RResult<RVec<u32>, AdapterError>;
 }
 
 pub type FfiEventSinkBox = FfiEventSink_TO<'static, RBox<()>>;

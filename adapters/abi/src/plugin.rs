@@ -47,6 +47,16 @@ pub trait EngineClient: Send + Sync + 'static {
             "this engine adapter does not serve embeddings",
         ))
     }
+    /// The engine's token ids for `text`. Blocking. Adapters of engines without a
+    /// tokenizer endpoint keep this default, an `InvalidRequest` failure.
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, AdapterError> {
+        let _ = text;
+        Err(AdapterError::new(
+            ErrorKind::InvalidRequest,
+            Phase::Control,
+            "this engine adapter does not tokenize",
+        ))
+    }
 }
 
 /// A running task.
@@ -120,6 +130,12 @@ impl<C: EngineClient> FfiClient for ClientWrapper<C> {
 
     fn embed(&self, inputs: RVec<RString>) -> RResult<RVec<RVec<f32>>, AdapterError> {
         guard(Phase::BeforeFirstToken, || self.embed_vectors(inputs))
+    }
+
+    fn tokenize(&self, text: RString) -> RResult<RVec<u32>, AdapterError> {
+        guard(Phase::Control, || {
+            self.0.tokenize(text.as_str()).map(RVec::from)
+        })
     }
 }
 

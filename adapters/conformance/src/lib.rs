@@ -149,6 +149,11 @@ pub async fn run(lib: &Path, plan: &Plan) -> Report {
     };
     report.record("health and props", health_props(&client).await);
     report.record("stream order", stream_order(&client, plan).await);
+    if info.features.iter().any(|f| f == "tokenize") {
+        report.record("tokenize", tokenize(&client, plan).await);
+    } else {
+        report.skip("tokenize", "the adapter does not declare the feature");
+    }
     report.record("cancel", cancel(&client, plan).await);
     match &plan.panic_config {
         Some(config) => report.record(
@@ -243,6 +248,17 @@ async fn collect(
             }
         }
     }
+}
+
+async fn tokenize(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result<String, String> {
+    let (c, text) = (Arc::clone(client), plan.prompt.clone());
+    let ids = blocking(move || c.tokenize(&text))
+        .await?
+        .map_err(|e| format!("tokenize failed: {e}"))?;
+    if ids.is_empty() {
+        return Err("no tokens for a non-empty prompt".into());
+    }
+    Ok(format!("{} tokens for the prompt", ids.len()))
 }
 
 async fn stream_order(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result<String, String> {

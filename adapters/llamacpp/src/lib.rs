@@ -47,6 +47,7 @@ impl Adapter for LlamaCppAdapter {
             streaming: true,
             cancel: true,
             embeddings: true,
+            tokenize: true,
             ..Features::default()
         }
     }
@@ -245,6 +246,20 @@ impl EngineClient for LlamaCppClient {
             *slot = pooled(&item["embedding"])?;
         }
         Ok(out)
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, AdapterError> {
+        let answer = self
+            .upstream
+            .post_json("/tokenize", json!({"content": text}))?;
+        answer["tokens"]
+            .as_array()
+            .and_then(|ids| {
+                ids.iter()
+                    .map(|t| t.as_u64().and_then(|n| u32::try_from(n).ok()))
+                    .collect::<Option<Vec<u32>>>()
+            })
+            .ok_or_else(|| protocol(Phase::Control, "a /tokenize answer without token ids"))
     }
 }
 

@@ -291,6 +291,10 @@ impl EngineClient for FfiClient {
             vectors.into_iter().map(|v| v.into_vec()).collect()
         })
     }
+
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineFailure> {
+        result(self.0.tokenize(RString::from(text)), |ids| ids.into_vec())
+    }
 }
 
 struct FfiJob(FfiJobBox);
