@@ -79,7 +79,9 @@ fn pool_view(pool: &Pool, session_id: &str, queue_depth: u32) -> placement::Pool
         engine: pool.engine.clone(),
         model_ref: pool.model_ref.clone(),
         ready: pool.is_ready(),
-        draining: pool.is_draining(),
+        // A draining pool is never a candidate at admission (the host filters it out); at
+        // dispatch its queued tasks are in flight and run until the drain's deadline.
+        draining: false,
         ctx_max: pool.ctx_max,
         queue_depth,
         replicas: pool
