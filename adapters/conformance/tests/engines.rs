@@ -195,3 +195,43 @@ async fn malformed_frames_oversized_lines_and_resets_are_classified() {
         }
     }
 }
+
+#[tokio::test]
+async fn llamacpp_and_openai_adapters_pass_the_kit_against_the_engine_simulator() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let sim = orchd_engine_sim::SimConfig {
+        first_token: Duration::from_millis(2),
+        inter_token: Duration::from_millis(2),
+        ..orchd_engine_sim::SimConfig::default()
+    };
+    tokio::spawn(async move { axum::serve(listener, orchd_engine_sim::app(sim)).await });
+    let dead = closed_url();
+    for (engine, config, unreachable) in [
+        (
+            "llamacpp.so",
+            format!(r#"{{"url": "{url}"}}"#),
+            format!(r#"{{"url": "{dead}"}}"#),
+        ),
+        (
+            "openai.so",
+            format!(r#"{{"url": "{url}", "model": "sim", "mode": "chat"}}"#),
+            format!(r#"{{"url": "{dead}", "model": "sim"}}"#),
+        ),
+    ] {
+        let mut plan = Plan::new(config);
+        plan.unreachable_config = Some(unreachable);
+        let report = run(&lib(engine), &plan).await;
+        print!("{engine} vs engine-sim:\n{}", report.render());
+        // The simulator has no /tokenize: that check is the one allowed to fail.
+        for check in report.checks.iter().filter(|c| c.name != "tokenize") {
+            assert_ne!(
+                check.passed,
+                Some(false),
+                "{engine}: {}: {}",
+                check.name,
+                check.detail
+            );
+        }
+    }
+}
