@@ -14,6 +14,7 @@ pub mod budget;
 pub mod catalog;
 pub mod config;
 pub mod decisions;
+pub mod dirwatch;
 pub mod dispatch;
 pub mod errors;
 pub mod gpu;

@@ -91,6 +91,18 @@ impl AppState {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// New tasks are refused with 503 and a retry hint once shutdown has begun.
+    pub fn accepting_tasks(&self) -> Result<(), crate::errors::ApiError> {
+        if self.is_shutting_down() {
+            return Err(crate::errors::ApiError::new(
+                orchd_contracts::ErrorCode::PoolUnavailable,
+                "shutting down; not accepting tasks",
+            )
+            .retry_after_ms(5000));
+        }
+        Ok(())
+    }
+
     /// Ends every task still queued or running with a terminal `error` frame (shutdown
     /// past its grace period), canceling engine work.
     pub async fn abort_all(&self, code: orchd_contracts::ErrorCode, message: &str) -> usize {

@@ -131,6 +131,41 @@ fn protocol(phase: Phase, message: impl Into<String>) -> AdapterError {
     AdapterError::new(ErrorKind::Protocol, phase, message)
 }
 
+/// Parses an adapter's replica config (JSON). An empty config is `{}`; errors are `Config`
+/// failures naming the adapter and the field (serde names fields, never their values, so
+/// secrets such as API keys stay out of logs).
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    adapter: &str,
+    config: &str,
+) -> Result<T, AdapterError> {
+    let text = if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    };
+    serde_json::from_str(text).map_err(|e| {
+        AdapterError::new(
+            ErrorKind::Config,
+            Phase::Control,
+            format!("invalid {adapter} adapter config: {e}"),
+        )
+    })
+}
+
+/// The health of an engine a control call could not reach: not live, not ready. Other
+/// failures stay failures.
+pub fn unreachable(err: AdapterError) -> Result<orchd_adapter_abi::Health, AdapterError> {
+    if matches!(err.kind, ErrorKind::Transport | ErrorKind::Timeout) {
+        Ok(orchd_adapter_abi::Health {
+            live: false,
+            ready: false,
+            message: err.message,
+        })
+    } else {
+        Err(err)
+    }
+}
+
 /// Merges sampler parameters into a request object: the replica's configured `defaults`
 /// first, then the task's own (`params_json`, a JSON object or empty) over them.
 pub fn merge_params(

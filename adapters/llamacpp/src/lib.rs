@@ -15,7 +15,8 @@ use orchd_adapter_abi::{
     AdapterError, ErrorKind, Event, Features, Health, Phase, Props, SubmitRequest,
 };
 use orchd_adapter_http::{
-    Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, upstream_status,
+    Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, parse_config, unreachable,
+    upstream_status,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -53,18 +54,7 @@ impl Adapter for LlamaCppAdapter {
     }
 
     fn new_client(config: &str) -> Result<LlamaCppClient, AdapterError> {
-        let config: Config = serde_json::from_str(if config.trim().is_empty() {
-            "{}"
-        } else {
-            config
-        })
-        .map_err(|e| {
-            AdapterError::new(
-                ErrorKind::Config,
-                Phase::Control,
-                format!("invalid llamacpp adapter config: {e}"),
-            )
-        })?;
+        let config: Config = parse_config("llamacpp", config)?;
         Ok(LlamaCppClient {
             upstream: Upstream::new(&config.url, config.http, None)?,
             params: config.params,
@@ -151,12 +141,7 @@ impl EngineClient for LlamaCppClient {
                 )
                 .into(),
             }),
-            Err(e) if matches!(e.kind, ErrorKind::Transport | ErrorKind::Timeout) => Ok(Health {
-                live: false,
-                ready: false,
-                message: e.message,
-            }),
-            Err(e) => Err(e),
+            Err(e) => unreachable(e),
         }
     }
 

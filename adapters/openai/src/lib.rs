@@ -16,7 +16,8 @@ use orchd_adapter_abi::{
     AdapterError, ErrorKind, Event, Features, Health, Phase, Props, SubmitRequest,
 };
 use orchd_adapter_http::{
-    Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, upstream_status,
+    Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, parse_config, unreachable,
+    upstream_status,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -77,14 +78,7 @@ impl Adapter for OpenAiAdapter {
     }
 
     fn new_client(config: &str) -> Result<OpenAiClient, AdapterError> {
-        let config: Config = serde_json::from_str(config).map_err(|e| {
-            // serde's message names the field, never its value: the key stays out of logs.
-            AdapterError::new(
-                ErrorKind::Config,
-                Phase::Control,
-                format!("invalid openai adapter config: {e}"),
-            )
-        })?;
+        let config: Config = parse_config("openai", config)?;
         Ok(OpenAiClient {
             upstream: Upstream::new(&config.url, config.http.clone(), config.api_key.clone())?,
             model: config.model,
@@ -146,17 +140,12 @@ impl EngineClient for OpenAiClient {
                     .into(),
                 })
             }
-            Err(e) if matches!(e.kind, ErrorKind::Transport | ErrorKind::Timeout) => Ok(Health {
-                live: false,
-                ready: false,
-                message: e.message,
-            }),
             Err(e) if e.kind == ErrorKind::Upstream => Ok(Health {
                 live: true,
                 ready: false,
                 message: e.message,
             }),
-            Err(e) => Err(e),
+            Err(e) => unreachable(e),
         }
     }
 

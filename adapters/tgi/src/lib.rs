@@ -16,7 +16,8 @@ use orchd_adapter_abi::{
     AdapterError, ErrorKind, Event, Features, Health, Phase, Props, SubmitRequest,
 };
 use orchd_adapter_http::{
-    Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, upstream_status,
+    Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, parse_config, unreachable,
+    upstream_status,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -53,13 +54,7 @@ impl Adapter for TgiAdapter {
     }
 
     fn new_client(config: &str) -> Result<TgiClient, AdapterError> {
-        let config: Config = serde_json::from_str(config).map_err(|e| {
-            AdapterError::new(
-                ErrorKind::Config,
-                Phase::Control,
-                format!("invalid tgi adapter config: {e}"),
-            )
-        })?;
+        let config: Config = parse_config("tgi", config)?;
         Ok(TgiClient {
             upstream: Upstream::new(&config.url, config.http, None)?,
             slots: config.slots,
@@ -104,12 +99,7 @@ impl EngineClient for TgiClient {
                 ready: false,
                 message: format!("/health answered {status}").into(),
             }),
-            Err(e) if matches!(e.kind, ErrorKind::Transport | ErrorKind::Timeout) => Ok(Health {
-                live: false,
-                ready: false,
-                message: e.message,
-            }),
-            Err(e) => Err(e),
+            Err(e) => unreachable(e),
         }
     }
 

@@ -15,7 +15,8 @@ use orchd_adapter_abi::{
     AdapterError, ErrorKind, Event, Features, Health, Phase, Props, SubmitRequest,
 };
 use orchd_adapter_http::{
-    Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, upstream_status,
+    Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, parse_config, unreachable,
+    upstream_status,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -63,13 +64,7 @@ impl Adapter for TritonAdapter {
     }
 
     fn new_client(config: &str) -> Result<TritonClient, AdapterError> {
-        let config: Config = serde_json::from_str(config).map_err(|e| {
-            AdapterError::new(
-                ErrorKind::Config,
-                Phase::Control,
-                format!("invalid triton adapter config: {e}"),
-            )
-        })?;
+        let config: Config = parse_config("triton", config)?;
         if config.model.is_empty() || config.model.contains('/') {
             return Err(AdapterError::new(
                 ErrorKind::Config,
@@ -113,17 +108,9 @@ impl EngineClient for TritonClient {
     type Job = StreamJob;
 
     fn health(&self) -> Result<Health, AdapterError> {
-        let not_live = |e: AdapterError| Health {
-            live: false,
-            ready: false,
-            message: e.message,
-        };
         let server = match self.upstream.get_json("/v2/health/ready") {
             Ok((status, _)) => status,
-            Err(e) if matches!(e.kind, ErrorKind::Transport | ErrorKind::Timeout) => {
-                return Ok(not_live(e));
-            }
-            Err(e) => return Err(e),
+            Err(e) => return unreachable(e),
         };
         if server != 200 {
             return Ok(Health {

@@ -338,6 +338,60 @@ pub async fn completions(
     .await
 }
 
+/// The pool serving `model`: a ready one if there is one, else any (whose readiness the
+/// admission path then reports).
+fn pool_for_model<'a>(
+    state: &'a AppState,
+    model: &str,
+) -> Result<&'a Arc<crate::pool::Pool>, ApiError> {
+    state
+        .pools
+        .iter()
+        .find(|p| p.model_ref == model && p.is_ready())
+        .or_else(|| state.pools.iter().find(|p| p.model_ref == model))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::PoolUnavailable,
+                format!("no pool serves model {model:?}; see GET /v1/models"),
+            )
+            .retry_after_ms(1000)
+        })
+}
+
+/// Reads a task's log to its terminal frame, handing each token's text to `on_token`: the
+/// `end` frame, or the task's `error` envelope as the error.
+async fn wait_end(
+    items: impl Stream<Item = Item>,
+    mut on_token: impl FnMut(&str),
+) -> Result<EndFrame, ApiError> {
+    tokio::pin!(items);
+    while let Some(item) = items.next().await {
+        let frame = match item {
+            Item::Frame(f) => f,
+            Item::Gone(envelope) => return Err(ApiError::from_envelope(envelope)),
+        };
+        match frame.event {
+            "token" => {
+                let t: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
+                on_token(t["t"].as_str().unwrap_or(""));
+            }
+            "error" => {
+                let envelope: ErrorEnvelope = serde_json::from_str(&frame.data)
+                    .map_err(|e| ApiError::internal(format!("bad error frame: {e}")))?;
+                return Err(ApiError::from_envelope(envelope));
+            }
+            "end" => {
+                return serde_json::from_str(&frame.data)
+                    .map_err(|e| ApiError::internal(format!("bad end frame: {e}")));
+            }
+            _ => {}
+        }
+    }
+    Err(ApiError::internal(
+        "the task's stream ended without a terminal frame",
+    ))
+}
+
 /// Inputs per embeddings request.
 const MAX_EMBEDDING_INPUTS: usize = 256;
 
@@ -348,13 +402,7 @@ pub async fn embeddings(
     headers: HeaderMap,
     ApiJson(req): ApiJson<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
-    if state.is_shutting_down() {
-        return Err(ApiError::new(
-            ErrorCode::PoolUnavailable,
-            "shutting down; not accepting tasks",
-        )
-        .retry_after_ms(5000));
-    }
+    state.accepting_tasks()?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -378,18 +426,7 @@ pub async fn embeddings(
             format!("1 to {MAX_EMBEDDING_INPUTS} inputs"),
         ));
     }
-    let pool = state
-        .pools
-        .iter()
-        .find(|p| p.model_ref == req.model && p.is_ready())
-        .or_else(|| state.pools.iter().find(|p| p.model_ref == req.model))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::PoolUnavailable,
-                format!("no pool serves model {:?}; see GET /v1/models", req.model),
-            )
-            .retry_after_ms(1000)
-        })?;
+    let pool = pool_for_model(&state, &req.model)?;
     let prompt_tokens: u32 = inputs.iter().map(|i| admit::estimate_tokens(i)).sum();
     let task_req = TaskRequest {
         task_id: None,
@@ -419,54 +456,32 @@ pub async fn embeddings(
         .tasks
         .get(&admitted.accepted.task_id)
         .ok_or_else(|| ApiError::internal("an admitted task is not registered"))?;
-    let items = read_task(&state, task, 0);
-    tokio::pin!(items);
-    while let Some(item) = items.next().await {
-        let frame = match item {
-            Item::Frame(f) => f,
-            Item::Gone(envelope) => return Err(ApiError::from_envelope(envelope)),
-        };
-        match frame.event {
-            "error" => {
-                let envelope: ErrorEnvelope = serde_json::from_str(&frame.data)
-                    .map_err(|e| ApiError::internal(format!("bad error frame: {e}")))?;
-                return Err(ApiError::from_envelope(envelope));
-            }
-            "end" => {
-                let end: EndFrame = serde_json::from_str(&frame.data)
-                    .map_err(|e| ApiError::internal(format!("bad end frame: {e}")))?;
-                let vectors = end.embeddings.unwrap_or_default();
-                let data: Vec<Value> = vectors
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        let embedding = if base64 {
-                            use base64::Engine as _;
-                            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                            json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-                        } else {
-                            json!(v)
-                        };
-                        json!({"object": "embedding", "index": i, "embedding": embedding})
-                    })
-                    .collect();
-                let tokens = if end.tokens_in > 0 {
-                    end.tokens_in
-                } else {
-                    prompt_tokens
-                };
-                return Ok(
-                    Json(json!({"object": "list", "data": data, "model": req.model,
-                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
-                    .into_response(),
-                );
-            }
-            _ => {}
-        }
-    }
-    Err(ApiError::internal(
-        "the task's stream ended without a terminal frame",
-    ))
+    let end = wait_end(read_task(&state, task, 0), |_| {}).await?;
+    let vectors = end.embeddings.clone().unwrap_or_default();
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let tokens = if end.tokens_in > 0 {
+        end.tokens_in
+    } else {
+        prompt_tokens
+    };
+    Ok(
+        Json(json!({"object": "list", "data": data, "model": req.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+        .into_response(),
+    )
 }
 
 async fn run(
@@ -477,26 +492,9 @@ async fn run(
     job: Job,
     kind: Kind,
 ) -> Result<Response, ApiError> {
-    if state.is_shutting_down() {
-        return Err(ApiError::new(
-            ErrorCode::PoolUnavailable,
-            "shutting down; not accepting tasks",
-        )
-        .retry_after_ms(5000));
-    }
+    state.accepting_tasks()?;
     validate(&job)?;
-    let pool = state
-        .pools
-        .iter()
-        .find(|p| p.model_ref == job.model && p.is_ready())
-        .or_else(|| state.pools.iter().find(|p| p.model_ref == job.model))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::PoolUnavailable,
-                format!("no pool serves model {:?}; see GET /v1/models", job.model),
-            )
-            .retry_after_ms(1000)
-        })?;
+    let pool = pool_for_model(&state, &job.model)?;
     let max_tokens = job.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     let prompt_tokens = admit::estimate_tokens(&job.prompt);
     let task_req = TaskRequest {
@@ -677,47 +675,22 @@ impl Reply {
     /// the task's `error` frame describes.
     async fn whole(self, items: impl Stream<Item = Item>) -> Result<Response, ApiError> {
         let mut text = String::new();
-        tokio::pin!(items);
-        while let Some(item) = items.next().await {
-            let frame = match item {
-                Item::Frame(f) => f,
-                Item::Gone(envelope) => return Err(ApiError::from_envelope(envelope)),
-            };
-            match frame.event {
-                "token" => {
-                    let t: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
-                    text.push_str(t["t"].as_str().unwrap_or(""));
-                }
-                "error" => {
-                    let envelope: ErrorEnvelope = serde_json::from_str(&frame.data)
-                        .map_err(|e| ApiError::internal(format!("bad error frame: {e}")))?;
-                    return Err(ApiError::from_envelope(envelope));
-                }
-                "end" => {
-                    let end: EndFrame = serde_json::from_str(&frame.data)
-                        .map_err(|e| ApiError::internal(format!("bad end frame: {e}")))?;
-                    let reason = self.finish_reason(&end);
-                    let choice = match self.kind {
-                        Kind::Chat => json!({"index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": reason, "logprobs": null}),
-                        Kind::Completion => json!({"index": 0, "text": text,
-                            "finish_reason": reason, "logprobs": null}),
-                    };
-                    let object = match self.kind {
-                        Kind::Chat => "chat.completion",
-                        Kind::Completion => "text_completion",
-                    };
-                    let body = json!({"id": self.id, "object": object, "created": self.created,
-                        "model": self.model, "choices": [choice], "usage": self.usage(&end)});
-                    return Ok(Json(body).into_response());
-                }
-                _ => {}
-            }
-        }
-        Err(ApiError::internal(
-            "the task's stream ended without a terminal frame",
-        ))
+        let end = wait_end(items, |t| text.push_str(t)).await?;
+        let reason = self.finish_reason(&end);
+        let (object, choice) = match self.kind {
+            Kind::Chat => (
+                "chat.completion",
+                json!({"index": 0, "message": {"role": "assistant", "content": text},
+                       "finish_reason": reason, "logprobs": null}),
+            ),
+            Kind::Completion => (
+                "text_completion",
+                json!({"index": 0, "text": text, "finish_reason": reason, "logprobs": null}),
+            ),
+        };
+        let body = json!({"id": self.id, "object": object, "created": self.created,
+            "model": self.model, "choices": [choice], "usage": self.usage(&end)});
+        Ok(Json(body).into_response())
     }
 }
 

@@ -29,13 +29,7 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(req): ApiJson<TaskRequest>,
 ) -> Result<Response, ApiError> {
-    if state.is_shutting_down() {
-        return Err(ApiError::new(
-            ErrorCode::PoolUnavailable,
-            "shutting down; not accepting tasks",
-        )
-        .retry_after_ms(5000));
-    }
+    state.accepting_tasks()?;
     if super::catalog::strict(&headers) {
         admit::require_trusted(&state, &req.model_ref)?;
     }

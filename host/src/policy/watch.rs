@@ -5,9 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_full::notify::RecursiveMode;
-use notify_debouncer_full::{DebounceEventResult, new_debouncer};
-
 use super::PolicySet;
 use super::set::ReloadOutcome;
 
@@ -16,7 +13,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct Watcher {
-    _debouncer: Box<dyn std::any::Any + Send + Sync>,
+    _watch: crate::dirwatch::DirWatch,
 }
 
 /// Runs one reload of every slot on a blocking thread and logs what changed.
@@ -32,35 +29,12 @@ pub async fn reload(policies: &Arc<PolicySet>) -> Vec<ReloadOutcome> {
 }
 
 pub fn spawn(policies: Arc<PolicySet>, dir: &Path) -> Result<Watcher, String> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut debouncer =
-        new_debouncer(
-            DEBOUNCE,
-            None,
-            move |result: DebounceEventResult| match result {
-                Ok(events) if !events.is_empty() => {
-                    let _ = tx.send(());
-                }
-                Ok(_) => {}
-                Err(errors) => {
-                    for e in errors {
-                        tracing::warn!(error = %e, "policy directory watch error");
-                    }
-                }
-            },
-        )
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    debouncer
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    let (watch, mut rx) = crate::dirwatch::watch(dir, DEBOUNCE, "policy")?;
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            while rx.try_recv().is_ok() {} // coalesce
+            crate::dirwatch::coalesce(&mut rx);
             reload(&policies).await;
         }
     });
-    tracing::info!(dir = %dir.display(), "watching the policy directory");
-    Ok(Watcher {
-        _debouncer: Box::new(debouncer),
-    })
+    Ok(Watcher { _watch: watch })
 }
