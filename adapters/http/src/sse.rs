@@ -3,10 +3,11 @@
 //! pieces: lines, frames and UTF-8 sequences may be split across reads. Lines and frames are
 //! bounded, so a hostile engine cannot make the adapter buffer without limit.
 
-/// One event: its `event:` name (if any), its `data` (lines joined by `\n`), and an
-/// `error:` field, which llama.cpp's server uses for errors inside a stream.
+/// One event: its `id:` and `event:` name (if any), its `data` (lines joined by `\n`), and
+/// an `error:` field, which llama.cpp's server uses for errors inside a stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SseEvent {
+    pub id: Option<String>,
     pub event: Option<String>,
     pub data: String,
     pub error: Option<String>,
@@ -122,7 +123,8 @@ impl SseParser {
             }
             "event" => self.current.event = Some(value.to_owned()),
             "error" => self.current.error = Some(value.to_owned()),
-            _ => {} // id, retry and unknown fields are ignored
+            "id" => self.current.id = Some(value.to_owned()),
+            _ => {} // retry and unknown fields are ignored
         }
         self.has_fields = true;
         if self.current.data.len() > self.max_frame {

@@ -1,0 +1,746 @@
+//! The benchmark suite `cargo xtask bench` runs: overhead against the engine directly at
+//! 1, 100 and 1 000 streams, admission throughput at saturation, 10 000 concurrent streams,
+//! and a policy hot swap under 1 000 requests/s. Each scenario starts its own simulator and
+//! daemon (release build from the dist tree, default policies in Wasm, production policy
+//! deadline), and the results go to `results.json`, `results.md` and `overhead.svg`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::load::{self, Mix, Percentiles, Progress, Schedule, Spec, Summary};
+use crate::procs::{self, Proc, ProcStats, SimArgs};
+use crate::stream::{Shape, Target};
+
+/// Where the suite finds its programs and writes its results.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub dist: PathBuf,
+    pub sim: PathBuf,
+    /// A second placement component to swap in (the suite swaps back and forth).
+    pub swap_policy: PathBuf,
+    /// The policy benchmark's JSON output, if it ran.
+    pub policy_costs: Option<PathBuf>,
+    pub out: PathBuf,
+}
+
+/// Which scenarios, and how long they run.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Seconds per overhead level and target.
+    pub overhead_secs: u64,
+    pub admission_secs: u64,
+    /// Concurrent streams in the memory scenario.
+    pub streams: u64,
+    pub swap_secs: u64,
+    /// Quick: every scenario, scaled down (a smoke run; numbers are not comparable).
+    pub quick: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            overhead_secs: 15,
+            admission_secs: 10,
+            streams: 10_000,
+            swap_secs: 12,
+            quick: false,
+        }
+    }
+}
+
+impl Options {
+    pub fn quick() -> Self {
+        Self {
+            overhead_secs: 2,
+            admission_secs: 2,
+            streams: 300,
+            swap_secs: 4,
+            quick: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct OverheadRow {
+    pub concurrency: usize,
+    pub tokens: u32,
+    pub inter_token_ms: u64,
+    pub direct: Summary,
+    pub daemon: Summary,
+    pub added_first_token_p50_us: i64,
+    pub added_first_token_p99_us: i64,
+    pub added_inter_token_p50_us: i64,
+    pub added_inter_token_p99_us: i64,
+    pub daemon_cpu_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Admission {
+    pub run: Summary,
+    pub daemon_cpu_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Streams {
+    pub run: Summary,
+    pub peak_in_flight: u64,
+    pub rss_idle_bytes: u64,
+    pub rss_peak_bytes: u64,
+    pub rss_per_stream_bytes: u64,
+    pub daemon_cpu_s: f64,
+    pub sim_rss_peak_bytes: u64,
+    pub sim_cpu_s: f64,
+    pub h2_connections: usize,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct HotSwap {
+    pub run: Summary,
+    pub rate: f64,
+    pub swaps: Vec<SwapTiming>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SwapTiming {
+    pub to: String,
+    /// From the rename into the policy directory to `/v1/policies` naming the new version.
+    pub to_live_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Results {
+    pub date: String,
+    pub machine: String,
+    pub quick: bool,
+    pub overhead: Vec<OverheadRow>,
+    pub admission: Option<Admission>,
+    pub streams: Option<Streams>,
+    pub hot_swap: Option<HotSwap>,
+    pub policy_costs: Option<Value>,
+}
+
+const POOL: &str = "sim";
+
+/// The bench daemon's config: the embedded default's settings, one pool on the llamacpp
+/// adapter pointing at the simulator. Changed for load: queue capacity, retention (finished
+/// tasks stay streamable 5 s, not 60 s) and session TTL (60 s): the load generator opens a
+/// session per stream.
+fn daemon_config(dir: &Path, sim: &str, queue: u32, placement: &str) -> String {
+    let var = dir.join("var");
+    format!(
+        r#"[paths]
+artifacts = "{var}/artifacts"
+catalog = "{var}/catalog.sqlite"
+
+[queue]
+capacity = {queue}
+
+[stream]
+retention_ms = 5000
+
+[sessions]
+ttl_ms = 60000
+
+[policies]
+timeout_ms = 5
+
+[policies.admission]
+component = "admission-default.wasm"
+config = {{ mode = "reject" }}
+
+[policies.budget]
+component = "budget-default.wasm"
+config = {{ price_per_token = 0.000002 }}
+
+[policies.placement]
+component = "{placement}"
+
+[policies.error_mapping]
+component = "error-mapping-default.wasm"
+
+[[pools]]
+id = "{POOL}"
+adapter = "llamacpp"
+model_ref = "sim"
+queue_capacity = {queue}
+
+[[pools.replicas]]
+id = "sim-0"
+config = {{ url = "{sim}" }}
+"#,
+        var = var.display(),
+    )
+}
+
+fn daemon_target(base: &str) -> Target {
+    Target::Daemon {
+        base: base.to_owned(),
+        api_key: None,
+        model_ref: "sim".into(),
+        engine: "llamacpp".into(),
+    }
+}
+
+fn shape(tokens: u32) -> Shape {
+    Shape {
+        prompt: "a benchmark prompt of a few words".into(),
+        max_tokens: tokens,
+        check_text: true,
+    }
+}
+
+struct Env {
+    paths: Paths,
+    scratch: tempfile::TempDir,
+}
+
+impl Env {
+    async fn daemon(&self, name: &str, sim: &Proc, queue: u32) -> Result<(Proc, PathBuf)> {
+        let dir = self.scratch.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let policies = procs::copy_policies(&self.paths.dist, &dir)?;
+        std::fs::copy(
+            policies.join("placement-default.wasm"),
+            policies.join("placement.wasm"),
+        )?;
+        let config = daemon_config(&dir, &sim.base, queue, "placement.wasm");
+        let d = procs::start_daemon(&self.paths.dist, &dir, &policies, &config, POOL).await?;
+        Ok((d, policies))
+    }
+}
+
+/// Runs the suite and writes its results under `paths.out`.
+pub async fn run(paths: Paths, opts: Options) -> Result<Results> {
+    std::fs::create_dir_all(&paths.out)?;
+    let env = Env {
+        paths: paths.clone(),
+        scratch: tempfile::tempdir()?,
+    };
+    let mut results = Results {
+        date: today(),
+        machine: machine(),
+        quick: opts.quick,
+        overhead: Vec::new(),
+        admission: None,
+        streams: None,
+        hot_swap: None,
+        policy_costs: match &paths.policy_costs {
+            Some(p) if p.exists() => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
+            _ => None,
+        },
+    };
+    // (streams, tokens, inter-token ms): each level keeps about the same work per second.
+    let levels: &[(usize, u32, u64)] = if opts.quick {
+        &[(1, 8, 5), (20, 8, 20)]
+    } else {
+        &[(1, 8, 5), (100, 16, 20), (1000, 16, 100)]
+    };
+    for &(concurrency, tokens, itl) in levels {
+        let row = overhead(&env, &opts, concurrency, tokens, itl).await?;
+        print_overhead(&row);
+        results.overhead.push(row);
+        write(&paths.out, &results)?;
+    }
+    results.admission = Some(admission(&env, &opts).await?);
+    write(&paths.out, &results)?;
+    results.streams = Some(many_streams(&env, &opts).await?);
+    write(&paths.out, &results)?;
+    results.hot_swap = Some(hot_swap(&env, &opts).await?);
+    write(&paths.out, &results)?;
+    crate::plot::overhead(&results.overhead, &paths.out.join("overhead.svg"))?;
+    std::fs::write(paths.out.join("results.md"), markdown(&results))?;
+    Ok(results)
+}
+
+fn write(out: &Path, results: &Results) -> Result<()> {
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    Ok(())
+}
+
+fn diff(a: u64, b: u64) -> i64 {
+    a as i64 - b as i64
+}
+
+async fn overhead(
+    env: &Env,
+    opts: &Options,
+    concurrency: usize,
+    tokens: u32,
+    itl: u64,
+) -> Result<OverheadRow> {
+    eprintln!("overhead: {concurrency} streams, {tokens} tokens every {itl} ms");
+    let sim = procs::start_sim(
+        &env.paths.sim,
+        SimArgs {
+            first_token_ms: 5,
+            inter_token_ms: itl,
+            slots: (concurrency as u32 * 2).max(64),
+            threads: 1,
+        },
+    )?;
+    let queue = (concurrency as u32 * 2).max(256);
+    let (daemon, _) = env
+        .daemon(&format!("overhead-{concurrency}"), &sim, queue)
+        .await?;
+    let run = |label: &str, target: Target| Spec {
+        label: label.to_owned(),
+        target,
+        shape: shape(tokens),
+        schedule: Schedule::Closed {
+            concurrency,
+            total: None,
+            duration: Some(Duration::from_secs(opts.overhead_secs)),
+        },
+        mix: Mix::default(),
+        h2_connections: None,
+    };
+    // Warm both paths (connections, JIT-free but caches and pools), then measure.
+    let warm = |mut s: Spec| {
+        s.schedule = Schedule::Closed {
+            concurrency,
+            total: Some(concurrency as u64 * 2),
+            duration: None,
+        };
+        s
+    };
+    let direct_target = Target::Llama {
+        base: sim.base.clone(),
+    };
+    load::run(warm(run("warm", direct_target.clone())), Progress::new()).await?;
+    let direct = load::run(run("direct", direct_target), Progress::new()).await?;
+    load::run(
+        warm(run("warm", daemon_target(&daemon.base))),
+        Progress::new(),
+    )
+    .await?;
+    let cpu0 = daemon.stats()?.cpu;
+    let through = load::run(run("daemon", daemon_target(&daemon.base)), Progress::new()).await?;
+    let cpu = (daemon.stats()?.cpu - cpu0).as_secs_f64() / through.elapsed.as_secs_f64();
+    let (d, o) = (direct.summary(), through.summary());
+    Ok(OverheadRow {
+        concurrency,
+        tokens,
+        inter_token_ms: itl,
+        added_first_token_p50_us: diff(o.first_token.p50_us, d.first_token.p50_us),
+        added_first_token_p99_us: diff(o.first_token.p99_us, d.first_token.p99_us),
+        added_inter_token_p50_us: diff(o.inter_token.p50_us, d.inter_token.p50_us),
+        added_inter_token_p99_us: diff(o.inter_token.p99_us, d.inter_token.p99_us),
+        daemon_cpu_per_s: cpu,
+        direct: d,
+        daemon: o,
+    })
+}
+
+fn print_overhead(r: &OverheadRow) {
+    eprintln!(
+        "  first token p50 {} µs direct / {} µs daemon (+{}), p99 {} / {} (+{}); inter-token p50 +{} p99 +{}; failed {} violations {} lost {}",
+        r.direct.first_token.p50_us,
+        r.daemon.first_token.p50_us,
+        r.added_first_token_p50_us,
+        r.direct.first_token.p99_us,
+        r.daemon.first_token.p99_us,
+        r.added_first_token_p99_us,
+        r.added_inter_token_p50_us,
+        r.added_inter_token_p99_us,
+        r.daemon.failed,
+        r.daemon.violations,
+        r.daemon.lost_frames
+    );
+}
+
+async fn admission(env: &Env, opts: &Options) -> Result<Admission> {
+    eprintln!("admission throughput at saturation");
+    let sim = procs::start_sim(
+        &env.paths.sim,
+        SimArgs {
+            first_token_ms: 0,
+            inter_token_ms: 0,
+            slots: 4096,
+            threads: 1,
+        },
+    )?;
+    let (daemon, _) = env.daemon("admission", &sim, 4096).await?;
+    let spec = |secs: u64| Spec {
+        label: "admission".into(),
+        target: daemon_target(&daemon.base),
+        shape: shape(1),
+        schedule: Schedule::Closed {
+            concurrency: 64,
+            total: None,
+            duration: Some(Duration::from_secs(secs)),
+        },
+        mix: Mix {
+            submit_only: true,
+            ..Mix::default()
+        },
+        h2_connections: None,
+    };
+    load::run(spec(1), Progress::new()).await?;
+    let cpu0 = daemon.stats()?.cpu;
+    let report = load::run(spec(opts.admission_secs), Progress::new()).await?;
+    let cpu = (daemon.stats()?.cpu - cpu0).as_secs_f64() / report.elapsed.as_secs_f64();
+    let run = report.summary();
+    eprintln!(
+        "  {:.0} admissions/s (p50 {} µs, p99 {} µs), failed {} {:?}; daemon CPU {:.2} cores",
+        run.admitted_per_s, run.admit.p50_us, run.admit.p99_us, run.failed, run.errors, cpu
+    );
+    Ok(Admission {
+        run,
+        daemon_cpu_per_s: cpu,
+    })
+}
+
+async fn many_streams(env: &Env, opts: &Options) -> Result<Streams> {
+    let n = opts.streams;
+    eprintln!("{n} concurrent streams");
+    let (tokens, itl) = if opts.quick { (6, 200) } else { (30, 500) };
+    let sim = procs::start_sim(
+        &env.paths.sim,
+        SimArgs {
+            first_token_ms: 1000,
+            inter_token_ms: itl,
+            slots: n as u32 + 64,
+            threads: 1,
+        },
+    )?;
+    let (daemon, _) = env.daemon("streams", &sim, n as u32 + 64).await?;
+    // One warm stream so the idle figure includes the adapter's client and runtime.
+    let one = Spec {
+        label: "warm".into(),
+        target: daemon_target(&daemon.base),
+        shape: shape(2),
+        schedule: Schedule::Closed {
+            concurrency: 1,
+            total: Some(1),
+            duration: None,
+        },
+        mix: Mix::default(),
+        h2_connections: None,
+    };
+    load::run(one, Progress::new()).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = daemon.stats()?;
+    let sim0 = sim.stats()?;
+    // HTTP/2 to the daemon: 10 000 HTTP/1.1 client connections plus 10 000 engine
+    // connections would pass this machine's 20 000 descriptors per process.
+    let h2 = 64;
+    let progress = Progress::new();
+    let spec = Spec {
+        label: "streams".into(),
+        target: daemon_target(&daemon.base),
+        shape: shape(tokens),
+        schedule: Schedule::Closed {
+            concurrency: n as usize,
+            total: Some(n),
+            duration: None,
+        },
+        mix: Mix::default(),
+        h2_connections: Some(h2),
+    };
+    let run = tokio::spawn(load::run(spec, Arc::clone(&progress)));
+    let (mut peak_in_flight, mut rss_peak, mut sim_rss_peak) = (0, idle.rss_bytes, 0);
+    while !run.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak_in_flight = peak_in_flight.max(progress.in_flight.load(Ordering::Relaxed));
+        if let Ok(s) = daemon.stats() {
+            rss_peak = rss_peak.max(s.rss_bytes);
+        }
+        if let Ok(s) = sim.stats() {
+            sim_rss_peak = sim_rss_peak.max(s.rss_bytes);
+        }
+    }
+    let report = run.await??;
+    let end: ProcStats = daemon.stats()?;
+    let run = report.summary();
+    let per_stream = rss_peak.saturating_sub(idle.rss_bytes) / n.max(1);
+    eprintln!(
+        "  peak {peak_in_flight} in flight; RSS {} MiB idle, {} MiB peak: {} KiB per stream; lost {} violations {} failed {}",
+        idle.rss_bytes >> 20,
+        rss_peak >> 20,
+        per_stream / 1024,
+        run.lost_frames,
+        run.violations,
+        run.failed
+    );
+    Ok(Streams {
+        peak_in_flight,
+        rss_idle_bytes: idle.rss_bytes,
+        rss_peak_bytes: rss_peak,
+        rss_per_stream_bytes: per_stream,
+        daemon_cpu_s: (end.cpu - idle.cpu).as_secs_f64(),
+        sim_rss_peak_bytes: sim_rss_peak,
+        sim_cpu_s: (sim.stats()?.cpu - sim0.cpu).as_secs_f64(),
+        h2_connections: h2,
+        run,
+    })
+}
+
+async fn placement_name(http: &reqwest::Client, base: &str) -> Result<String> {
+    let v: Value = http
+        .get(format!("{base}/v1/policies"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    v["policies"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["kind"] == "placement"))
+        .and_then(|p| p["name"].as_str())
+        .map(str::to_owned)
+        .context("placement in /v1/policies")
+}
+
+async fn hot_swap(env: &Env, opts: &Options) -> Result<HotSwap> {
+    let rate = if opts.quick { 200.0 } else { 1000.0 };
+    eprintln!("policy hot swap under {rate} requests/s");
+    let sim = procs::start_sim(
+        &env.paths.sim,
+        SimArgs {
+            first_token_ms: 5,
+            inter_token_ms: 5,
+            slots: 1024,
+            threads: 1,
+        },
+    )?;
+    let (daemon, policies) = env.daemon("hot-swap", &sim, 1024).await?;
+    let versions = [
+        policies.join("placement-default.wasm"),
+        env.paths.swap_policy.clone(),
+    ];
+    let spec = Spec {
+        label: "hot-swap".into(),
+        target: daemon_target(&daemon.base),
+        shape: shape(4),
+        schedule: Schedule::Open {
+            rate,
+            duration: Duration::from_secs(opts.swap_secs),
+            max_in_flight: 4096,
+        },
+        mix: Mix::default(),
+        h2_connections: None,
+    };
+    let run = tokio::spawn(load::run(spec, Progress::new()));
+    let http = reqwest::Client::new();
+    let mut swaps = Vec::new();
+    let every = Duration::from_secs(opts.swap_secs) / 4;
+    let target = policies.join("placement.wasm");
+    for i in 1..4 {
+        tokio::time::sleep(every).await;
+        let source = &versions[i % 2];
+        let before = placement_name(&http, &daemon.base).await?;
+        let tmp = target.with_extension("swap-tmp");
+        std::fs::copy(source, &tmp)?;
+        std::fs::rename(&tmp, &target)?;
+        let written = Instant::now();
+        loop {
+            let now = placement_name(&http, &daemon.base).await?;
+            if now != before {
+                swaps.push(SwapTiming {
+                    to: now,
+                    to_live_ms: written.elapsed().as_secs_f64() * 1000.0,
+                });
+                break;
+            }
+            if written.elapsed() > Duration::from_secs(10) {
+                bail!("the swap to {} never took effect", source.display());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        eprintln!("  swap {i}: {:.1} ms to live", swaps[i - 1].to_live_ms);
+    }
+    let run = run.await??.summary();
+    eprintln!(
+        "  {} requests, failed {} {:?}, violations {}",
+        run.started, run.failed, run.errors, run.violations
+    );
+    Ok(HotSwap { run, rate, swaps })
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    format!(
+        "{cores} cores ({cpu}), {} GiB memory, {}",
+        mem / (1 << 20),
+        std::env::consts::ARCH
+    )
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn added(us: i64) -> String {
+    format!("{:+.2}", us as f64 / 1000.0)
+}
+
+fn pct(p: &Percentiles) -> String {
+    format!("{} / {} / {}", ms(p.p50_us), ms(p.p99_us), ms(p.max_us))
+}
+
+/// The results as the tables in docs/BENCHMARKS.md.
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let line = |s: &mut String, l: &str| {
+        s.push_str(l);
+        s.push('\n');
+    };
+    line(
+        &mut s,
+        &format!("Machine: {}. Date: {}.", r.machine, r.date),
+    );
+    if r.quick {
+        line(&mut s, "\n**Quick run: scaled down, not comparable.**");
+    }
+    line(
+        &mut s,
+        "\n### Overhead: through orchestratord vs direct to the engine\n",
+    );
+    line(
+        &mut s,
+        "| streams | tokens × inter-token | first token direct p50 / p99 / max (ms) | through daemon | **added p50** | **added p99** | inter-token added p50 / p99 | daemon CPU (cores) | failed / violations / lost |",
+    );
+    line(&mut s, "|---|---|---|---|---|---|---|---|---|");
+    for o in &r.overhead {
+        line(
+            &mut s,
+            &format!(
+                "| {} | {} × {} ms | {} | {} | **{}** | **{}** | {} / {} | {:.2} | {} / {} / {} |",
+                o.concurrency,
+                o.tokens,
+                o.inter_token_ms,
+                pct(&o.direct.first_token),
+                pct(&o.daemon.first_token),
+                added(o.added_first_token_p50_us),
+                added(o.added_first_token_p99_us),
+                added(o.added_inter_token_p50_us),
+                added(o.added_inter_token_p99_us),
+                o.daemon_cpu_per_s,
+                o.daemon.failed,
+                o.daemon.violations,
+                o.daemon.lost_frames,
+            ),
+        );
+    }
+    if let Some(a) = &r.admission {
+        line(&mut s, "\n### Admission throughput at saturation\n");
+        line(
+            &mut s,
+            "| admitted/s | POST → 202 p50 / p99 / max (ms) | refused | daemon CPU (cores) |",
+        );
+        line(&mut s, "|---|---|---|---|");
+        line(
+            &mut s,
+            &format!(
+                "| {:.0} | {} | {} {:?} | {:.2} |",
+                a.run.admitted_per_s,
+                pct(&a.run.admit),
+                a.run.failed,
+                a.run.errors,
+                a.daemon_cpu_per_s
+            ),
+        );
+    }
+    if let Some(m) = &r.streams {
+        line(&mut s, "\n### Concurrent streams\n");
+        line(
+            &mut s,
+            "| streams (peak in flight) | tokens | RSS idle → peak | **RSS per stream** | daemon CPU | lost / reordered-or-broken / failed | engine-sim RSS, CPU (1 thread) |",
+        );
+        line(&mut s, "|---|---|---|---|---|---|---|");
+        line(
+            &mut s,
+            &format!(
+                "| {} ({}) | {} | {} → {} MiB | **{:.1} KiB** | {:.1} s | {} / {} / {} | {} MiB, {:.1} s |",
+                m.run.started,
+                m.peak_in_flight,
+                m.run.tokens,
+                m.rss_idle_bytes >> 20,
+                m.rss_peak_bytes >> 20,
+                m.rss_per_stream_bytes as f64 / 1024.0,
+                m.daemon_cpu_s,
+                m.run.lost_frames,
+                m.run.violations,
+                m.run.failed,
+                m.sim_rss_peak_bytes >> 20,
+                m.sim_cpu_s,
+            ),
+        );
+    }
+    if let Some(h) = &r.hot_swap {
+        line(&mut s, "\n### Policy hot swap under load\n");
+        line(
+            &mut s,
+            "| load | requests | failed | violations | file write → new version live (each swap) |",
+        );
+        line(&mut s, "|---|---|---|---|---|");
+        let swaps: Vec<String> = h
+            .swaps
+            .iter()
+            .map(|w| format!("{:.0} ms ({})", w.to_live_ms, w.to))
+            .collect();
+        line(
+            &mut s,
+            &format!(
+                "| {:.0} req/s open loop | {} | {} | {} | {} |",
+                h.rate,
+                h.run.started,
+                h.run.failed,
+                h.run.violations,
+                swaps.join(", ")
+            ),
+        );
+    }
+    if let Some(Value::Array(rows)) = &r.policy_costs {
+        line(&mut s, "\n### Policy call costs (warm instance)\n");
+        line(&mut s, "| call | p50 (µs) | p90 | p99 |");
+        line(&mut s, "|---|---|---|---|");
+        for row in rows {
+            line(
+                &mut s,
+                &format!(
+                    "| {} | {:.2} | {:.2} | {:.2} |",
+                    row["name"].as_str().unwrap_or("?"),
+                    row["p50_us"].as_f64().unwrap_or(0.0),
+                    row["p90_us"].as_f64().unwrap_or(0.0),
+                    row["p99_us"].as_f64().unwrap_or(0.0)
+                ),
+            );
+        }
+    }
+    s
+}
