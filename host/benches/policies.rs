@@ -36,6 +36,10 @@ fn unlimited() -> BudgetLeft {
     }
 }
 
+/// Every measurement so far, written as JSON to `ORCHD_BENCH_JSON` at the end when set
+/// (`cargo xtask bench` puts them in its tables).
+static ROWS: std::sync::Mutex<Vec<serde_json::Value>> = std::sync::Mutex::new(Vec::new());
+
 fn report(name: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let at =
@@ -47,6 +51,18 @@ fn report(name: &str, mut samples: Vec<Duration>) {
         at(0.9),
         at(0.99)
     );
+    ROWS.lock().unwrap().push(serde_json::json!({
+        "name": name.trim(), "n": samples.len(),
+        "p50_us": at(0.5), "p90_us": at(0.9), "p99_us": at(0.99),
+    }));
+}
+
+fn write_json() {
+    if let Some(path) = std::env::var_os("ORCHD_BENCH_JSON") {
+        let rows = serde_json::Value::Array(ROWS.lock().unwrap().clone());
+        std::fs::write(&path, serde_json::to_string_pretty(&rows).unwrap())
+            .expect("write ORCHD_BENCH_JSON");
+    }
 }
 
 fn measure(name: &str, n: usize, mut f: impl FnMut()) {
@@ -246,4 +262,5 @@ fn main() {
         a.clear_warm();
         a.decide(&decide, Ok::<_, String>).unwrap();
     });
+    write_json();
 }

@@ -143,6 +143,24 @@ fn write_atomic(tmp_dir: &Path, tmp_name: &str, path: &Path, bytes: &[u8]) -> io
     result
 }
 
+/// Transcripts one group commit stores at most.
+const MAX_BATCH: usize = 512;
+
+/// Makes `paths` (files or directories under `dir`) durable. On Linux one `syncfs` of the
+/// store's file system covers them all; elsewhere each is synced.
+#[cfg(target_os = "linux")]
+fn sync_store<'a>(dir: &Path, _paths: impl Iterator<Item = &'a Path>) -> io::Result<()> {
+    rustix::fs::syncfs(File::open(dir)?).map_err(io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_store<'a>(_dir: &Path, paths: impl Iterator<Item = &'a Path>) -> io::Result<()> {
+    for p in paths {
+        File::open(p)?.sync_all()?;
+    }
+    Ok(())
+}
+
 impl ArtifactStore {
     /// Opens (creating) the store under `dir`; leftovers of interrupted writes are removed.
     pub fn open(dir: &Path, max_bytes: usize) -> io::Result<Arc<Self>> {
@@ -165,12 +183,22 @@ impl ArtifactStore {
         let thread = std::thread::Builder::new()
             .name("orchd-artifacts".into())
             .spawn(move || {
-                for job in rx {
-                    let Some(store) = weak.upgrade() else { return };
-                    if let Err(e) = store.persist(&job.hex, &job.doc, &job.owner) {
-                        tracing::error!(artifact = %job.hex, error = %e, "transcript not stored");
+                // Group commit: whatever queued while the last batch was being synced goes
+                // out together.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
                     }
-                    store.lock_pending().remove(&job.hex);
+                    let Some(store) = weak.upgrade() else { return };
+                    store.persist_batch(&batch);
+                    let mut pending = store.lock_pending();
+                    for job in &batch {
+                        pending.remove(&job.hex);
+                    }
                 }
             })?;
         *store.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
@@ -213,6 +241,54 @@ impl ArtifactStore {
             File::open(self.dir.join("owners"))?.sync_all()?;
         }
         Ok(())
+    }
+
+    /// Stores transcripts with two file-system syncs per batch instead of five fsyncs per
+    /// transcript: every new file is written under `tmp/`, one sync makes them durable, they
+    /// are renamed into place, and a second sync makes the names durable. A crash anywhere
+    /// leaves each file whole or absent.
+    fn persist_batch(&self, jobs: &[Job]) {
+        let tmp_dir = self.dir.join("tmp");
+        let mut moves: Vec<(PathBuf, PathBuf, &str)> = Vec::new();
+        for job in jobs {
+            let staged = (|| -> io::Result<()> {
+                let object = self.object_path(&job.hex);
+                if !object.exists() {
+                    let tmp = tmp_dir.join(self.tmp_name(&job.hex));
+                    fs::write(&tmp, &*job.doc)?;
+                    moves.push((tmp, object, &job.hex));
+                }
+                let owner = self.owner_path(&job.hex, &job.owner);
+                if !owner.exists() {
+                    fs::create_dir_all(owner.parent().expect("owner path has a parent"))?;
+                    let tmp = tmp_dir.join(self.tmp_name(&job.hex));
+                    fs::write(&tmp, b"")?;
+                    moves.push((tmp, owner, &job.hex));
+                }
+                Ok(())
+            })();
+            if let Err(e) = staged {
+                tracing::error!(artifact = %job.hex, error = %e, "transcript not stored");
+            }
+        }
+        if let Err(e) = sync_store(&self.dir, moves.iter().map(|m| m.0.as_path())) {
+            tracing::error!(error = %e, count = moves.len(), "transcripts not stored: sync failed");
+            for (tmp, _, _) in &moves {
+                let _ = fs::remove_file(tmp);
+            }
+            return;
+        }
+        for (tmp, path, hex) in &moves {
+            if let Err(e) = fs::rename(tmp, path) {
+                tracing::error!(artifact = %hex, error = %e, "transcript not stored");
+                let _ = fs::remove_file(tmp);
+            }
+        }
+        let dirs: std::collections::BTreeSet<&Path> =
+            moves.iter().filter_map(|m| m.1.parent()).collect();
+        if let Err(e) = sync_store(&self.dir, dirs.into_iter()) {
+            tracing::error!(error = %e, "transcript names not synced");
+        }
     }
 
     /// Stores a client's artifact durably (blocking: call off the async workers). Equal

@@ -7,6 +7,9 @@
 //! - `e2e`   the real-engine tier: installs llama-server (cached under `~/.cache/orchd`),
 //!   generates two tiny GGUF models, and runs `orchd-e2e` against them
 //! - `fixtures` builds the test fixtures into `target/fixtures/`
+//! - `bench [--quick]` the performance harness: policy call costs, then the load scenarios
+//!   of `tools/loadgen` against `tools/engine-sim`; results in `target/bench/`
+//!   (`--quick`: every scenario scaled down, a smoke run)
 //! - `lint`  clippy, warnings denied, on the workspace and the policy components
 //! - `new-policy NAME [--out DIR]` creates a policy crate from `plugins/template`
 
@@ -214,6 +217,60 @@ fn fixtures() -> Result<()> {
                 .join(format!("{}.wasm", lib.replace('_', "-"))),
         )?;
     }
+    Ok(())
+}
+
+/// The performance harness (docs/BENCHMARKS.md): builds the release daemon, the engine
+/// simulator and the load generator, measures policy call costs, then runs the load
+/// scenarios. Results: `target/bench/results.{json,md}` and `target/bench/overhead.svg`.
+fn bench(quick: bool) -> Result<()> {
+    let started = Instant::now();
+    let dist = dist(Scope::Product)?;
+    build_wasm(&["placement-fastest"])?;
+    let out = target().join("bench");
+    let swap = out.join("placement-fastest.wasm");
+    install(&wasm_out("placement_fastest"), &swap)?;
+    run(
+        "build the load generator and the engine simulator (release)",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "orchd-loadgen",
+            "-p",
+            "orchd-engine-sim",
+        ]),
+    )?;
+    let costs = out.join("policy-costs.json");
+    run(
+        "policy call costs",
+        cargo()
+            .args(["bench", "-p", "orchd-host", "--bench", "policies"])
+            .env("ORCHD_DIST", &dist)
+            .env("ORCHD_BENCH_JSON", &costs),
+    )?;
+    let mut load = Command::new(target().join("release/loadgen"));
+    load.current_dir(root())
+        .arg("bench")
+        .arg("--dist")
+        .arg(&dist)
+        .arg("--sim")
+        .arg(target().join("release/engine-sim"))
+        .arg("--swap-policy")
+        .arg(&swap)
+        .arg("--policy-costs")
+        .arg(&costs)
+        .arg("--out")
+        .arg(&out);
+    if quick {
+        load.arg("--quick");
+    }
+    run("load scenarios", &mut load)?;
+    eprintln!(
+        "bench done in {:.1}s; results in {}",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
     Ok(())
 }
 
@@ -512,6 +569,7 @@ fn main() -> Result<()> {
             e2e_tests(&dist)
         }
         Some("lint") => lint(),
+        Some("bench") => bench(args.next().as_deref() == Some("--quick")),
         Some("new-policy") => {
             let name = args
                 .next()
@@ -524,7 +582,9 @@ fn main() -> Result<()> {
             new_policy(&name, &out)
         }
         _ => {
-            eprintln!("usage: cargo xtask <dist|run|test|e2e|fixtures|lint|new-policy> [args]");
+            eprintln!(
+                "usage: cargo xtask <dist|run|test|e2e|fixtures|bench|lint|new-policy> [args]"
+            );
             std::process::exit(2);
         }
     }

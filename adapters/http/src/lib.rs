@@ -18,8 +18,8 @@ pub mod sse;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use orchd_adapter_abi::plugin::{EngineJob, Sink};
@@ -50,6 +50,76 @@ pub fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static
         let _ = tx.send(fut.await);
     });
     rx.recv().expect("the adapter runtime finished the call")
+}
+
+/// The engine's version as last fetched, so that starting a stream costs no extra round
+/// trip: the first call fetches; later calls answer from the cache and, once it is older
+/// than [`VersionCache::MAX_AGE`], refresh it on a background thread.
+#[derive(Clone, Default)]
+pub struct VersionCache(Arc<Mutex<CachedVersion>>);
+
+#[derive(Default)]
+struct CachedVersion {
+    value: Option<String>,
+    fetched: Option<Instant>,
+    refreshing: bool,
+}
+
+impl VersionCache {
+    pub const MAX_AGE: Duration = Duration::from_secs(10);
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedVersion> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The version, or `fallback` when the engine has never said.
+    pub fn get<F>(&self, fetch: F, fallback: &str) -> String
+    where
+        F: FnOnce() -> Result<String, AdapterError> + Send + 'static,
+    {
+        let stale = {
+            let mut c = self.lock();
+            match (&c.value, c.fetched) {
+                (Some(v), Some(at)) => {
+                    let v = v.clone();
+                    if at.elapsed() > Self::MAX_AGE && !c.refreshing {
+                        c.refreshing = true;
+                        Some(v)
+                    } else {
+                        return v;
+                    }
+                }
+                _ => None,
+            }
+        };
+        match stale {
+            Some(v) => {
+                // Blocking calls go through `block_on`, so not on the runtime's own threads.
+                let cache = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("orchd-adapter-version".into())
+                    .spawn(move || cache.store(fetch()));
+                if spawned.is_err() {
+                    self.lock().refreshing = false;
+                }
+                v
+            }
+            None => {
+                let fetched = fetch();
+                self.store(fetched).unwrap_or_else(|| fallback.to_owned())
+            }
+        }
+    }
+
+    fn store(&self, fetched: Result<String, AdapterError>) -> Option<String> {
+        let mut c = self.lock();
+        c.refreshing = false;
+        if let Ok(v) = fetched {
+            c.value = Some(v);
+            c.fetched = Some(Instant::now());
+        }
+        c.value.clone()
+    }
 }
 
 fn ms(n: u64) -> Duration {

@@ -57,6 +57,7 @@ impl Adapter for LlamaCppAdapter {
         let config: Config = parse_config("llamacpp", config)?;
         Ok(LlamaCppClient {
             upstream: Upstream::new(&config.url, config.http, None)?,
+            version: orchd_adapter_http::VersionCache::default(),
             params: config.params,
         })
     }
@@ -64,8 +65,10 @@ impl Adapter for LlamaCppAdapter {
 
 orchd_adapter_abi::export_adapter!(LlamaCppAdapter);
 
+#[derive(Clone)]
 pub struct LlamaCppClient {
     upstream: Upstream,
+    version: orchd_adapter_http::VersionCache,
     params: Map<String, Value>,
 }
 
@@ -190,9 +193,10 @@ impl EngineClient for LlamaCppClient {
         merge_params(&mut body, &self.params, req.params_json.as_str())?;
         // The version is asked for once per job only when the stream starts; a failure
         // there is not worth failing the task for.
+        let this = self.clone();
         let version = self
-            .engine_version()
-            .unwrap_or_else(|_| "llama.cpp-unknown".to_owned());
+            .version
+            .get(move || this.engine_version(), "llama.cpp-unknown");
         Ok(self.upstream.stream(
             "/completion",
             body,

@@ -81,6 +81,7 @@ impl Adapter for OpenAiAdapter {
         let config: Config = parse_config("openai", config)?;
         Ok(OpenAiClient {
             upstream: Upstream::new(&config.url, config.http.clone(), config.api_key.clone())?,
+            version: orchd_adapter_http::VersionCache::default(),
             model: config.model,
             mode: config.mode,
             slots: config.slots,
@@ -92,8 +93,10 @@ impl Adapter for OpenAiAdapter {
 
 orchd_adapter_abi::export_adapter!(OpenAiAdapter);
 
+#[derive(Clone)]
 pub struct OpenAiClient {
     upstream: Upstream,
+    version: orchd_adapter_http::VersionCache,
     model: String,
     mode: Mode,
     slots: u32,
@@ -182,9 +185,10 @@ impl EngineClient for OpenAiClient {
         obj.insert("stream".into(), json!(true));
         obj.insert("stream_options".into(), json!({"include_usage": true}));
         merge_params(&mut body, &self.params, req.params_json.as_str())?;
+        let this = self.clone();
         let version = self
-            .engine_version()
-            .unwrap_or_else(|_| "openai-compatible-unknown".to_owned());
+            .version
+            .get(move || this.engine_version(), "openai-compatible-unknown");
         Ok(self
             .upstream
             .stream(path, body, version, ChunkDecoder::new(self.mode), sink))

@@ -57,6 +57,7 @@ impl Adapter for TgiAdapter {
         let config: Config = parse_config("tgi", config)?;
         Ok(TgiClient {
             upstream: Upstream::new(&config.url, config.http, None)?,
+            version: orchd_adapter_http::VersionCache::default(),
             slots: config.slots,
             params: config.params,
         })
@@ -65,8 +66,10 @@ impl Adapter for TgiAdapter {
 
 orchd_adapter_abi::export_adapter!(TgiAdapter);
 
+#[derive(Clone)]
 pub struct TgiClient {
     upstream: Upstream,
+    version: orchd_adapter_http::VersionCache,
     slots: Option<u32>,
     params: Map<String, Value>,
 }
@@ -130,9 +133,10 @@ impl EngineClient for TgiClient {
         });
         merge_params(&mut parameters, &self.params, req.params_json.as_str())?;
         let body = json!({"inputs": req.prompt.as_str(), "parameters": parameters});
+        let this = self.clone();
         let version = self
-            .engine_version()
-            .unwrap_or_else(|_| "tgi-unknown".to_owned());
+            .version
+            .get(move || this.engine_version(), "tgi-unknown");
         Ok(self.upstream.stream(
             "/generate_stream",
             body,

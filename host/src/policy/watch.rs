@@ -8,8 +8,10 @@ use std::time::Duration;
 use super::PolicySet;
 use super::set::ReloadOutcome;
 
-/// Writes within this window arrive as one reload.
-const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Writes within this window arrive as one reload. Short, because installs are
+/// copy-then-rename (docs/policy-authoring.md): a rename is one event, and a file seen
+/// half-written is refused and then reloaded whole on its next event.
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct Watcher {
