@@ -7,6 +7,11 @@ use orchd_contracts::ErrorCode;
 use orchd_host::config::{Cli, EXIT_CONFIG, Settings, dist_root_of};
 use orchd_host::startup;
 
+/// mimalloc: per-thread free lists suit many small short-lived allocations (frames, JSON,
+/// headers) better than glibc's arenas; docs/BENCHMARKS.md has the before and after.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(filter: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| format!("invalid --log / ORCHD_LOG filter {filter:?}: {e}"))?;

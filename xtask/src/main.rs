@@ -7,7 +7,7 @@
 //! - `e2e`   the real-engine tier: installs llama-server (cached under `~/.cache/orchd`),
 //!   generates two tiny GGUF models, and runs `orchd-e2e` against them
 //! - `fixtures` builds the test fixtures into `target/fixtures/`
-//! - `bench [--quick]` the performance harness: policy call costs, then the load scenarios
+//! - `bench [--quick] [--only SCENARIO]` the performance harness: policy call costs, then the load scenarios
 //!   of `tools/loadgen` against `tools/engine-sim`; results in `target/bench/`
 //!   (`--quick`: every scenario scaled down, a smoke run)
 //! - `lint`  clippy, warnings denied, on the workspace and the policy components
@@ -223,7 +223,7 @@ fn fixtures() -> Result<()> {
 /// The performance harness (docs/BENCHMARKS.md): builds the release daemon, the engine
 /// simulator and the load generator, measures policy call costs, then runs the load
 /// scenarios. Results: `target/bench/results.{json,md}` and `target/bench/overhead.svg`.
-fn bench(quick: bool) -> Result<()> {
+fn bench(extra: &[String]) -> Result<()> {
     let started = Instant::now();
     let dist = dist(Scope::Product)?;
     build_wasm(&["placement-fastest"])?;
@@ -262,9 +262,7 @@ fn bench(quick: bool) -> Result<()> {
         .arg(&costs)
         .arg("--out")
         .arg(&out);
-    if quick {
-        load.arg("--quick");
-    }
+    load.args(extra);
     run("load scenarios", &mut load)?;
     eprintln!(
         "bench done in {:.1}s; results in {}",
@@ -569,7 +567,7 @@ fn main() -> Result<()> {
             e2e_tests(&dist)
         }
         Some("lint") => lint(),
-        Some("bench") => bench(args.next().as_deref() == Some("--quick")),
+        Some("bench") => bench(&args.collect::<Vec<_>>()),
         Some("new-policy") => {
             let name = args
                 .next()

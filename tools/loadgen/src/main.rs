@@ -98,6 +98,9 @@ enum Cmd {
         /// Every scenario, scaled down: a smoke run.
         #[arg(long)]
         quick: bool,
+        /// Only this scenario.
+        #[arg(long, value_parser = ["overhead", "admission", "streams", "hot-swap"])]
+        only: Option<String>,
     },
 }
 
@@ -181,11 +184,19 @@ async fn main() -> Result<()> {
             policy_costs,
             out,
             quick,
+            only,
         } => {
-            let opts = if quick {
+            let mut opts = if quick {
                 Options::quick()
             } else {
                 Options::default()
+            };
+            opts.only = match only.as_deref() {
+                Some("overhead") => Some("overhead"),
+                Some("admission") => Some("admission"),
+                Some("streams") => Some("streams"),
+                Some("hot-swap") => Some("hot-swap"),
+                _ => None,
             };
             let results = suite::run(
                 Paths {

@@ -40,6 +40,8 @@ pub struct Options {
     pub swap_secs: u64,
     /// Quick: every scenario, scaled down (a smoke run; numbers are not comparable).
     pub quick: bool,
+    /// Run only this scenario: `overhead`, `admission`, `streams` or `hot-swap`.
+    pub only: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             streams: 10_000,
             swap_secs: 12,
             quick: false,
+            only: None,
         }
     }
 }
@@ -62,6 +65,7 @@ impl Options {
             streams: 300,
             swap_secs: 4,
             quick: true,
+            only: None,
         }
     }
 }
@@ -241,19 +245,28 @@ pub async fn run(paths: Paths, opts: Options) -> Result<Results> {
     } else {
         &[(1, 8, 5), (100, 16, 20), (1000, 16, 100)]
     };
-    for &(concurrency, tokens, itl) in levels {
-        let row = overhead(&env, &opts, concurrency, tokens, itl).await?;
-        print_overhead(&row);
-        results.overhead.push(row);
+    let wanted = |name: &str| opts.only.is_none_or(|o| o == name);
+    if wanted("overhead") {
+        for &(concurrency, tokens, itl) in levels {
+            let row = overhead(&env, &opts, concurrency, tokens, itl).await?;
+            print_overhead(&row);
+            results.overhead.push(row);
+            write(&paths.out, &results)?;
+        }
+        crate::plot::overhead(&results.overhead, &paths.out.join("overhead.svg"))?;
+    }
+    if wanted("admission") {
+        results.admission = Some(admission(&env, &opts).await?);
         write(&paths.out, &results)?;
     }
-    results.admission = Some(admission(&env, &opts).await?);
-    write(&paths.out, &results)?;
-    results.streams = Some(many_streams(&env, &opts).await?);
-    write(&paths.out, &results)?;
-    results.hot_swap = Some(hot_swap(&env, &opts).await?);
-    write(&paths.out, &results)?;
-    crate::plot::overhead(&results.overhead, &paths.out.join("overhead.svg"))?;
+    if wanted("streams") {
+        results.streams = Some(many_streams(&env, &opts).await?);
+        write(&paths.out, &results)?;
+    }
+    if wanted("hot-swap") {
+        results.hot_swap = Some(hot_swap(&env, &opts).await?);
+        write(&paths.out, &results)?;
+    }
     std::fs::write(paths.out.join("results.md"), markdown(&results))?;
     Ok(results)
 }
