@@ -11,7 +11,7 @@ use wasmtime::Store;
 use wasmtime::component::{InstancePre, Linker};
 
 use super::bindings::PolicyInfo;
-use super::runtime::{PolicyRuntime, PolicyState};
+use super::runtime::{PolicyRuntime, PolicyState, arm_deadline};
 use super::{FailureKind, LoadError, PolicyFailure, PolicyMeta};
 use crate::metrics;
 
@@ -106,8 +106,7 @@ impl<W: World> Loaded<W> {
             live: false,
         };
         let mut warm = loaded.instantiate().map_err(|f| refuse(f.message))?;
-        warm.store
-            .set_epoch_deadline(loaded.runtime.setup_deadline_ticks());
+        arm_deadline(&mut warm.store, loaded.runtime.setup_deadline_ticks());
         let info = W::info(&warm.bindings, &mut warm.store)
             .map_err(|e| refuse(format!("info() failed: {e:#}")))?;
         if info.name.is_empty() || info.name.len() > 128 || info.version.len() > 64 {
@@ -140,10 +139,10 @@ impl<W: World> Loaded<W> {
     /// A fresh instance with `init(config)` done.
     fn instantiate(&self) -> Result<Warm<W>, PolicyFailure> {
         let mut store = self.runtime.new_store(W::KIND);
-        store.set_epoch_deadline(self.runtime.setup_deadline_ticks());
+        arm_deadline(&mut store, self.runtime.setup_deadline_ticks());
         let bindings =
             W::instantiate(&self.pre, &mut store).map_err(|e| failure::<W>(&e, "instantiate"))?;
-        store.set_epoch_deadline(self.runtime.setup_deadline_ticks());
+        arm_deadline(&mut store, self.runtime.setup_deadline_ticks());
         match W::init(&bindings, &mut store, &self.config_json) {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
             Ok(Err(msg)) => Err(PolicyFailure {
@@ -205,11 +204,12 @@ impl<W: World> Loaded<W> {
         };
         // The self-test at load runs before the version serves: it gets the setup deadline,
         // so a busy machine cannot refuse a good component.
-        warm.store.set_epoch_deadline(if self.live {
+        let budget = if self.live {
             self.runtime.deadline_ticks()
         } else {
             self.runtime.setup_deadline_ticks()
-        });
+        };
+        arm_deadline(&mut warm.store, budget);
         match f(&warm.bindings, &mut warm.store) {
             Ok(r) => {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
 use super::LoadError;
 use super::bindings::{HostImports, LogLevel, TypesHost};
@@ -42,10 +42,92 @@ pub struct PolicyRuntime {
     cache_dir: PathBuf,
 }
 
-/// Per-store data: resource limits and the attribution for the guest's log lines.
+/// Per-store data: resource limits, the running call's deadline, and the attribution for
+/// the guest's log lines.
 pub struct PolicyState {
     limits: StoreLimits,
     kind: &'static str,
+    deadline: Deadline,
+}
+
+/// A call's time limit, counted in CPU time of the thread running it. The epoch ticker
+/// wakes the check: first one tick after the call starts (a call of a few µs never sees
+/// it), then whenever the remaining budget would have passed in wall time. A call that
+/// spins is stopped once it has used its budget, as with a plain wall deadline; a call
+/// preempted by a busy machine is not failed for time it did not run, up to
+/// [`WALL_BACKSTOP`] times its budget in wall time.
+#[derive(Debug, Default)]
+struct Deadline {
+    budget: Duration,
+    /// Wall time the call has been running, in ticks, as seen by the checks.
+    wall_ticks: u64,
+    /// Thread CPU time at the first check.
+    cpu_base: Option<Duration>,
+    /// Ticks the current epoch deadline was set to.
+    armed: u64,
+}
+
+/// However little CPU a preempted call has used, it is stopped after this many budgets of
+/// wall time.
+const WALL_BACKSTOP: u64 = 20;
+
+/// CPU time of the calling thread, where the platform says.
+fn thread_cpu() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Some(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+impl Deadline {
+    /// The check at an epoch deadline: extend by the ticks left, or stop the call.
+    fn check(&mut self) -> UpdateDeadline {
+        self.check_at(thread_cpu())
+    }
+
+    /// The check, given the thread's CPU time now.
+    fn check_at(&mut self, now: Option<Duration>) -> UpdateDeadline {
+        self.wall_ticks += self.armed;
+        let budget_ticks = ticks(self.budget);
+        if self.wall_ticks >= budget_ticks * WALL_BACKSTOP {
+            return UpdateDeadline::Interrupt;
+        }
+        let used = match (self.cpu_base, now) {
+            // Counted as if the whole first tick was spent running.
+            (Some(base), Some(now)) => now.saturating_sub(base) + TICK,
+            (None, Some(now)) => {
+                self.cpu_base = Some(now);
+                TICK
+            }
+            // No thread clock: wall time.
+            (_, None) => TICK * self.wall_ticks as u32,
+        };
+        if used >= self.budget {
+            return UpdateDeadline::Interrupt;
+        }
+        self.armed = ticks(self.budget - used);
+        UpdateDeadline::Continue(self.armed)
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_nanos().div_ceil(TICK.as_nanos()) as u64).max(1)
+}
+
+/// Starts a call's deadline of `budget_ticks` ticks on `store`.
+pub fn arm_deadline(store: &mut Store<PolicyState>, budget_ticks: u64) {
+    store.data_mut().deadline = Deadline {
+        budget: TICK * budget_ticks as u32,
+        wall_ticks: 0,
+        cpu_base: None,
+        armed: 1,
+    };
+    store.set_epoch_deadline(1);
 }
 
 impl HostImports for PolicyState {
@@ -111,8 +193,16 @@ impl PolicyRuntime {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, PolicyState { limits, kind });
+        let mut store = Store::new(
+            &self.engine,
+            PolicyState {
+                limits,
+                kind,
+                deadline: Deadline::default(),
+            },
+        );
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().deadline.check()));
         store
     }
 
@@ -236,4 +326,66 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    fn armed(budget_ticks: u64) -> Deadline {
+        Deadline {
+            budget: TICK * budget_ticks as u32,
+            wall_ticks: 0,
+            cpu_base: None,
+            armed: 1,
+        }
+    }
+
+    /// Runs checks until the call is stopped, advancing the thread's CPU time by
+    /// `cpu_per_tick` for every wall tick; returns the wall ticks it ran.
+    fn run(mut d: Deadline, cpu_per_tick: Duration) -> u64 {
+        let mut cpu = Duration::from_secs(7);
+        loop {
+            cpu += cpu_per_tick * d.armed as u32;
+            match d.check_at(Some(cpu)) {
+                UpdateDeadline::Continue(n) => assert!(n >= 1),
+                UpdateDeadline::Interrupt => return d.wall_ticks,
+                #[allow(unreachable_patterns)]
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_spinning_call_is_stopped_at_its_budget() {
+        let ran = run(armed(5), TICK);
+        assert!((5..=6).contains(&ran), "stopped after {ran} ticks");
+    }
+
+    #[test]
+    fn a_preempted_call_runs_until_its_cpu_budget_is_used() {
+        // A quarter of each tick on the CPU: the budget lasts about four times longer.
+        let ran = run(armed(5), TICK / 4);
+        assert!((16..=22).contains(&ran), "stopped after {ran} ticks");
+    }
+
+    #[test]
+    fn a_call_that_never_runs_is_stopped_by_the_wall_backstop() {
+        let ran = run(armed(5), Duration::ZERO);
+        assert!(
+            (5 * WALL_BACKSTOP..5 * WALL_BACKSTOP + 5).contains(&ran),
+            "{ran}"
+        );
+    }
+
+    #[test]
+    fn without_a_thread_clock_the_deadline_is_wall_time() {
+        let mut d = armed(5);
+        let mut ticks_run = 0;
+        while let UpdateDeadline::Continue(_) = d.check_at(None) {
+            ticks_run = d.wall_ticks;
+            assert!(ticks_run < 10);
+        }
+        assert!(d.wall_ticks >= 5, "{ticks_run}");
+    }
 }

@@ -134,6 +134,7 @@ pub struct Report {
     /// Open loop: starts skipped because `max_in_flight` streams were running.
     pub skipped: u64,
     pub admitted: u64,
+    pub refused: u64,
     pub ended: u64,
     pub canceled: u64,
     pub tokens: u64,
@@ -152,6 +153,7 @@ impl Report {
     fn add(&mut self, o: Outcome) {
         self.started += 1;
         self.admitted += u64::from(o.admitted);
+        self.refused += u64::from(o.refused);
         self.ended += u64::from(o.ended);
         self.canceled += u64::from(o.canceled);
         self.tokens += u64::from(o.tokens);
@@ -190,6 +192,7 @@ impl Report {
         self.started += other.started;
         self.skipped += other.skipped;
         self.admitted += other.admitted;
+        self.refused += other.refused;
         self.ended += other.ended;
         self.canceled += other.canceled;
         self.tokens += other.tokens;
@@ -225,6 +228,8 @@ impl Report {
             skipped: self.skipped,
             admitted: self.admitted,
             admitted_per_s: self.admitted as f64 / secs,
+            refused: self.refused,
+            decided_per_s: (self.admitted + self.refused) as f64 / secs,
             ended: self.ended,
             canceled: self.canceled,
             failed: self.failed(),
@@ -250,6 +255,12 @@ pub struct Summary {
     pub skipped: u64,
     pub admitted: u64,
     pub admitted_per_s: f64,
+    /// Requests refused with an error envelope (admission decisions too).
+    #[serde(default)]
+    pub refused: u64,
+    /// Admission decisions (202s and refusals) per second.
+    #[serde(default)]
+    pub decided_per_s: f64,
     pub ended: u64,
     pub canceled: u64,
     pub failed: u64,

@@ -61,7 +61,9 @@ pub struct Shape {
 pub struct Outcome {
     /// The daemon answered 202 (always true for direct streams that got a 200).
     pub admitted: bool,
-    /// POST → 202, for daemon streams.
+    /// The daemon refused the request with an error envelope (a decision, like a 202).
+    pub refused: bool,
+    /// POST → the daemon's answer (202 or a refusal), for daemon streams.
     pub admit: Option<Duration>,
     /// Start → first token frame.
     pub first_token: Option<Duration>,
@@ -206,7 +208,9 @@ async fn daemon_stream(
     };
     let status = resp.status();
     let admitted: Value = resp.json().await.unwrap_or(Value::Null);
+    out.admit = Some(start.elapsed());
     if status != reqwest::StatusCode::ACCEPTED {
+        out.refused = admitted["code"].is_string();
         out.error = Some(
             admitted["code"]
                 .as_str()
@@ -215,7 +219,6 @@ async fn daemon_stream(
         return out;
     }
     out.admitted = true;
-    out.admit = Some(start.elapsed());
     if action == Action::SubmitOnly {
         out.action_taken = Some(action);
         return out;
