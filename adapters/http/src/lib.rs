@@ -316,12 +316,17 @@ impl EngineJob for StreamJob {
 }
 
 /// Delivers an event; `false` when the host wants no more (or the job was canceled).
+///
+/// Called on the runtime's worker directly. The host drains its buffer without waiting for
+/// its client (slow readers are the host's replay buffer's business), so the buffer is full
+/// only when the host itself is starved; then this worker blocks until it catches up, which
+/// is the backpressure the ABI asks for. `block_in_place` here cost two thread hand-offs per
+/// token (the worker's core moved to a new thread and back), measured in docs/BENCHMARKS.md.
 fn emit(sink: &Sink, canceled: &AtomicBool, event: Event) -> bool {
     if canceled.load(Ordering::Acquire) {
         return false;
     }
-    // The host's buffer may be full (backpressure): block this worker, not the loop.
-    tokio::task::block_in_place(|| sink.emit(event))
+    sink.emit(event)
 }
 
 impl Upstream {
