@@ -17,11 +17,14 @@ use crate::stream::{self, Action, Outcome, Shape, Target};
 #[derive(Debug, Clone, Copy)]
 pub enum Schedule {
     /// `concurrency` workers, each running streams back to back, until `total` streams have
-    /// started or `duration` has passed (whichever is set and comes first).
+    /// started or `duration` has passed (whichever is set and comes first). Worker `k`
+    /// starts `k × ramp / concurrency` late, so that equal streams do not start and end in
+    /// lockstep waves (give about one stream's length).
     Closed {
         concurrency: usize,
         total: Option<u64>,
         duration: Option<Duration>,
+        ramp: Duration,
     },
     /// `rate` streams per second for `duration`; a start that would exceed `max_in_flight`
     /// is skipped and counted, never delayed.
@@ -347,10 +350,13 @@ pub async fn run(spec: Spec, progress: Arc<Progress>) -> anyhow::Result<Report> 
             concurrency,
             total,
             duration,
+            ramp,
         } => {
             let next = Arc::new(AtomicU64::new(0));
             let mut workers = JoinSet::new();
-            for _ in 0..concurrency.max(1) {
+            let workers_n = concurrency.max(1);
+            for k in 0..workers_n {
+                let delay = ramp.mul_f64(k as f64 / workers_n as f64);
                 let next = Arc::clone(&next);
                 let one = one.clone();
                 let label = spec.label.clone();
@@ -359,6 +365,7 @@ pub async fn run(spec: Spec, progress: Arc<Progress>) -> anyhow::Result<Report> 
                         label,
                         ..Report::default()
                     };
+                    tokio::time::sleep(delay).await;
                     loop {
                         if duration.is_some_and(|d| began.elapsed() >= d) {
                             break;

@@ -52,6 +52,10 @@ enum Cmd {
         /// Stop after this many streams (closed loop).
         #[arg(long)]
         streams: Option<u64>,
+        /// Closed loop: spread the workers' starts over this long (about one stream's
+        /// length), so equal streams do not run in lockstep waves.
+        #[arg(long, default_value_t = 0)]
+        ramp_ms: u64,
         #[arg(long, default_value_t = 10.0)]
         duration_s: f64,
         #[arg(long, default_value_t = 16)]
@@ -117,6 +121,7 @@ async fn main() -> Result<()> {
             rate,
             max_in_flight,
             streams,
+            ramp_ms,
             duration_s,
             tokens,
             prompt,
@@ -156,6 +161,7 @@ async fn main() -> Result<()> {
                         concurrency,
                         total: streams,
                         duration: streams.is_none().then_some(duration),
+                        ramp: Duration::from_millis(ramp_ms),
                     },
                 },
                 mix: Mix {

@@ -311,6 +311,9 @@ async fn overhead(
     let (daemon, _) = env
         .daemon(&format!("overhead-{concurrency}"), &sim, queue)
         .await?;
+    // Workers start spread over one stream's length: equal streams started together would
+    // otherwise start and end in lockstep waves of `concurrency` requests.
+    let stream_len = Duration::from_millis(5 + u64::from(tokens) * itl);
     let run = |label: &str, target: Target| Spec {
         label: label.to_owned(),
         target,
@@ -319,6 +322,7 @@ async fn overhead(
             concurrency,
             total: None,
             duration: Some(Duration::from_secs(opts.overhead_secs)),
+            ramp: stream_len,
         },
         mix: Mix::default(),
         h2_connections: None,
@@ -329,6 +333,7 @@ async fn overhead(
             concurrency,
             total: Some(concurrency as u64 * 2),
             duration: None,
+            ramp: stream_len,
         };
         s
     };
@@ -429,6 +434,7 @@ async fn admission_run(
             concurrency: 64,
             total: None,
             duration: Some(Duration::from_secs(secs)),
+            ramp: Duration::ZERO,
         },
         mix: Mix {
             submit_only: true,
@@ -477,6 +483,7 @@ async fn many_streams(env: &Env, opts: &Options) -> Result<Streams> {
             concurrency: 1,
             total: Some(1),
             duration: None,
+            ramp: Duration::ZERO,
         },
         mix: Mix::default(),
         h2_connections: None,
@@ -497,6 +504,7 @@ async fn many_streams(env: &Env, opts: &Options) -> Result<Streams> {
             concurrency: n as usize,
             total: Some(n),
             duration: None,
+            ramp: Duration::ZERO,
         },
         mix: Mix::default(),
         h2_connections: Some(h2),

@@ -42,6 +42,7 @@ fn spec(target: Target, tokens: u32, total: u64, mix: Mix) -> Spec {
             concurrency: 8,
             total: Some(total),
             duration: None,
+            ramp: Duration::ZERO,
         },
         mix,
         h2_connections: None,
@@ -155,6 +156,7 @@ async fn a_gap_in_an_engine_stream_is_a_violation() {
         concurrency: 1,
         total: Some(1),
         duration: None,
+        ramp: Duration::ZERO,
     };
     let r = load::run(s, Progress::new()).await.unwrap().summary();
     assert_eq!(r.violations, 1, "{r:?}");
