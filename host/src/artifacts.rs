@@ -6,7 +6,6 @@
 //! - `owners/<hex>/<owner-tag>` — an empty file per key that created it: a key sees only
 //!   what it created (admins see everything), and another key's id is a plain 404.
 //! - `tmp/` — where every file is written before it is renamed into place.
-//!
 //! - `transcripts.sqlite` — task transcripts (SQLite, WAL, `synchronous=FULL`), one row per
 //!   transcript with its owner tag.
 //!

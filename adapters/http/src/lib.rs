@@ -60,8 +60,8 @@ pub struct VersionCache(Arc<Mutex<CachedVersion>>);
 
 #[derive(Default)]
 struct CachedVersion {
-    value: Option<String>,
-    fetched: Option<Instant>,
+    /// The version and when it was fetched.
+    current: Option<(String, Instant)>,
     refreshing: bool,
 }
 
@@ -72,29 +72,20 @@ impl VersionCache {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The version, or `fallback` when the engine has never said.
-    pub fn get<F>(&self, fetch: F, fallback: &str) -> String
+    /// The version, or `fallback` when the engine has never said. `fetcher` makes the
+    /// fetch, and is called only when one is due (not on the common, cached path).
+    pub fn get<F>(&self, fetcher: impl FnOnce() -> F, fallback: &str) -> String
     where
         F: FnOnce() -> Result<String, AdapterError> + Send + 'static,
     {
-        let stale = {
-            let mut c = self.lock();
-            match (&c.value, c.fetched) {
-                (Some(v), Some(at)) => {
-                    let v = v.clone();
-                    if at.elapsed() > Self::MAX_AGE && !c.refreshing {
-                        c.refreshing = true;
-                        Some(v)
-                    } else {
-                        return v;
-                    }
-                }
-                _ => None,
-            }
-        };
-        match stale {
-            Some(v) => {
+        let mut c = self.lock();
+        if let Some((version, fetched)) = &c.current {
+            let version = version.clone();
+            if fetched.elapsed() > Self::MAX_AGE && !c.refreshing {
+                c.refreshing = true;
+                drop(c);
                 // Blocking calls go through `block_on`, so not on the runtime's own threads.
+                let fetch = fetcher();
                 let cache = self.clone();
                 let spawned = std::thread::Builder::new()
                     .name("orchd-adapter-version".into())
@@ -102,23 +93,21 @@ impl VersionCache {
                 if spawned.is_err() {
                     self.lock().refreshing = false;
                 }
-                v
             }
-            None => {
-                let fetched = fetch();
-                self.store(fetched).unwrap_or_else(|| fallback.to_owned())
-            }
+            return version;
         }
+        drop(c);
+        let fetched = fetcher()();
+        self.store(fetched).unwrap_or_else(|| fallback.to_owned())
     }
 
     fn store(&self, fetched: Result<String, AdapterError>) -> Option<String> {
         let mut c = self.lock();
         c.refreshing = false;
         if let Ok(v) = fetched {
-            c.value = Some(v);
-            c.fetched = Some(Instant::now());
+            c.current = Some((v, Instant::now()));
         }
-        c.value.clone()
+        c.current.as_ref().map(|(v, _)| v.clone())
     }
 }
 
@@ -574,6 +563,34 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_is_fetched_once_and_a_failure_falls_back_without_caching() {
+        use std::sync::atomic::AtomicU32;
+        let cache = VersionCache::default();
+        let fails = || {
+            || {
+                Err(AdapterError::new(
+                    ErrorKind::Transport,
+                    Phase::Control,
+                    "down",
+                ))
+            }
+        };
+        assert_eq!(cache.get(fails, "unknown"), "unknown");
+        let calls = Arc::new(AtomicU32::new(0));
+        let fetcher = || {
+            let calls = Arc::clone(&calls);
+            move || {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Ok("v1".to_owned())
+            }
+        };
+        assert_eq!(cache.get(fetcher, "unknown"), "v1");
+        assert_eq!(cache.get(fetcher, "unknown"), "v1");
+        assert_eq!(cache.get(fails, "unknown"), "v1", "fresh: no fetch at all");
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn backoff_is_full_jitter_capped_at_two_seconds() {

@@ -193,10 +193,13 @@ impl EngineClient for LlamaCppClient {
         merge_params(&mut body, &self.params, req.params_json.as_str())?;
         // The version is asked for once per job only when the stream starts; a failure
         // there is not worth failing the task for.
-        let this = self.clone();
-        let version = self
-            .version
-            .get(move || this.engine_version(), "llama.cpp-unknown");
+        let version = self.version.get(
+            || {
+                let this = self.clone();
+                move || this.engine_version()
+            },
+            "llama.cpp-unknown",
+        );
         Ok(self.upstream.stream(
             "/completion",
             body,

@@ -185,10 +185,13 @@ impl EngineClient for OpenAiClient {
         obj.insert("stream".into(), json!(true));
         obj.insert("stream_options".into(), json!({"include_usage": true}));
         merge_params(&mut body, &self.params, req.params_json.as_str())?;
-        let this = self.clone();
-        let version = self
-            .version
-            .get(move || this.engine_version(), "openai-compatible-unknown");
+        let version = self.version.get(
+            || {
+                let this = self.clone();
+                move || this.engine_version()
+            },
+            "openai-compatible-unknown",
+        );
         Ok(self
             .upstream
             .stream(path, body, version, ChunkDecoder::new(self.mode), sink))

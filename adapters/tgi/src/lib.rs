@@ -133,10 +133,13 @@ impl EngineClient for TgiClient {
         });
         merge_params(&mut parameters, &self.params, req.params_json.as_str())?;
         let body = json!({"inputs": req.prompt.as_str(), "parameters": parameters});
-        let this = self.clone();
-        let version = self
-            .version
-            .get(move || this.engine_version(), "tgi-unknown");
+        let version = self.version.get(
+            || {
+                let this = self.clone();
+                move || this.engine_version()
+            },
+            "tgi-unknown",
+        );
         Ok(self.upstream.stream(
             "/generate_stream",
             body,

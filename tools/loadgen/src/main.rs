@@ -197,13 +197,7 @@ async fn main() -> Result<()> {
             } else {
                 Options::default()
             };
-            opts.only = match only.as_deref() {
-                Some("overhead") => Some("overhead"),
-                Some("admission") => Some("admission"),
-                Some("streams") => Some("streams"),
-                Some("hot-swap") => Some("hot-swap"),
-                _ => None,
-            };
+            opts.only = only;
             let results = suite::run(
                 Paths {
                     dist,

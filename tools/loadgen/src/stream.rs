@@ -130,6 +130,16 @@ pub async fn run(
     }
 }
 
+/// Sends `req`; a non-2xx status (`{what}HTTP <status>`) or a transport failure is the
+/// stream's error.
+async fn send_ok(req: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response, String> {
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(r),
+        Ok(r) => Err(format!("{what}HTTP {}", r.status())),
+        Err(e) => Err(format!("transport: {e}")),
+    }
+}
+
 /// Reads a response's body as SSE events, calling `on_event` until it returns false or the
 /// body ends. Returns `Err` on a transport failure.
 async fn read_events(
@@ -285,14 +295,10 @@ async fn daemon_stream(
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
         }
-        let mut resp = match req.send().await {
-            Ok(r) if r.status().is_success() => r,
-            Ok(r) => {
-                out.error = Some(format!("stream HTTP {}", r.status()));
-                return out;
-            }
+        let mut resp = match send_ok(req, "stream ").await {
+            Ok(r) => r,
             Err(e) => {
-                out.error = Some(format!("transport: {e}"));
+                out.error = Some(e);
                 return out;
             }
         };
@@ -460,19 +466,10 @@ async fn llama_stream(
     start: Instant,
 ) -> Outcome {
     let mut out = Outcome::default();
-    let mut resp = match client
-        .post(format!("{base}/completion"))
-        .json(&body)
-        .send()
-        .await
-    {
-        Ok(r) if r.status().is_success() => r,
-        Ok(r) => {
-            out.error = Some(format!("HTTP {}", r.status()));
-            return out;
-        }
+    let mut resp = match send_ok(client.post(format!("{base}/completion")).json(&body), "").await {
+        Ok(r) => r,
         Err(e) => {
-            out.error = Some(format!("transport: {e}"));
+            out.error = Some(e);
             return out;
         }
     };

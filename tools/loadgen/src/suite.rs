@@ -30,7 +30,7 @@ pub struct Paths {
 }
 
 /// Which scenarios, and how long they run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Seconds per overhead level and target.
     pub overhead_secs: u64,
@@ -41,7 +41,7 @@ pub struct Options {
     /// Quick: every scenario, scaled down (a smoke run; numbers are not comparable).
     pub quick: bool,
     /// Run only this scenario: `overhead`, `admission`, `streams` or `hot-swap`.
-    pub only: Option<&'static str>,
+    pub only: Option<String>,
 }
 
 impl Default for Options {
@@ -252,7 +252,7 @@ pub async fn run(paths: Paths, opts: Options) -> Result<Results> {
     } else {
         &[(1, 8, 5), (100, 16, 20), (1000, 16, 100)]
     };
-    let wanted = |name: &str| opts.only.is_none_or(|o| o == name);
+    let wanted = |name: &str| opts.only.as_deref().is_none_or(|o| o == name);
     if wanted("overhead") {
         for &(concurrency, tokens, itl) in levels {
             let row = overhead(&env, &opts, concurrency, tokens, itl).await?;
