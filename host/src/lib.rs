@@ -17,6 +17,7 @@ pub mod decisions;
 pub mod dirwatch;
 pub mod dispatch;
 pub mod errors;
+pub mod filestamp;
 pub mod gpu;
 pub mod health;
 pub mod metrics;

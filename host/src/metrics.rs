@@ -33,6 +33,8 @@ struct Metrics {
     policy_reloads_total: IntCounterVec,
     policy_fallbacks_total: IntCounterVec,
     placement_decisions_total: IntCounterVec,
+    plugin_rescans_total: IntCounterVec,
+    plugin_files_hashed_total: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -254,6 +256,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Placement decisions",
             &["outcome", "pinned", "fallback"],
         ),
+        plugin_rescans_total: counter(
+            &registry,
+            "plugin_rescans_total",
+            "Rescans of a plugin directory after a relevant change (created, written, renamed, removed)",
+            &["directory"],
+        ),
+        plugin_files_hashed_total: counter(
+            &registry,
+            "plugin_files_hashed_total",
+            "Plugin files read and hashed because their stat changed",
+            &["directory"],
+        ),
         registry,
     }
 });
@@ -273,6 +287,30 @@ pub fn policy_reload(policy: &'static str, result: &'static str) {
         .policy_reloads_total
         .with_label_values(&[policy, result])
         .inc();
+}
+
+/// One rescan of the `adapter` or `policy` directory.
+pub fn plugin_rescan(directory: &'static str) {
+    METRICS
+        .plugin_rescans_total
+        .with_label_values(&[directory])
+        .inc();
+}
+
+/// One plugin file read and hashed.
+pub fn plugin_file_hashed(directory: &'static str) {
+    METRICS
+        .plugin_files_hashed_total
+        .with_label_values(&[directory])
+        .inc();
+}
+
+/// How many files of `directory` were hashed so far (tests).
+pub fn plugin_files_hashed(directory: &str) -> u64 {
+    METRICS
+        .plugin_files_hashed_total
+        .with_label_values(&[directory])
+        .get()
 }
 
 pub fn policy_fallback(policy: &'static str) {

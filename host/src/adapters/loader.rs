@@ -8,6 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::filestamp::{HashCache, sha256_file};
 use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RString};
@@ -15,7 +16,6 @@ use orchd_adapter_abi::ffi::{FfiEventSink, FfiEventSink_TO};
 use orchd_adapter_abi::{
     self as abi, AdapterModRef, Event, FfiClientBox, FfiJobBox, SinkStatus, SubmitRequest,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::{
@@ -33,11 +33,22 @@ pub enum LoadOutcome {
 /// Every adapter library loaded from the adapter directory, by name. Libraries are never
 /// unloaded: a new file (or a new version of one) is loaded beside the old ones and new
 /// pools use it; clients already made keep the library they came from.
-#[derive(Default)]
 pub struct AdapterRegistry {
     adapters: RwLock<BTreeMap<String, Arc<dyn Adapter>>>,
     /// The content hash each file had when last looked at (loaded or refused).
     seen: Mutex<HashMap<PathBuf, String>>,
+    /// Stamps and hashes: a rescan reads only the files whose stat changed.
+    hashes: HashCache,
+}
+
+impl Default for AdapterRegistry {
+    fn default() -> Self {
+        Self {
+            adapters: RwLock::default(),
+            seen: Mutex::default(),
+            hashes: HashCache::new("adapter"),
+        }
+    }
 }
 
 impl AdapterRegistry {
@@ -59,7 +70,7 @@ impl AdapterRegistry {
         paths.sort();
         let mut outcomes = Vec::new();
         for path in paths {
-            let Ok(sha) = sha256_file(&path) else {
+            let Ok(sha) = self.hashes.sha256(&path) else {
                 continue; // vanished or unreadable mid-copy; the next event retries
             };
             {
@@ -67,9 +78,9 @@ impl AdapterRegistry {
                 if seen.get(&path) == Some(&sha) {
                     continue;
                 }
-                seen.insert(path.clone(), sha);
+                seen.insert(path.clone(), sha.clone());
             }
-            let outcome = match load_library(&path) {
+            let outcome = match load_library(&path, sha) {
                 Ok(adapter) => {
                     let info = adapter.info().clone();
                     let mut adapters = self.adapters.write().unwrap_or_else(|p| p.into_inner());
@@ -97,7 +108,8 @@ impl AdapterRegistry {
 
     /// Loads one library (the conformance kit and tools); the same checks as `load_dir`.
     pub fn load_file(path: &Path) -> Result<Arc<dyn Adapter>, String> {
-        load_library(path).map(|a| Arc::new(a) as Arc<dyn Adapter>)
+        let sha256 = sha256_file(path).map_err(|e| format!("cannot read: {e}"))?;
+        load_library(path, sha256).map(|a| Arc::new(a) as Arc<dyn Adapter>)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<dyn Adapter>>> {
@@ -125,11 +137,6 @@ impl AdapterRegistry {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
-}
-
 /// The first line of an abi_stable error (some span hundreds of lines).
 fn summarize(err: &LibraryError) -> String {
     match err {
@@ -153,8 +160,7 @@ fn summarize(err: &LibraryError) -> String {
     }
 }
 
-fn load_library(path: &Path) -> Result<LoadedAdapter, String> {
-    let sha256 = sha256_file(path)?;
+fn load_library(path: &Path, sha256: String) -> Result<LoadedAdapter, String> {
     let header = lib_header_from_path(path).map_err(|e| summarize(&e))?;
     let module = header
         .init_root_module::<AdapterModRef>()

@@ -17,12 +17,14 @@ pub struct AdapterWatcher {
 }
 
 pub fn spawn(state: Weak<AppState>, dir: &Path) -> Result<AdapterWatcher, String> {
-    let (watch, mut rx) = crate::dirwatch::watch(dir, DEBOUNCE, "adapter")?;
+    let (watch, mut changes) = crate::dirwatch::watch(dir, DEBOUNCE, "adapter", |p| {
+        p.extension().is_some_and(|x| x == "so")
+    })?;
     let dir: PathBuf = dir.to_path_buf();
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            crate::dirwatch::coalesce(&mut rx);
+        while changes.next_burst().await.is_some() {
             let Some(state) = state.upgrade() else { return };
+            crate::metrics::plugin_rescan("adapter");
             let scan_dir = dir.clone();
             let outcomes =
                 tokio::task::spawn_blocking(move || state.adapters.rescan(&scan_dir)).await;

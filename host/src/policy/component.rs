@@ -105,6 +105,7 @@ impl<W: World> Loaded<W> {
             stats: CallStats::default(),
             live: false,
         };
+        let _ticking = runtime.ticking();
         let mut warm = loaded.instantiate().map_err(|f| refuse(f.message))?;
         arm_deadline(&mut warm.store, loaded.runtime.setup_deadline_ticks());
         let info = W::info(&warm.bindings, &mut warm.store)
@@ -197,6 +198,7 @@ impl<W: World> Loaded<W> {
         &self,
         f: impl FnOnce(&W::Bindings, &mut Store<PolicyState>) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyFailure> {
+        let _ticking = self.runtime.ticking();
         let warm = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut warm = match warm {
             Some(w) => w,

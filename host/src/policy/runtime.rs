@@ -3,7 +3,8 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -38,8 +39,38 @@ pub struct PolicyMeta {
 /// The engine every policy component runs on.
 pub struct PolicyRuntime {
     engine: Engine,
+    ticker: Arc<Ticker>,
     limits: PolicyLimits,
     cache_dir: PathBuf,
+}
+
+/// The epoch ticker's state: it ticks only while a guest runs, so an idle daemon has no
+/// thread waking every millisecond.
+struct Ticker {
+    /// Guest executions in progress (calls, instantiation, `init`, `info`).
+    calls: AtomicUsize,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// Keeps the epoch ticking while it lives: hold one around every guest execution, or its
+/// deadline never fires.
+pub struct Ticking(Arc<Ticker>);
+
+impl Ticking {
+    fn new(ticker: &Arc<Ticker>) -> Self {
+        if ticker.calls.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(thread) = ticker.thread.get()
+        {
+            thread.unpark();
+        }
+        Self(Arc::clone(ticker))
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Per-store data: resource limits, the running call's deadline, and the attribution for
@@ -146,7 +177,7 @@ impl TypesHost for PolicyState {}
 
 impl PolicyRuntime {
     /// Builds the engine and starts the epoch ticker (a thread that lives as long as the
-    /// process; one tick per millisecond).
+    /// process; one tick per millisecond while a guest runs, parked otherwise).
     pub fn new(limits: PolicyLimits, cache_dir: PathBuf) -> Result<Arc<Self>, String> {
         let mut config = Config::new();
         config
@@ -154,21 +185,38 @@ impl PolicyRuntime {
             .epoch_interruption(true)
             .max_wasm_stack(MAX_WASM_STACK);
         let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
-        let ticker = engine.clone();
-        std::thread::Builder::new()
+        let ticker = Arc::new(Ticker {
+            calls: AtomicUsize::new(0),
+            thread: OnceLock::new(),
+        });
+        let epoch = engine.clone();
+        let ticking = Arc::clone(&ticker);
+        let thread = std::thread::Builder::new()
             .name("policy-epoch".into())
             .spawn(move || {
                 loop {
+                    if ticking.calls.load(Ordering::Acquire) == 0 {
+                        // At rest: no call to interrupt. `Ticking::new` unparks.
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(TICK);
-                    ticker.increment_epoch();
+                    epoch.increment_epoch();
                 }
             })
             .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
+        let _ = ticker.thread.set(thread.thread().clone());
         Ok(Arc::new(Self {
             engine,
+            ticker,
             limits,
             cache_dir,
         }))
+    }
+
+    /// Starts the epoch ticking for one guest execution (see [`Ticking`]).
+    pub fn ticking(&self) -> Ticking {
+        Ticking::new(&self.ticker)
     }
 
     /// Deadline of one call, in ticks (at least one).

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use sha2::{Digest, Sha256};
 
 use super::component::{Loaded, World};
 use super::runtime::PolicyRuntime;
 use super::worlds::{Admission, Budget, ErrorMapping, Placement};
 use super::{LoadError, PolicyMeta};
 use crate::config::{PolicySettings, PolicySettingsSet};
+use crate::filestamp::{HashCache, Stamp};
 use crate::metrics;
 
 /// One policy kind: the version in force and the last refusal.
@@ -53,12 +53,6 @@ fn log_loaded(meta: &PolicyMeta, reload: bool) {
     );
 }
 
-fn sha256_of(path: &Path) -> Option<String> {
-    std::fs::read(path)
-        .ok()
-        .map(|b| hex::encode(Sha256::digest(&b)))
-}
-
 impl<W: World> Slot<W> {
     fn load(runtime: &Arc<PolicyRuntime>, settings: &PolicySettings) -> Result<Self, LoadError> {
         let loaded = Loaded::<W>::load(runtime, &settings.component, &settings.config_json)?;
@@ -90,9 +84,9 @@ impl<W: World> Slot<W> {
     /// Reloads the component file if its content changed: compile, init and self-test
     /// off the request path, then swap atomically. A refused file leaves the version in
     /// force serving. Blocking: call from a blocking thread.
-    pub fn reload(&self, runtime: &Arc<PolicyRuntime>) -> ReloadOutcome {
+    pub fn reload(&self, runtime: &Arc<PolicyRuntime>, hashes: &HashCache) -> ReloadOutcome {
         let path = &self.settings.component;
-        let sha = sha256_of(path);
+        let sha = hashes.sha256(path).ok();
         if sha.as_deref() == Some(self.get().meta().sha256.as_str()) {
             return ReloadOutcome::Unchanged { kind: W::KIND };
         }
@@ -142,8 +136,9 @@ pub struct PolicySet {
     pub budget: Slot<Budget>,
     pub placement: Slot<Placement>,
     pub error_mapping: Slot<ErrorMapping>,
-    /// Serializes reloads (watcher and API).
-    reloading: Mutex<()>,
+    /// Serializes reloads (watcher and API); holds the files' last stamps and hashes, so a
+    /// reload reads only the files that changed.
+    reloading: Mutex<HashCache>,
 }
 
 impl PolicySet {
@@ -151,24 +146,49 @@ impl PolicySet {
         runtime: Arc<PolicyRuntime>,
         settings: &PolicySettingsSet,
     ) -> Result<Self, LoadError> {
+        // Each file's stamp, taken before its first read, with the hash that read gave: the
+        // first rescan then reads only files that changed since.
+        let hashes = HashCache::new("policy");
+        fn load<W: World>(
+            runtime: &Arc<PolicyRuntime>,
+            settings: &PolicySettings,
+            hashes: &HashCache,
+        ) -> Result<Slot<W>, LoadError> {
+            let stamp = Stamp::of(&settings.component).ok();
+            let slot = Slot::<W>::load(runtime, settings)?;
+            if let Some(stamp) = stamp {
+                hashes.remember(&settings.component, stamp, slot.get().meta().sha256.clone());
+            }
+            Ok(slot)
+        }
         Ok(Self {
-            admission: Slot::load(&runtime, &settings.admission)?,
-            budget: Slot::load(&runtime, &settings.budget)?,
-            placement: Slot::load(&runtime, &settings.placement)?,
-            error_mapping: Slot::load(&runtime, &settings.error_mapping)?,
+            admission: load(&runtime, &settings.admission, &hashes)?,
+            budget: load(&runtime, &settings.budget, &hashes)?,
+            placement: load(&runtime, &settings.placement, &hashes)?,
+            error_mapping: load(&runtime, &settings.error_mapping, &hashes)?,
             runtime,
-            reloading: Mutex::new(()),
+            reloading: Mutex::new(hashes),
         })
     }
 
     /// Rescans every slot's file. Blocking (compiles): call from a blocking thread.
     pub fn reload_all(&self) -> Vec<ReloadOutcome> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let hashes = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         vec![
-            self.admission.reload(&self.runtime),
-            self.budget.reload(&self.runtime),
-            self.placement.reload(&self.runtime),
-            self.error_mapping.reload(&self.runtime),
+            self.admission.reload(&self.runtime, &hashes),
+            self.budget.reload(&self.runtime, &hashes),
+            self.placement.reload(&self.runtime, &hashes),
+            self.error_mapping.reload(&self.runtime, &hashes),
+        ]
+    }
+
+    /// The four configured component files.
+    pub fn component_paths(&self) -> [&Path; 4] {
+        [
+            &self.admission.settings().component,
+            &self.budget.settings().component,
+            &self.placement.settings().component,
+            &self.error_mapping.settings().component,
         ]
     }
 }

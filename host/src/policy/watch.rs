@@ -31,10 +31,18 @@ pub async fn reload(policies: &Arc<PolicySet>) -> Vec<ReloadOutcome> {
 }
 
 pub fn spawn(policies: Arc<PolicySet>, dir: &Path) -> Result<Watcher, String> {
-    let (watch, mut rx) = crate::dirwatch::watch(dir, DEBOUNCE, "policy")?;
+    // Only the four configured component files matter; their names, since events name
+    // paths under `dir` as it was given.
+    let names: Vec<std::ffi::OsString> = policies
+        .component_paths()
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+        .collect();
+    let relevant = move |p: &Path| p.file_name().is_some_and(|n| names.iter().any(|m| m == n));
+    let (watch, mut changes) = crate::dirwatch::watch(dir, DEBOUNCE, "policy", relevant)?;
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            crate::dirwatch::coalesce(&mut rx);
+        while changes.next_burst().await.is_some() {
+            crate::metrics::plugin_rescan("policy");
             reload(&policies).await;
         }
     });

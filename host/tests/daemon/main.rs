@@ -21,3 +21,4 @@ mod sessions;
 mod shutdown;
 mod stream;
 mod tasks;
+mod watch;

@@ -40,7 +40,9 @@ pub struct Options {
     pub swap_secs: u64,
     /// Quick: every scenario, scaled down (a smoke run; numbers are not comparable).
     pub quick: bool,
-    /// Run only this scenario: `overhead`, `admission`, `streams` or `hot-swap`.
+    /// Seconds each idle daemon is watched (CPU averaged over this window).
+    pub idle_secs: u64,
+    /// Run only this scenario: `idle`, `overhead`, `admission`, `streams` or `hot-swap`.
     pub only: Option<String>,
 }
 
@@ -51,6 +53,7 @@ impl Default for Options {
             admission_secs: 10,
             streams: 10_000,
             swap_secs: 12,
+            idle_secs: 60,
             quick: false,
             only: None,
         }
@@ -64,6 +67,7 @@ impl Options {
             admission_secs: 2,
             streams: 300,
             swap_secs: 4,
+            idle_secs: 5,
             quick: true,
             only: None,
         }
@@ -124,11 +128,23 @@ pub struct SwapTiming {
     pub to_live_ms: f64,
 }
 
+/// Daemons at rest on the embedded default config: CPU in percent of one core.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Idle {
+    pub secs: u64,
+    pub alone_pct: f64,
+    /// Two daemons sharing the adapter and policy directories, both measured.
+    pub shared_first_pct: f64,
+    pub shared_second_pct: f64,
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Results {
     pub date: String,
     pub machine: String,
     pub quick: bool,
+    #[serde(default)]
+    pub idle: Option<Idle>,
     pub overhead: Vec<OverheadRow>,
     pub admission: Option<Admission>,
     pub streams: Option<Streams>,
@@ -237,6 +253,7 @@ pub async fn run(paths: Paths, opts: Options) -> Result<Results> {
         date: today(),
         machine: machine(),
         quick: opts.quick,
+        idle: None,
         overhead: Vec::new(),
         admission: None,
         streams: None,
@@ -253,6 +270,10 @@ pub async fn run(paths: Paths, opts: Options) -> Result<Results> {
         &[(1, 8, 5), (100, 16, 20), (1000, 16, 100)]
     };
     let wanted = |name: &str| opts.only.as_deref().is_none_or(|o| o == name);
+    if wanted("idle") {
+        results.idle = Some(idle(&env, &opts).await?);
+        write(&paths.out, &results)?;
+    }
     if wanted("overhead") {
         for &(concurrency, tokens, itl) in levels {
             let row = overhead(&env, &opts, concurrency, tokens, itl).await?;
@@ -547,6 +568,75 @@ async fn many_streams(env: &Env, opts: &Options) -> Result<Streams> {
     })
 }
 
+/// The embedded default config (`dist/etc/orchd.toml`) with its state under `dir` and its
+/// plugins from the dist tree, so two daemons share plugin directories and nothing else.
+fn default_config(dist: &Path, dir: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(dist.join("etc/orchd.toml"))?;
+    let mut out = String::new();
+    for line in text.lines() {
+        let path = |rel: &str| format!("\"{}\"", dir.join(rel).display());
+        let line = match line.split_once(" = ").map(|(k, _)| k) {
+            Some("adapters") => format!("adapters = \"{}\"", dist.join("adapters").display()),
+            Some("policies") => format!("policies = \"{}\"", dist.join("policies").display()),
+            Some("cache") => format!("cache = {}", path("var/cache")),
+            Some("artifacts") if line.contains("var/") => {
+                format!("artifacts = {}", path("var/artifacts"))
+            }
+            Some("catalog") => format!("catalog = {}", path("var/catalog.sqlite")),
+            _ => line.to_owned(),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// CPU of `procs` over `secs`, in percent of one core each.
+async fn cpu_pct(procs: &[&Proc], secs: u64) -> Result<Vec<f64>> {
+    let before = procs
+        .iter()
+        .map(|p| p.stats())
+        .collect::<Result<Vec<_>>>()?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let wall = started.elapsed().as_secs_f64();
+    procs
+        .iter()
+        .zip(before)
+        .map(|(p, b)| Ok((p.stats()?.cpu - b.cpu).as_secs_f64() / wall * 100.0))
+        .collect()
+}
+
+/// Idle daemons: one alone, then a second sharing its plugin directories (the second's
+/// start reads every plugin file the first one watches).
+async fn idle(env: &Env, opts: &Options) -> Result<Idle> {
+    let secs = opts.idle_secs;
+    eprintln!("idle: default config, {secs} s alone, then {secs} s beside a second daemon");
+    let dist = &env.paths.dist;
+    let start = |name: &'static str| async move {
+        let dir = env.scratch.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let config = default_config(dist, &dir)?;
+        procs::start_daemon(dist, &dir, &dist.join("policies"), &config, "mock").await
+    };
+    let first = start("idle-first").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alone = cpu_pct(&[&first], secs).await?[0];
+    let second = start("idle-second").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let shared = cpu_pct(&[&first, &second], secs).await?;
+    eprintln!(
+        "  alone {alone:.2} % of a core; sharing plugin directories {:.2} % and {:.2} %",
+        shared[0], shared[1]
+    );
+    Ok(Idle {
+        secs,
+        alone_pct: alone,
+        shared_first_pct: shared[0],
+        shared_second_pct: shared[1],
+    })
+}
+
 async fn placement_name(http: &reqwest::Client, base: &str) -> Result<String> {
     let v: Value = http
         .get(format!("{base}/v1/policies"))
@@ -688,6 +778,25 @@ pub fn markdown(r: &Results) -> String {
     );
     if r.quick {
         line(&mut s, "\n**Quick run: scaled down, not comparable.**");
+    }
+    if let Some(i) = &r.idle {
+        line(&mut s, "\n### Idle daemon (embedded default config)\n");
+        line(
+            &mut s,
+            "| daemons | CPU averaged over the window (% of one core) | window |",
+        );
+        line(&mut s, "|---|---|---|");
+        line(
+            &mut s,
+            &format!("| one, alone | **{:.2} %** | {} s |", i.alone_pct, i.secs),
+        );
+        line(
+            &mut s,
+            &format!(
+                "| two sharing adapter and policy directories | **{:.2} %** and **{:.2} %** | {} s |",
+                i.shared_first_pct, i.shared_second_pct, i.secs
+            ),
+        );
     }
     line(
         &mut s,
