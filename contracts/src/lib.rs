@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod catalog;
+pub mod chat;
 pub mod error;
 pub mod openai;
 pub mod policies;
@@ -13,6 +14,7 @@ pub mod stream;
 pub mod task;
 
 pub use artifacts::{ArtifactCreated, ArtifactKind, ArtifactRequest};
+pub use chat::{ChatMessage, ToolCallFrame};
 pub use error::{ErrorCode, ErrorEnvelope};
 pub use policies::{PoliciesResponse, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult};
 pub use stream::{EndFrame, MetricsFrame, StartedFrame, TokenFrame};

@@ -13,10 +13,13 @@ pub struct StartedFrame {
     pub engine_version: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenFrame {
     pub t: String,
     pub i: u32,
+    /// A chat task that asked for `logprobs`: those of this frame's tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<crate::chat::TokenLogprob>>,
 }
 
 /// Additive: clients ignore fields they do not know.
@@ -49,4 +52,11 @@ pub struct EndFrame {
     /// An `embedding` task's result: one vector per input, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embeddings: Option<Vec<Vec<f32>>>,
+    /// Why generation stopped, as the engine said (`stop`, `length`, `tool_calls`,
+    /// `content_filter`); absent where the engine gave none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    /// Prompt tokens the engine served from its cache, where it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u32>,
 }

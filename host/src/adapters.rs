@@ -8,6 +8,7 @@ mod loader;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use orchd_contracts::chat;
 use tokio::sync::mpsc;
 
 pub use loader::{AdapterRegistry, LoadOutcome, expected_abi_version};
@@ -45,6 +46,20 @@ pub trait EngineClient: Send + Sync {
         job: JobSpec,
         events: mpsc::Sender<EngineEvent>,
     ) -> Result<Box<dyn EngineJob>, EngineFailure>;
+    /// Starts a chat task (`job.chat` is set) on the engine's own chat endpoint. Blocking,
+    /// like `submit`.
+    fn submit_chat(
+        &self,
+        job: JobSpec,
+        events: mpsc::Sender<EngineEvent>,
+    ) -> Result<Box<dyn EngineJob>, EngineFailure> {
+        let _ = (job, events);
+        Err(EngineFailure::new(
+            FailureKind::InvalidRequest,
+            FailurePhase::BeforeFirstToken,
+            "this engine adapter does not serve chat",
+        ))
+    }
     /// One embedding vector per input. Blocking.
     fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, EngineFailure> {
         let _ = inputs;
@@ -97,13 +112,54 @@ pub struct JobSpec {
     pub params_json: String,
     /// An embedding job: the texts to embed (`prompt` is unused).
     pub inputs: Option<Vec<String>>,
+    /// A chat job: the conversation, sent to the engine's own chat endpoint (`prompt` is
+    /// only a text rendering of it, for estimates).
+    pub chat: Option<Arc<ChatJob>>,
+}
+
+/// A chat task's conversation and options, as the client sent them (validated).
+#[derive(Debug, Clone, Default)]
+pub struct ChatJob {
+    pub messages: Vec<chat::ChatMessage>,
+    pub tools: Vec<chat::Tool>,
+    pub tool_choice: Option<chat::ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
+    pub response_format: Option<chat::ResponseFormat>,
+    pub logprobs: bool,
+    pub top_logprobs: u32,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    /// (token id, bias)
+    pub logit_bias: Vec<(u32, f32)>,
+    pub stop: Vec<String>,
+}
+
+/// What one engine frame of a chat task added.
+#[derive(Debug, Clone, Default)]
+pub struct ChatDelta {
+    pub content: String,
+    pub tool_calls: Vec<chat::ToolCallFrame>,
+    pub logprobs: Vec<chat::TokenLogprob>,
+}
+
+/// The engine's own account of a finished task; `None` where it said nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineEnd {
+    pub tokens_in: Option<u32>,
+    pub tokens_out: Option<u32>,
+    pub cached_tokens: Option<u32>,
+    pub finish_reason: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub enum EngineEvent {
-    Started { engine_version: String },
+    Started {
+        engine_version: String,
+    },
     Token(String),
-    End { tokens_in: u32, tokens_out: u32 },
+    /// A chat task's output: content, tool-call fragments, logprobs.
+    Delta(ChatDelta),
+    End(EngineEnd),
     Error(EngineFailure),
 }
 

@@ -9,7 +9,7 @@ use orchd_contracts::{
     ErrorCode, PlacementMode, Priority, TaskAccepted, TaskRequest, TaskStreams, Workload,
 };
 
-use crate::adapters::JobSpec;
+use crate::adapters::{ChatJob, JobSpec};
 use crate::auth::Principal;
 use crate::budget::{Headroom, Reservation};
 use crate::config::valid_id;
@@ -25,6 +25,10 @@ use crate::queue::ClassQueues;
 use crate::sessions::{Sessions, TurnCapReached};
 use crate::state::AppState;
 use crate::task::{Task, TaskSpec};
+use orchd_contracts::chat::{ChatMessage, Content, ResponseFormat, Role, ToolChoice};
+
+/// The adapter feature a chat task needs (ABI 0.1.3's `FEATURE_CHAT`).
+pub const FEATURE_CHAT: &str = "chat";
 
 /// Oldest entries per class shown to the admission policy.
 const SNAPSHOT_OLDEST: usize = 8;
@@ -50,6 +54,7 @@ fn validate(req: &TaskRequest) -> Result<(), ApiError> {
     if req.deadline_ms == 0 {
         return Err(ApiError::invalid("deadline_ms", "must be at least 1"));
     }
+    validate_chat(req)?;
     match req.workload {
         Workload::Completion if req.prompt.is_none() => {
             return Err(ApiError::invalid(
@@ -75,6 +80,215 @@ fn validate(req: &TaskRequest) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Names a field that only a chat task may carry.
+fn chat_only(req: &TaskRequest) -> Option<&'static str> {
+    [
+        ("messages", req.messages.is_some()),
+        ("tools", req.tools.is_some()),
+        ("tool_choice", req.tool_choice.is_some()),
+        ("parallel_tool_calls", req.parallel_tool_calls.is_some()),
+        ("response_format", req.response_format.is_some()),
+        ("logprobs", req.logprobs.is_some()),
+        ("top_logprobs", req.top_logprobs.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(field, set)| set.then_some(field))
+}
+
+/// A tool's or schema's name: what OpenAI accepts.
+fn valid_function_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The conversation and its options: roles and what each may carry, text parts only,
+/// tools and the choice among them, the response format, logprobs.
+fn validate_chat(req: &TaskRequest) -> Result<(), ApiError> {
+    if req.workload != Workload::Chat {
+        return match chat_only(req) {
+            Some(field) => Err(ApiError::invalid(field, "only for workload chat")),
+            None => Ok(()),
+        };
+    }
+    if req.prompt.is_some() {
+        return Err(ApiError::invalid(
+            "prompt",
+            "a chat task carries messages, not a prompt",
+        ));
+    }
+    let messages = match &req.messages {
+        Some(m) if !m.is_empty() => m,
+        _ => {
+            return Err(ApiError::invalid(
+                "messages",
+                "required and non-empty for workload chat",
+            ));
+        }
+    };
+    for (i, m) in messages.iter().enumerate() {
+        if let Some(Content::Parts(parts)) = &m.content {
+            for (j, p) in parts.iter().enumerate() {
+                if p.kind != "text" || p.text.is_none() {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].content[{j}]"),
+                        format!(
+                            "content parts of type {:?} are not supported (text only)",
+                            p.kind
+                        ),
+                    ));
+                }
+            }
+        }
+        if m.tool_calls.is_some() && m.role != Role::Assistant {
+            return Err(ApiError::invalid(
+                &format!("messages[{i}].tool_calls"),
+                "only an assistant message carries tool calls",
+            ));
+        }
+        for (j, call) in m.tool_calls.iter().flatten().enumerate() {
+            if call.kind != "function" || !valid_function_name(&call.function.name) {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].tool_calls[{j}]"),
+                    "must be {\"type\": \"function\"} with a function name of 1-64 [A-Za-z0-9_-]",
+                ));
+            }
+        }
+        match (m.role, &m.tool_call_id) {
+            (Role::Tool, None) => {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].tool_call_id"),
+                    "required for a tool message",
+                ));
+            }
+            (role, Some(_)) if role != Role::Tool => {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].tool_call_id"),
+                    "only a tool message answers a tool call",
+                ));
+            }
+            _ => {}
+        }
+        if m.content.is_none() && m.tool_calls.is_none() {
+            return Err(ApiError::invalid(
+                &format!("messages[{i}].content"),
+                "required unless the message carries tool_calls",
+            ));
+        }
+    }
+    let tools = req.tools.as_deref().unwrap_or_default();
+    for (i, t) in tools.iter().enumerate() {
+        if t.kind != "function" {
+            return Err(ApiError::invalid(
+                &format!("tools[{i}].type"),
+                "only function tools are supported",
+            ));
+        }
+        if !valid_function_name(&t.function.name) {
+            return Err(ApiError::invalid(
+                &format!("tools[{i}].function.name"),
+                "1-64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if t.function
+            .parameters
+            .as_ref()
+            .is_some_and(|p| !p.is_object())
+        {
+            return Err(ApiError::invalid(
+                &format!("tools[{i}].function.parameters"),
+                "must be a JSON Schema object",
+            ));
+        }
+    }
+    match &req.tool_choice {
+        None => {}
+        Some(ToolChoice::Mode(mode)) => {
+            if !matches!(mode.as_str(), "none" | "auto" | "required") {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("{mode:?} is not none, auto, required or a named function"),
+                ));
+            }
+            if mode != "none" && tools.is_empty() {
+                return Err(ApiError::invalid("tool_choice", "needs tools"));
+            }
+        }
+        Some(ToolChoice::Named(named)) => {
+            if named.kind != "function"
+                || !tools.iter().any(|t| t.function.name == named.function.name)
+            {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("names no function in tools: {:?}", named.function.name),
+                ));
+            }
+        }
+    }
+    if let Some(ResponseFormat::JsonSchema { json_schema }) = &req.response_format {
+        if !valid_function_name(&json_schema.name) {
+            return Err(ApiError::invalid(
+                "response_format.json_schema.name",
+                "1-64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if json_schema.schema.as_ref().is_some_and(|s| !s.is_object()) {
+            return Err(ApiError::invalid(
+                "response_format.json_schema.schema",
+                "must be a JSON Schema object",
+            ));
+        }
+    }
+    if let Some(n) = req.top_logprobs {
+        if n > 20 {
+            return Err(ApiError::invalid("top_logprobs", "at most 20"));
+        }
+        if req.logprobs != Some(true) {
+            return Err(ApiError::invalid("top_logprobs", "needs logprobs: true"));
+        }
+    }
+    Ok(())
+}
+
+/// A text rendering of a conversation and its tools, for estimates (and a transcript's
+/// prompt). Never sent to an engine: chat goes to the engine's own template.
+pub fn chat_text(messages: &[ChatMessage], tools: &[orchd_contracts::chat::Tool]) -> String {
+    let mut out = String::new();
+    for m in messages {
+        if let Some(Content::Text(t)) = &m.content {
+            out.push_str(t);
+        }
+        if let Some(Content::Parts(parts)) = &m.content {
+            for p in parts {
+                out.push_str(p.text.as_deref().unwrap_or(""));
+            }
+        }
+        for call in m.tool_calls.iter().flatten() {
+            out.push_str(&call.function.name);
+            out.push_str(&call.function.arguments);
+        }
+        out.push('\n');
+    }
+    for t in tools {
+        out.push_str(&serde_json::to_string(&t.function).unwrap_or_default());
+    }
+    out
+}
+
+/// What the OpenAI door adds to a task beyond `TaskRequest`'s fields.
+#[derive(Debug, Clone, Default)]
+pub struct EngineExtras {
+    /// Sampler fields as a JSON object, or empty (`temperature`, `top_p`; a completion's
+    /// `stop`).
+    pub params_json: String,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub logit_bias: Vec<(u32, f32)>,
+    /// A chat task's stop sequences.
+    pub stop: Vec<String>,
 }
 
 /// The pools serving the request's engine and model (routing), after request validation:
@@ -105,6 +319,27 @@ fn candidates<'a>(state: &'a AppState, req: &TaskRequest) -> Result<Vec<&'a Arc<
         .iter()
         .filter(|p| p.engine == req.engine && p.model_ref == req.model_ref)
         .collect();
+    // A conversation goes only to an engine's own chat endpoint, never flattened.
+    let serving = if req.workload == Workload::Chat {
+        let (chat, without): (Vec<&Arc<Pool>>, Vec<&Arc<Pool>>) = serving
+            .into_iter()
+            .partition(|p| p.has_feature(FEATURE_CHAT));
+        if chat.is_empty()
+            && let Some(pool) = without.first()
+        {
+            return Err(ApiError::invalid(
+                "messages",
+                format!(
+                    "pool {:?} serves model {:?} on adapter {:?}, which lacks the `chat` feature (its engine has no chat endpoint the adapter can use); send a completion with a prompt instead",
+                    pool.id, req.model_ref, pool.adapter
+                ),
+            )
+            .pool(&pool.id));
+        }
+        chat
+    } else {
+        serving
+    };
     // A draining pool takes no new work.
     let candidates: Vec<&Arc<Pool>> = serving
         .iter()
@@ -309,15 +544,21 @@ pub fn admit(
     principal: &Principal,
     correlation_id: &str,
 ) -> Result<Admitted, ApiError> {
-    admit_with(state, req, String::new(), principal, correlation_id)
+    admit_with(
+        state,
+        req,
+        EngineExtras::default(),
+        principal,
+        correlation_id,
+    )
 }
 
-/// [`admit`] with engine parameters (a JSON object of sampler fields, or empty) handed to
-/// the adapter with the task (the OpenAI front door's `temperature`, `top_p`, `stop`).
+/// [`admit`] with what the OpenAI front door adds (sampler fields, penalties, logit bias,
+/// stop sequences), handed to the adapter with the task.
 pub fn admit_with(
     state: &AppState,
     req: TaskRequest,
-    engine_params: String,
+    engine_params: EngineExtras,
     principal: &Principal,
     correlation_id: &str,
 ) -> Result<Admitted, ApiError> {
@@ -350,7 +591,7 @@ pub fn admit_with(
 fn admit_checked(
     state: &AppState,
     req: TaskRequest,
-    engine_params: String,
+    extras: EngineExtras,
     principal: &Principal,
     correlation_id: &str,
 ) -> Result<Admitted, ApiError> {
@@ -375,7 +616,25 @@ fn admit_checked(
         .engine(&req.engine));
     }
     let candidates = candidates(state, &req)?;
-    let prompt = req.prompt.clone().unwrap_or_default();
+    let chat = (req.workload == Workload::Chat).then(|| {
+        Arc::new(ChatJob {
+            messages: req.messages.clone().unwrap_or_default(),
+            tools: req.tools.clone().unwrap_or_default(),
+            tool_choice: req.tool_choice.clone(),
+            parallel_tool_calls: req.parallel_tool_calls,
+            response_format: req.response_format.clone(),
+            logprobs: req.logprobs.unwrap_or(false),
+            top_logprobs: req.top_logprobs.unwrap_or(0),
+            frequency_penalty: extras.frequency_penalty,
+            presence_penalty: extras.presence_penalty,
+            logit_bias: extras.logit_bias.clone(),
+            stop: extras.stop.clone(),
+        })
+    });
+    let prompt = match &chat {
+        Some(c) => chat_text(&c.messages, &c.tools),
+        None => req.prompt.clone().unwrap_or_default(),
+    };
     let tokens_in_estimate = estimate_tokens(&prompt);
     let (reservation, headroom) = state.decisions.reserve(
         budget::ReserveRequest {
@@ -401,7 +660,8 @@ fn admit_checked(
         correlation_id,
         tokens_in_estimate,
         prompt,
-        engine_params,
+        engine_params: extras.params_json,
+        chat,
     };
     match enqueue(state, &req, facts, &candidates, &reservation) {
         Ok(accepted) => Ok(Admitted { accepted, headroom }),
@@ -419,6 +679,7 @@ struct Facts<'a> {
     tokens_in_estimate: u32,
     prompt: String,
     engine_params: String,
+    chat: Option<Arc<ChatJob>>,
 }
 
 fn enqueue(
@@ -544,8 +805,9 @@ fn enqueue(
                     params_json: facts.engine_params,
                     inputs: match req.workload {
                         Workload::Embedding | Workload::Rerank => req.inputs.clone(),
-                        Workload::Completion => None,
+                        Workload::Completion | Workload::Chat => None,
                     },
+                    chat: facts.chat,
                 },
                 queue_position: queue.depth_of(class),
                 predicted_start_ms,

@@ -228,6 +228,45 @@ async fn run(
     pool.publish(&pool.queue());
 }
 
+/// Whether relaying may go on after a frame was appended; handles a reader that fell
+/// behind (its task is canceled) and a task already ended by cancel.
+async fn relayed(task: &Task, replica: &crate::pool::Replica, pushed: Pushed) -> bool {
+    match pushed {
+        Pushed::Ok => true,
+        // Ended by cancel; whoever ended it canceled the job.
+        Pushed::Ended => false,
+        Pushed::ReaderFellBehind => {
+            cancel_for_slow_reader(task, &replica.engine_version()).await;
+            false
+        }
+    }
+}
+
+/// The prompt's token count for billing: the engine's report; else, for a completion on an
+/// adapter that tokenizes, the engine's tokenizer (one blocking call, off the workers);
+/// else the admission estimate. Never 0 for a prompt that was not empty.
+async fn prompt_tokens(
+    pool: &Pool,
+    replica: &crate::pool::Replica,
+    task: &Task,
+    end: &crate::adapters::EngineEnd,
+) -> u32 {
+    if let Some(n) = end.tokens_in.filter(|&n| n > 0) {
+        return n;
+    }
+    let job = &task.spec.job;
+    if job.chat.is_none() && !job.prompt.is_empty() && pool.has_feature("tokenize") {
+        let client = Arc::clone(&replica.client);
+        let prompt = job.prompt.clone();
+        if let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || client.tokenize(&prompt)).await
+            && !ids.is_empty()
+        {
+            return u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        }
+    }
+    task.spec.tokens_in_estimate
+}
+
 async fn relay(
     pool: &Pool,
     decisions: &Decisions,
@@ -268,24 +307,30 @@ async fn relay(
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
     let client = Arc::clone(&replica.client);
     let spec = task.spec.job.clone();
-    let job: Arc<dyn EngineJob> =
-        match tokio::task::spawn_blocking(move || client.submit(spec, tx)).await {
-            Ok(Ok(job)) => Arc::from(job),
-            Ok(Err(failure)) => {
-                if failure.kind == FailureKind::Panic {
-                    crate::health::take_out(pool, replica, &failure.message);
-                }
-                fail(task, map(&failure));
-                return;
+    let submit = move || {
+        if spec.chat.is_some() {
+            client.submit_chat(spec, tx)
+        } else {
+            client.submit(spec, tx)
+        }
+    };
+    let job: Arc<dyn EngineJob> = match tokio::task::spawn_blocking(submit).await {
+        Ok(Ok(job)) => Arc::from(job),
+        Ok(Err(failure)) => {
+            if failure.kind == FailureKind::Panic {
+                crate::health::take_out(pool, replica, &failure.message);
             }
-            Err(join) => {
-                fail(
-                    task,
-                    ApiError::internal(format!("adapter submit did not return: {join}")),
-                );
-                return;
-            }
-        };
+            fail(task, map(&failure));
+            return;
+        }
+        Err(join) => {
+            fail(
+                task,
+                ApiError::internal(format!("adapter submit did not return: {join}")),
+            );
+            return;
+        }
+    };
     if let Some(job) = task.attach_job(Arc::clone(&job)) {
         // Canceled while submitting.
         cancel_job(&task.id, job).await;
@@ -320,12 +365,24 @@ async fn relay(
             Some(EngineEvent::Started { .. }) => {}
             Some(EngineEvent::Token(text)) => {
                 streamed = true;
-                match task.push_token(text) {
-                    Pushed::Ok => {}
-                    // Ended by cancel; whoever ended it canceled the job.
-                    Pushed::Ended => return,
-                    Pushed::ReaderFellBehind => {
-                        cancel_for_slow_reader(task, &replica.engine_version()).await;
+                if !relayed(task, replica, task.push_token(text)).await {
+                    return;
+                }
+                if last_metrics.is_none_or(|t| t.elapsed() >= METRICS_EVERY) {
+                    last_metrics = Some(Instant::now());
+                    task.push_metrics(pool.queue_depth(), decisions.headroom(task), pool.rates().0);
+                }
+            }
+            Some(EngineEvent::Delta(delta)) => {
+                streamed = true;
+                if !delta.content.is_empty() || !delta.logprobs.is_empty() {
+                    let logprobs = (!delta.logprobs.is_empty()).then_some(delta.logprobs);
+                    if !relayed(task, replica, task.push_text(delta.content, logprobs)).await {
+                        return;
+                    }
+                }
+                for fragment in delta.tool_calls {
+                    if !relayed(task, replica, task.push_tool_call(fragment)).await {
                         return;
                     }
                 }
@@ -334,9 +391,10 @@ async fn relay(
                     task.push_metrics(pool.queue_depth(), decisions.headroom(task), pool.rates().0);
                 }
             }
-            Some(EngineEvent::End { tokens_in, .. }) => {
+            Some(EngineEvent::End(end)) => {
                 task.push_metrics(pool.queue_depth(), decisions.headroom(task), pool.rates().0);
-                if let Some(timing) = task.succeed(tokens_in) {
+                let tokens_in = prompt_tokens(pool, replica, task, &end).await;
+                if let Some(timing) = task.succeed(tokens_in, &end) {
                     pool.record_on(replica_idx, timing);
                     tracing::info!(task_id = %task.id, tokens_out = timing.tokens_out, "task succeeded");
                 }

@@ -170,6 +170,8 @@ pub struct Pool {
     pub engine: String,
     /// The adapter library the pool's replicas use.
     pub adapter: String,
+    /// What that library said it can do when the replicas' clients were made.
+    pub features: Vec<String>,
     /// No new placements while draining (`POST /v1/pools/{id}/drain`).
     draining: AtomicBool,
     /// When the current drain's deadline passes.
@@ -203,6 +205,7 @@ impl Pool {
             id: settings.id.clone(),
             engine,
             adapter: settings.adapter.clone(),
+            features: Vec::new(),
             draining: AtomicBool::new(false),
             drain_until: Mutex::new(None),
             reloading: AtomicBool::new(false),
@@ -218,6 +221,16 @@ impl Pool {
                 measured: false,
             }),
         }
+    }
+
+    /// The features of the pool's adapter library (`streaming`, `tokenize`, `chat`, …).
+    pub fn with_features(mut self, features: &[String]) -> Self {
+        self.features = features.to_vec();
+        self
+    }
+
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
     }
 
     pub fn queue(&self) -> MutexGuard<'_, ClassQueues> {

@@ -159,7 +159,9 @@ fn build_pools(
         let ctx_max = ps
             .ctx_max
             .unwrap_or(if reported_ctx > 0 { reported_ctx } else { 4096 });
-        pools.push(Arc::new(Pool::new(ps, engine, ctx_max, replicas)));
+        pools.push(Arc::new(
+            Pool::new(ps, engine, ctx_max, replicas).with_features(&adapter.info().features),
+        ));
     }
     Ok(pools)
 }

@@ -22,9 +22,10 @@ use orchd_contracts::{
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::adapters::{EngineJob, JobSpec};
+use crate::adapters::{EngineEnd, EngineJob, JobSpec};
 use crate::artifacts::{ArtifactStore, NewArtifact};
 use crate::budget::{Headroom, Reservation};
+use orchd_contracts::chat::{TokenLogprob, ToolCallFrame};
 
 /// One SSE frame: `id: seq`, `event: name`, `data: json`.
 #[derive(Debug, Clone)]
@@ -102,7 +103,13 @@ struct Inner {
     reader_fell_behind: bool,
     replica_id: Option<String>,
     engine_version: Option<String>,
+    /// Text frames sent so far (the `i` of the next `token` frame).
     tokens_out: u32,
+    /// Bytes of output so far (text and tool-call arguments), for an estimate of the
+    /// tokens when the engine reports none.
+    output_bytes: usize,
+    /// What the task is billed for once it ended: the engine's count, else the estimate.
+    settled_tokens_out: Option<u32>,
     error: Option<ErrorEnvelope>,
     artifact_id: Option<String>,
     job: Option<Arc<dyn EngineJob>>,
@@ -198,6 +205,8 @@ impl Task {
                 replica_id: None,
                 engine_version: None,
                 tokens_out: 0,
+                output_bytes: 0,
+                settled_tokens_out: None,
                 error: None,
                 artifact_id: None,
                 job: None,
@@ -248,7 +257,7 @@ impl Task {
         };
         Usage {
             tokens_in: inner.tokens_in.unwrap_or(self.spec.tokens_in_estimate),
-            tokens_out: inner.tokens_out,
+            tokens_out: inner.settled_tokens_out.unwrap_or(inner.tokens_out),
             time_ms,
         }
     }
@@ -343,6 +352,11 @@ impl Task {
 
     /// Appends a token.
     pub fn push_token(&self, text: String) -> Pushed {
+        self.push_text(text, None)
+    }
+
+    /// Appends a `token` frame, with the logprobs of its tokens when the task asked.
+    pub fn push_text(&self, text: String, logprobs: Option<Vec<TokenLogprob>>) -> Pushed {
         let mut inner = self.lock();
         if inner.state.is_terminal() {
             return Pushed::Ended;
@@ -352,7 +366,35 @@ impl Task {
         }
         let i = inner.tokens_out;
         inner.tokens_out += 1;
-        self.push(&mut inner, "token", &TokenFrame { t: text, i });
+        inner.output_bytes += text.len();
+        self.push(
+            &mut inner,
+            "token",
+            &TokenFrame {
+                t: text,
+                i,
+                logprobs,
+            },
+        );
+        Self::pushed(&mut inner)
+    }
+
+    /// Appends a `tool_call` frame: one fragment of a tool call.
+    pub fn push_tool_call(&self, fragment: ToolCallFrame) -> Pushed {
+        let mut inner = self.lock();
+        if inner.state.is_terminal() {
+            return Pushed::Ended;
+        }
+        if inner.first_token_at.is_none() {
+            inner.first_token_at = Some(Instant::now());
+        }
+        inner.output_bytes +=
+            fragment.arguments.len() + fragment.name.as_deref().map_or(0, str::len);
+        self.push(&mut inner, "tool_call", &fragment);
+        Self::pushed(&mut inner)
+    }
+
+    fn pushed(inner: &mut Inner) -> Pushed {
         if std::mem::take(&mut inner.reader_fell_behind) {
             Pushed::ReaderFellBehind
         } else {
@@ -405,7 +447,9 @@ impl Task {
             .map(|t| t.elapsed().as_millis() as u64)
             .unwrap_or(0);
         EndFrame {
-            tokens_out: inner.tokens_out,
+            finish_reason: None,
+            cached_tokens: None,
+            tokens_out: inner.settled_tokens_out.unwrap_or(inner.tokens_out),
             decode_ms: decode,
             decode_time_ms: decode,
             tokens_in,
@@ -492,13 +536,25 @@ impl Task {
         Some(id)
     }
 
-    /// Running → Succeeded with the `end` frame. Returns the run's timing.
-    pub fn succeed(&self, tokens_in: u32) -> Option<RunTiming> {
+    /// Running → Succeeded with the `end` frame. `tokens_in` is the prompt's count (the
+    /// engine's, else the adapter's tokenizer's, else the estimate); `engine` is what the
+    /// engine said of its output. Output tokens are the engine's count, else the larger of
+    /// the text frames and the estimate from the output's bytes: never 0 for output sent.
+    /// Returns the run's timing.
+    pub fn succeed(&self, tokens_in: u32, engine: &EngineEnd) -> Option<RunTiming> {
         let mut inner = self.lock();
         if inner.state.is_terminal() {
             return None;
         }
+        let estimate = u32::try_from(inner.output_bytes.div_ceil(4)).unwrap_or(u32::MAX);
+        inner.settled_tokens_out = Some(
+            engine
+                .tokens_out
+                .unwrap_or_else(|| inner.tokens_out.max(estimate)),
+        );
         let mut frame = Self::end_frame(&inner, tokens_in, false);
+        frame.finish_reason = engine.finish_reason.clone();
+        frame.cached_tokens = engine.cached_tokens;
         inner.tokens_in = Some(tokens_in);
         inner.state = TaskState::Succeeded;
         inner.finished_at = Some(Instant::now());
@@ -515,7 +571,7 @@ impl Task {
                 .first_token_at
                 .map(|f| f.elapsed().as_secs_f64() * 1000.0)
                 .unwrap_or(0.0),
-            tokens_out: inner.tokens_out,
+            tokens_out: inner.settled_tokens_out.unwrap_or(inner.tokens_out),
         })
     }
 
@@ -637,7 +693,7 @@ impl Task {
                 .flatten(),
             pool_id: Some(self.spec.pool_id.clone()),
             replica_id: inner.replica_id.clone(),
-            tokens_out: inner.tokens_out,
+            tokens_out: inner.settled_tokens_out.unwrap_or(inner.tokens_out),
             error: inner.error.clone(),
             artifact_id: inner.artifact_id.clone(),
         }
@@ -729,6 +785,7 @@ pub(crate) mod tests {
                 seed: 1,
                 params_json: String::new(),
                 inputs: None,
+                chat: None,
             },
             queue_position: 0,
             predicted_start_ms: 0,
@@ -758,7 +815,7 @@ pub(crate) mod tests {
         assert_eq!(t.push_token("x".into()), Pushed::Ok);
         assert!(t.push_metrics(0, Headroom::default(), 100.0));
         assert_eq!(t.push_token("y".into()), Pushed::Ok);
-        assert!(t.succeed(2).is_some());
+        assert!(t.succeed(2, &EngineEnd::default()).is_some());
         assert_eq!(events(&t), ["started", "token", "metrics", "token", "end"]);
         let (frames, done) = t.frames();
         assert!(done);
@@ -775,7 +832,7 @@ pub(crate) mod tests {
         assert!(t.cancel().is_some());
         assert_eq!(t.push_token("late".into()), Pushed::Ended);
         assert!(!t.push_metrics(0, Headroom::default(), 100.0));
-        assert!(t.succeed(1).is_none());
+        assert!(t.succeed(1, &EngineEnd::default()).is_none());
         assert!(t.cancel().is_none(), "cancel is idempotent");
         assert_eq!(events(&t), ["started", "token", "end"]);
         assert!(t.frames().0[2].data.contains(r#""canceled":true"#));
@@ -846,7 +903,7 @@ pub(crate) mod tests {
         assert!(t.start("r0", "v1"));
         let r = t.attach(0);
         assert_eq!(t.push_token("x".into()), Pushed::Ok);
-        assert!(t.succeed(1).is_some());
+        assert!(t.succeed(1, &EngineEnd::default()).is_some());
         let Read::Frames(first, done) = t.read(r, 0, 2) else {
             panic!()
         };
@@ -869,7 +926,7 @@ pub(crate) mod tests {
         let t = Task::new("a".into(), spec("a")).record_to(recorder);
         assert!(t.start("r0", "v1"));
         assert_eq!(t.push_token("x".into()), Pushed::Ok);
-        assert!(t.succeed(1).is_some());
+        assert!(t.succeed(1, &EngineEnd::default()).is_some());
         let end: serde_json::Value =
             serde_json::from_str(&t.frames().0.last().unwrap().data).unwrap();
         let id = end["artifact_id"].as_str().unwrap();

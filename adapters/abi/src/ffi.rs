@@ -8,7 +8,10 @@ use abi_stable::sabi_types::VersionStrings;
 use abi_stable::std_types::{RBox, RResult, RStr, RString, RVec};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
-use crate::types::{AdapterError, AdapterInfo, Event, Health, Props, SinkStatus, SubmitRequest};
+use crate::types::{
+    AdapterError, AdapterInfo, ChatEvent, ChatRequest, ErrorKind, Event, Health, Phase, Props,
+    SinkStatus, SubmitRequest,
+};
 
 /// Implemented by the host: receives a task's events. `emit` may block when the host's
 /// buffer is full (that is the backpressure), and returns [`SinkStatus::Stop`] once the
@@ -17,6 +20,12 @@ use crate::types::{AdapterError, AdapterInfo, Event, Health, Props, SinkStatus, 
 pub trait FfiEventSink: Send + Sync {
     #[sabi(last_prefix_field)]
     fn emit(&self, event: Event) -> SinkStatus;
+    /// Receives a chat task's events (appended in ABI 0.1.3). A host older than 0.1.3
+    /// never starts a chat task; were it asked, this default stops the adapter's work.
+    fn emit_chat(&self, event: ChatEvent) -> SinkStatus {
+        let _ = event;
+        SinkStatus::Stop
+    }
 }
 
 /// A running task inside an adapter.
@@ -41,6 +50,21 @@ pub trait FfiClient: Send + Sync {
     fn embed(&self, inputs: RVec<RString>) -> RResult<RVec<RVec<f32>>, AdapterError>;
     /// The engine's token ids for `text` (appended in ABI 0.1.2; blocking).
     fn tokenize(&self, text: RString) -> RResult<RVec<u32>, AdapterError>;
+    /// Starts one chat task on the engine's own chat endpoint (appended in ABI 0.1.3);
+    /// events arrive through `sink`'s `emit_chat`. A library built before 0.1.3 has no
+    /// entry: this default refuses clearly.
+    fn submit_chat(
+        &self,
+        req: ChatRequest,
+        sink: FfiEventSinkBox,
+    ) -> RResult<FfiJobBox, AdapterError> {
+        let _ = (req, sink);
+        RResult::RErr(AdapterError::new(
+            ErrorKind::InvalidRequest,
+            Phase::BeforeFirstToken,
+            "this adapter was built without chat (ABI before 0.1.3)",
+        ))
+    }
 }
 
 pub type FfiEventSinkBox = FfiEventSink_TO<'static, RBox<()>>;
@@ -58,6 +82,10 @@ pub struct AdapterMod {
     /// Builds a client for one replica from the pool's adapter config (JSON text).
     #[sabi(last_prefix_field)]
     pub new_client: extern "C" fn(config: RStr<'_>) -> RResult<FfiClientBox, AdapterError>,
+    /// Features named after 0.1.2's [`crate::Features`] (e.g. [`crate::FEATURE_CHAT`]).
+    /// Appended in ABI 0.1.3: `None` in libraries built before.
+    #[sabi(missing_field(option))]
+    pub more_features: extern "C" fn() -> RVec<RString>,
 }
 
 impl RootModule for AdapterModRef {

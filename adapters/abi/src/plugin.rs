@@ -13,8 +13,8 @@ use crate::ffi::{
     FfiJob_TO, FfiJobBox,
 };
 use crate::types::{
-    AdapterError, AdapterInfo, ErrorKind, Event, Features, Health, Phase, Props, SinkStatus,
-    SubmitRequest,
+    AdapterError, AdapterInfo, ChatEvent, ChatRequest, ErrorKind, Event, Features, Health, Phase,
+    Props, SinkStatus, SubmitRequest,
 };
 
 /// An adapter library: identity and a client constructor.
@@ -24,6 +24,11 @@ pub trait Adapter: 'static {
     type Client: EngineClient;
     fn engines() -> Vec<String>;
     fn features() -> Features;
+    /// Features added after [`Features`] was frozen, by name: list
+    /// [`crate::FEATURE_CHAT`] when the client implements [`EngineClient::submit_chat`].
+    fn more_features() -> Vec<&'static str> {
+        Vec::new()
+    }
     /// `config` is the pool's adapter configuration as JSON text.
     fn new_client(config: &str) -> Result<Self::Client, AdapterError>;
 }
@@ -45,6 +50,18 @@ pub trait EngineClient: Send + Sync + 'static {
             ErrorKind::InvalidRequest,
             Phase::BeforeFirstToken,
             "this engine adapter does not serve embeddings",
+        ))
+    }
+    /// Starts one chat task on the engine's own chat endpoint, so the model's template and
+    /// tool-call parser apply. Must return promptly, like [`EngineClient::submit`]. Adapters
+    /// of engines without chat keep this default, an `InvalidRequest` failure (and do not
+    /// list [`crate::FEATURE_CHAT`]).
+    fn submit_chat(&self, req: ChatRequest, sink: ChatSink) -> Result<Self::Job, AdapterError> {
+        let _ = (req, sink);
+        Err(AdapterError::new(
+            ErrorKind::InvalidRequest,
+            Phase::BeforeFirstToken,
+            "this engine adapter does not serve chat",
         ))
     }
     /// The engine's token ids for `text`. Blocking. Adapters of engines without a
@@ -73,6 +90,17 @@ impl Sink {
     /// host wants no more events (the task was canceled or its consumer is gone).
     pub fn emit(&self, event: Event) -> bool {
         self.0.emit(event) == SinkStatus::Continue
+    }
+}
+
+/// The host's sink for a chat task's events, as an adapter sees it.
+pub struct ChatSink(FfiEventSinkBox);
+
+impl ChatSink {
+    /// Delivers one event; blocks while the host's buffer is full. Returns `false` when the
+    /// host wants no more events.
+    pub fn emit(&self, event: ChatEvent) -> bool {
+        self.0.emit_chat(event) == SinkStatus::Continue
     }
 }
 
@@ -132,6 +160,18 @@ impl<C: EngineClient> FfiClient for ClientWrapper<C> {
         guard(Phase::BeforeFirstToken, || self.embed_vectors(inputs))
     }
 
+    fn submit_chat(
+        &self,
+        req: ChatRequest,
+        sink: FfiEventSinkBox,
+    ) -> RResult<FfiJobBox, AdapterError> {
+        guard(Phase::BeforeFirstToken, || {
+            self.0
+                .submit_chat(req, ChatSink(sink))
+                .map(|job| FfiJob_TO::from_value(JobWrapper(job), TD_Opaque))
+        })
+    }
+
     fn tokenize(&self, text: RString) -> RResult<RVec<u32>, AdapterError> {
         guard(Phase::Control, || {
             self.0.tokenize(text.as_str()).map(RVec::from)
@@ -180,11 +220,21 @@ extern "C" fn new_client<A: Adapter>(config: RStr<'_>) -> RResult<FfiClientBox, 
     })
 }
 
+extern "C" fn more_features<A: Adapter>() -> RVec<RString> {
+    // A panic here must not unwind into the host: no features beyond 0.1.2's, then.
+    catch_unwind(A::more_features)
+        .unwrap_or_default()
+        .into_iter()
+        .map(RString::from)
+        .collect()
+}
+
 /// The root module for adapter `A`; called by [`crate::export_adapter!`].
 pub fn root_module<A: Adapter>() -> AdapterModRef {
     AdapterMod {
         info: info::<A>,
         new_client: new_client::<A>,
+        more_features: more_features::<A>,
     }
     .leak_into_prefix()
 }

@@ -106,6 +106,54 @@ fn job(plan: &Plan, max_tokens: u32, seed: u64) -> JobSpec {
         seed,
         params_json: String::new(),
         inputs: None,
+        chat: None,
+    }
+}
+
+/// A two-turn conversation with a system message, as a chat job.
+fn chat_job(plan: &Plan, max_tokens: u32, seed: u64) -> JobSpec {
+    use orchd_contracts::chat::{ChatMessage, Content, Role};
+    let message = |role, text: &str| ChatMessage {
+        role,
+        content: Some(Content::Text(text.to_owned())),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+        refusal: None,
+    };
+    JobSpec {
+        chat: Some(Arc::new(orchd_host::adapters::ChatJob {
+            messages: vec![
+                message(Role::System, "Answer briefly."),
+                message(Role::User, &plan.prompt),
+            ],
+            ..Default::default()
+        })),
+        ..job(plan, max_tokens, seed)
+    }
+}
+
+/// A chat job streams `Started`, at least one delta, then one `End` with a finish reason.
+async fn chat(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result<String, String> {
+    let (tx, mut rx) = mpsc::channel(256);
+    let (c, spec) = (Arc::clone(client), chat_job(plan, plan.max_tokens, 5));
+    let _job = blocking(move || c.submit_chat(spec, tx))
+        .await?
+        .map_err(|e| format!("submit_chat failed: {e}"))?;
+    let events = collect(&mut rx, plan.timeout).await?;
+    if !matches!(events.first(), Some(EngineEvent::Started { .. })) {
+        return Err(format!("first event is not Started: {:?}", events.first()));
+    }
+    let deltas = events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::Delta(_)))
+        .count();
+    match events.last() {
+        Some(EngineEvent::End(end)) if deltas > 0 => Ok(format!(
+            "Started, {deltas} deltas, End (finish_reason {:?}, usage in/out {:?}/{:?})",
+            end.finish_reason, end.tokens_in, end.tokens_out
+        )),
+        last => Err(format!("{deltas} deltas, then {last:?}")),
     }
 }
 
@@ -153,6 +201,11 @@ pub async fn run(lib: &Path, plan: &Plan) -> Report {
         report.record("tokenize", tokenize(&client, plan).await);
     } else {
         report.skip("tokenize", "the adapter does not declare the feature");
+    }
+    if info.features.iter().any(|f| f == "chat") {
+        report.record("chat", chat(&client, plan).await);
+    } else {
+        report.skip("chat", "the adapter does not declare the feature");
     }
     report.record("cancel", cancel(&client, plan).await);
     match &plan.panic_config {
@@ -278,11 +331,12 @@ async fn stream_order(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result<Str
     let ends: Vec<usize> = events
         .iter()
         .enumerate()
-        .filter(|(_, e)| matches!(e, EngineEvent::End { .. } | EngineEvent::Error(_)))
+        .filter(|(_, e)| matches!(e, EngineEvent::End(_) | EngineEvent::Error(_)))
         .map(|(i, _)| i)
         .collect();
     match (ends.as_slice(), events.last()) {
-        ([at], Some(EngineEvent::End { tokens_out, .. })) if *at == events.len() - 1 => {
+        ([at], Some(EngineEvent::End(end))) if *at == events.len() - 1 => {
+            let tokens_out = &end.tokens_out.unwrap_or(0);
             if tokens == 0 || tokens > plan.max_tokens {
                 return Err(format!(
                     "{tokens} tokens for max_tokens {}",

@@ -74,6 +74,15 @@ async fn tgi(mode: Mode) -> String {
             }),
         )
         .route(
+            "/v1/chat/completions",
+            post(move |Json(req): Json<Value>| async move {
+                Ok::<_, Infallible>((
+                    [("content-type", "text/event-stream")],
+                    body(tgi_chat_frames(&req), mode),
+                ))
+            }),
+        )
+        .route(
             "/generate_stream",
             post(move |Json(req): Json<Value>| async move {
                 let n = req["parameters"]["max_new_tokens"].as_u64().unwrap_or(4);
@@ -91,6 +100,49 @@ async fn tgi(mode: Mode) -> String {
             }),
         );
     serve(app).await
+}
+
+/// TGI's Messages API stream (`data:` without a space, `[DONE]` last): content deltas, or
+/// with tools, one tool call as TGI 2 sends it, a single `tool_calls` object whose
+/// arguments arrive in pieces.
+pub fn tgi_chat_frames(req: &Value) -> Vec<String> {
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data:{}\n\n",
+            json!({"object": "chat.completion.chunk", "id": "", "created": 1, "model": "tgi",
+                   "system_fingerprint": "2.4.1-native",
+                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+        )
+    };
+    let mut frames = Vec::new();
+    if let Some(tool) = req["tools"][0]["function"]["name"].as_str() {
+        for (i, piece) in ["{\"city\":", " \"Oslo\"", "}"].iter().enumerate() {
+            let name = if i == 0 { json!(tool) } else { Value::Null };
+            frames.push(chunk(
+                json!({"role": "assistant", "tool_calls": {"index": 0, "id": "", "type": "function",
+                        "function": {"description": null, "name": name, "arguments": piece}}}),
+                if i == 2 {
+                    json!("eos_token")
+                } else {
+                    Value::Null
+                },
+            ));
+        }
+    } else {
+        let n = req["max_tokens"].as_u64().unwrap_or(4);
+        for i in 0..n {
+            frames.push(chunk(
+                json!({"role": "assistant", "content": format!("t{i} ")}),
+                if i + 1 == n {
+                    json!("length")
+                } else {
+                    Value::Null
+                },
+            ));
+        }
+    }
+    frames.push("data:[DONE]\n\n".to_owned());
+    frames
 }
 
 /// Triton: health, model readiness, server metadata, `generate_stream` ended by closing.

@@ -14,6 +14,7 @@
 //! No async type crosses the adapter boundary: each adapter library owns a small tokio
 //! runtime ([`runtime`]) and exposes blocking calls to the host.
 
+pub mod chat;
 pub mod sse;
 
 use std::future::Future;
@@ -22,8 +23,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use orchd_adapter_abi::plugin::{EngineJob, Sink};
-use orchd_adapter_abi::{AdapterError, ErrorKind, Event, Phase};
+use orchd_adapter_abi::plugin::{ChatSink, EngineJob, Sink};
+use orchd_adapter_abi::{AdapterError, ChatEvent, ErrorKind, Event, Phase};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -275,14 +276,71 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// The events a streaming task emits: a completion's [`Event`]s or a chat's
+/// [`ChatEvent`]s, each through its own sink.
+pub trait Streamed: Send + Sized + 'static {
+    type Sink: Send + Sync + 'static;
+    fn started(engine_version: String) -> Self;
+    fn error(e: AdapterError) -> Self;
+    /// The task's last event.
+    fn is_terminal(&self) -> bool;
+    /// Output reached the client (later failures are mid-stream).
+    fn is_output(&self) -> bool;
+    fn emit(sink: &Self::Sink, event: Self) -> bool;
+}
+
+impl Streamed for Event {
+    type Sink = Sink;
+    fn started(engine_version: String) -> Self {
+        Event::Started {
+            engine_version: engine_version.into(),
+        }
+    }
+    fn error(e: AdapterError) -> Self {
+        Event::Error(e)
+    }
+    fn is_terminal(&self) -> bool {
+        matches!(self, Event::End { .. } | Event::Error(_))
+    }
+    fn is_output(&self) -> bool {
+        matches!(self, Event::Token { .. })
+    }
+    fn emit(sink: &Sink, event: Self) -> bool {
+        sink.emit(event)
+    }
+}
+
+impl Streamed for ChatEvent {
+    type Sink = ChatSink;
+    fn started(engine_version: String) -> Self {
+        ChatEvent::Started {
+            engine_version: engine_version.into(),
+        }
+    }
+    fn error(e: AdapterError) -> Self {
+        ChatEvent::Error(e)
+    }
+    fn is_terminal(&self) -> bool {
+        matches!(self, ChatEvent::End(_) | ChatEvent::Error(_))
+    }
+    fn is_output(&self) -> bool {
+        matches!(self, ChatEvent::Delta(_))
+    }
+    fn emit(sink: &ChatSink, event: Self) -> bool {
+        sink.emit(event)
+    }
+}
+
 /// What an adapter does with a streaming response.
 pub trait Decoder: Send + 'static {
+    /// [`Event`] for a completion, [`ChatEvent`] for a chat.
+    type Out: Streamed;
     /// One event (an SSE event or a JSON line) → the events to emit: tokens, and `End`
     /// when this was the engine's final frame. An error fails the task.
-    fn on_data(&mut self, event: &SseEvent, phase: Phase) -> Result<Vec<Event>, AdapterError>;
+    fn on_data(&mut self, event: &SseEvent, phase: Phase) -> Result<Vec<Self::Out>, AdapterError>;
     /// The body ended. Engines whose protocol ends by closing the stream return their
     /// final event here; the others say the stream was cut.
-    fn on_eof(&mut self, phase: Phase) -> Result<Vec<Event>, AdapterError> {
+    fn on_eof(&mut self, phase: Phase) -> Result<Vec<Self::Out>, AdapterError> {
         Err(AdapterError::new(
             ErrorKind::Transport,
             phase,
@@ -311,11 +369,11 @@ impl EngineJob for StreamJob {
 /// only when the host itself is starved; then this worker blocks until it catches up, which
 /// is the backpressure the ABI asks for. `block_in_place` here cost two thread hand-offs per
 /// token (the worker's core moved to a new thread and back), measured in docs/BENCHMARKS.md.
-fn emit(sink: &Sink, canceled: &AtomicBool, event: Event) -> bool {
+fn emit<E: Streamed>(sink: &E::Sink, canceled: &AtomicBool, event: E) -> bool {
     if canceled.load(Ordering::Acquire) {
         return false;
     }
-    sink.emit(event)
+    E::emit(sink, event)
 }
 
 impl Upstream {
@@ -449,13 +507,13 @@ impl Upstream {
 
     /// Starts a streaming `POST path` on the runtime: `Started` once the engine answered
     /// 2xx, then what `decoder` makes of each event, then its end, or one `Error`.
-    pub fn stream(
+    pub fn stream<D: Decoder>(
         &self,
         path: &str,
         body: Value,
         engine_version: String,
-        mut decoder: impl Decoder,
-        sink: Sink,
+        mut decoder: D,
+        sink: <D::Out as Streamed>::Sink,
     ) -> StreamJob {
         let this = self.clone();
         let path = path.to_owned();
@@ -463,7 +521,7 @@ impl Upstream {
         let flag = Arc::clone(&canceled);
         let handle = runtime().spawn(async move {
             let fail = |e: AdapterError| {
-                emit(&sink, &flag, Event::Error(e));
+                emit(&sink, &flag, D::Out::error(e));
             };
             let first_byte = ms(this.settings.first_byte_timeout_ms);
             let resp = match this
@@ -486,13 +544,7 @@ impl Upstream {
                     .unwrap_or_default();
                 return fail(upstream_status(status, &text, Phase::BeforeFirstToken));
             }
-            if !emit(
-                &sink,
-                &flag,
-                Event::Started {
-                    engine_version: engine_version.into(),
-                },
-            ) {
+            if !emit(&sink, &flag, D::Out::started(engine_version)) {
                 return;
             }
             let mut parser =
@@ -542,8 +594,8 @@ impl Upstream {
                         Err(e) => return fail(e),
                     };
                     for event in out {
-                        let terminal = matches!(event, Event::End { .. } | Event::Error(_));
-                        if matches!(event, Event::Token { .. }) {
+                        let terminal = event.is_terminal();
+                        if event.is_output() {
                             phase = Phase::MidStream;
                         }
                         if !emit(&sink, &flag, event) || terminal {

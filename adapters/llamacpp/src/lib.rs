@@ -4,15 +4,19 @@
 //! - props: `GET /props` (context size, slots, build) and `GET /slots` (slots busy now);
 //! - submit: `POST /completion` with `stream: true`; SSE `data:` lines carry `content`,
 //!   the last one `stop: true` with `tokens_predicted` and `tokens_evaluated`;
+//! - chat (ABI 0.1.3, feature `chat`): `POST /v1/chat/completions` with `stream: true`, so
+//!   llama-server applies the model's own chat template and, started with `--jinja`, its
+//!   tool-call parser and grammar; chunks are decoded by `orchd_adapter_http::chat`;
 //! - cancel: the request is dropped, which closes the connection; llama-server stops the
 //!   slot's generation when its client goes away.
 //!
 //! Replica config (JSON): `url` (required), `params` (sampler fields merged into every
 //! request, e.g. `{"temperature": 0}`), and `http` (the shared timeouts and bounds).
 
-use orchd_adapter_abi::plugin::{Adapter, EngineClient, Sink};
+use orchd_adapter_abi::plugin::{Adapter, ChatSink, EngineClient, Sink};
 use orchd_adapter_abi::{
-    AdapterError, ErrorKind, Event, Features, Health, Phase, Props, SubmitRequest,
+    AdapterError, ChatRequest, ErrorKind, Event, FEATURE_CHAT, Features, Health, Phase, Props,
+    SubmitRequest,
 };
 use orchd_adapter_http::{
     Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, parse_config, unreachable,
@@ -41,6 +45,10 @@ impl Adapter for LlamaCppAdapter {
 
     fn engines() -> Vec<String> {
         vec!["llamacpp".to_owned()]
+    }
+
+    fn more_features() -> Vec<&'static str> {
+        vec![FEATURE_CHAT]
     }
 
     fn features() -> Features {
@@ -209,6 +217,27 @@ impl EngineClient for LlamaCppClient {
         ))
     }
 
+    fn submit_chat(&self, req: ChatRequest, sink: ChatSink) -> Result<StreamJob, AdapterError> {
+        let mut body = orchd_adapter_http::chat::request_body(&req, req.model.as_str())?;
+        body["cache_prompt"] = json!(true);
+        name_the_function(&mut body);
+        merge_params(&mut body, &self.params, req.params_json.as_str())?;
+        let version = self.version.get(
+            || {
+                let this = self.clone();
+                move || this.engine_version()
+            },
+            "llama.cpp-unknown",
+        );
+        Ok(self.upstream.stream(
+            "/v1/chat/completions",
+            body,
+            version,
+            orchd_adapter_http::chat::ChatDecoder::new(),
+            sink,
+        ))
+    }
+
     fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, AdapterError> {
         let answer = self
             .upstream
@@ -255,6 +284,22 @@ impl EngineClient for LlamaCppClient {
     }
 }
 
+/// llama-server (b11434) reads a `tool_choice` object as `auto`: a named function is sent
+/// as `required` with `tools` narrowed to that one function, which constrains the answer
+/// to a call of it, as OpenAI's named choice does.
+fn name_the_function(body: &mut Value) {
+    let Some(name) = body["tool_choice"]["function"]["name"]
+        .as_str()
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    if let Some(tools) = body["tools"].as_array_mut() {
+        tools.retain(|t| t["function"]["name"] == name.as_str());
+    }
+    body["tool_choice"] = json!("required");
+}
+
 /// `/completion` stream frames → tokens and the end.
 #[derive(Default)]
 pub struct CompletionDecoder {
@@ -262,6 +307,8 @@ pub struct CompletionDecoder {
 }
 
 impl Decoder for CompletionDecoder {
+    type Out = Event;
+
     fn on_data(&mut self, ev: &SseEvent, phase: Phase) -> Result<Vec<Event>, AdapterError> {
         if let Some(err) = &ev.error {
             return Err(engine_error(err, phase));
@@ -322,6 +369,20 @@ fn engine_error(text: &str, phase: Phase) -> AdapterError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_function_is_required_of_the_one_tool() {
+        let mut body = json!({"tools": [{"type": "function", "function": {"name": "a"}},
+                                         {"type": "function", "function": {"name": "b"}}],
+                              "tool_choice": {"type": "function", "function": {"name": "b"}}});
+        name_the_function(&mut body);
+        assert_eq!(body["tool_choice"], "required");
+        assert_eq!(body["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(body["tools"][0]["function"]["name"], "b");
+        let mut auto = json!({"tool_choice": "auto"});
+        name_the_function(&mut auto);
+        assert_eq!(auto["tool_choice"], "auto");
+    }
 
     fn ev(data: &str) -> SseEvent {
         SseEvent {

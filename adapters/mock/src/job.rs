@@ -4,8 +4,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use orchd_adapter_abi::plugin::{EngineJob, Sink};
-use orchd_adapter_abi::{AdapterError, ErrorKind, Event, Phase, SubmitRequest};
+use orchd_adapter_abi::abi_stable::std_types::{RNone, RSome};
+use orchd_adapter_abi::plugin::{ChatSink, EngineJob, Sink};
+use orchd_adapter_abi::{
+    AdapterError, ChatDelta, ChatEnd, ChatEvent, ChatRequest, EngineUsage, ErrorKind, Event, Phase,
+    SubmitRequest, ToolCallDelta, ToolChoiceMode,
+};
 
 use crate::config::{Failure, MockConfig};
 use crate::generator::Generator;
@@ -73,19 +77,126 @@ impl MockJob {
         req: SubmitRequest,
         sink: Sink,
     ) -> Self {
+        let name = format!("mock-{}", req.task_id);
+        Self::on_thread(name, active, move |flag| run(&config, flag, &req, &sink))
+    }
+
+    pub fn spawn_chat(
+        config: Arc<MockConfig>,
+        active: Arc<AtomicU32>,
+        req: ChatRequest,
+        sink: ChatSink,
+    ) -> Self {
+        let name = format!("mock-{}", req.task_id);
+        Self::on_thread(name, active, move |flag| {
+            run_chat(&config, flag, &req, &sink)
+        })
+    }
+
+    fn on_thread(
+        name: String,
+        active: Arc<AtomicU32>,
+        work: impl FnOnce(&CancelFlag) + Send + 'static,
+    ) -> Self {
         let flag = Arc::new(CancelFlag::default());
         let thread_flag = Arc::clone(&flag);
         active.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(active);
         std::thread::Builder::new()
-            .name(format!("mock-{}", req.task_id))
+            .name(name)
             .spawn(move || {
                 let _guard = guard;
-                run(&config, &thread_flag, &req, &sink);
+                work(&thread_flag);
             })
             .expect("spawn mock job thread");
         Self { flag }
     }
+}
+
+/// A chat task: the conversation seeds the generator (so a conversation always gets the
+/// same answer), tokens come as content deltas; with `tool_choice` required or naming a
+/// function, the answer is one call of that (or the first) tool whose arguments, `{}`,
+/// arrive in two fragments. The mock's failures do not apply to chat.
+fn run_chat(config: &MockConfig, flag: &CancelFlag, req: &ChatRequest, sink: &ChatSink) {
+    let started = Instant::now();
+    if !sink.emit(ChatEvent::Started {
+        engine_version: crate::ENGINE_VERSION.into(),
+    }) {
+        return;
+    }
+    if flag.wait_until(Some(
+        started + Duration::from_millis(config.first_token_delay_ms),
+    )) {
+        return;
+    }
+    let conversation: String = req
+        .messages
+        .iter()
+        .map(|m| {
+            m.content
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+                .into_option()
+                .unwrap_or_else(|| m.parts.iter().map(|p| p.as_str()).collect())
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let prompt_tokens = u32::try_from(conversation.split_whitespace().count()).unwrap_or(u32::MAX);
+    let delta = |content: String, tool_calls: Vec<ToolCallDelta>| {
+        ChatEvent::Delta(ChatDelta {
+            content: content.into(),
+            tool_calls: tool_calls.into(),
+            logprobs: Default::default(),
+        })
+    };
+    let tool = match req.tool_choice.mode {
+        ToolChoiceMode::Function => Some(req.tool_choice.function.clone()),
+        ToolChoiceMode::Required => req.tools.first().map(|t| t.name.clone()),
+        _ => None,
+    };
+    let (finish_reason, completion_tokens) = if let Some(name) = tool {
+        let first = ToolCallDelta {
+            index: 0,
+            id: RSome(format!("call_{}", req.task_id).into()),
+            name: RSome(name),
+            arguments: "{".into(),
+        };
+        let second = ToolCallDelta {
+            index: 0,
+            id: RNone,
+            name: RNone,
+            arguments: "}".into(),
+        };
+        if !sink.emit(delta(String::new(), vec![first]))
+            || !sink.emit(delta(String::new(), vec![second]))
+        {
+            return;
+        }
+        ("tool_calls", 2)
+    } else {
+        let seed = req.seed.into_option().unwrap_or(0);
+        let mut generator = Generator::new(seed, &conversation);
+        let interval = Duration::from_secs_f64(1.0 / config.tokens_per_s);
+        let mut next = Instant::now();
+        for produced in 0..req.max_tokens {
+            if !sink.emit(delta(generator.next_token(), Vec::new())) {
+                return;
+            }
+            next += interval;
+            if produced + 1 < req.max_tokens && flag.wait_until(Some(next)) {
+                return;
+            }
+        }
+        ("length", req.max_tokens)
+    };
+    sink.emit(ChatEvent::End(ChatEnd {
+        finish_reason: finish_reason.into(),
+        usage: RSome(EngineUsage {
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens: RNone,
+        }),
+    }));
 }
 
 fn run(config: &MockConfig, flag: &CancelFlag, req: &SubmitRequest, sink: &Sink) {

@@ -11,8 +11,10 @@ mod job;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use orchd_adapter_abi::plugin::{Adapter, EngineClient, Sink};
-use orchd_adapter_abi::{AdapterError, ErrorKind, Features, Health, Phase, Props, SubmitRequest};
+use orchd_adapter_abi::plugin::{Adapter, ChatSink, EngineClient, Sink};
+use orchd_adapter_abi::{
+    AdapterError, ChatRequest, ErrorKind, Features, Health, Phase, Props, SubmitRequest,
+};
 
 pub use config::{Failure, MockConfig};
 use job::MockJob;
@@ -28,6 +30,10 @@ impl Adapter for MockAdapter {
 
     fn engines() -> Vec<String> {
         vec!["mock".to_owned()]
+    }
+
+    fn more_features() -> Vec<&'static str> {
+        vec![orchd_adapter_abi::FEATURE_CHAT]
     }
 
     fn features() -> Features {
@@ -122,6 +128,15 @@ impl EngineClient for MockClient {
             _ => {}
         }
         Ok(MockJob::spawn(
+            Arc::clone(&self.config),
+            Arc::clone(&self.active),
+            req,
+            sink,
+        ))
+    }
+
+    fn submit_chat(&self, req: ChatRequest, sink: ChatSink) -> Result<MockJob, AdapterError> {
+        Ok(MockJob::spawn_chat(
             Arc::clone(&self.config),
             Arc::clone(&self.active),
             req,

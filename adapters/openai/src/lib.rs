@@ -4,6 +4,9 @@
 //! - health: `GET /v1/models` (200 and the configured model listed = ready);
 //! - submit: `POST /v1/completions` or `/v1/chat/completions` (`mode`), `stream: true` with
 //!   `stream_options.include_usage`; `data: {…}` chunks, `data: [DONE]` last;
+//! - chat (ABI 0.1.3, feature `chat`): `POST /v1/chat/completions` with the conversation as
+//!   data (messages, tools, tool choice, response format, logprobs, penalties), whatever
+//!   `mode` says: the server's template and tool-call parser apply;
 //! - cancel: the request is dropped, which closes the connection.
 //!
 //! Replica config (JSON): `url` (required), `model` (required: the upstream model id),
@@ -11,9 +14,10 @@
 //! token, never logged), `slots` and `ctx_max` (what the server does not report), `params`
 //! (merged into every request), `http` (the shared timeouts and bounds).
 
-use orchd_adapter_abi::plugin::{Adapter, EngineClient, Sink};
+use orchd_adapter_abi::plugin::{Adapter, ChatSink, EngineClient, Sink};
 use orchd_adapter_abi::{
-    AdapterError, ErrorKind, Event, Features, Health, Phase, Props, SubmitRequest,
+    AdapterError, ChatRequest, ErrorKind, Event, FEATURE_CHAT, Features, Health, Phase, Props,
+    SubmitRequest,
 };
 use orchd_adapter_http::{
     Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, parse_config, unreachable,
@@ -66,6 +70,10 @@ impl Adapter for OpenAiAdapter {
 
     fn engines() -> Vec<String> {
         vec!["openai".to_owned(), "vllm".to_owned()]
+    }
+
+    fn more_features() -> Vec<&'static str> {
+        vec![FEATURE_CHAT]
     }
 
     fn features() -> Features {
@@ -197,6 +205,25 @@ impl EngineClient for OpenAiClient {
             .stream(path, body, version, ChunkDecoder::new(self.mode), sink))
     }
 
+    fn submit_chat(&self, req: ChatRequest, sink: ChatSink) -> Result<StreamJob, AdapterError> {
+        let mut body = orchd_adapter_http::chat::request_body(&req, &self.model)?;
+        merge_params(&mut body, &self.params, req.params_json.as_str())?;
+        let version = self.version.get(
+            || {
+                let this = self.clone();
+                move || this.engine_version()
+            },
+            "openai-compatible-unknown",
+        );
+        Ok(self.upstream.stream(
+            "/v1/chat/completions",
+            body,
+            version,
+            orchd_adapter_http::chat::ChatDecoder::new(),
+            sink,
+        ))
+    }
+
     fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, AdapterError> {
         let n = inputs.len();
         let answer = self.upstream.post_json(
@@ -259,6 +286,8 @@ fn protocol(phase: Phase, message: impl Into<String>) -> AdapterError {
 }
 
 impl Decoder for ChunkDecoder {
+    type Out = Event;
+
     fn on_data(&mut self, ev: &SseEvent, phase: Phase) -> Result<Vec<Event>, AdapterError> {
         let data = ev.data.trim();
         if data.is_empty() {

@@ -6,14 +6,19 @@
 //! - submit: `POST /generate_stream` with `parameters.details`; SSE `data:` events carry
 //!   `token.text` (special tokens are not text), the last one `generated_text` and
 //!   `details.generated_tokens`; an `error` field is the engine's error;
+//! - chat (ABI 0.1.3, feature `chat`): the Messages API, `POST /v1/chat/completions` with
+//!   `stream: true` (model `tgi`): TGI applies the model's chat template and its tool
+//!   grammar; chunks are decoded by `orchd_adapter_http::chat` (which also reads TGI 2's
+//!   single-object `tool_calls`);
 //! - cancel: the request is dropped, which closes the connection (TGI stops generating).
 //!
 //! Replica config (JSON): `url` (required), `slots` (default: the server's
 //! `max_concurrent_requests`), `params` (merged into `parameters`), `http`.
 
-use orchd_adapter_abi::plugin::{Adapter, EngineClient, Sink};
+use orchd_adapter_abi::plugin::{Adapter, ChatSink, EngineClient, Sink};
 use orchd_adapter_abi::{
-    AdapterError, ErrorKind, Event, Features, Health, Phase, Props, SubmitRequest,
+    AdapterError, ChatRequest, ErrorKind, Event, FEATURE_CHAT, Features, Health, Phase, Props,
+    SubmitRequest,
 };
 use orchd_adapter_http::{
     Decoder, HttpSettings, SseEvent, StreamJob, Upstream, merge_params, parse_config, unreachable,
@@ -43,6 +48,10 @@ impl Adapter for TgiAdapter {
 
     fn engines() -> Vec<String> {
         vec!["tgi".to_owned()]
+    }
+
+    fn more_features() -> Vec<&'static str> {
+        vec![FEATURE_CHAT]
     }
 
     fn features() -> Features {
@@ -125,6 +134,26 @@ impl EngineClient for TgiClient {
         Ok(version_of(&self.info()?))
     }
 
+    fn submit_chat(&self, req: ChatRequest, sink: ChatSink) -> Result<StreamJob, AdapterError> {
+        // TGI serves one model; its Messages API names it `tgi`.
+        let mut body = orchd_adapter_http::chat::request_body(&req, "tgi")?;
+        merge_params(&mut body, &self.params, req.params_json.as_str())?;
+        let version = self.version.get(
+            || {
+                let this = self.clone();
+                move || this.engine_version()
+            },
+            "tgi-unknown",
+        );
+        Ok(self.upstream.stream(
+            "/v1/chat/completions",
+            body,
+            version,
+            orchd_adapter_http::chat::ChatDecoder::new(),
+            sink,
+        ))
+    }
+
     fn submit(&self, req: SubmitRequest, sink: Sink) -> Result<StreamJob, AdapterError> {
         let mut parameters = json!({
             "max_new_tokens": req.max_tokens,
@@ -157,6 +186,8 @@ pub struct StreamDecoder {
 }
 
 impl Decoder for StreamDecoder {
+    type Out = Event;
+
     fn on_data(&mut self, ev: &SseEvent, phase: Phase) -> Result<Vec<Event>, AdapterError> {
         if ev.data.is_empty() {
             return Ok(Vec::new());

@@ -176,6 +176,8 @@ pub struct StreamDecoder {
 }
 
 impl Decoder for StreamDecoder {
+    type Out = Event;
+
     fn on_data(&mut self, ev: &SseEvent, phase: Phase) -> Result<Vec<Event>, AdapterError> {
         if ev.data.is_empty() {
             return Ok(Vec::new());

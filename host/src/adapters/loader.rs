@@ -11,16 +11,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::filestamp::{HashCache, sha256_file};
 use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString};
+use abi_stable::std_types::{RNone, ROption, RResult, RSome, RStr, RString, RVec};
 use orchd_adapter_abi::ffi::{FfiEventSink, FfiEventSink_TO};
 use orchd_adapter_abi::{
-    self as abi, AdapterModRef, Event, FfiClientBox, FfiJobBox, SinkStatus, SubmitRequest,
+    self as abi, AdapterModRef, ChatEvent, Event, FfiClientBox, FfiJobBox, SinkStatus,
+    SubmitRequest,
 };
+use orchd_contracts::chat::{TokenLogprob, ToolCallFrame, TopLogprob};
 use tokio::sync::mpsc;
 
 use super::{
-    Adapter, AdapterInfo, EngineClient, EngineEvent, EngineFailure, EngineHealth, EngineJob,
-    EngineProps, FailureKind, FailurePhase, JobSpec,
+    Adapter, AdapterInfo, ChatDelta, ChatJob, EngineClient, EngineEnd, EngineEvent, EngineFailure,
+    EngineHealth, EngineJob, EngineProps, FailureKind, FailurePhase, JobSpec,
 };
 
 /// What happened to one file of the adapter directory.
@@ -183,6 +185,13 @@ fn load_library(path: &Path, sha256: String) -> Result<LoadedAdapter, String> {
     .into_iter()
     .filter(|(_, on)| *on)
     .map(|(name, _)| name.to_owned())
+    // Named features appended in ABI 0.1.3; a library built before has none.
+    .chain(
+        module
+            .more_features()
+            .map(|more| more().into_iter().map(String::from).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    )
     .collect();
     let info = AdapterInfo {
         name: info.name.into(),
@@ -291,6 +300,25 @@ impl EngineClient for FfiClient {
         })
     }
 
+    fn submit_chat(
+        &self,
+        job: JobSpec,
+        events: mpsc::Sender<EngineEvent>,
+    ) -> Result<Box<dyn EngineJob>, EngineFailure> {
+        let Some(chat) = job.chat.as_deref() else {
+            return Err(EngineFailure::new(
+                FailureKind::Internal,
+                FailurePhase::BeforeFirstToken,
+                "a chat submission without a conversation",
+            ));
+        };
+        let req = chat_request(&job, chat);
+        let sink = FfiEventSink_TO::from_value(HostSink { events }, TD_Opaque);
+        result(self.0.submit_chat(req, sink), |job| {
+            Box::new(FfiJob(job)) as Box<dyn EngineJob>
+        })
+    }
+
     fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, EngineFailure> {
         let inputs = inputs.into_iter().map(RString::from).collect();
         result(self.0.embed(inputs), |vectors| {
@@ -311,6 +339,158 @@ impl EngineJob for FfiJob {
     }
 }
 
+fn ropt(s: &Option<String>) -> ROption<RString> {
+    s.as_deref().map(RString::from).into()
+}
+
+/// A validated chat job in the ABI's terms.
+fn chat_request(job: &JobSpec, chat: &ChatJob) -> abi::ChatRequest {
+    use orchd_contracts::chat::{Content, ResponseFormat, Role, ToolChoice};
+    let messages = chat
+        .messages
+        .iter()
+        .map(|m| {
+            let (content, parts) = match &m.content {
+                None => (RNone, RVec::new()),
+                Some(Content::Text(t)) => (RSome(RString::from(t.as_str())), RVec::new()),
+                Some(Content::Parts(parts)) => (
+                    RNone,
+                    parts
+                        .iter()
+                        .map(|p| RString::from(p.text.as_deref().unwrap_or("")))
+                        .collect(),
+                ),
+            };
+            abi::ChatMessage {
+                role: match m.role {
+                    Role::System => abi::ChatRole::System,
+                    Role::Developer => abi::ChatRole::Developer,
+                    Role::User => abi::ChatRole::User,
+                    Role::Assistant => abi::ChatRole::Assistant,
+                    Role::Tool => abi::ChatRole::Tool,
+                },
+                content,
+                parts,
+                name: ropt(&m.name),
+                tool_calls: m
+                    .tool_calls
+                    .iter()
+                    .flatten()
+                    .map(|c| abi::ChatToolCall {
+                        id: c.id.as_str().into(),
+                        name: c.function.name.as_str().into(),
+                        arguments: c.function.arguments.as_str().into(),
+                    })
+                    .collect(),
+                tool_call_id: ropt(&m.tool_call_id),
+            }
+        })
+        .collect();
+    let tools = chat
+        .tools
+        .iter()
+        .map(|t| abi::ChatTool {
+            name: t.function.name.as_str().into(),
+            description: ropt(&t.function.description),
+            parameters_json: t
+                .function
+                .parameters
+                .as_ref()
+                .map(|p| RString::from(p.to_string()))
+                .into(),
+            strict: t.function.strict.into(),
+        })
+        .collect();
+    let tool_choice = match &chat.tool_choice {
+        None => abi::ToolChoice {
+            mode: abi::ToolChoiceMode::Unset,
+            function: RString::new(),
+        },
+        Some(ToolChoice::Mode(mode)) => abi::ToolChoice {
+            mode: match mode.as_str() {
+                "none" => abi::ToolChoiceMode::None,
+                "required" => abi::ToolChoiceMode::Required,
+                _ => abi::ToolChoiceMode::Auto,
+            },
+            function: RString::new(),
+        },
+        Some(ToolChoice::Named(named)) => abi::ToolChoice {
+            mode: abi::ToolChoiceMode::Function,
+            function: named.function.name.as_str().into(),
+        },
+    };
+    let response_format = match &chat.response_format {
+        None | Some(ResponseFormat::Text) => abi::ResponseFormat {
+            kind: abi::ResponseFormatKind::Text,
+            name: RString::new(),
+            description: RNone,
+            schema_json: RNone,
+            strict: RNone,
+        },
+        Some(ResponseFormat::JsonObject) => abi::ResponseFormat {
+            kind: abi::ResponseFormatKind::JsonObject,
+            name: RString::new(),
+            description: RNone,
+            schema_json: RNone,
+            strict: RNone,
+        },
+        Some(ResponseFormat::JsonSchema { json_schema }) => abi::ResponseFormat {
+            kind: abi::ResponseFormatKind::JsonSchema,
+            name: json_schema.name.as_str().into(),
+            description: ropt(&json_schema.description),
+            schema_json: json_schema
+                .schema
+                .as_ref()
+                .map(|s| RString::from(s.to_string()))
+                .into(),
+            strict: json_schema.strict.into(),
+        },
+    };
+    abi::ChatRequest {
+        task_id: job.task_id.as_str().into(),
+        model: job.model.as_str().into(),
+        messages,
+        tools,
+        tool_choice,
+        parallel_tool_calls: chat.parallel_tool_calls.into(),
+        response_format,
+        logprobs: chat.logprobs,
+        top_logprobs: chat.top_logprobs,
+        frequency_penalty: chat.frequency_penalty.into(),
+        presence_penalty: chat.presence_penalty.into(),
+        logit_bias: chat
+            .logit_bias
+            .iter()
+            .map(|&(token, bias)| abi::LogitBias { token, bias })
+            .collect(),
+        stop: chat
+            .stop
+            .iter()
+            .map(|s| RString::from(s.as_str()))
+            .collect(),
+        seed: RSome(job.seed),
+        max_tokens: job.max_tokens,
+        params_json: job.params_json.as_str().into(),
+    }
+}
+
+fn token_logprob(t: abi::TokenLogprob) -> TokenLogprob {
+    TokenLogprob {
+        token: t.token.into(),
+        logprob: f64::from(t.logprob),
+        bytes: Some(t.bytes.into_vec()),
+        top_logprobs: t
+            .top
+            .into_iter()
+            .map(|a| TopLogprob {
+                token: a.token.into(),
+                logprob: f64::from(a.logprob),
+                bytes: Some(a.bytes.into_vec()),
+            })
+            .collect(),
+    }
+}
+
 /// The host's end of a task's event stream, called from adapter-owned threads.
 struct HostSink {
     events: mpsc::Sender<EngineEvent>,
@@ -326,12 +506,54 @@ impl FfiEventSink for HostSink {
             Event::End {
                 tokens_in,
                 tokens_out,
-            } => EngineEvent::End {
-                tokens_in,
-                tokens_out,
-            },
+            } => EngineEvent::End(EngineEnd {
+                // 0 is what adapters built before 0.1.3 say when the engine said nothing.
+                tokens_in: (tokens_in > 0).then_some(tokens_in),
+                tokens_out: (tokens_out > 0).then_some(tokens_out),
+                ..EngineEnd::default()
+            }),
             Event::Error(e) => EngineEvent::Error(failure(e)),
         };
+        self.send(event)
+    }
+
+    fn emit_chat(&self, event: ChatEvent) -> SinkStatus {
+        let event = match event {
+            ChatEvent::Started { engine_version } => EngineEvent::Started {
+                engine_version: engine_version.into(),
+            },
+            ChatEvent::Delta(d) => EngineEvent::Delta(ChatDelta {
+                content: d.content.into(),
+                tool_calls: d
+                    .tool_calls
+                    .into_iter()
+                    .map(|t| ToolCallFrame {
+                        index: t.index,
+                        id: t.id.into_option().map(String::from),
+                        name: t.name.into_option().map(String::from),
+                        arguments: t.arguments.into(),
+                    })
+                    .collect(),
+                logprobs: d.logprobs.into_iter().map(token_logprob).collect(),
+            }),
+            ChatEvent::End(end) => {
+                let usage = end.usage.into_option();
+                EngineEvent::End(EngineEnd {
+                    tokens_in: usage.map(|u| u.prompt_tokens),
+                    tokens_out: usage.map(|u| u.completion_tokens),
+                    cached_tokens: usage.and_then(|u| u.cached_tokens.into_option()),
+                    finish_reason: (!end.finish_reason.is_empty())
+                        .then(|| end.finish_reason.into()),
+                })
+            }
+            ChatEvent::Error(e) => EngineEvent::Error(failure(e)),
+        };
+        self.send(event)
+    }
+}
+
+impl HostSink {
+    fn send(&self, event: EngineEvent) -> SinkStatus {
         // Adapter threads are never tokio workers, so blocking here is the backpressure
         // the ABI promises. A panic must not cross back into the adapter.
         match catch_unwind(AssertUnwindSafe(|| self.events.blocking_send(event))) {

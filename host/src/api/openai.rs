@@ -16,9 +16,12 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
+use std::collections::BTreeMap;
+
+use orchd_contracts::chat::{ResponseFormat, TokenLogprob, Tool, ToolCallFrame, ToolChoice};
 use orchd_contracts::openai::{
-    ChatCompletionRequest, ChatMessage, CompletionRequest, Content, EmbeddingRequest, Model,
-    ModelList, OpenAiError, OpenAiErrorBody, Prompt, Stop, Usage,
+    ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest, Model, ModelList,
+    OpenAiError, OpenAiErrorBody, Prompt, PromptTokensDetails, Stop, Usage,
 };
 use orchd_contracts::{EndFrame, ErrorCode, ErrorEnvelope, Priority, TaskRequest, Workload};
 use serde_json::{Map, Value, json};
@@ -63,6 +66,17 @@ pub fn openai_error(envelope: &ErrorEnvelope, status: u16) -> OpenAiError {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'[' | b']'))
         })
         .map(str::to_owned);
+    if envelope.code == ErrorCode::NotFound && envelope.message.starts_with(MODEL_NOT_FOUND) {
+        // OpenAI's own answer for an unknown model.
+        return OpenAiError {
+            error: OpenAiErrorBody {
+                message: envelope.message.clone(),
+                kind: "invalid_request_error".to_owned(),
+                code: Some("model_not_found".to_owned()),
+                param: Some("model".to_owned()),
+            },
+        };
+    }
     OpenAiError {
         error: OpenAiErrorBody {
             message: envelope.message.clone(),
@@ -100,10 +114,26 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     })
 }
 
+/// A chat request's conversation and options (the OpenAI door's additions to a task).
+struct ChatParts {
+    messages: Vec<ChatMessage>,
+    tools: Option<Vec<Tool>>,
+    tool_choice: Option<ToolChoice>,
+    parallel_tool_calls: Option<bool>,
+    response_format: Option<ResponseFormat>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+    frequency_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+    logit_bias: Option<BTreeMap<String, f64>>,
+}
+
 /// What both endpoints have in common once parsed.
 struct Job {
     model: String,
+    /// A completion's prompt (empty for chat).
     prompt: String,
+    chat: Option<ChatParts>,
     max_tokens: Option<u32>,
     temperature: Option<f64>,
     top_p: Option<f64>,
@@ -120,11 +150,50 @@ const DEFAULT_MAX_TOKENS: u32 = 256;
 /// The deadline of a front-door task unless `X-Deadline-Ms` says otherwise.
 const DEFAULT_DEADLINE_MS: u64 = 600_000;
 
+fn penalty(field: &str, value: Option<f64>) -> Result<Option<f32>, ApiError> {
+    match value {
+        Some(v) if !(-2.0..=2.0).contains(&v) => {
+            Err(ApiError::invalid(field, "must be between -2 and 2"))
+        }
+        v => Ok(v.map(|v| v as f32)),
+    }
+}
+
+/// `logit_bias`: token ids (as strings) to biases in [-100, 100].
+fn logit_bias(map: &Option<BTreeMap<String, f64>>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(map) = map else {
+        return Ok(Vec::new());
+    };
+    if map.len() > 300 {
+        return Err(ApiError::invalid("logit_bias", "at most 300 tokens"));
+    }
+    map.iter()
+        .map(|(token, bias)| {
+            let id = token.parse::<u32>().map_err(|_| {
+                ApiError::invalid(
+                    &format!("logit_bias.{token}"),
+                    "keys are token ids (integers)",
+                )
+            })?;
+            if !(-100.0..=100.0).contains(bias) {
+                return Err(ApiError::invalid(
+                    &format!("logit_bias.{token}"),
+                    "must be between -100 and 100",
+                ));
+            }
+            Ok((id, *bias as f32))
+        })
+        .collect()
+}
+
 fn validate(job: &Job) -> Result<(), ApiError> {
     if let Some(n) = job.n
         && n != 1
     {
-        return Err(ApiError::invalid("n", "only n = 1 is supported"));
+        return Err(ApiError::invalid(
+            "n",
+            "only n = 1 is supported; send n requests for n choices",
+        ));
     }
     if job.max_tokens == Some(0) {
         return Err(ApiError::invalid("max_tokens", "must be at least 1"));
@@ -145,52 +214,6 @@ fn validate(job: &Job) -> Result<(), ApiError> {
         return Err(ApiError::invalid("stop", "at most 4 sequences"));
     }
     Ok(())
-}
-
-/// Renders chat messages as one prompt (`role: content` lines, then `assistant:`): the
-/// engines behind the daemon take text; a chat template belongs to the engine's own
-/// chat endpoint (the `openai` adapter in `chat` mode passes the text as one user turn).
-fn render_chat(messages: &[ChatMessage]) -> Result<String, ApiError> {
-    if messages.is_empty() {
-        return Err(ApiError::invalid("messages", "must not be empty"));
-    }
-    let mut out = String::new();
-    for (i, m) in messages.iter().enumerate() {
-        if !matches!(
-            m.role.as_str(),
-            "system" | "developer" | "user" | "assistant"
-        ) {
-            return Err(ApiError::invalid(
-                &format!("messages[{i}].role"),
-                format!("role {:?} is not supported", m.role),
-            ));
-        }
-        let text = match &m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for p in parts {
-                    match (p.kind.as_str(), &p.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        _ => {
-                            return Err(ApiError::invalid(
-                                &format!("messages[{i}].content"),
-                                format!("content parts of type {:?} are not supported", p.kind),
-                            ));
-                        }
-                    }
-                }
-                text
-            }
-        };
-        out.push_str(&m.role);
-        out.push_str(": ");
-        out.push_str(&text);
-        out.push('\n');
-    }
-    out.push_str("assistant:");
-    Ok(out)
 }
 
 /// A session id from `X-Session-Id`, else `user`, else one per request. Values that are
@@ -237,7 +260,8 @@ fn deadline_of(headers: &HeaderMap) -> Result<u64, ApiError> {
     }
 }
 
-/// Sampler fields for the engine, as a JSON object (empty when none were given).
+/// Sampler fields for the engine, as a JSON object (empty when none were given). A
+/// completion's `stop` rides here; a chat's has its own place in the ABI.
 fn engine_params(job: &Job) -> String {
     let mut params = Map::new();
     if let Some(t) = job.temperature {
@@ -246,7 +270,9 @@ fn engine_params(job: &Job) -> String {
     if let Some(p) = job.top_p {
         params.insert("top_p".into(), json!(p));
     }
-    if let Some(stop) = job.stop.clone() {
+    if job.chat.is_none()
+        && let Some(stop) = job.stop.clone()
+    {
         params.insert("stop".into(), json!(stop.into_vec()));
     }
     if params.is_empty() {
@@ -278,8 +304,23 @@ pub async fn chat(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "must not be empty"));
+    }
     let job = Job {
-        prompt: render_chat(&req.messages)?,
+        prompt: String::new(),
+        chat: Some(ChatParts {
+            messages: req.messages,
+            tools: req.tools,
+            tool_choice: req.tool_choice,
+            parallel_tool_calls: req.parallel_tool_calls,
+            response_format: req.response_format,
+            logprobs: req.logprobs,
+            top_logprobs: req.top_logprobs,
+            frequency_penalty: req.frequency_penalty,
+            presence_penalty: req.presence_penalty,
+            logit_bias: req.logit_bias,
+        }),
         model: req.model,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         temperature: req.temperature,
@@ -316,6 +357,7 @@ pub async fn completions(
     };
     let job = Job {
         prompt,
+        chat: None,
         model: req.model,
         max_tokens: req.max_tokens,
         temperature: req.temperature,
@@ -338,8 +380,12 @@ pub async fn completions(
     .await
 }
 
+/// The start of the message of an unknown model's 404 (OpenAI's `model_not_found`).
+const MODEL_NOT_FOUND: &str = "The model `";
+
 /// The pool serving `model`: a ready one if there is one, else any (whose readiness the
-/// admission path then reports).
+/// admission path then reports). No pool at all is OpenAI's 404 `model_not_found`, which
+/// the official clients do not retry.
 fn pool_for_model<'a>(
     state: &'a AppState,
     model: &str,
@@ -351,18 +397,26 @@ fn pool_for_model<'a>(
         .or_else(|| state.pools.iter().find(|p| p.model_ref == model))
         .ok_or_else(|| {
             ApiError::new(
-                ErrorCode::PoolUnavailable,
-                format!("no pool serves model {model:?}; see GET /v1/models"),
+                ErrorCode::NotFound,
+                format!("{MODEL_NOT_FOUND}{model}` does not exist; see GET /v1/models"),
             )
-            .retry_after_ms(1000)
         })
 }
 
-/// Reads a task's log to its terminal frame, handing each token's text to `on_token`: the
-/// `end` frame, or the task's `error` envelope as the error.
+/// A `token` frame as the door reads it: borrowed text, typed logprobs.
+#[derive(serde::Deserialize)]
+struct TokenIn<'a> {
+    #[serde(borrow)]
+    t: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// Reads a task's log to its terminal frame, handing every other frame to `on_frame`:
+/// the `end` frame, or the task's `error` envelope as the error.
 async fn wait_end(
     items: impl Stream<Item = Item>,
-    mut on_token: impl FnMut(&str),
+    mut on_frame: impl FnMut(&crate::task::Frame),
 ) -> Result<EndFrame, ApiError> {
     tokio::pin!(items);
     while let Some(item) = items.next().await {
@@ -371,10 +425,6 @@ async fn wait_end(
             Item::Gone(envelope) => return Err(ApiError::from_envelope(envelope)),
         };
         match frame.event {
-            "token" => {
-                let t: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
-                on_token(t["t"].as_str().unwrap_or(""));
-            }
             "error" => {
                 let envelope: ErrorEnvelope = serde_json::from_str(&frame.data)
                     .map_err(|e| ApiError::internal(format!("bad error frame: {e}")))?;
@@ -384,7 +434,7 @@ async fn wait_end(
                 return serde_json::from_str(&frame.data)
                     .map_err(|e| ApiError::internal(format!("bad end frame: {e}")));
             }
-            _ => {}
+            _ => on_frame(&frame),
         }
     }
     Err(ApiError::internal(
@@ -428,28 +478,24 @@ pub async fn embeddings(
     }
     let pool = pool_for_model(&state, &req.model)?;
     let prompt_tokens: u32 = inputs.iter().map(|i| admit::estimate_tokens(i)).sum();
-    let task_req = TaskRequest {
-        task_id: None,
-        session_id: session_of(&headers, req.user.as_deref()),
-        workload: Workload::Embedding,
-        model_ref: req.model.clone(),
-        engine: pool.engine.clone(),
-        ctx: inputs
+    let task_req = task_request(
+        session_of(&headers, req.user.as_deref()),
+        Workload::Embedding,
+        req.model.clone(),
+        pool.engine.clone(),
+        inputs
             .iter()
             .map(|i| admit::estimate_tokens(i))
             .max()
             .unwrap_or(0),
-        priority: priority_of(&headers)?,
-        seed: None,
-        determinism: None,
-        sampler_profile_version: None,
-        prompt: None,
+        priority_of(&headers)?,
+        1,
+        deadline_of(&headers)?,
+    );
+    let task_req = TaskRequest {
         inputs: Some(inputs),
-        max_tokens: 1,
-        deadline_ms: deadline_of(&headers)?,
         expected_tokens: Some(1),
-        kv_hint: None,
-        placement: None,
+        ..task_req
     };
     let admitted = admit::admit(&state, task_req, &principal, &correlation.0)?;
     let task = state
@@ -484,45 +530,102 @@ pub async fn embeddings(
     )
 }
 
+/// A task request with the door's defaults; the caller fills in the workload's fields.
+#[allow(clippy::too_many_arguments)]
+fn task_request(
+    session_id: String,
+    workload: Workload,
+    model_ref: String,
+    engine: String,
+    ctx: u32,
+    priority: Priority,
+    max_tokens: u32,
+    deadline_ms: u64,
+) -> TaskRequest {
+    TaskRequest {
+        task_id: None,
+        session_id,
+        workload,
+        model_ref,
+        engine,
+        ctx,
+        priority,
+        seed: None,
+        determinism: None,
+        sampler_profile_version: None,
+        prompt: None,
+        inputs: None,
+        max_tokens,
+        deadline_ms,
+        expected_tokens: None,
+        kv_hint: None,
+        placement: None,
+        messages: None,
+        tools: None,
+        tool_choice: None,
+        parallel_tool_calls: None,
+        response_format: None,
+        logprobs: None,
+        top_logprobs: None,
+    }
+}
+
 async fn run(
     state: Arc<AppState>,
     correlation_id: &str,
     principal: &Principal,
     headers: &HeaderMap,
-    job: Job,
+    mut job: Job,
     kind: Kind,
 ) -> Result<Response, ApiError> {
     state.accepting_tasks()?;
     validate(&job)?;
     let pool = pool_for_model(&state, &job.model)?;
     let max_tokens = job.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
-    let prompt_tokens = admit::estimate_tokens(&job.prompt);
-    let task_req = TaskRequest {
-        task_id: None,
-        session_id: session_of(headers, job.user.as_deref()),
-        workload: Workload::Completion,
-        model_ref: job.model.clone(),
-        engine: pool.engine.clone(),
-        ctx: prompt_tokens.saturating_add(max_tokens),
-        priority: priority_of(headers)?,
-        seed: job.seed,
-        determinism: None,
-        sampler_profile_version: None,
-        prompt: Some(job.prompt.clone()),
-        inputs: None,
-        max_tokens,
-        deadline_ms: deadline_of(headers)?,
-        expected_tokens: None,
-        kv_hint: None,
-        placement: None,
+    let mut extras = admit::EngineExtras {
+        params_json: engine_params(&job),
+        ..Default::default()
     };
-    let admitted = admit::admit_with(
-        &state,
-        task_req,
-        engine_params(&job),
-        principal,
-        correlation_id,
-    )?;
+    let base = task_request(
+        session_of(headers, job.user.as_deref()),
+        Workload::Completion,
+        job.model.clone(),
+        pool.engine.clone(),
+        0,
+        priority_of(headers)?,
+        max_tokens,
+        deadline_of(headers)?,
+    );
+    let logprobs = job.chat.as_ref().is_some_and(|c| c.logprobs == Some(true));
+    let task_req = match job.chat.take() {
+        Some(c) => {
+            extras.frequency_penalty = penalty("frequency_penalty", c.frequency_penalty)?;
+            extras.presence_penalty = penalty("presence_penalty", c.presence_penalty)?;
+            extras.logit_bias = logit_bias(&c.logit_bias)?;
+            extras.stop = job.stop.take().map(Stop::into_vec).unwrap_or_default();
+            let text = admit::chat_text(&c.messages, c.tools.as_deref().unwrap_or_default());
+            TaskRequest {
+                workload: Workload::Chat,
+                ctx: admit::estimate_tokens(&text).saturating_add(max_tokens),
+                seed: job.seed,
+                messages: Some(c.messages),
+                tools: c.tools,
+                tool_choice: c.tool_choice,
+                parallel_tool_calls: c.parallel_tool_calls,
+                response_format: c.response_format,
+                logprobs: c.logprobs,
+                top_logprobs: c.top_logprobs,
+                ..base
+            }
+        }
+        None => TaskRequest {
+            ctx: admit::estimate_tokens(&job.prompt).saturating_add(max_tokens),
+            seed: job.seed,
+            prompt: Some(std::mem::take(&mut job.prompt)),
+            ..base
+        },
+    };
+    let admitted = admit::admit_with(&state, task_req, extras, principal, correlation_id)?;
     let task_id = admitted.accepted.task_id;
     let task = state
         .tasks
@@ -535,7 +638,7 @@ async fn run(
         model: job.model,
         kind,
         max_tokens,
-        prompt_tokens,
+        logprobs,
     };
     let mut response = if job.stream {
         let keep_alive = KeepAlive::new()
@@ -560,25 +663,37 @@ struct Reply {
     model: String,
     kind: Kind,
     max_tokens: u32,
-    prompt_tokens: u32,
+    /// The client asked for logprobs (chat).
+    logprobs: bool,
 }
 
+/// The finish reasons OpenAI's clients know.
+const FINISH_REASONS: [&str; 5] = [
+    "stop",
+    "length",
+    "tool_calls",
+    "content_filter",
+    "function_call",
+];
+
 impl Reply {
-    fn finish_reason(&self, end: &EndFrame) -> &'static str {
-        if end.tokens_out >= self.max_tokens {
-            "length"
-        } else {
-            "stop"
+    /// The engine's finish reason where it gave one OpenAI's clients know; else
+    /// `tool_calls` if the answer called tools, `length` if it used every token, `stop`.
+    fn finish_reason(&self, end: &EndFrame, called_tools: bool) -> String {
+        match end.finish_reason.as_deref() {
+            Some(r) if FINISH_REASONS.contains(&r) => r.to_owned(),
+            _ if called_tools => "tool_calls".to_owned(),
+            _ if end.tokens_out >= self.max_tokens => "length".to_owned(),
+            _ => "stop".to_owned(),
         }
     }
 
     fn usage(&self, end: &EndFrame) -> Usage {
-        let prompt = if end.tokens_in > 0 {
-            end.tokens_in
-        } else {
-            self.prompt_tokens
-        };
-        Usage::new(prompt, end.tokens_out)
+        let mut usage = Usage::new(end.tokens_in, end.tokens_out);
+        usage.prompt_tokens_details = end
+            .cached_tokens
+            .map(|cached_tokens| PromptTokensDetails { cached_tokens });
+        usage
     }
 
     fn chunk(&self, choice: Value) -> Value {
@@ -590,29 +705,65 @@ impl Reply {
                "model": self.model, "choices": [choice]})
     }
 
-    fn token_choice(&self, text: &str, first: bool) -> Value {
+    fn chat_choice(&self, mut delta: Map<String, Value>, first: bool, logprobs: Value) -> Value {
+        if first {
+            delta.insert("role".into(), json!("assistant"));
+        }
+        json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": null})
+    }
+
+    fn token_choice(&self, token: TokenIn<'_>, first: bool) -> Value {
         match self.kind {
-            Kind::Chat if first => json!({"index": 0,
-                "delta": {"role": "assistant", "content": text}, "finish_reason": null}),
-            Kind::Chat => json!({"index": 0, "delta": {"content": text}, "finish_reason": null}),
+            Kind::Chat => {
+                let mut delta = Map::new();
+                delta.insert("content".into(), json!(token.t));
+                let logprobs = match token.logprobs {
+                    Some(content) if self.logprobs => json!({"content": content, "refusal": null}),
+                    _ => Value::Null,
+                };
+                self.chat_choice(delta, first, logprobs)
+            }
             Kind::Completion => {
-                json!({"index": 0, "text": text, "finish_reason": null, "logprobs": null})
+                json!({"index": 0, "text": token.t, "finish_reason": null, "logprobs": null})
             }
         }
     }
 
+    /// A tool-call fragment in OpenAI's chunk shape: the first fragment of a call carries
+    /// `id`, `type` and the function's `name`.
+    fn tool_call_choice(&self, f: &ToolCallFrame, first: bool) -> Value {
+        let mut call = Map::new();
+        call.insert("index".into(), json!(f.index));
+        if let Some(id) = &f.id {
+            call.insert("id".into(), json!(id));
+            call.insert("type".into(), json!("function"));
+        }
+        let mut function = Map::new();
+        if let Some(name) = &f.name {
+            function.insert("name".into(), json!(name));
+        }
+        function.insert("arguments".into(), json!(f.arguments));
+        call.insert("function".into(), Value::Object(function));
+        let mut delta = Map::new();
+        delta.insert("tool_calls".into(), json!([call]));
+        self.chat_choice(delta, first, Value::Null)
+    }
+
     fn final_choice(&self, reason: &str) -> Value {
         match self.kind {
-            Kind::Chat => json!({"index": 0, "delta": {}, "finish_reason": reason}),
+            Kind::Chat => {
+                json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason})
+            }
             Kind::Completion => {
                 json!({"index": 0, "text": "", "finish_reason": reason, "logprobs": null})
             }
         }
     }
 
-    /// The streaming answer: one chunk per token, a final chunk with the finish reason,
-    /// the usage chunk if asked for, then `[DONE]`. An error after the first byte is an
-    /// `{"error": …}` event (what OpenAI's clients raise), and the stream ends.
+    /// The streaming answer: one chunk per token or tool-call fragment, a final chunk with
+    /// the finish reason, the usage chunk if asked for, then `[DONE]`. An error after the
+    /// first byte is an `{"error": …}` event (what OpenAI's clients raise), and the stream
+    /// ends.
     fn chunks(
         self,
         items: impl Stream<Item = Item> + Send + 'static,
@@ -620,21 +771,35 @@ impl Reply {
     ) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
         let data = |v: Value| Ok(Event::default().data(v.to_string()));
         let mut first = true;
+        let mut called_tools = false;
         items.flat_map(move |item| {
             let events: Vec<Result<Event, std::convert::Infallible>> = match item {
                 Item::Frame(f) if f.event == "token" => {
-                    let t: Value = serde_json::from_str(&f.data).unwrap_or(Value::Null);
-                    let text = t["t"].as_str().unwrap_or("");
-                    let e = data(self.chunk(self.token_choice(text, first)));
-                    first = false;
-                    vec![e]
+                    match serde_json::from_str::<TokenIn<'_>>(&f.data) {
+                        Ok(token) => {
+                            let e = data(self.chunk(self.token_choice(token, first)));
+                            first = false;
+                            vec![e]
+                        }
+                        Err(_) => Vec::new(),
+                    }
+                }
+                Item::Frame(f) if f.event == "tool_call" => {
+                    match serde_json::from_str::<ToolCallFrame>(&f.data) {
+                        Ok(fragment) => {
+                            called_tools = true;
+                            let e = data(self.chunk(self.tool_call_choice(&fragment, first)));
+                            first = false;
+                            vec![e]
+                        }
+                        Err(_) => Vec::new(),
+                    }
                 }
                 Item::Frame(f) if f.event == "end" => {
                     match serde_json::from_str::<EndFrame>(&f.data) {
                         Ok(end) if !end.canceled => {
-                            let mut out = vec![data(
-                                self.chunk(self.final_choice(self.finish_reason(&end))),
-                            )];
+                            let reason = self.finish_reason(&end, called_tools);
+                            let mut out = vec![data(self.chunk(self.final_choice(&reason)))];
                             if include_usage {
                                 let mut usage = self.chunk(Value::Null);
                                 usage["choices"] = json!([]);
@@ -671,18 +836,67 @@ impl Reply {
         })
     }
 
-    /// The whole answer, once the task ends. An engine failure is the error response
-    /// the task's `error` frame describes.
+    /// The whole answer, once the task ends: the text, the tool calls assembled from their
+    /// fragments, the logprobs. An engine failure is the error response the task's `error`
+    /// frame describes.
     async fn whole(self, items: impl Stream<Item = Item>) -> Result<Response, ApiError> {
         let mut text = String::new();
-        let end = wait_end(items, |t| text.push_str(t)).await?;
-        let reason = self.finish_reason(&end);
+        let mut logprobs: Vec<TokenLogprob> = Vec::new();
+        let mut calls: Vec<(Option<String>, String, String)> = Vec::new();
+        let end = wait_end(items, |frame| match frame.event {
+            "token" => {
+                if let Ok(token) = serde_json::from_str::<TokenIn<'_>>(&frame.data) {
+                    text.push_str(&token.t);
+                    logprobs.extend(token.logprobs.unwrap_or_default());
+                }
+            }
+            "tool_call" => {
+                if let Ok(f) = serde_json::from_str::<ToolCallFrame>(&frame.data) {
+                    let i = f.index as usize;
+                    if i >= calls.len() && i < 128 {
+                        calls.resize(i + 1, (None, String::new(), String::new()));
+                    }
+                    if let Some(call) = calls.get_mut(i) {
+                        if f.id.is_some() {
+                            call.0 = f.id;
+                        }
+                        if let Some(name) = f.name {
+                            call.1.push_str(&name);
+                        }
+                        call.2.push_str(&f.arguments);
+                    }
+                }
+            }
+            _ => {}
+        })
+        .await?;
+        let reason = self.finish_reason(&end, !calls.is_empty());
         let (object, choice) = match self.kind {
-            Kind::Chat => (
-                "chat.completion",
-                json!({"index": 0, "message": {"role": "assistant", "content": text},
-                       "finish_reason": reason, "logprobs": null}),
-            ),
+            Kind::Chat => {
+                let tool_calls: Vec<Value> = calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (id, name, arguments))| {
+                        json!({"id": id.unwrap_or_else(|| format!("call_{i}")), "type": "function",
+                               "function": {"name": name, "arguments": arguments}})
+                    })
+                    .collect();
+                let mut message = json!({"role": "assistant", "refusal": null,
+                    "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }});
+                if !tool_calls.is_empty() {
+                    message["tool_calls"] = json!(tool_calls);
+                }
+                let logprobs = if self.logprobs {
+                    json!({"content": logprobs, "refusal": null})
+                } else {
+                    Value::Null
+                };
+                (
+                    "chat.completion",
+                    json!({"index": 0, "message": message, "finish_reason": reason,
+                           "logprobs": logprobs}),
+                )
+            }
             Kind::Completion => (
                 "text_completion",
                 json!({"index": 0, "text": text, "finish_reason": reason, "logprobs": null}),
@@ -712,20 +926,31 @@ mod tests {
     }
 
     #[test]
-    fn chat_messages_render_as_one_prompt() {
-        let msgs: Vec<ChatMessage> = serde_json::from_value(json!([
-            {"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "hi"}]}
-        ]))
-        .unwrap();
+    fn an_unknown_model_is_openais_model_not_found() {
+        let env = *ApiError::new(
+            ErrorCode::NotFound,
+            format!("{MODEL_NOT_FOUND}nope` does not exist; see GET /v1/models"),
+        )
+        .envelope;
+        let e = openai_error(&env, 404);
+        assert_eq!(e.error.code.as_deref(), Some("model_not_found"));
+        assert_eq!(e.error.param.as_deref(), Some("model"));
+        let other = *ApiError::new(ErrorCode::NotFound, "unknown task \"x\"").envelope;
         assert_eq!(
-            render_chat(&msgs).unwrap(),
-            "system: be brief\nuser: hi\nassistant:"
+            openai_error(&other, 404).error.code.as_deref(),
+            Some("NOT_FOUND")
         );
-        let bad: Vec<ChatMessage> =
-            serde_json::from_value(json!([{"role": "tool", "content": "x"}])).unwrap();
-        assert!(render_chat(&bad).is_err());
-        assert!(render_chat(&[]).is_err());
+    }
+
+    #[test]
+    fn logit_bias_keys_are_token_ids_and_values_bounded() {
+        let ok: BTreeMap<String, f64> = [("42".to_owned(), -100.0)].into();
+        assert_eq!(logit_bias(&Some(ok)).unwrap(), vec![(42, -100.0)]);
+        let word: BTreeMap<String, f64> = [("hello".to_owned(), 1.0)].into();
+        assert!(logit_bias(&Some(word)).is_err());
+        let big: BTreeMap<String, f64> = [("1".to_owned(), 101.0)].into();
+        assert!(logit_bias(&Some(big)).is_err());
+        assert!(penalty("presence_penalty", Some(2.5)).is_err());
     }
 
     #[test]

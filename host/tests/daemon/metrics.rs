@@ -144,6 +144,9 @@ async fn the_exposition_has_every_name_and_label_set_of_the_contract() {
         ),
         ("model_state", &["model_id", "state"]),
         ("policy_fallbacks_total", &["policy"]),
+        // The plugin watchers' own counters (the repo's addition to METRICS.md).
+        ("plugin_rescans_total", &["directory"]),
+        ("plugin_files_hashed_total", &["directory"]),
     ];
     for (name, labels) in optional {
         if let Some(sets) = got.get(*name) {

@@ -165,20 +165,45 @@ async fn errors_come_in_openai_shape_with_api_statuses() {
     assert_eq!(v["error"]["param"], "n");
     assert_eq!(v["error"]["type"], "invalid_request_error");
 
+    // A field the door does not know is refused by name; logit_bias is known and checked.
     let resp = post(
         &d,
         "/v1/chat/completions",
-        json!({"model": "p-model", "messages": [], "logit_bias": {}}),
+        json!({"model": "p-model", "messages": [{"role": "user", "content": "x"}],
+               "logit_bias": {"hello": 1}}),
     )
     .await;
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["param"], "logit_bias.hello", "{v}");
+    let resp = post(
+        &d,
+        "/v1/chat/completions",
+        json!({"model": "p-model", "messages": [{"role": "user", "content": "x"}],
+               "functions": []}),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 400);
     let v: Value = resp.json().await.unwrap();
     assert!(
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("logit_bias"),
+            .contains("functions"),
         "{v}"
     );
+
+    // An unknown model is OpenAI's 404, which the official clients do not retry.
+    let resp = post(
+        &d,
+        "/v1/chat/completions",
+        json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(resp.headers().get("retry-after").is_none());
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "model_not_found", "{v}");
 
     let resp = d
         .http
@@ -209,9 +234,11 @@ async fn errors_come_in_openai_shape_with_api_statuses() {
         json!({"model": "nobody", "prompt": "x"}),
     )
     .await;
-    assert_eq!(resp.status().as_u16(), 503);
-    assert!(resp.headers().contains_key("retry-after"));
-    shape(&resp.json().await.unwrap());
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(!resp.headers().contains_key("retry-after"));
+    let v = resp.json().await.unwrap();
+    shape(&v);
+    assert_eq!(v["error"]["code"], "model_not_found");
 }
 
 async fn state_of(d: &Daemon, id: &str) -> String {

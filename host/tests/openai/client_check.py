@@ -115,8 +115,9 @@ def sync_checks(args):
             model="no-such-model", messages=[{"role": "user", "content": "x"}]
         )
         raise AssertionError("an unknown model was accepted")
-    except openai.InternalServerError as e:
-        check(e.status_code == 503, "unknown model → 503 (POOL_UNAVAILABLE)")
+    except openai.NotFoundError as e:
+        check(e.status_code == 404 and e.code == "model_not_found",
+              f"unknown model → 404 model_not_found, not retried ({e.code})")
 
     try:
         openai.OpenAI(base_url=args.base_url, api_key="wrong-key", max_retries=0).models.list()
