@@ -22,6 +22,16 @@ Output rows of all non-normal tokens (<unk>, <s>, </s>, byte tokens <0xNN>)
 are zero, so greedy/low-temperature generation never emits EOS (runs always
 last n_predict tokens) and never emits raw bytes (always valid UTF-8 text).
 Pass --allow-eos to keep a random row for </s>.
+
+The tool model (tool calls, response_format json_schema) takes a different
+chat template and a vocab without the SentencePiece space prefix, and a
+context that fits a tool-calling system prompt (serve it with -c 4096 or more):
+
+    "$PY" tools/e2e/make_model.py --out /tmp/tool.gguf --seed 3 --ctx 4096 \
+        --template tools/e2e/tool-template.jinja --no-space-prefix
+
+Without --template/--no-space-prefix the output is byte-identical to before
+those flags existed.
 """
 
 from __future__ import annotations
@@ -83,6 +93,11 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="general.name (default: derived from the shape and seed)")
     ap.add_argument("--vocab", default=None, help="path of %s (default: found next to the venv)" % VOCAB_NAME)
     ap.add_argument("--allow-eos", action="store_true", help="give </s> a random output row (EOS can be sampled)")
+    ap.add_argument("--template", default=None, help="file holding the Jinja tokenizer.chat_template (default: plain ChatML)")
+    ap.add_argument(
+        "--no-space-prefix", action="store_true",
+        help="write tokenizer.ggml.add_space_prefix=false (needed for /v1/chat/completions response_format and required/named tool_choice)",
+    )
     args = ap.parse_args()
 
     if args.dim % args.heads:
@@ -92,6 +107,12 @@ def main() -> None:
     if min(args.layers, args.dim, args.heads, args.ctx) < 1:
         ap.error("--layers, --dim, --heads, --ctx must be positive")
     ffn = args.ffn or 2 * args.dim
+    template = None
+    if args.template:
+        try:
+            template = Path(args.template).read_text(encoding="utf-8")
+        except OSError as e:
+            ap.error("--template: %s" % e)
 
     t0 = time.monotonic()
     try:  # imported late so --help works without the venv
@@ -141,10 +162,18 @@ def main() -> None:
     w.add_vocab_size(n_vocab)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if args.dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     for key, field in tok_fields.items():
+        if (template is not None and key == "tokenizer.chat_template") or (
+            args.no_space_prefix and key == "tokenizer.ggml.add_space_prefix"
+        ):
+            continue
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         w.add_key_value(key, field.contents(), vtype, sub_type=sub)
-    if "tokenizer.chat_template" not in tok_fields:
+    if args.no_space_prefix:
+        w.add_add_space_prefix(False)
+    if template is not None:
+        w.add_chat_template(template)
+    elif "tokenizer.chat_template" not in tok_fields:
         w.add_chat_template(CHATML)
 
     # Scales keep activations O(1) and give output logits a spread of ~4, so

@@ -246,6 +246,31 @@ pub async fn events_of(
     collect(&mut rx, timeout).await
 }
 
+/// Loads `lib`, makes a client from `config` and streams one chat job to its end: every
+/// event the adapter delivered.
+pub async fn chat_events_of(
+    lib: &Path,
+    config: &str,
+    chat: orchd_host::adapters::ChatJob,
+    max_tokens: u32,
+    timeout: Duration,
+) -> Result<Vec<EngineEvent>, String> {
+    let adapter = AdapterRegistry::load_file(lib)?;
+    let client = adapter
+        .new_client(config)
+        .map_err(|e| format!("config refused: {e}"))?;
+    let (tx, mut rx) = mpsc::channel(256);
+    let plan = Plan::new(config);
+    let spec = JobSpec {
+        chat: Some(Arc::new(chat)),
+        ..job(&plan, max_tokens, 1)
+    };
+    let _job = blocking(move || client.submit_chat(spec, tx))
+        .await?
+        .map_err(|e| format!("submit_chat failed: {e}"))?;
+    collect(&mut rx, timeout).await
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
         .await

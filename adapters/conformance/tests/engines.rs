@@ -287,3 +287,227 @@ async fn llamacpp_and_openai_adapters_pass_the_kit_against_the_engine_simulator(
         }
     }
 }
+
+/// A vLLM-style chat stream (`data: ` with a space): a role chunk, a tool call whose id
+/// and name come first and whose arguments arrive in three pieces, the finish reason, the
+/// usage chunk, `[DONE]`. `broken` makes the assembled arguments invalid JSON.
+fn vllm_tool_frames(broken: bool) -> Vec<String> {
+    let chunk = |v: Value| format!("data: {v}\n\n");
+    let delta = |d: Value, finish: Value| {
+        chunk(json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                     "model": "m", "choices": [{"index": 0, "delta": d, "logprobs": null,
+                     "finish_reason": finish}]}))
+    };
+    let mut frames = vec![delta(json!({"role": "assistant", "content": ""}), Value::Null)];
+    frames.push(delta(
+        json!({"tool_calls": [{"index": 0, "id": "chatcmpl-tool-7", "type": "function",
+                "function": {"name": "get_weather", "arguments": ""}}]}),
+        Value::Null,
+    ));
+    let last = if broken { "\"Oslo\"" } else { "\"Oslo\"}" };
+    for piece in ["{\"ci", "ty\": ", last] {
+        frames.push(delta(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            Value::Null,
+        ));
+    }
+    frames.push(delta(json!({}), json!("tool_calls")));
+    frames.push(chunk(json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+        "created": 1, "model": "m", "choices": [],
+        "usage": {"prompt_tokens": 31, "completion_tokens": 9, "total_tokens": 40,
+                  "prompt_tokens_details": {"cached_tokens": 12}}})));
+    frames.push("data: [DONE]\n\n".to_owned());
+    frames
+}
+
+/// vLLM's OpenAI server: `/v1/models` and a streaming `/v1/chat/completions` that keeps the
+/// last request body it was sent.
+async fn vllm(broken: bool) -> (String, std::sync::Arc<std::sync::Mutex<Value>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    let keep = std::sync::Arc::clone(&seen);
+    let app = Router::new()
+        .route(
+            "/v1/models",
+            get(|| async { Json(json!({"data": [{"id": "m", "owned_by": "vllm"}]})) }),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(move |Json(req): Json<Value>| {
+                let keep = std::sync::Arc::clone(&keep);
+                async move {
+                    *keep.lock().unwrap() = req;
+                    Ok::<_, Infallible>((
+                        [("content-type", "text/event-stream")],
+                        body(vllm_tool_frames(broken), Mode::Good),
+                    ))
+                }
+            }),
+        );
+    (serve(app).await, seen)
+}
+
+fn weather_chat() -> orchd_host::adapters::ChatJob {
+    use orchd_contracts::chat::{ChatMessage, Content, FunctionDef, Role, Tool, ToolChoice};
+    let message = |role, text: &str| ChatMessage {
+        role,
+        content: Some(Content::Text(text.to_owned())),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+        refusal: None,
+    };
+    orchd_host::adapters::ChatJob {
+        messages: vec![
+            message(Role::System, "You answer with tools."),
+            message(Role::User, "Weather in Oslo?"),
+        ],
+        tools: vec![Tool {
+            kind: "function".into(),
+            function: FunctionDef {
+                name: "get_weather".into(),
+                description: Some("The weather in a city".into()),
+                parameters: Some(json!({"type": "object",
+                    "properties": {"city": {"type": "string"}}, "required": ["city"]})),
+                strict: None,
+            },
+        }],
+        tool_choice: Some(ToolChoice::Mode("required".into())),
+        frequency_penalty: Some(0.5),
+        presence_penalty: Some(-0.5),
+        logit_bias: vec![(42, -100.0)],
+        logprobs: true,
+        top_logprobs: 2,
+        stop: vec!["END".into()],
+        ..Default::default()
+    }
+}
+
+/// Every tool-call fragment of `events` assembled per index: (id, name, arguments).
+fn assembled_calls(events: &[EngineEvent]) -> Vec<(String, String, String)> {
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    for e in events {
+        if let EngineEvent::Delta(d) = e {
+            for f in &d.tool_calls {
+                let i = f.index as usize;
+                if calls.len() <= i {
+                    calls.resize(i + 1, Default::default());
+                }
+                if let Some(id) = &f.id {
+                    calls[i].0 = id.clone();
+                }
+                if let Some(name) = &f.name {
+                    calls[i].1.push_str(name);
+                }
+                calls[i].2.push_str(&f.arguments);
+            }
+        }
+    }
+    calls
+}
+
+#[tokio::test]
+async fn vllm_chat_streams_tool_call_fragments_and_gets_every_sampling_field() {
+    let (url, seen) = vllm(false).await;
+    let events = orchd_adapter_conformance::chat_events_of(
+        &lib("openai.so"),
+        &format!(r#"{{"url": "{url}", "model": "m"}}"#),
+        weather_chat(),
+        32,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(events.first(), Some(EngineEvent::Started { .. })));
+    let calls = assembled_calls(&events);
+    assert_eq!(calls.len(), 1, "{events:?}");
+    assert_eq!(calls[0].0, "chatcmpl-tool-7");
+    assert_eq!(calls[0].1, "get_weather");
+    let args: Value = serde_json::from_str(&calls[0].2).unwrap();
+    assert_eq!(args, json!({"city": "Oslo"}));
+    match events.last() {
+        Some(EngineEvent::End(end)) => {
+            assert_eq!(end.finish_reason.as_deref(), Some("tool_calls"));
+            assert_eq!((end.tokens_in, end.tokens_out), (Some(31), Some(9)));
+            assert_eq!(end.cached_tokens, Some(12));
+        }
+        other => panic!("ended with {other:?}"),
+    }
+    // What reached the engine: the conversation as data and every sampling field.
+    let req = seen.lock().unwrap().clone();
+    assert_eq!(req["model"], "m");
+    assert_eq!(req["messages"][0], json!({"role": "system", "content": "You answer with tools."}));
+    assert_eq!(req["messages"][1]["role"], "user");
+    assert_eq!(req["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(req["tool_choice"], "required");
+    assert_eq!(req["frequency_penalty"], 0.5);
+    assert_eq!(req["presence_penalty"], -0.5);
+    assert_eq!(req["logit_bias"], json!({"42": -100.0}));
+    assert_eq!(req["logprobs"], true);
+    assert_eq!(req["top_logprobs"], 2);
+    assert_eq!(req["stop"], json!(["END"]));
+    assert_eq!(req["stream"], true);
+    assert_eq!(req["stream_options"]["include_usage"], true);
+}
+
+#[tokio::test]
+async fn tool_call_arguments_that_are_not_json_fail_with_a_protocol_error() {
+    let (url, _) = vllm(true).await;
+    let events = orchd_adapter_conformance::chat_events_of(
+        &lib("openai.so"),
+        &format!(r#"{{"url": "{url}", "model": "m"}}"#),
+        weather_chat(),
+        32,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    match events.last() {
+        Some(EngineEvent::Error(f)) => {
+            assert_eq!(f.kind, FailureKind::Protocol, "{f:?}");
+            assert!(f.message.contains("not JSON"), "{f:?}");
+        }
+        other => panic!("ended with {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tgi_messages_api_tool_call_object_split_across_frames() {
+    let url = tgi(Mode::Good).await;
+    let events = orchd_adapter_conformance::chat_events_of(
+        &lib("tgi.so"),
+        &config("tgi.so", &url),
+        weather_chat(),
+        32,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let calls = assembled_calls(&events);
+    assert_eq!(calls.len(), 1, "{events:?}");
+    assert_eq!(calls[0].0, "call_0", "TGI sends an empty id; the adapter makes one");
+    assert_eq!(calls[0].1, "get_weather");
+    assert_eq!(
+        serde_json::from_str::<Value>(&calls[0].2).unwrap(),
+        json!({"city": "Oslo"})
+    );
+    match events.last() {
+        // TGI's own finish reason is passed on; the door maps it for OpenAI's clients.
+        Some(EngineEvent::End(end)) => assert_eq!(end.finish_reason.as_deref(), Some("eos_token")),
+        other => panic!("ended with {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn triton_refuses_chat_clearly() {
+    let url = triton(Mode::Good).await;
+    let err = orchd_adapter_conformance::chat_events_of(
+        &lib("triton.so"),
+        &config("triton.so", &url),
+        weather_chat(),
+        8,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("does not serve chat"), "{err}");
+}
