@@ -192,7 +192,22 @@ fn fixtures() -> Result<()> {
         "placement-faulty",
         "error-mapping-faulty",
     ])?;
+    // An adapter built against the released ABI 0.1.2, in its own workspace (it carries
+    // that version of the interface crate, which shares this workspace's package name).
+    let legacy_target = target().join("fixture-abi-0.1.2");
+    run(
+        "build the ABI 0.1.2 fixture adapter",
+        cargo()
+            .args(["build", "--release", "--manifest-path"])
+            .arg(root().join("adapters/fixtures/abi-0.1.2/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&legacy_target),
+    )?;
     let out = target().join("fixtures");
+    install(
+        &legacy_target.join("release/liborchd_fixture_abi_0_1_2.so"),
+        &out.join("adapters/legacy-0.1.2.so"),
+    )?;
     install(
         &target().join("release/liborchd_fixture_abi_mismatch.so"),
         &out.join("adapters/abi-mismatch.so"),

@@ -16,6 +16,7 @@
 #![allow(unsafe_code)]
 
 pub mod ffi;
+pub mod legacy;
 pub mod plugin;
 pub mod types;
 

@@ -294,11 +294,16 @@ async fn llamacpp_and_openai_adapters_pass_the_kit_against_the_engine_simulator(
 fn vllm_tool_frames(broken: bool) -> Vec<String> {
     let chunk = |v: Value| format!("data: {v}\n\n");
     let delta = |d: Value, finish: Value| {
-        chunk(json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+        chunk(
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
                      "model": "m", "choices": [{"index": 0, "delta": d, "logprobs": null,
-                     "finish_reason": finish}]}))
+                     "finish_reason": finish}]}),
+        )
     };
-    let mut frames = vec![delta(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut frames = vec![delta(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     frames.push(delta(
         json!({"tool_calls": [{"index": 0, "id": "chatcmpl-tool-7", "type": "function",
                 "function": {"name": "get_weather", "arguments": ""}}]}),
@@ -312,10 +317,12 @@ fn vllm_tool_frames(broken: bool) -> Vec<String> {
         ));
     }
     frames.push(delta(json!({}), json!("tool_calls")));
-    frames.push(chunk(json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+    frames.push(chunk(
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
         "created": 1, "model": "m", "choices": [],
         "usage": {"prompt_tokens": 31, "completion_tokens": 9, "total_tokens": 40,
-                  "prompt_tokens_details": {"cached_tokens": 12}}})));
+                  "prompt_tokens_details": {"cached_tokens": 12}}}),
+    ));
     frames.push("data: [DONE]\n\n".to_owned());
     frames
 }
@@ -435,7 +442,10 @@ async fn vllm_chat_streams_tool_call_fragments_and_gets_every_sampling_field() {
     // What reached the engine: the conversation as data and every sampling field.
     let req = seen.lock().unwrap().clone();
     assert_eq!(req["model"], "m");
-    assert_eq!(req["messages"][0], json!({"role": "system", "content": "You answer with tools."}));
+    assert_eq!(
+        req["messages"][0],
+        json!({"role": "system", "content": "You answer with tools."})
+    );
     assert_eq!(req["messages"][1]["role"], "user");
     assert_eq!(req["tools"][0]["function"]["name"], "get_weather");
     assert_eq!(req["tool_choice"], "required");
@@ -484,7 +494,10 @@ async fn tgi_messages_api_tool_call_object_split_across_frames() {
     .unwrap();
     let calls = assembled_calls(&events);
     assert_eq!(calls.len(), 1, "{events:?}");
-    assert_eq!(calls[0].0, "call_0", "TGI sends an empty id; the adapter makes one");
+    assert_eq!(
+        calls[0].0, "call_0",
+        "TGI sends an empty id; the adapter makes one"
+    );
     assert_eq!(calls[0].1, "get_weather");
     assert_eq!(
         serde_json::from_str::<Value>(&calls[0].2).unwrap(),

@@ -13,6 +13,7 @@ use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RNone, ROption, RResult, RSome, RStr, RString, RVec};
 use orchd_adapter_abi::ffi::{FfiEventSink, FfiEventSink_TO};
+use orchd_adapter_abi::legacy::v0_1_2;
 use orchd_adapter_abi::{
     self as abi, AdapterModRef, ChatEvent, Event, FfiClientBox, FfiJobBox, SinkStatus,
     SubmitRequest,
@@ -164,10 +165,19 @@ fn summarize(err: &LibraryError) -> String {
 
 fn load_library(path: &Path, sha256: String) -> Result<LoadedAdapter, String> {
     let header = lib_header_from_path(path).map_err(|e| summarize(&e))?;
-    let module = header
-        .init_root_module::<AdapterModRef>()
-        .map_err(|e| summarize(&e))?;
-    let info = match (module.info())() {
+    // A library built against this ABI, or against 0.1.2 (checked against 0.1.2's own
+    // layout: abi_stable refuses a library with fewer prefix fields than the loader's).
+    let module = match header.init_root_module::<AdapterModRef>() {
+        Ok(m) => Module::Current(m),
+        Err(current @ LibraryError::AbiInstability(_)) => {
+            match header.init_root_module::<v0_1_2::AdapterModRef>() {
+                Ok(m) => Module::V012(m),
+                Err(_) => return Err(summarize(&current)),
+            }
+        }
+        Err(e) => return Err(summarize(&e)),
+    };
+    let info = match module.info() {
         RResult::ROk(info) => info,
         RResult::RErr(e) => return Err(format!("info() failed: {e}")),
     };
@@ -186,12 +196,7 @@ fn load_library(path: &Path, sha256: String) -> Result<LoadedAdapter, String> {
     .filter(|(_, on)| *on)
     .map(|(name, _)| name.to_owned())
     // Named features appended in ABI 0.1.3; a library built before has none.
-    .chain(
-        module
-            .more_features()
-            .map(|more| more().into_iter().map(String::from).collect::<Vec<_>>())
-            .unwrap_or_default(),
-    )
+    .chain(module.more_features())
     .collect();
     let info = AdapterInfo {
         name: info.name.into(),
@@ -210,9 +215,36 @@ pub fn expected_abi_version() -> &'static str {
     abi::ABI_VERSION
 }
 
+/// A library's root module: this ABI's, or a frozen earlier one's.
+#[derive(Clone, Copy)]
+enum Module {
+    Current(AdapterModRef),
+    V012(v0_1_2::AdapterModRef),
+}
+
+impl Module {
+    fn info(&self) -> RResult<abi::AdapterInfo, abi::AdapterError> {
+        match self {
+            Self::Current(m) => (m.info())(),
+            Self::V012(m) => (m.info())(),
+        }
+    }
+
+    /// Features named after 0.1.2's flags (none in a 0.1.2 library).
+    fn more_features(&self) -> Vec<String> {
+        match self {
+            Self::Current(m) => m
+                .more_features()
+                .map(|more| more().into_iter().map(String::from).collect())
+                .unwrap_or_default(),
+            Self::V012(_) => Vec::new(),
+        }
+    }
+}
+
 struct LoadedAdapter {
     info: AdapterInfo,
-    module: AdapterModRef,
+    module: Module,
 }
 
 impl Adapter for LoadedAdapter {
@@ -221,7 +253,12 @@ impl Adapter for LoadedAdapter {
     }
 
     fn new_client(&self, config_json: &str) -> Result<Arc<dyn EngineClient>, EngineFailure> {
-        match (self.module.new_client())(RStr::from_str(config_json)) {
+        let config = RStr::from_str(config_json);
+        let client = match self.module {
+            Module::Current(m) => (m.new_client())(config).map(ClientBox::Current),
+            Module::V012(m) => (m.new_client())(config).map(ClientBox::V012),
+        };
+        match client {
             RResult::ROk(client) => Ok(Arc::new(FfiClient(client))),
             RResult::RErr(e) => Err(failure(e)),
         }
@@ -260,11 +297,27 @@ fn result<T, U>(
     }
 }
 
-struct FfiClient(FfiClientBox);
+/// A client from a library of this ABI or of 0.1.2.
+enum ClientBox {
+    Current(FfiClientBox),
+    V012(v0_1_2::FfiClientBox),
+}
+
+struct FfiClient(ClientBox);
+
+/// Calls the same method on either kind of client.
+macro_rules! on_client {
+    ($client:expr, $c:ident => $call:expr) => {
+        match &$client {
+            ClientBox::Current($c) => $call,
+            ClientBox::V012($c) => $call,
+        }
+    };
+}
 
 impl EngineClient for FfiClient {
     fn health(&self) -> Result<EngineHealth, EngineFailure> {
-        result(self.0.health(), |h| EngineHealth {
+        result(on_client!(self.0, c => c.health()), |h| EngineHealth {
             live: h.live,
             ready: h.ready,
             message: h.message.into(),
@@ -272,7 +325,7 @@ impl EngineClient for FfiClient {
     }
 
     fn props(&self) -> Result<EngineProps, EngineFailure> {
-        result(self.0.props(), |p| EngineProps {
+        result(on_client!(self.0, c => c.props()), |p| EngineProps {
             slots_total: p.slots_total,
             slots_free: p.slots_free,
             ctx_max: p.ctx_max,
@@ -294,10 +347,14 @@ impl EngineClient for FfiClient {
             seed: job.seed,
             params_json: job.params_json.into(),
         };
-        let sink = FfiEventSink_TO::from_value(HostSink { events }, TD_Opaque);
-        result(self.0.submit(req, sink), |job| {
-            Box::new(FfiJob(job)) as Box<dyn EngineJob>
-        })
+        let sink = HostSink { events };
+        let submitted = match &self.0 {
+            ClientBox::Current(c) => c.submit(req, FfiEventSink_TO::from_value(sink, TD_Opaque)),
+            ClientBox::V012(c) => {
+                c.submit(req, v0_1_2::FfiEventSink_TO::from_value(sink, TD_Opaque))
+            }
+        };
+        result(submitted, |job| Box::new(FfiJob(job)) as Box<dyn EngineJob>)
     }
 
     fn submit_chat(
@@ -312,22 +369,32 @@ impl EngineClient for FfiClient {
                 "a chat submission without a conversation",
             ));
         };
+        let ClientBox::Current(client) = &self.0 else {
+            return Err(EngineFailure::new(
+                FailureKind::InvalidRequest,
+                FailurePhase::BeforeFirstToken,
+                "this adapter was built against ABI 0.1.2, before chat",
+            ));
+        };
         let req = chat_request(&job, chat);
         let sink = FfiEventSink_TO::from_value(HostSink { events }, TD_Opaque);
-        result(self.0.submit_chat(req, sink), |job| {
+        result(client.submit_chat(req, sink), |job| {
             Box::new(FfiJob(job)) as Box<dyn EngineJob>
         })
     }
 
     fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, EngineFailure> {
         let inputs = inputs.into_iter().map(RString::from).collect();
-        result(self.0.embed(inputs), |vectors| {
+        result(on_client!(self.0, c => c.embed(inputs)), |vectors| {
             vectors.into_iter().map(|v| v.into_vec()).collect()
         })
     }
 
     fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineFailure> {
-        result(self.0.tokenize(RString::from(text)), |ids| ids.into_vec())
+        result(
+            on_client!(self.0, c => c.tokenize(RString::from(text))),
+            |ids| ids.into_vec(),
+        )
     }
 }
 
@@ -549,6 +616,12 @@ impl FfiEventSink for HostSink {
             ChatEvent::Error(e) => EngineEvent::Error(failure(e)),
         };
         self.send(event)
+    }
+}
+
+impl v0_1_2::FfiEventSink for HostSink {
+    fn emit(&self, event: Event) -> SinkStatus {
+        abi::ffi::FfiEventSink::emit(self, event)
     }
 }
 

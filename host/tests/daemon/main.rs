@@ -7,6 +7,7 @@ mod artifacts;
 mod auth;
 mod cancel;
 mod catalog;
+mod chat;
 mod config;
 mod contract;
 mod deadlines;
