@@ -28,6 +28,12 @@ pub fn model_b() -> PathBuf {
     env_path("ORCHD_E2E_MODEL_B")
 }
 
+/// The tool model: `tools/e2e/tool-template.jinja` as its chat template (tool calls as
+/// `<function=NAME>{json}`), no space prefix (grammars for tool calls and JSON output).
+pub fn tool_model() -> PathBuf {
+    env_path("ORCHD_E2E_TOOL_MODEL")
+}
+
 /// A port nothing listens on (yet).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -50,6 +56,16 @@ impl LlamaServer {
     }
 
     pub fn start_on(port: u16, model: &std::path::Path, slots: u32) -> Self {
+        // Embeddings on, mean-pooled (what `/v1/embeddings` needs); completion still works.
+        Self::start_with(port, model, slots, &["--embeddings", "--pooling", "mean"])
+    }
+
+    /// A chat engine: the model's Jinja template, its tool-call parser and grammars.
+    pub fn start_chat(model: &std::path::Path, slots: u32) -> Self {
+        Self::start_with(free_port(), model, slots, &["--jinja"])
+    }
+
+    fn start_with(port: u16, model: &std::path::Path, slots: u32, extra: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("orchd-e2e-llama-{port}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(env_path("ORCHD_LLAMA_SERVER"));
@@ -65,8 +81,7 @@ impl LlamaServer {
             .arg(model)
             .args(["-c", "4096", "-np", &slots.to_string(), "-t", "2"])
             .args(["--alias", ALIAS, "--no-webui"])
-            // Embeddings on, mean-pooled (what `/v1/embeddings` needs); completion still works.
-            .args(["--embeddings", "--pooling", "mean"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
             .stderr(out)

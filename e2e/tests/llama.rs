@@ -472,3 +472,53 @@ async fn launched_engines_drain_reload_roll_back_and_restart() {
             .any(|e| e["replica_id"] == "tiny-0")
     );
 }
+
+/// Runs `program script args…` and asserts it exits 0; returns its stdout.
+async fn run_client(program: &str, script: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(program)
+        .arg(script)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {program} {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script}:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Tool calls (required and named, streaming and not, then the tool's answer sent back),
+/// JSON output against a schema, logprobs with top-k, engine usage and the model's own
+/// template, through the official Python and Node clients and an agent framework, all
+/// against the daemon in front of llama-server running the tool model with `--jinja`.
+#[tokio::test]
+async fn official_clients_and_an_agent_framework_use_tools_through_the_daemon() {
+    let python = std::env::var("ORCHD_OPENAI_PYTHON").expect("set by `cargo xtask e2e`");
+    let node_sdk = std::env::var("ORCHD_OPENAI_NODE").expect("set by `cargo xtask e2e`");
+    let agents = std::env::var("ORCHD_AGENTS_PYTHON").expect("set by `cargo xtask e2e`");
+    let engine = LlamaServer::start_chat(&orchd_e2e::tool_model(), 2);
+    let keys = "[[auth.keys]]\nname = \"app\"\nrole = \"data\"\nkey = \"e2e-key\"\n\n";
+    let d = DaemonBuilder::new(format!(
+        "{keys}{}",
+        config(&llama_pool("llama", &engine.url(), ""))
+    ))
+    .start();
+    let base = d.url("/v1");
+    let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/../host/tests/openai");
+    let common = ["--base-url", &base, "--key", "e2e-key", "--model", ALIAS];
+    let engine_url = engine.url();
+    let py = run_client(
+        &python,
+        &format!("{scripts}/tools_check.py"),
+        &[&common[..], &["--named", "--engine-url", &engine_url]].concat(),
+    )
+    .await;
+    assert!(py.contains("get_time"), "{py}");
+    run_client(
+        "node",
+        &format!("{scripts}/tools_check.mjs"),
+        &[&common[..], &["--named", "--sdk-dir", &node_sdk]].concat(),
+    )
+    .await;
+    run_client(&agents, &format!("{scripts}/agent_check.py"), &common).await;
+}

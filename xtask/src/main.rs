@@ -381,19 +381,31 @@ fn e2e_environment() -> Result<Vec<(String, String)>> {
         started.elapsed().as_secs_f64()
     );
     let script = root().join("tools/e2e/make_model.py");
-    // Models are keyed by the generator's content: a changed script makes new ones.
+    let template = root().join("tools/e2e/tool-template.jinja");
+    // Models are keyed by the generator's and the template's content: a change to either
+    // makes new ones.
     let digest = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         std::fs::read(&script)?.hash(&mut h);
+        std::fs::read(&template)?.hash(&mut h);
         format!("{:016x}", h.finish())
     };
     let models = cache_dir().join("models");
     std::fs::create_dir_all(&models)?;
     let mut env = vec![("ORCHD_LLAMA_SERVER".to_owned(), server)];
-    for (var, name, seed) in [
-        ("ORCHD_E2E_MODEL", "a", "1"),
-        ("ORCHD_E2E_MODEL_B", "b", "2"),
+    let tool_args = [
+        "--ctx".to_owned(),
+        "4096".to_owned(),
+        "--no-space-prefix".to_owned(),
+        "--template".to_owned(),
+        template.display().to_string(),
+    ];
+    for (var, name, seed, extra) in [
+        ("ORCHD_E2E_MODEL", "a", "1", &[][..]),
+        ("ORCHD_E2E_MODEL_B", "b", "2", &[][..]),
+        // Tool calls and structured output (tools/e2e/tool-template.jinja).
+        ("ORCHD_E2E_TOOL_MODEL", "tools", "3", &tool_args[..]),
     ] {
         let path = models.join(format!("tiny-{name}-{digest}.gguf"));
         if !path.exists() {
@@ -403,7 +415,8 @@ fn e2e_environment() -> Result<Vec<(String, String)>> {
                     .arg(&script)
                     .arg("--out")
                     .arg(&path)
-                    .args(["--seed", seed]),
+                    .args(["--seed", seed])
+                    .args(extra),
             )?;
         }
         env.push((var.to_owned(), path.display().to_string()));
@@ -413,26 +426,29 @@ fn e2e_environment() -> Result<Vec<(String, String)>> {
 
 /// A python with the official `openai` package (cached venv), for the front-door tests.
 fn openai_python() -> Result<String> {
+    client_setup("setup.sh", "python openai client")
+}
+
+/// Runs `tools/openai-client/<script>` (an install, cached under the cache dir) and returns
+/// the last line it printed (the interpreter or directory to use).
+fn client_setup(script: &str, what: &str) -> Result<String> {
     let started = Instant::now();
     let out = Command::new("bash")
-        .arg(root().join("tools/openai-client/setup.sh"))
+        .arg(root().join("tools/openai-client").join(script))
         .env("ORCHD_CACHE", cache_dir())
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("run tools/openai-client/setup.sh")?;
     if !out.status.success() {
-        bail!("tools/openai-client/setup.sh failed ({})", out.status);
+        bail!("tools/openai-client/{script} failed ({})", out.status);
     }
-    eprintln!(
-        "<== python openai client ready: {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("<== {what} ready: {:.1}s", started.elapsed().as_secs_f64());
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .last()
         .map(|l| l.trim().to_owned())
         .filter(|l| !l.is_empty())
-        .context("tools/openai-client/setup.sh printed nothing")
+        .with_context(|| format!("tools/openai-client/{script} printed nothing"))
 }
 
 /// The real-engine tier against `dist`.
@@ -449,7 +465,15 @@ fn e2e_tests(dist: &Path) -> Result<()> {
         "1",
     ])
     .env("ORCHD_DIST", dist)
-    .env("ORCHD_OPENAI_PYTHON", openai_python()?);
+    .env("ORCHD_OPENAI_PYTHON", openai_python()?)
+    .env(
+        "ORCHD_OPENAI_NODE",
+        client_setup("setup-node.sh", "node openai client")?,
+    )
+    .env(
+        "ORCHD_AGENTS_PYTHON",
+        client_setup("setup-agents.sh", "openai-agents")?,
+    );
     for (k, v) in env {
         cmd.env(k, v);
     }
