@@ -217,16 +217,16 @@ fn validate_chat(req: &TaskRequest) -> Result<(), ApiError> {
                 return Err(ApiError::invalid("tool_choice", "needs tools"));
             }
         }
-        Some(ToolChoice::Named(named)) => {
+        Some(ToolChoice::Named(named))
             if named.kind != "function"
-                || !tools.iter().any(|t| t.function.name == named.function.name)
-            {
-                return Err(ApiError::invalid(
-                    "tool_choice",
-                    format!("names no function in tools: {:?}", named.function.name),
-                ));
-            }
+                || !tools.iter().any(|t| t.function.name == named.function.name) =>
+        {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                format!("names no function in tools: {:?}", named.function.name),
+            ));
         }
+        Some(ToolChoice::Named(_)) => {}
     }
     if let Some(ResponseFormat::JsonSchema { json_schema }) = &req.response_format {
         if !valid_function_name(&json_schema.name) {
