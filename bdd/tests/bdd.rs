@@ -589,3 +589,33 @@ fn features_dir() -> &'static str {
         concat!(env!("CARGO_MANIFEST_DIR"), "/features")
     }
 }
+
+#[then(expr = "the stream carries one tool call {string} with arguments {string}")]
+fn stream_tool_call(w: &mut Orchd, name: String, arguments: String) {
+    let fragments: Vec<&Value> = w
+        .frames
+        .iter()
+        .filter(|f| f.event == "tool_call")
+        .map(|f| &f.data)
+        .collect();
+    assert!(!fragments.is_empty(), "no tool_call frame: {:?}", w.frames);
+    assert!(fragments.iter().all(|f| f["index"] == 0), "{fragments:?}");
+    assert_eq!(fragments[0]["name"], name.as_str(), "{fragments:?}");
+    assert!(fragments[0]["id"].is_string(), "{fragments:?}");
+    let joined: String = fragments
+        .iter()
+        .map(|f| f["arguments"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(joined, arguments);
+}
+
+#[then(expr = "the end frame's {string} is {string}")]
+fn end_field(w: &mut Orchd, key: String, expected: String) {
+    let last = w.frames.last().expect("frames");
+    assert_eq!(last.event, "end", "{:?}", w.frames);
+    let value = &last.data[key.as_str()];
+    let got = value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_owned);
+    assert_eq!(got, expected, "{}", last.data);
+}
