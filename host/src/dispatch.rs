@@ -243,7 +243,8 @@ async fn relayed(task: &Task, replica: &crate::pool::Replica, pushed: Pushed) ->
 }
 
 /// The prompt's token count for billing: the engine's report; else, for a completion on an
-/// adapter that tokenizes, the engine's tokenizer (one blocking call, off the workers);
+/// adapter that tokenizes, the engine's tokenizer (one blocking call, off the workers, its
+/// answer remembered per pool by prompt hash);
 /// else the admission estimate. Never 0 for a prompt that was not empty.
 async fn prompt_tokens(
     pool: &Pool,
@@ -256,12 +257,23 @@ async fn prompt_tokens(
     }
     let job = &task.spec.job;
     if job.chat.is_none() && !job.prompt.is_empty() && pool.has_feature("tokenize") {
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            job.prompt.hash(&mut h);
+            h.finish()
+        };
+        if let Some(n) = pool.token_count(hash) {
+            return n;
+        }
         let client = Arc::clone(&replica.client);
         let prompt = job.prompt.clone();
         if let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || client.tokenize(&prompt)).await
             && !ids.is_empty()
         {
-            return u32::try_from(ids.len()).unwrap_or(u32::MAX);
+            let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+            pool.remember_token_count(hash, n);
+            return n;
         }
     }
     task.spec.tokens_in_estimate

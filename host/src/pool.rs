@@ -187,7 +187,13 @@ pub struct Pool {
     stats: Mutex<ServiceStats>,
     /// Which replica each session last ran on (bounded), for session affinity.
     affinity: Mutex<HashMap<String, usize>>,
+    /// Prompt token counts from the engine's tokenizer, by prompt hash (bounded), for
+    /// billing engines that report no counts.
+    token_counts: Mutex<HashMap<u64, u32>>,
 }
+
+/// Prompt token counts remembered per pool; the map is cleared when it is full.
+const TOKEN_COUNTS_CAP: usize = 4096;
 
 /// Sessions remembered for affinity per pool; the map is cleared when it is full.
 const AFFINITY_CAP: usize = 65_536;
@@ -215,6 +221,7 @@ impl Pool {
             queue: Mutex::new(ClassQueues::new(settings.queue_capacity.get())),
             wake: Notify::new(),
             affinity: Mutex::new(HashMap::new()),
+            token_counts: Mutex::new(HashMap::new()),
             stats: Mutex::new(ServiceStats {
                 tokens_per_s: settings.nominal_tokens_per_s,
                 first_token_ms: settings.nominal_first_token_ms as f64,
@@ -231,6 +238,23 @@ impl Pool {
 
     pub fn has_feature(&self, feature: &str) -> bool {
         self.features.iter().any(|f| f == feature)
+    }
+
+    /// The remembered token count of a prompt (by its hash), if any.
+    pub fn token_count(&self, prompt_hash: u64) -> Option<u32> {
+        self.token_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&prompt_hash)
+            .copied()
+    }
+
+    pub fn remember_token_count(&self, prompt_hash: u64, count: u32) {
+        let mut counts = self.token_counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= TOKEN_COUNTS_CAP {
+            counts.clear();
+        }
+        counts.insert(prompt_hash, count);
     }
 
     pub fn queue(&self) -> MutexGuard<'_, ClassQueues> {

@@ -105,9 +105,9 @@ struct Inner {
     engine_version: Option<String>,
     /// Text frames sent so far (the `i` of the next `token` frame).
     tokens_out: u32,
-    /// Bytes of output so far (text and tool-call arguments), for an estimate of the
-    /// tokens when the engine reports none.
-    output_bytes: usize,
+    /// Output frames so far, text and tool-call fragments (an engine sends about one token
+    /// per frame): the count billed when the engine reports none.
+    output_frames: u32,
     /// What the task is billed for once it ended: the engine's count, else the estimate.
     settled_tokens_out: Option<u32>,
     error: Option<ErrorEnvelope>,
@@ -205,7 +205,7 @@ impl Task {
                 replica_id: None,
                 engine_version: None,
                 tokens_out: 0,
-                output_bytes: 0,
+                output_frames: 0,
                 settled_tokens_out: None,
                 error: None,
                 artifact_id: None,
@@ -366,7 +366,7 @@ impl Task {
         }
         let i = inner.tokens_out;
         inner.tokens_out += 1;
-        inner.output_bytes += text.len();
+        inner.output_frames += 1;
         self.push(
             &mut inner,
             "token",
@@ -388,8 +388,7 @@ impl Task {
         if inner.first_token_at.is_none() {
             inner.first_token_at = Some(Instant::now());
         }
-        inner.output_bytes +=
-            fragment.arguments.len() + fragment.name.as_deref().map_or(0, str::len);
+        inner.output_frames += 1;
         self.push(&mut inner, "tool_call", &fragment);
         Self::pushed(&mut inner)
     }
@@ -538,20 +537,15 @@ impl Task {
 
     /// Running → Succeeded with the `end` frame. `tokens_in` is the prompt's count (the
     /// engine's, else the adapter's tokenizer's, else the estimate); `engine` is what the
-    /// engine said of its output. Output tokens are the engine's count, else the larger of
-    /// the text frames and the estimate from the output's bytes: never 0 for output sent.
-    /// Returns the run's timing.
+    /// engine said of its output. Output tokens are the engine's count, else the output
+    /// frames sent (text and tool-call fragments): never 0 for output sent. Returns the
+    /// run's timing.
     pub fn succeed(&self, tokens_in: u32, engine: &EngineEnd) -> Option<RunTiming> {
         let mut inner = self.lock();
         if inner.state.is_terminal() {
             return None;
         }
-        let estimate = u32::try_from(inner.output_bytes.div_ceil(4)).unwrap_or(u32::MAX);
-        inner.settled_tokens_out = Some(
-            engine
-                .tokens_out
-                .unwrap_or_else(|| inner.tokens_out.max(estimate)),
-        );
+        inner.settled_tokens_out = Some(engine.tokens_out.unwrap_or(inner.output_frames));
         let mut frame = Self::end_frame(&inner, tokens_in, false);
         frame.finish_reason = engine.finish_reason.clone();
         frame.cached_tokens = engine.cached_tokens;

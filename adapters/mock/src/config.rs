@@ -16,6 +16,9 @@ pub struct MockConfig {
     pub fail_after_tokens: u32,
     /// `false`: the engine reports itself live but not ready (a model still loading).
     pub ready: bool,
+    /// `false`: the engine reports no token counts (as Triton and some OpenAI-compatible
+    /// servers), so the host must count or estimate.
+    pub report_usage: bool,
 }
 
 impl Default for MockConfig {
@@ -29,6 +32,7 @@ impl Default for MockConfig {
             failure: Failure::None,
             fail_after_tokens: 0,
             ready: true,
+            report_usage: true,
         }
     }
 }

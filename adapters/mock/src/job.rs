@@ -191,11 +191,15 @@ fn run_chat(config: &MockConfig, flag: &CancelFlag, req: &ChatRequest, sink: &Ch
     };
     sink.emit(ChatEvent::End(ChatEnd {
         finish_reason: finish_reason.into(),
-        usage: RSome(EngineUsage {
-            prompt_tokens,
-            completion_tokens,
-            cached_tokens: RNone,
-        }),
+        usage: if config.report_usage {
+            RSome(EngineUsage {
+                prompt_tokens,
+                completion_tokens,
+                cached_tokens: RNone,
+            })
+        } else {
+            RNone
+        },
     }));
 }
 
@@ -264,8 +268,13 @@ fn run(config: &MockConfig, flag: &CancelFlag, req: &SubmitRequest, sink: &Sink)
         }
     }
     let tokens_in = u32::try_from(req.prompt.split_whitespace().count()).unwrap_or(u32::MAX);
+    let (tokens_in, tokens_out) = if config.report_usage {
+        (tokens_in, req.max_tokens)
+    } else {
+        (0, 0)
+    };
     sink.emit(Event::End {
         tokens_in,
-        tokens_out: req.max_tokens,
+        tokens_out,
     });
 }

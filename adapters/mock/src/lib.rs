@@ -41,6 +41,7 @@ impl Adapter for MockAdapter {
             streaming: true,
             cancel: true,
             embeddings: true,
+            tokenize: true,
             ..Features::default()
         }
     }
@@ -142,6 +143,18 @@ impl EngineClient for MockClient {
             req,
             sink,
         ))
+    }
+
+    /// One id per whitespace-separated word (a stable hash of it).
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, AdapterError> {
+        Ok(text
+            .split_whitespace()
+            .map(|w| {
+                w.bytes().fold(2_166_136_261_u32, |h, b| {
+                    (h ^ u32::from(b)).wrapping_mul(16_777_619)
+                })
+            })
+            .collect())
     }
 
     fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, AdapterError> {

@@ -170,9 +170,15 @@ impl EngineClient for TritonClient {
 }
 
 /// `generate_stream` events → tokens; the end is the end of the stream.
+///
+/// The generate extension has no in-band final marker: Triton ends the chunked body after
+/// the response flagged final, and a connection cut before that is a transport error (the
+/// body is incomplete). A body that ends cleanly before any response is not a final
+/// response either: that is an error too, never an empty `End`.
 #[derive(Default)]
 pub struct StreamDecoder {
     tokens_out: u32,
+    responses: u32,
 }
 
 impl Decoder for StreamDecoder {
@@ -196,6 +202,7 @@ impl Decoder for StreamDecoder {
                 format!("triton: {}", err.as_str().unwrap_or("unknown error")),
             ));
         }
+        self.responses += 1;
         match &frame["text_output"] {
             Value::String(t) if !t.is_empty() => {
                 self.tokens_out += 1;
@@ -212,7 +219,14 @@ impl Decoder for StreamDecoder {
         }
     }
 
-    fn on_eof(&mut self, _phase: Phase) -> Result<Vec<Event>, AdapterError> {
+    fn on_eof(&mut self, phase: Phase) -> Result<Vec<Event>, AdapterError> {
+        if self.responses == 0 {
+            return Err(AdapterError::new(
+                ErrorKind::Transport,
+                phase,
+                "triton closed the stream before any response",
+            ));
+        }
         Ok(vec![Event::End {
             tokens_in: 0,
             tokens_out: self.tokens_out,
@@ -244,6 +258,20 @@ mod tests {
         assert!(matches!(
             &d.on_eof(Phase::MidStream).unwrap()[..],
             [Event::End { tokens_out: 1, .. }]
+        ));
+    }
+
+    #[test]
+    fn a_stream_closed_before_any_response_is_an_error_not_an_end() {
+        let mut d = StreamDecoder::default();
+        let err = d.on_eof(Phase::BeforeFirstToken).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Transport);
+        // An empty final response is a response: the stream ended well.
+        d.on_data(&ev(r#"{"text_output":""}"#), Phase::BeforeFirstToken)
+            .unwrap();
+        assert!(matches!(
+            &d.on_eof(Phase::BeforeFirstToken).unwrap()[..],
+            [Event::End { tokens_out: 0, .. }]
         ));
     }
 

@@ -386,3 +386,45 @@ config = {{ url = "{url}", model = "m" }}
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn an_engine_that_reports_no_counts_is_billed_by_its_tokenizer_or_the_estimate_never_zero() {
+    let d = DaemonBuilder::new(config(
+        &default_admission("reject"),
+        8,
+        &[mock_pool("p", "slots = 2, report_usage = false")],
+    ))
+    .start();
+    // A completion: the adapter declares `tokenize`, so the prompt is counted by the
+    // engine's tokenizer (one id per word for the mock), not estimated (bytes / 4 = 10).
+    let prompt = "one two three four five six seven eight";
+    let id = d
+        .submit_ok(
+            &json!({"session_id": "s", "workload": "completion", "engine": "mock",
+            "model_ref": "p-model", "ctx": 64, "priority": "interactive",
+            "prompt": prompt, "max_tokens": 5, "deadline_ms": 30000}),
+        )
+        .await;
+    let frames = d.stream(&id).await;
+    let end = &frames.last().unwrap().data;
+    assert_eq!(end["tokens_in"], 8, "{end}");
+    assert_eq!(end["tokens_out"], 5, "the frames sent, not the engine's 0");
+    let status = d.get_json(&format!("/v1/tasks/{id}")).await.1;
+    assert_eq!(status["tokens_out"], 5);
+
+    // A chat without usage: the estimate, never 0, and the OpenAI door reports the same.
+    let v: Value = d
+        .http
+        .post(d.url("/v1/chat/completions"))
+        .json(&json!({"model": "p-model", "max_tokens": 3,
+            "messages": [{"role": "user", "content": "count these words please"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+}
