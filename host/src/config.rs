@@ -84,6 +84,8 @@ pub struct Settings {
     pub keep_alive: Duration,
     /// A client that drops its stream before the terminal frame cancels the task.
     pub cancel_on_disconnect: bool,
+    /// How long a streamed task waits for a reader to come back before it is canceled.
+    pub reconnect_grace: Duration,
     /// On SIGTERM/SIGINT, running streams get this long to finish.
     pub shutdown_grace: Duration,
     /// A dispatched task no client attached to within this long is canceled.

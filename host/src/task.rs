@@ -97,6 +97,8 @@ struct Inner {
     dropped: u64,
     /// Attached readers and the next sequence number each will take.
     readers: HashMap<ReaderId, u64>,
+    /// Since when no reader has been attached (after one was).
+    unattended_since: Option<Instant>,
     next_reader: ReaderId,
     ever_attached: bool,
     /// An attached reader lost a frame it had not taken: it must be disconnected.
@@ -199,6 +201,7 @@ impl Task {
                 evicted_upto: 0,
                 dropped: 0,
                 readers: HashMap::new(),
+                unattended_since: None,
                 next_reader: 0,
                 ever_attached: false,
                 reader_fell_behind: false,
@@ -624,13 +627,42 @@ impl Task {
         let mut inner = self.lock();
         let id = inner.next_reader;
         inner.next_reader += 1;
-        inner.ever_attached = true;
         inner.readers.insert(id, next);
+        inner.ever_attached = true;
+        inner.unattended_since = None;
         id
     }
 
     pub fn detach(&self, reader: ReaderId) {
-        self.lock().readers.remove(&reader);
+        let mut inner = self.lock();
+        inner.readers.remove(&reader);
+        if inner.readers.is_empty() {
+            inner.unattended_since = Some(Instant::now());
+        }
+    }
+
+    /// How long the task has had no reader, after having had one (`None` while one is
+    /// attached).
+    pub fn unattended_for(&self) -> Option<Duration> {
+        let inner = self.lock();
+        if !inner.readers.is_empty() {
+            return None;
+        }
+        inner.unattended_since.map(|t| t.elapsed())
+    }
+
+    /// How many frames the task's stream has had (the next frame's sequence number).
+    pub fn frames_written(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// The sequence number of the terminal frame, once there is one.
+    pub fn terminal_seq(&self) -> Option<u64> {
+        let inner = self.lock();
+        inner
+            .state
+            .is_terminal()
+            .then(|| inner.next_seq.saturating_sub(1))
     }
 
     /// Whether any client ever attached to the stream.

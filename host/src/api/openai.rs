@@ -502,7 +502,11 @@ pub async fn embeddings(
         .tasks
         .get(&admitted.accepted.task_id)
         .ok_or_else(|| ApiError::internal("an admitted task is not registered"))?;
-    let end = wait_end(read_task(&state, task, 0), |_| {}).await?;
+    let end = wait_end(
+        read_task(&state, task, 0, std::time::Duration::ZERO),
+        |_| {},
+    )
+    .await?;
     let vectors = end.embeddings.clone().unwrap_or_default();
     let data: Vec<Value> = vectors
         .iter()
@@ -631,7 +635,7 @@ async fn run(
         .tasks
         .get(&task_id)
         .ok_or_else(|| ApiError::internal("an admitted task is not registered"))?;
-    let items = read_task(&state, task, 0);
+    let items = read_task(&state, task, 0, std::time::Duration::ZERO);
     let reply = Reply {
         id: format!("{}-{task_id}", kind.id_prefix()),
         created: now_s(),

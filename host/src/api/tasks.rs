@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
@@ -96,12 +97,14 @@ pub async fn cancel(
 /// position to within this many frames, which is how it tells a slow reader.
 const READ_BATCH: usize = 32;
 
-/// Detaches the reader, and cancels the task when the client goes away before its
-/// terminal frame (unless `stream.cancel_on_disconnect = false`).
+/// Detaches the reader. When the last reader goes away before the terminal frame, the
+/// task is canceled once no reader has come back within `grace` (unless
+/// `stream.cancel_on_disconnect = false`): a zero grace cancels at once.
 struct DisconnectGuard {
     state: Arc<AppState>,
     task: Arc<Task>,
     reader: ReaderId,
+    grace: Duration,
 }
 
 impl Drop for DisconnectGuard {
@@ -110,10 +113,22 @@ impl Drop for DisconnectGuard {
         if !self.state.settings.cancel_on_disconnect || self.task.state().is_terminal() {
             return;
         }
+        if self.task.unattended_for().is_none() {
+            return; // another reader is still attached
+        }
         let state = Arc::clone(&self.state);
         let task = Arc::clone(&self.task);
+        let grace = self.grace;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
+                if !grace.is_zero() {
+                    tokio::time::sleep(grace).await;
+                    // A reader came back, or left again later (its own timer decides).
+                    match task.unattended_for() {
+                        Some(since) if since >= grace => {}
+                        _ => return,
+                    }
+                }
                 state.cancel(&task, "disconnect").await;
             });
         }
@@ -181,11 +196,13 @@ fn items(cursor: Cursor) -> impl Stream<Item = Item> {
 }
 
 /// A reader of `task`'s log from sequence number `next` on. Dropping the stream before
-/// the terminal frame counts as the client going away (cancel, unless configured off).
+/// the terminal frame counts as the client going away: the task is canceled once no reader
+/// has come back within `grace` (unless configured off).
 pub(super) fn read_task(
     state: &Arc<AppState>,
     task: Arc<Task>,
     next: u64,
+    grace: Duration,
 ) -> impl Stream<Item = Item> + use<> {
     let reader = task.attach(next);
     items(Cursor {
@@ -198,13 +215,24 @@ pub(super) fn read_task(
             state: Arc::clone(state),
             task,
             reader,
+            grace,
         },
     })
 }
 
-fn sse_events(items: impl Stream<Item = Item>) -> impl Stream<Item = Result<Event, Infallible>> {
-    items.map(|item| {
-        Ok(match item {
+/// How soon a client reconnects after a dropped connection (`retry:`, sent once): well
+/// inside the reconnect grace.
+fn retry_after(grace: Duration) -> Duration {
+    (grace / 3).clamp(Duration::from_millis(100), Duration::from_secs(3))
+}
+
+fn sse_events(
+    items: impl Stream<Item = Item>,
+    retry: Duration,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let mut first = true;
+    items.map(move |item| {
+        let event = match item {
             Item::Frame(frame) => Event::default()
                 .id(frame.seq.to_string())
                 .event(frame.event)
@@ -212,6 +240,11 @@ fn sse_events(items: impl Stream<Item = Item>) -> impl Stream<Item = Result<Even
             Item::Gone(envelope) => Event::default()
                 .event("error")
                 .data(serde_json::to_string(&envelope).expect("envelope serializes")),
+        };
+        Ok(if std::mem::take(&mut first) {
+            event.retry(retry)
+        } else {
+            event
         })
     })
 }
@@ -230,15 +263,34 @@ pub async fn stream(
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(|seen| seen + 1)
+            .and_then(|seen| seen.checked_add(1))
             .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be a frame id (integer)"))?,
     };
+    // A client that saw the terminal frame is told to stop reconnecting: EventSource
+    // treats 204 as final.
+    if let Some(terminal) = task.terminal_seq()
+        && next > terminal
+    {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    // An id the stream never sent would skip frames silently.
+    if next > task.frames_written() {
+        return Err(ApiError::invalid(
+            "Last-Event-ID",
+            format!(
+                "{} is beyond the last frame sent ({})",
+                next - 1,
+                task.frames_written().saturating_sub(1)
+            ),
+        ));
+    }
     let headroom = state.decisions.headroom(&task);
-    let items = read_task(&state, task, next);
+    let grace = state.settings.reconnect_grace;
+    let items = read_task(&state, task, next, grace);
     let keep_alive = KeepAlive::new()
         .interval(state.settings.keep_alive)
         .text("keep-alive");
-    let mut response = Sse::new(sse_events(items))
+    let mut response = Sse::new(sse_events(items, retry_after(grace)))
         .keep_alive(keep_alive)
         .into_response();
     response

@@ -288,6 +288,9 @@ struct StreamFile {
     keep_alive_ms: NonZeroU32,
     decode_idle_timeout_ms: NonZeroU32,
     cancel_on_disconnect: bool,
+    /// A streamed task is canceled once no reader has been attached for this long (a
+    /// reconnect with Last-Event-ID within it resumes the task).
+    reconnect_grace_ms: u32,
     shutdown_grace_ms: u32,
     /// A dispatched task no client attached to within this long is canceled.
     attach_timeout_ms: NonZeroU32,
@@ -303,6 +306,7 @@ impl Default for StreamFile {
             keep_alive_ms: NonZeroU32::new(15_000).expect("non-zero"),
             decode_idle_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
             cancel_on_disconnect: true,
+            reconnect_grace_ms: 5_000,
             shutdown_grace_ms: 30_000,
             attach_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
             retention_ms: 60_000,
@@ -646,6 +650,7 @@ impl FileConfig {
             queue_capacity: self.queue.capacity,
             keep_alive: Duration::from_millis(self.stream.keep_alive_ms.get().into()),
             cancel_on_disconnect: self.stream.cancel_on_disconnect,
+            reconnect_grace: Duration::from_millis(self.stream.reconnect_grace_ms.into()),
             session_ttl: Duration::from_millis(self.sessions.ttl_ms.get().into()),
             session_max_turns: self.sessions.max_turns.get(),
             shutdown_grace: Duration::from_millis(self.stream.shutdown_grace_ms.into()),

@@ -103,8 +103,13 @@ async fn a_canceled_queued_task_is_never_dispatched() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_while_queued_cancels_its_task() {
-    // Keep-alives every 100 ms: the daemon notices the closed connection on the next one.
-    let d = DaemonBuilder::new(format!("[stream]\nkeep_alive_ms = 100\n\n{}", slow())).start();
+    // Keep-alives every 100 ms: the daemon notices the closed connection on the next one;
+    // no reader comes back within the 200 ms grace.
+    let d = DaemonBuilder::new(format!(
+        "[stream]\nkeep_alive_ms = 100\nreconnect_grace_ms = 200\n\n{}",
+        slow()
+    ))
+    .start();
     let running = d
         .submit_ok(&task("slow", json!({"max_tokens": 10000})))
         .await;
@@ -126,8 +131,8 @@ async fn a_client_that_disconnects_while_queued_cancels_its_task() {
 }
 
 #[tokio::test]
-async fn a_client_that_disconnects_cancels_its_task() {
-    let d = DaemonBuilder::new(slow()).start();
+async fn a_client_that_disconnects_and_does_not_come_back_cancels_its_task() {
+    let d = DaemonBuilder::new(format!("[stream]\nreconnect_grace_ms = 200\n\n{}", slow())).start();
     let id = d
         .submit_ok(&task("slow", json!({"max_tokens": 10000})))
         .await;

@@ -18,6 +18,7 @@ mod openai;
 mod policies;
 mod policy_faults;
 mod pools;
+mod resume;
 mod sessions;
 mod shutdown;
 mod stream;

@@ -62,12 +62,15 @@ async fn resume_with_last_event_id_yields_each_event_exactly_once() {
     assert_eq!(ids(&replay), expected);
     let tail = d.stream_after(&id, 9).await;
     assert_eq!(ids(&tail), (10..seqs.len() as u64).collect::<Vec<_>>());
-    // The last id: nothing left but the close.
-    assert!(
-        d.stream_after(&id, *expected.last().unwrap())
-            .await
-            .is_empty()
-    );
+    // The last id: the client saw the end and is told to stop reconnecting (204).
+    let resp = d
+        .http
+        .get(d.url(&format!("/v1/tasks/{id}/stream")))
+        .header("last-event-id", expected.last().unwrap().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
 }
 
 #[tokio::test]
