@@ -67,6 +67,13 @@ pub struct ReloadRequest {
     pub new_model_ref: String,
 }
 
+/// `POST /v1/pools/{id}/undrain`: 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolDrainState {
+    pub pool_id: String,
+    pub draining: bool,
+}
+
 /// 202 answer to a drain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrainAccepted {

@@ -43,6 +43,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/pools"),
     ("GET", "/v1/pools/{id}/health"),
     ("POST", "/v1/pools/{id}/drain"),
+    ("POST", "/v1/pools/{id}/undrain"),
     ("POST", "/v1/pools/{id}/reload"),
     ("GET", "/v1/adapters"),
     ("GET", "/v1/capabilities"),
@@ -75,6 +76,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("GET", "/v1/pools") => get(pools::list),
         ("GET", "/v1/pools/{id}/health") => get(pools::health),
         ("POST", "/v1/pools/{id}/drain") => post(pools::drain),
+        ("POST", "/v1/pools/{id}/undrain") => post(pools::undrain),
         ("POST", "/v1/pools/{id}/reload") => post(pools::reload),
         ("GET", "/v1/adapters") => get(pools::adapters),
         ("GET", "/v1/capabilities") => get(pools::capabilities),
@@ -89,6 +91,14 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("GET", "/healthz") => get(healthz),
         ("GET", "/readyz") => get(readyz),
         _ => unreachable!("ROUTES names {method} {path}, which has no handler"),
+    }
+}
+
+/// `s` cut to 64 characters, for echoing client input in messages and logs.
+pub fn truncated(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
     }
 }
 
@@ -115,6 +125,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             middleware::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            middleware::browser_edge,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.settings.max_header_bytes,

@@ -18,10 +18,12 @@ pub struct Principal {
 }
 
 impl Principal {
-    pub fn open() -> Self {
+    /// The caller in open mode (no keys): a data key, unless the daemon was started with
+    /// `--insecure-open-admin`.
+    pub fn open(admin: bool) -> Self {
         Self {
             name: "open".into(),
-            role: Role::Admin,
+            role: if admin { Role::Admin } else { Role::Data },
             fingerprint: "open".into(),
         }
     }

@@ -51,6 +51,11 @@ pub struct Cli {
     /// `--config` these replace the embedded default's pools.
     #[arg(long = "pool", value_name = "ID=ADAPTER@URL")]
     pub pools: Vec<String>,
+    /// Without API keys (open mode), also allow the admin endpoints (policies, pools,
+    /// drain, catalog). Open mode is data-only without it: any local process could
+    /// otherwise reconfigure the daemon.
+    #[arg(long, env = "ORCHD_INSECURE_OPEN_ADMIN")]
+    pub insecure_open_admin: bool,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `orchd_host=debug`.
     #[arg(long, env = "ORCHD_LOG", default_value = "info")]
     pub log: String,
@@ -109,10 +114,36 @@ pub struct Settings {
     pub policies: PolicySettingsSet,
     /// API keys from `[[auth.keys]]` and `ORCHD_API_KEYS`; empty = open mode (loopback only).
     pub api_keys: Vec<ApiKeySettings>,
+    /// Open mode may use the admin endpoints (`--insecure-open-admin`).
+    pub open_admin: bool,
+    /// Browser origins that may call the API.
+    pub cors: CorsSettings,
+    /// `Host` values accepted in open mode besides loopback names.
+    pub allowed_hosts: Vec<String>,
     pub budgets: BudgetSettings,
     pub pools: Vec<PoolSettings>,
     /// Where the settings came from, for the startup log.
     pub origin: String,
+}
+
+/// CORS: the page origins that may call the API, and what a preflight answers.
+#[derive(Debug, Clone, Default)]
+pub struct CorsSettings {
+    /// Lower-case `scheme://host[:port]`, or `*`.
+    pub allowed_origins: Vec<String>,
+    /// For `Access-Control-Allow-Methods` / `-Headers`.
+    pub allowed_methods: String,
+    pub allowed_headers: String,
+    pub max_age_s: u32,
+}
+
+impl CorsSettings {
+    pub fn allows(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        self.allowed_origins
+            .iter()
+            .any(|o| o == "*" || *o == origin)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -92,7 +92,10 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str, id: &str) -> Self {
-        Self::new(ErrorCode::NotFound, format!("unknown {what} {id:?}"))
+        Self::new(
+            ErrorCode::NotFound,
+            format!("unknown {what} {:?}", crate::api::truncated(id)),
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

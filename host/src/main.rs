@@ -80,6 +80,17 @@ async fn serve(settings: Settings) -> ExitCode {
         adapters_dir = %settings.adapters_dir.display(), policies_dir = %settings.policies_dir.display(),
         "orchestratord starting"
     );
+    if settings.api_keys.is_empty() {
+        if settings.open_admin {
+            tracing::warn!(
+                "open mode WITH ADMIN (--insecure-open-admin): any local process can change policies, drain pools and edit the catalog; configure API keys instead"
+            );
+        } else {
+            tracing::info!(
+                "open mode (no API keys): loopback only, data endpoints only; admin endpoints need a key or --insecure-open-admin"
+            );
+        }
+    }
     let addr = settings.addr;
     let state = match startup::build(settings) {
         Ok(state) => state,

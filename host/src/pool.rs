@@ -269,14 +269,22 @@ impl Pool {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Starts draining until `deadline`; `false` if the pool already was, or is reloading.
-    pub fn begin_drain(&self, deadline: std::time::Duration) -> bool {
+    /// Starts draining until `deadline`; `None` if the pool already was, or is reloading.
+    /// The answer names this drain: its end at the deadline applies only while it is still
+    /// the drain in force (not after an undrain, nor to a later drain).
+    pub fn begin_drain(&self, deadline: std::time::Duration) -> Option<std::time::Instant> {
         if self.is_reloading() || self.draining.swap(true, Ordering::AcqRel) {
-            return false;
+            return None;
         }
-        *self.drain_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(std::time::Instant::now() + deadline);
-        true
+        let until = std::time::Instant::now() + deadline;
+        *self.drain_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+        Some(until)
+    }
+
+    /// Whether the drain that `begin_drain` named `until` is still in force.
+    pub fn is_drain(&self, until: std::time::Instant) -> bool {
+        self.is_draining()
+            && *self.drain_until.lock().unwrap_or_else(|p| p.into_inner()) == Some(until)
     }
 
     /// A drain whose deadline has not passed yet.

@@ -160,6 +160,9 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     addr: String,
     dir: tempfile::TempDir,
+    /// Open mode may use the admin endpoints (`--insecure-open-admin`): most tests drive
+    /// the control plane without keys. `secure_open()` turns it off.
+    open_admin: bool,
 }
 
 impl DaemonBuilder {
@@ -173,7 +176,14 @@ impl DaemonBuilder {
             env: Vec::new(),
             addr: "127.0.0.1:0".into(),
             dir: tempfile::tempdir().expect("temp dir"),
+            open_admin: true,
         }
+    }
+
+    /// Open mode as shipped: data-only, admin endpoints refused without a key.
+    pub fn secure_open(mut self) -> Self {
+        self.open_admin = false;
+        self
     }
 
     /// A scratch directory that lives as long as the daemon.
@@ -237,6 +247,8 @@ impl DaemonBuilder {
             .arg("--cache-dir")
             .arg(self.dir.path().join("cache"))
             .args(&self.extra_args)
+            .args(self.open_admin.then_some("--insecure-open-admin"))
+            .env_remove("ORCHD_INSECURE_OPEN_ADMIN")
             .env_remove("ORCHD_ADDR")
             .env_remove("ORCHD_CONFIG")
             .env_remove("ORCHD_API_KEYS")

@@ -159,13 +159,17 @@ pub async fn set_state(
         && let Some(deadline_ms) = req.deadline_ms
     {
         for pool in state.pools.iter().filter(|p| p.model_ref == id) {
-            if pool.begin_drain(std::time::Duration::from_millis(deadline_ms)) {
+            if let Some(this_drain) =
+                pool.begin_drain(std::time::Duration::from_millis(deadline_ms))
+            {
                 pool.publish(&pool.queue());
                 draining.push(pool.id.clone());
                 let (drainer, pool) = (Arc::clone(&state), Arc::clone(pool));
                 tokio::spawn(async move {
                     tokio::time::sleep(std::time::Duration::from_millis(deadline_ms)).await;
-                    drainer.end_pool_tasks(&pool, "drain").await;
+                    if pool.is_drain(this_drain) {
+                        drainer.end_pool_tasks(&pool, "drain").await;
+                    }
                 });
             }
         }

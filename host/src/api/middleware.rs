@@ -106,6 +106,131 @@ pub async fn limit_head(
     next.run(req).await
 }
 
+/// Loopback `Host` names (any port).
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .split(']')
+            .next()
+            .map(|h| format!("[{h}]"))
+            .unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned(),
+    };
+    matches!(name.as_str(), "localhost" | "127.0.0.1" | "[::1]") || name.ends_with(".localhost")
+}
+
+/// The browser edge, before anything else runs:
+/// - a request whose `Origin` is not in `cors.allowed_origins` is refused (403): a page on
+///   another site cannot reach the daemon, not even with a "simple" request that needs no
+///   preflight;
+/// - in open mode, a `Host` that is not a loopback name (or in `server.allowed_hosts`) is
+///   refused (403): DNS rebinding cannot turn a page's own origin into the daemon;
+/// - a CORS preflight from an allowed origin is answered here (204), and responses to
+///   allowed origins carry `Access-Control-Allow-Origin`.
+pub async fn browser_edge(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<crate::state::AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::http::{Method, header};
+    use axum::response::IntoResponse;
+    use orchd_contracts::ErrorCode;
+
+    use crate::errors::ApiError;
+
+    let cors = &state.settings.cors;
+    if state.keys.is_open() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let listed = state
+            .settings
+            .allowed_hosts
+            .iter()
+            .any(|h| *h == host || host.rsplit_once(':').is_some_and(|(name, _)| name == h));
+        if !host.is_empty() && !is_loopback_host(&host) && !listed {
+            tracing::warn!(host = %host, "request with a non-loopback Host refused (open mode)");
+            return ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "Host {:?} is not served in open mode (loopback names only; see server.allowed_hosts)",
+                    crate::api::truncated(&host)
+                ),
+            )
+            .into_response();
+        }
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_owned);
+    let Some(origin) = origin else {
+        return next.run(req).await;
+    };
+    if !cors.allows(&origin) {
+        tracing::info!(origin = %crate::api::truncated(&origin), "request from an origin not in cors.allowed_origins refused");
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "origin {:?} is not allowed (cors.allowed_origins)",
+                crate::api::truncated(&origin)
+            ),
+        )
+        .into_response();
+    }
+    let allow_origin = HeaderValue::from_str(&origin).ok();
+    if req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let mut resp = axum::http::StatusCode::NO_CONTENT.into_response();
+        let h = resp.headers_mut();
+        if let Some(o) = allow_origin {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        }
+        for (name, value) in [
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                cors.allowed_methods.as_str(),
+            ),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                cors.allowed_headers.as_str(),
+            ),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        }
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from(cors.max_age_s),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("origin"));
+        return resp;
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if let Some(o) = allow_origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("origin"));
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "x-correlation-id, x-orchd-task-id, retry-after, x-backoff-ms, x-budget-tokens-remaining, x-budget-time-remaining-ms, x-budget-cost-remaining",
+        ),
+    );
+    resp
+}
+
 /// Routes anyone may call without a key.
 fn exempt(path: &str) -> bool {
     matches!(path, "/metrics" | "/healthz" | "/readyz")
@@ -155,7 +280,7 @@ pub async fn authenticate(
         return next.run(req).await;
     }
     let principal = if state.keys.is_open() {
-        Principal::open()
+        Principal::open(state.settings.open_admin)
     } else {
         match presented_key(&req).map(|k| state.keys.authenticate(k)) {
             None => {
@@ -174,8 +299,16 @@ pub async fn authenticate(
     };
     tracing::Span::current().record("key", principal.fingerprint.as_str());
     if admin_only(&path) && !principal.is_admin() {
-        return ApiError::new(ErrorCode::Forbidden, format!("{path} needs the admin role"))
-            .into_response();
+        let how = if state.keys.is_open() {
+            "; open mode is data-only: configure an admin key, or start with --insecure-open-admin"
+        } else {
+            ""
+        };
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            format!("{path} needs the admin role{how}"),
+        )
+        .into_response();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -184,6 +317,28 @@ pub async fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:9",
+            "[::1]:8080",
+            "[::1]",
+            "a.localhost",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "127.0.0.1.evil.example:80",
+            "10.0.0.1:8080",
+            "[::2]:1",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
 
     #[test]
     fn route_classes() {

@@ -10,8 +10,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use orchd_contracts::pools::{
-    AdapterList, AdapterView, DrainAccepted, DrainRequest, PoolHealth, PoolList, PoolMetrics,
-    PoolView, ReplicaView,
+    AdapterList, AdapterView, DrainAccepted, DrainRequest, PoolDrainState, PoolHealth, PoolList,
+    PoolMetrics, PoolView, ReplicaView,
 };
 use orchd_contracts::{ErrorCode, PoliciesResponse};
 use serde_json::{Value, json};
@@ -90,6 +90,37 @@ pub async fn health(
 /// Longest drain deadline accepted.
 const MAX_DRAIN_MS: u64 = 24 * 3600 * 1000;
 
+/// `POST /v1/pools/{id}/undrain`: the pool takes new work again; tasks still running or
+/// queued keep going and are no longer ended at the drain's deadline. 409 when the pool
+/// is not draining (or is reloading, which drains it itself).
+pub async fn undrain(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<PoolDrainState>, ApiError> {
+    let pool = find(&state, &id)?;
+    if pool.is_reloading() || !pool.is_draining() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "pool {id:?} is {}",
+                if pool.is_reloading() {
+                    "reloading"
+                } else {
+                    "not draining"
+                }
+            ),
+        )
+        .pool(&id));
+    }
+    pool.end_drain();
+    pool.publish(&pool.queue());
+    tracing::info!(pool_id = %id, "pool undrained: taking new work");
+    Ok(Json(PoolDrainState {
+        pool_id: id,
+        draining: false,
+    }))
+}
+
 pub async fn drain(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -102,13 +133,13 @@ pub async fn drain(
             format!("at most {MAX_DRAIN_MS}"),
         ));
     }
-    if !pool.begin_drain(Duration::from_millis(req.deadline_ms)) {
+    let Some(this_drain) = pool.begin_drain(Duration::from_millis(req.deadline_ms)) else {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!("pool {id:?} is already draining or reloading"),
         )
         .pool(&id));
-    }
+    };
     pool.publish(&pool.queue());
     let in_flight = state
         .tasks
@@ -121,7 +152,7 @@ pub async fn drain(
     let drainer = Arc::clone(&state);
     tokio::spawn(async move {
         tokio::time::sleep(deadline).await;
-        if pool.is_draining() {
+        if pool.is_drain(this_drain) {
             let n = drainer.end_pool_tasks(&pool, "drain").await;
             tracing::info!(pool_id = %pool.id, canceled = n, "pool drained");
         }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    ApiKeySettings, BudgetLimits, BudgetSettings, Cli, ConfigError, LaunchSettings, OnError,
-    PolicyLimits, PolicySettings, PolicySettingsSet, PoolSettings, ReplicaSettings, Role, Settings,
+    ApiKeySettings, BudgetLimits, BudgetSettings, Cli, ConfigError, CorsSettings, LaunchSettings,
+    OnError, PolicyLimits, PolicySettings, PolicySettingsSet, PoolSettings, ReplicaSettings, Role,
+    Settings,
 };
 
 #[derive(Debug, Deserialize)]
@@ -39,7 +40,45 @@ pub(super) struct FileConfig {
     #[serde(default)]
     transcripts: TranscriptsFile,
     #[serde(default)]
+    cors: CorsFile,
+    #[serde(default)]
     pools: Vec<PoolFile>,
+}
+
+/// Which browser pages may call the API. A request whose `Origin` is not listed is
+/// refused, so a page on another site cannot reach the daemon (not even with a "simple"
+/// request that needs no preflight).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CorsFile {
+    /// `scheme://host[:port]` of each allowed page origin, or `"*"` for any (never with
+    /// open mode's admin).
+    allowed_origins: Vec<String>,
+    allowed_methods: Vec<String>,
+    allowed_headers: Vec<String>,
+    max_age_s: u32,
+}
+
+impl Default for CorsFile {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allowed_methods: ["GET", "POST", "DELETE"].map(String::from).to_vec(),
+            allowed_headers: [
+                "content-type",
+                "authorization",
+                "x-api-key",
+                "last-event-id",
+                "x-session-id",
+                "x-priority",
+                "x-deadline-ms",
+                "x-correlation-id",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_age_s: 600,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,12 +255,17 @@ struct BudgetsFile {
 #[serde(deny_unknown_fields, default)]
 struct ServerFile {
     addr: SocketAddr,
+    /// `Host` header values accepted besides loopback names (`localhost`, `127.0.0.1`,
+    /// `[::1]`, any port) while the daemon runs open: other hosts are refused, which defeats
+    /// DNS rebinding.
+    allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerFile {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -631,8 +675,36 @@ impl FileConfig {
                 "serving on non-loopback {addr} needs API keys ([[auth.keys]] or ORCHD_API_KEYS); open mode is loopback-only"
             )));
         }
+        let cors = CorsSettings {
+            allowed_origins: self
+                .cors
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+            allowed_methods: self.cors.allowed_methods.join(", "),
+            allowed_headers: self.cors.allowed_headers.join(", "),
+            max_age_s: self.cors.max_age_s,
+        };
+        if api_keys.is_empty()
+            && cli.insecure_open_admin
+            && cors.allowed_origins.iter().any(|o| o == "*")
+        {
+            return Err(invalid(
+                "cors.allowed_origins = [\"*\"] with --insecure-open-admin would let any web page administer the daemon"
+                    .to_owned(),
+            ));
+        }
         Ok(Settings {
             addr,
+            cors,
+            allowed_hosts: self
+                .server
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            open_admin: cli.insecure_open_admin,
             api_keys,
             adapters_dir: cli
                 .adapters_dir

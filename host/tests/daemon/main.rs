@@ -5,6 +5,7 @@ mod adapters;
 mod admission;
 mod artifacts;
 mod auth;
+mod browser;
 mod cancel;
 mod catalog;
 mod chat;

@@ -150,7 +150,9 @@ async fn a_reader_that_stops_reading_is_cut_off_and_its_task_canceled() {
     let addr = d.url("").trim_start_matches("http://").parse().unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET /v1/tasks/{id}/stream HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /v1/tasks/{id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut head = [0u8; 512];

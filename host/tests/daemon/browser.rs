@@ -1,0 +1,223 @@
+//! The browser edge and secure defaults: a page on another site cannot reach the daemon
+//! (not with a "simple" text/plain POST either), DNS rebinding is refused in open mode,
+//! open mode is data-only unless `--insecure-open-admin`, CORS preflights are answered for
+//! configured origins, bodies must be JSON, and a drain can be undone.
+
+use std::time::Duration;
+
+use orchd_testkit::{DaemonBuilder, config, default_admission, mock_pool, task};
+use serde_json::{Value, json};
+
+fn pools() -> String {
+    config(
+        &default_admission("reject"),
+        8,
+        &[mock_pool(
+            "p",
+            "slots = 2, first_token_delay_ms = 5, tokens_per_s = 50.0",
+        )],
+    )
+}
+
+#[tokio::test]
+async fn a_cross_site_simple_request_is_refused_and_drains_nothing() {
+    let d = DaemonBuilder::new(pools()).start();
+    for (path, body) in [
+        ("/v1/tasks", task("p", json!({})).to_string()),
+        ("/v1/pools/p/drain", r#"{"deadline_ms": 1000}"#.to_owned()),
+        (
+            "/v1/chat/completions",
+            r#"{"model": "p-model", "messages": [{"role": "user", "content": "x"}]}"#.to_owned(),
+        ),
+    ] {
+        let resp = d
+            .http
+            .post(d.url(path))
+            .header("origin", "http://evil.example")
+            .header("content-type", "text/plain")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 403, "{path}");
+        assert!(resp.headers().get("access-control-allow-origin").is_none());
+    }
+    let (_, pools) = d.get_json("/v1/pools").await;
+    assert_eq!(pools["pools"][0]["draining"], false, "{pools}");
+}
+
+#[tokio::test]
+async fn bodies_must_be_json() {
+    let d = DaemonBuilder::new(pools()).start();
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut req = d
+            .http
+            .post(d.url("/v1/tasks"))
+            .body(task("p", json!({})).to_string());
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 415, "{content_type:?}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["code"], "INVALID_PARAMS");
+    }
+    let resp = d
+        .http
+        .post(d.url("/v1/tasks"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(task("p", json!({})).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+}
+
+#[tokio::test]
+async fn open_mode_is_data_only_and_refuses_rebound_hosts() {
+    let d = DaemonBuilder::new(pools()).secure_open().start();
+    let resp = d.http.get(d.url("/v1/pools")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("--insecure-open-admin"),
+        "{v}"
+    );
+    let resp = d
+        .http
+        .post(d.url("/v1/pools/p/drain"))
+        .json(&json!({"deadline_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    // Data endpoints work.
+    let id = d.submit_ok(&task("p", json!({"max_tokens": 2}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+    assert!(
+        d.logs()
+            .iter()
+            .any(|l| l.contains("open mode (no API keys)"))
+    );
+    // A page whose name was rebound to 127.0.0.1 still sends its own Host.
+    let resp = d
+        .http
+        .get(d.url(&format!("/v1/tasks/{id}")))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let resp = d
+        .http
+        .get(d.url(&format!("/v1/tasks/{id}")))
+        .header("host", "localhost:1234")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn configured_origins_get_cors_and_preflights() {
+    let d = DaemonBuilder::new(format!(
+        "[cors]\nallowed_origins = [\"http://app.example:3000\"]\n\n{}",
+        pools()
+    ))
+    .start();
+    let resp = d
+        .http
+        .request(reqwest::Method::OPTIONS, d.url("/v1/tasks"))
+        .header("origin", "http://app.example:3000")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type, x-api-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let h = resp.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://app.example:3000");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert!(
+        h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-api-key")
+    );
+    let resp = d
+        .http
+        .post(d.url("/v1/tasks"))
+        .header("origin", "http://app.example:3000")
+        .json(&task("p", json!({"max_tokens": 2})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "http://app.example:3000"
+    );
+    assert!(
+        resp.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-correlation-id")
+    );
+    let resp = d
+        .http
+        .request(reqwest::Method::OPTIONS, d.url("/v1/tasks"))
+        .header("origin", "http://other.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+}
+
+#[tokio::test]
+async fn a_drain_can_be_undone_and_its_deadline_then_ends_nothing() {
+    let d = DaemonBuilder::new(pools()).start();
+    let resp = d
+        .http
+        .post(d.url("/v1/pools/p/drain"))
+        .json(&json!({"deadline_ms": 400}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(d.submit(&task("p", json!({}))).await.status().as_u16(), 503);
+    let resp = d
+        .http
+        .post(d.url("/v1/pools/p/undrain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v, json!({"pool_id": "p", "draining": false}));
+    let id = d.submit_ok(&task("p", json!({"max_tokens": 10000}))).await;
+    d.wait_state(&id, "running").await;
+    // The undone drain's deadline passes: the new task keeps running.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, status) = d.get_json(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(status["state"], "running", "{status}");
+    let resp = d
+        .http
+        .post(d.url("/v1/pools/p/undrain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 409);
+}
