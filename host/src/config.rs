@@ -85,6 +85,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_h2_streams: u32,
     pub queue_capacity: NonZeroU32,
     pub keep_alive: Duration,
     /// A client that drops its stream before the terminal frame cancels the task.

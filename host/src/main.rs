@@ -112,6 +112,8 @@ async fn serve(settings: Settings) -> ExitCode {
     let limits = orchd_host::server::Limits {
         header_read_timeout: state.settings.header_read_timeout,
         max_header_bytes: state.settings.max_header_bytes,
+        max_connections: state.settings.max_connections,
+        max_h2_streams: state.settings.max_h2_streams,
     };
     let shutdown = async move {
         shutdown_signal().await;

@@ -259,7 +259,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         plugin_rescans_total: counter(
             &registry,
             "plugin_rescans_total",
-            "Rescans of a plugin directory after a relevant change (created, written, renamed, removed)",
+            "Rescans of a plugin directory done after a relevant change (created, written, renamed, removed)",
             &["directory"],
         ),
         plugin_files_hashed_total: counter(

@@ -24,10 +24,11 @@ pub fn spawn(state: Weak<AppState>, dir: &Path) -> Result<AdapterWatcher, String
     tokio::spawn(async move {
         while changes.next_burst().await.is_some() {
             let Some(state) = state.upgrade() else { return };
-            crate::metrics::plugin_rescan("adapter");
             let scan_dir = dir.clone();
             let outcomes =
                 tokio::task::spawn_blocking(move || state.adapters.rescan(&scan_dir)).await;
+            // Counted once done, so a reader of the metric sees the rescan's hashing too.
+            crate::metrics::plugin_rescan("adapter");
             match outcomes {
                 Ok(Ok(outcomes)) => crate::startup::log_outcomes(outcomes),
                 Ok(Err(e)) => {

@@ -9,6 +9,11 @@ use crate::errors::ApiError;
 
 pub struct ApiJson<T>(pub T);
 
+/// How long a request body may take to arrive (`limits.body_read_timeout_ms`), put in the
+/// request's extensions by the edge middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyReadTimeout(pub std::time::Duration);
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
@@ -32,7 +37,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             )
             .with_status(axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let within = req
+            .extensions()
+            .get::<BodyReadTimeout>()
+            .map_or(std::time::Duration::from_secs(30), |t| t.0);
+        let read = tokio::time::timeout(within, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidParams,
+                    format!(
+                        "the request body did not arrive within {} ms (limits.body_read_timeout_ms)",
+                        within.as_millis()
+                    ),
+                )
+                .with_status(axum::http::StatusCode::REQUEST_TIMEOUT)
+            })?;
+        let bytes = read.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     ErrorCode::PayloadTooLarge,

@@ -129,7 +129,7 @@ fn is_loopback_host(host: &str) -> bool {
 ///   allowed origins carry `Access-Control-Allow-Origin`.
 pub async fn browser_edge(
     axum::extract::State(state): axum::extract::State<std::sync::Arc<crate::state::AppState>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     use axum::http::{Method, header};
@@ -138,6 +138,9 @@ pub async fn browser_edge(
 
     use crate::errors::ApiError;
 
+    req.extensions_mut().insert(super::extract::BodyReadTimeout(
+        state.settings.body_read_timeout,
+    ));
     let cors = &state.settings.cors;
     if state.keys.is_open() {
         let host = req

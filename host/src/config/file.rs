@@ -300,6 +300,12 @@ struct LimitsFile {
     header_read_timeout_ms: NonZeroU32,
     /// Largest request head; more is answered 431.
     max_header_bytes: usize,
+    /// A request body must arrive whole within this (a trickled body is answered 408).
+    body_read_timeout_ms: NonZeroU32,
+    /// Open connections at most; one more is answered 503 and closed.
+    max_connections: NonZeroU32,
+    /// Concurrent streams per HTTP/2 connection.
+    max_h2_streams: NonZeroU32,
 }
 
 impl Default for LimitsFile {
@@ -308,6 +314,9 @@ impl Default for LimitsFile {
             max_body_bytes: 1 << 20,
             header_read_timeout_ms: NonZeroU32::new(10_000).expect("non-zero"),
             max_header_bytes: 64 * 1024,
+            body_read_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
+            max_connections: NonZeroU32::new(8192).expect("non-zero"),
+            max_h2_streams: NonZeroU32::new(256).expect("non-zero"),
         }
     }
 }
@@ -719,6 +728,9 @@ impl FileConfig {
                 self.limits.header_read_timeout_ms.get().into(),
             ),
             max_header_bytes: self.limits.max_header_bytes,
+            body_read_timeout: Duration::from_millis(self.limits.body_read_timeout_ms.get().into()),
+            max_connections: self.limits.max_connections.get() as usize,
+            max_h2_streams: self.limits.max_h2_streams.get(),
             queue_capacity: self.queue.capacity,
             keep_alive: Duration::from_millis(self.stream.keep_alive_ms.get().into()),
             cancel_on_disconnect: self.stream.cancel_on_disconnect,

@@ -42,8 +42,9 @@ pub fn spawn(policies: Arc<PolicySet>, dir: &Path) -> Result<Watcher, String> {
     let (watch, mut changes) = crate::dirwatch::watch(dir, DEBOUNCE, "policy", relevant)?;
     tokio::spawn(async move {
         while changes.next_burst().await.is_some() {
-            crate::metrics::plugin_rescan("policy");
             reload(&policies).await;
+            // Counted once done, so a reader of the metric sees the reload's hashing too.
+            crate::metrics::plugin_rescan("policy");
         }
     });
     Ok(Watcher { _watch: watch })

@@ -104,3 +104,103 @@ async fn an_oversized_head_gets_431_and_h2c_is_served() {
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
 }
+
+/// Connections that never send a byte: closed by the first-byte timeout (the header-read
+/// timeout), 2 000 of them, while normal requests keep being served.
+#[tokio::test]
+async fn silent_connections_are_closed_and_others_are_served() {
+    let d = DaemonBuilder::new(cfg()).start();
+    let target = addr(&d);
+    let silent = tokio::task::spawn_blocking(move || {
+        let mut socks: Vec<TcpStream> = (0..2000)
+            .map(|_| {
+                let s = TcpStream::connect(&target).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s
+            })
+            .collect();
+        let started = Instant::now();
+        let mut closed = 0;
+        for s in &mut socks {
+            let mut buf = [0u8; 16];
+            closed += usize::from(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+        }
+        (closed, started.elapsed())
+    });
+    for _ in 0..20 {
+        assert_eq!(d.get_json("/readyz").await.0, 200);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let (closed, took) = silent.await.unwrap();
+    assert_eq!(closed, 2000, "every silent connection was closed");
+    assert!(
+        took < Duration::from_secs(10),
+        "closed by the daemon, not the client's timeout"
+    );
+    assert_eq!(d.get_json("/healthz").await.0, 200);
+}
+
+/// A body trickled after complete headers is answered 408 by the body-read timeout.
+#[tokio::test]
+async fn a_trickled_body_times_out() {
+    let d = DaemonBuilder::new(format!(
+        "[limits]\nbody_read_timeout_ms = 500\n\n{}",
+        config(&default_admission("reject"), 8, &[mock_pool("p", "")])
+    ))
+    .start();
+    let target = addr(&d);
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(&target).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{",
+        )
+        .unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(1500) {
+            if s.write_all(b" ").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_read_timeout_ms"), "{answer}");
+}
+
+/// One connection over `limits.max_connections` is told 503 and closed; the others work.
+#[tokio::test]
+async fn connections_past_the_cap_get_503() {
+    let d = DaemonBuilder::new(format!(
+        "[limits]\nmax_connections = 8\nheader_read_timeout_ms = 5000\n\n{}",
+        config(&default_admission("reject"), 8, &[mock_pool("p", "")])
+    ))
+    .start();
+    let target = addr(&d);
+    let answer = tokio::task::spawn_blocking(move || {
+        let held: Vec<TcpStream> = (0..8)
+            .map(|_| TcpStream::connect(&target).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut extra = TcpStream::connect(&target).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = extra.read(&mut buf).unwrap_or(0);
+        drop(held);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    // The held connections are gone: new ones are served again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.get_json("/healthz").await.0, 200);
+}
