@@ -118,6 +118,11 @@ pub struct TaskRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskStreams {
     pub sse: String,
+    /// A short-lived, read-only token for this task's stream only, for clients that cannot
+    /// send headers (EventSource): `GET {sse}?token={token}`.
+    pub token: String,
+    /// When `token` expires (Unix ms); `GET /v1/tasks/{id}` gives a fresh one.
+    pub token_expires_ms: u64,
 }
 
 /// 202 answer to `POST /v1/tasks`.
@@ -163,6 +168,9 @@ pub struct TaskStatus {
     pub error: Option<crate::ErrorEnvelope>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_id: Option<String>,
+    /// A fresh stream token for this task (see [`TaskStreams::token`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_token: Option<String>,
 }
 
 /// `GET /v1/sessions/{id}`: metadata only.

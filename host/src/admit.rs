@@ -848,9 +848,12 @@ fn enqueue(
         engine = %req.engine, priority = req.priority.as_str(), seed, queue_position,
         predicted_start_ms, "task admitted"
     );
+    let (token, token_expires_ms) = state.stream_tokens.issue(task_id);
     Ok(TaskAccepted {
         streams: TaskStreams {
             sse: format!("/v1/tasks/{task_id}/stream"),
+            token,
+            token_expires_ms,
         },
         task_id: task_id.to_owned(),
         queue_position,

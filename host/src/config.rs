@@ -94,6 +94,8 @@ pub struct Settings {
     pub cancel_on_disconnect: bool,
     /// How long a streamed task waits for a reader to come back before it is canceled.
     pub reconnect_grace: Duration,
+    /// How long a stream token stays valid.
+    pub stream_token_ttl: Duration,
     /// On SIGTERM/SIGINT, running streams get this long to finish.
     pub shutdown_grace: Duration,
     /// A dispatched task no client attached to within this long is canceled.

@@ -28,6 +28,7 @@ pub mod server;
 pub mod sessions;
 pub mod startup;
 pub mod state;
+pub mod streamtoken;
 pub mod supervisor;
 pub mod task;
 

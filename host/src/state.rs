@@ -28,6 +28,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// Where tasks record their transcripts.
     pub recorder: Arc<Recorder>,
+    /// Issues and checks the stream tokens of EventSource clients.
+    pub stream_tokens: crate::streamtoken::StreamTokens,
     shutting_down: AtomicBool,
     watcher: std::sync::Mutex<Option<Watcher>>,
     adapter_watcher: std::sync::Mutex<Option<crate::adapters::watch::AdapterWatcher>>,
@@ -50,6 +52,7 @@ impl AppState {
             }),
             artifacts,
             keys: Keys::new(&settings.api_keys),
+            stream_tokens: crate::streamtoken::StreamTokens::new(settings.stream_token_ttl),
             sessions: Sessions::new(settings.session_ttl, settings.session_max_turns),
             settings,
             adapters,

@@ -722,6 +722,7 @@ impl Task {
             tokens_out: inner.settled_tokens_out.unwrap_or(inner.tokens_out),
             error: inner.error.clone(),
             artifact_id: inner.artifact_id.clone(),
+            stream_token: None,
         }
     }
 }

@@ -265,6 +265,31 @@ fn presented_key(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The owner of the task whose stream `req` reads with a valid `?token=`: only `GET
+/// /v1/tasks/{id}/stream`, only that task's token.
+fn stream_token_owner(state: &crate::state::AppState, req: &Request) -> Option<String> {
+    if req.method() != axum::http::Method::GET {
+        return None;
+    }
+    let id = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/tasks/")?
+        .strip_suffix("/stream")?;
+    if id.is_empty() || id.contains('/') {
+        return None;
+    }
+    let token = req
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))?;
+    if !state.stream_tokens.verify(id, token) {
+        return None;
+    }
+    state.tasks.get(id).map(|t| t.spec.owner.clone())
+}
+
 /// 401 without a key, 403 for an unknown key or a role too low; otherwise the caller's
 /// [`Principal`] goes into the request's extensions. Only the key's fingerprint is logged.
 pub async fn authenticate(
@@ -286,6 +311,13 @@ pub async fn authenticate(
         Principal::open(state.settings.open_admin)
     } else {
         match presented_key(&req).map(|k| state.keys.authenticate(k)) {
+            // EventSource cannot send a key: a stream token stands in for it, on its own
+            // task's stream only, for reading.
+            None if let Some(owner) = stream_token_owner(&state, &req) => Principal {
+                name: owner,
+                role: crate::config::Role::Data,
+                fingerprint: "stream-token".into(),
+            },
             None => {
                 return ApiError::new(
                     ErrorCode::Unauthenticated,

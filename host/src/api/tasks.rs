@@ -80,7 +80,9 @@ pub async fn status(
         .pool(&task.spec.pool_id)
         .and_then(|p| p.queue().position(&id))
         .map(|(_, at)| at);
-    Ok(Json(task.status(position)))
+    let mut status = task.status(position);
+    status.stream_token = Some(state.stream_tokens.issue(&id).0);
+    Ok(Json(status))
 }
 
 pub async fn cancel(

@@ -344,6 +344,8 @@ struct StreamFile {
     /// A streamed task is canceled once no reader has been attached for this long (a
     /// reconnect with Last-Event-ID within it resumes the task).
     reconnect_grace_ms: u32,
+    /// How long a stream token (`?token=` for EventSource) stays valid.
+    token_ttl_ms: NonZeroU32,
     shutdown_grace_ms: u32,
     /// A dispatched task no client attached to within this long is canceled.
     attach_timeout_ms: NonZeroU32,
@@ -360,6 +362,7 @@ impl Default for StreamFile {
             decode_idle_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
             cancel_on_disconnect: true,
             reconnect_grace_ms: 5_000,
+            token_ttl_ms: NonZeroU32::new(300_000).expect("non-zero"),
             shutdown_grace_ms: 30_000,
             attach_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
             retention_ms: 60_000,
@@ -735,6 +738,7 @@ impl FileConfig {
             keep_alive: Duration::from_millis(self.stream.keep_alive_ms.get().into()),
             cancel_on_disconnect: self.stream.cancel_on_disconnect,
             reconnect_grace: Duration::from_millis(self.stream.reconnect_grace_ms.into()),
+            stream_token_ttl: Duration::from_millis(self.stream.token_ttl_ms.get().into()),
             session_ttl: Duration::from_millis(self.sessions.ttl_ms.get().into()),
             session_max_turns: self.sessions.max_turns.get(),
             shutdown_grace: Duration::from_millis(self.stream.shutdown_grace_ms.into()),

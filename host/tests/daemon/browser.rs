@@ -221,3 +221,79 @@ async fn a_drain_can_be_undone_and_its_deadline_then_ends_nothing() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 409);
 }
+
+#[tokio::test]
+async fn eventsource_reads_its_stream_with_the_stream_token_and_nothing_else() {
+    let keys = "[[auth.keys]]\nname = \"web\"\nrole = \"data\"\nkey = \"web-key-1\"\n\n";
+    let d = DaemonBuilder::new(format!("{keys}{}", pools())).start();
+    let post = |body: Value| {
+        d.http
+            .post(d.url("/v1/tasks"))
+            .header("x-api-key", "web-key-1")
+            .json(&body)
+            .send()
+    };
+    let accepted: Value = post(task("p", json!({"max_tokens": 3})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["task_id"].as_str().unwrap().to_owned();
+    let token = accepted["streams"]["token"].as_str().unwrap().to_owned();
+    assert!(accepted["streams"]["token_expires_ms"].as_u64().unwrap() > 0);
+    // No key, just the token on the stream URL: the whole stream.
+    let resp = d
+        .http
+        .get(d.url(&format!("/v1/tasks/{id}/stream?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("event: started") && text.contains("event: end"),
+        "{text}"
+    );
+    // Not the task's status, not a cancel, not another task's stream, not a forged token.
+    let other: Value = post(task("p", json!({"max_tokens": 3})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other_id = other["task_id"].as_str().unwrap();
+    for (method, path) in [
+        ("GET", format!("/v1/tasks/{id}?token={token}")),
+        ("POST", format!("/v1/tasks/{id}/cancel?token={token}")),
+        ("GET", format!("/v1/tasks/{other_id}/stream?token={token}")),
+        (
+            "GET",
+            format!("/v1/tasks/{id}/stream?token=1.{}", "0".repeat(40)),
+        ),
+        ("GET", format!("/v1/tasks/{id}/stream")),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = d.http.request(method, d.url(&path)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{path}");
+    }
+    // The key's GET of the task hands out a fresh token.
+    let status: Value = d
+        .http
+        .get(d.url(&format!("/v1/tasks/{id}")))
+        .header("x-api-key", "web-key-1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh = status["stream_token"].as_str().unwrap();
+    let resp = d
+        .http
+        .get(d.url(&format!("/v1/tasks/{id}/stream?token={fresh}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
