@@ -15,7 +15,7 @@ Feature: Error taxonomy
       | fields                                        | status | code             |
       | {"priority": "urgent"}                        | 400    | INVALID_PARAMS   |
       | {"ctx": 100000}                               | 400    | INVALID_PARAMS   |
-      | {"model_ref": "nobody-serves-this"}           | 503    | POOL_UNAVAILABLE |
+      | {"model_ref": "nobody-serves-this"}           | 404    | NOT_FOUND        |
       | {"max_tokens": 5000, "deadline_ms": 5}        | 400    | DEADLINE_UNMET   |
       | {"placement": {"require_device_mask": "g9"}}  | 503    | REPLICA_EXHAUSTED |
 

@@ -356,15 +356,16 @@ fn candidates<'a>(state: &'a AppState, req: &TaskRequest) -> Result<Vec<&'a Arc<
         .retry_after_ms(5000));
     }
     if candidates.is_empty() {
+        // Nothing serves it: not a transient state worth retrying.
         return Err(ApiError::new(
-            ErrorCode::PoolUnavailable,
+            ErrorCode::NotFound,
             format!(
-                "no pool serves engine {:?} with model {:?}",
-                req.engine, req.model_ref
+                "no pool serves engine {:?} with model {:?}; see GET /v1/models",
+                crate::api::truncated(&req.engine),
+                crate::api::truncated(&req.model_ref)
             ),
         )
-        .engine(&req.engine)
-        .retry_after_ms(1000));
+        .engine(&req.engine));
     }
     let max_ctx = candidates.iter().map(|p| p.ctx_max).max().unwrap_or(0);
     if req.ctx > max_ctx {
@@ -635,7 +636,14 @@ fn admit_checked(
         Some(c) => chat_text(&c.messages, &c.tools),
         None => req.prompt.clone().unwrap_or_default(),
     };
-    let tokens_in_estimate = estimate_tokens(&prompt);
+    // An embedding's input is its inputs: they are what the reservation must cover.
+    let tokens_in_estimate = match (&req.workload, &req.inputs) {
+        (Workload::Embedding | Workload::Rerank, Some(inputs)) => inputs
+            .iter()
+            .map(|i| estimate_tokens(i))
+            .fold(0u32, u32::saturating_add),
+        _ => estimate_tokens(&prompt),
+    };
     let (reservation, headroom) = state.decisions.reserve(
         budget::ReserveRequest {
             now_ms: now_ms(),

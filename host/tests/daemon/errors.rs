@@ -147,14 +147,31 @@ async fn pool_unready_503_while_the_engine_loads() {
 }
 
 #[tokio::test]
-async fn pool_unavailable_503_when_nothing_serves_the_model() {
+async fn pool_unavailable_503_while_every_pool_of_the_model_drains() {
+    let d = daemon("");
+    let resp = d
+        .http
+        .post(d.url("/v1/pools/p/drain"))
+        .json(&json!({"deadline_ms": 60000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let resp = d.submit(&task("p", json!({}))).await;
+    check_retry(&resp);
+    let body = expect_error(resp, 503, "POOL_UNAVAILABLE", "draining").await;
+    assert_eq!(body["retriable"], true);
+}
+
+#[tokio::test]
+async fn not_found_404_when_nothing_serves_the_model() {
     let d = daemon("");
     let resp = d
         .submit(&task("p", json!({"model_ref": "elsewhere"})))
         .await;
-    check_retry(&resp);
-    let body = expect_error(resp, 503, "POOL_UNAVAILABLE", "elsewhere").await;
-    assert_eq!(body["retriable"], true);
+    assert!(resp.headers().get("retry-after").is_none());
+    let body = expect_error(resp, 404, "NOT_FOUND", "elsewhere").await;
+    assert_eq!(body["retriable"], false);
 }
 
 #[tokio::test]

@@ -343,3 +343,28 @@ async fn the_official_python_client_works_unchanged() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("all checks passed"), "{stdout}");
 }
+
+#[tokio::test]
+async fn embeddings_reserve_their_inputs_tokens() {
+    let keys = "[[auth.keys]]\nname = \"small\"\nrole = \"data\"\nkey = \"small-key\"\nbudget = { tokens = 20 }\n\n";
+    let d = DaemonBuilder::new(format!(
+        "{keys}{}",
+        config(&default_admission("reject"), 8, &[mock_pool("p", "")])
+    ))
+    .start();
+    let embed = |input: Value| {
+        d.http
+            .post(d.url("/v1/embeddings"))
+            .bearer_auth("small-key")
+            .json(&json!({"model": "p-model", "input": input, "encoding_format": "float"}))
+            .send()
+    };
+    // About 50 tokens of input against a 20-token budget: refused before any work.
+    let resp = embed(json!(["word ".repeat(40)])).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "BUDGET_EXCEEDED", "{v}");
+    // A small input fits.
+    let resp = embed(json!("hi")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}

@@ -329,7 +329,7 @@ async fn a_library_dropped_into_the_adapter_directory_is_loaded_without_a_restar
         .send()
         .await
         .unwrap();
-    expect_error(resp, 503, "POOL_UNAVAILABLE", "no pool").await;
+    expect_error(resp, 404, "NOT_FOUND", "no pool").await;
     // The first library keeps serving.
     let id = submit(&d, &task("p", json!({"max_tokens": 2}))).await;
     wait_state(&d, &id, "succeeded").await;
