@@ -221,8 +221,8 @@ async fn bad_requests_get_envelopes_naming_the_problem() {
     check_error(
         &d,
         d.submit(&task("p", json!({"model_ref": "other"}))).await,
-        503,
-        "POOL_UNAVAILABLE",
+        404,
+        "NOT_FOUND",
         "no pool",
     )
     .await;
