@@ -71,7 +71,14 @@ async fn cancel_mid_stream_ends_with_canceled_and_frees_the_slot() {
         .expect("slot was freed");
     assert_eq!(frames.last().unwrap().event, "end");
     assert_eq!(frames.last().unwrap().data["canceled"], false);
-    assert!(d.log_events("engine job canceled").len() + d.log_events("task canceled").len() >= 1);
+    // One log line says which task was canceled and why.
+    let canceled: Vec<_> = d
+        .log_events("task canceled")
+        .into_iter()
+        .filter(|e| e["task_id"] == id.as_str())
+        .collect();
+    assert_eq!(canceled.len(), 1, "{:#?}", d.logs());
+    assert_eq!(canceled[0]["reason"], "client");
 }
 
 #[tokio::test]
