@@ -135,15 +135,9 @@ fn chat_job(plan: &Plan, max_tokens: u32, seed: u64) -> JobSpec {
 
 /// A chat job streams `Started`, at least one delta, then one `End` with a finish reason.
 async fn chat(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result<String, String> {
-    let (tx, mut rx) = mpsc::channel(256);
-    let (c, spec) = (Arc::clone(client), chat_job(plan, plan.max_tokens, 5));
-    let _job = blocking(move || c.submit_chat(spec, tx))
-        .await?
-        .map_err(|e| format!("submit_chat failed: {e}"))?;
-    let events = collect(&mut rx, plan.timeout).await?;
-    if !matches!(events.first(), Some(EngineEvent::Started { .. })) {
-        return Err(format!("first event is not Started: {:?}", events.first()));
-    }
+    let spec = chat_job(plan, plan.max_tokens, 5);
+    let events = run_job(Arc::clone(client), spec, plan.timeout).await?;
+    started_first(&events)?;
     let deltas = events
         .iter()
         .filter(|e| matches!(e, EngineEvent::Delta(_)))
@@ -233,17 +227,8 @@ pub async fn events_of(
     max_tokens: u32,
     timeout: Duration,
 ) -> Result<Vec<EngineEvent>, String> {
-    let adapter = AdapterRegistry::load_file(lib)?;
-    let client = adapter
-        .new_client(config)
-        .map_err(|e| format!("config refused: {e}"))?;
-    let (tx, mut rx) = mpsc::channel(256);
-    let plan = Plan::new(config);
-    let spec = job(&plan, max_tokens, 1);
-    let _job = blocking(move || client.submit(spec, tx))
-        .await?
-        .map_err(|e| format!("submit failed: {e}"))?;
-    collect(&mut rx, timeout).await
+    let spec = job(&Plan::new(config), max_tokens, 1);
+    run_job(client_of(lib, config)?, spec, timeout).await
 }
 
 /// Loads `lib`, makes a client from `config` and streams one chat job to its end: every
@@ -255,20 +240,50 @@ pub async fn chat_events_of(
     max_tokens: u32,
     timeout: Duration,
 ) -> Result<Vec<EngineEvent>, String> {
-    let adapter = AdapterRegistry::load_file(lib)?;
-    let client = adapter
-        .new_client(config)
-        .map_err(|e| format!("config refused: {e}"))?;
-    let (tx, mut rx) = mpsc::channel(256);
-    let plan = Plan::new(config);
     let spec = JobSpec {
         chat: Some(Arc::new(chat)),
-        ..job(&plan, max_tokens, 1)
+        ..job(&Plan::new(config), max_tokens, 1)
     };
-    let _job = blocking(move || client.submit_chat(spec, tx))
-        .await?
-        .map_err(|e| format!("submit_chat failed: {e}"))?;
+    run_job(client_of(lib, config)?, spec, timeout).await
+}
+
+fn client_of(lib: &Path, config: &str) -> Result<Arc<dyn EngineClient>, String> {
+    AdapterRegistry::load_file(lib)?
+        .new_client(config)
+        .map_err(|e| format!("config refused: {e}"))
+}
+
+/// Submits `spec` (as a chat when it carries a conversation) and collects its events; the
+/// job lives until they are in.
+async fn run_job(
+    client: Arc<dyn EngineClient>,
+    spec: JobSpec,
+    timeout: Duration,
+) -> Result<Vec<EngineEvent>, String> {
+    let (tx, mut rx) = mpsc::channel(256);
+    let chat = spec.chat.is_some();
+    let _job = blocking(move || {
+        if chat {
+            client.submit_chat(spec, tx)
+        } else {
+            client.submit(spec, tx)
+        }
+    })
+    .await?
+    .map_err(|e| {
+        format!(
+            "{} failed: {e}",
+            if chat { "submit_chat" } else { "submit" }
+        )
+    })?;
     collect(&mut rx, timeout).await
+}
+
+fn started_first(events: &[EngineEvent]) -> Result<(), String> {
+    match events.first() {
+        Some(EngineEvent::Started { .. }) => Ok(()),
+        first => Err(format!("first event is not Started: {first:?}")),
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
@@ -340,15 +355,9 @@ async fn tokenize(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result<String,
 }
 
 async fn stream_order(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result<String, String> {
-    let (tx, mut rx) = mpsc::channel(256);
-    let (c, spec) = (Arc::clone(client), job(plan, plan.max_tokens, 7));
-    let _job = blocking(move || c.submit(spec, tx))
-        .await?
-        .map_err(|e| format!("submit failed: {e}"))?;
-    let events = collect(&mut rx, plan.timeout).await?;
-    if !matches!(events.first(), Some(EngineEvent::Started { .. })) {
-        return Err(format!("first event is not Started: {:?}", events.first()));
-    }
+    let spec = job(plan, plan.max_tokens, 7);
+    let events = run_job(Arc::clone(client), spec, plan.timeout).await?;
+    started_first(&events)?;
     let tokens = events
         .iter()
         .filter(|e| matches!(e, EngineEvent::Token(_)))

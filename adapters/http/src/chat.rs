@@ -18,7 +18,24 @@ use orchd_adapter_abi::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::SseEvent;
+use crate::{SseEvent, StreamJob, Upstream};
+use orchd_adapter_abi::plugin::ChatSink;
+
+/// Streams `body` to the engine's `/v1/chat/completions` and decodes its answer.
+pub fn stream(
+    upstream: &Upstream,
+    body: Value,
+    engine_version: String,
+    sink: ChatSink,
+) -> StreamJob {
+    upstream.stream(
+        "/v1/chat/completions",
+        body,
+        engine_version,
+        ChatDecoder::new(),
+        sink,
+    )
+}
 
 /// Tool calls one answer may make.
 const MAX_TOOL_CALLS: usize = 128;

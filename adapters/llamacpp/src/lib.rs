@@ -229,11 +229,10 @@ impl EngineClient for LlamaCppClient {
             },
             "llama.cpp-unknown",
         );
-        Ok(self.upstream.stream(
-            "/v1/chat/completions",
+        Ok(orchd_adapter_http::chat::stream(
+            &self.upstream,
             body,
             version,
-            orchd_adapter_http::chat::ChatDecoder::new(),
             sink,
         ))
     }

@@ -215,11 +215,10 @@ impl EngineClient for OpenAiClient {
             },
             "openai-compatible-unknown",
         );
-        Ok(self.upstream.stream(
-            "/v1/chat/completions",
+        Ok(orchd_adapter_http::chat::stream(
+            &self.upstream,
             body,
             version,
-            orchd_adapter_http::chat::ChatDecoder::new(),
             sink,
         ))
     }

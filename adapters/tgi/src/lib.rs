@@ -145,11 +145,10 @@ impl EngineClient for TgiClient {
             },
             "tgi-unknown",
         );
-        Ok(self.upstream.stream(
-            "/v1/chat/completions",
+        Ok(orchd_adapter_http::chat::stream(
+            &self.upstream,
             body,
             version,
-            orchd_adapter_http::chat::ChatDecoder::new(),
             sink,
         ))
     }

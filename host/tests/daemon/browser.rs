@@ -90,14 +90,10 @@ async fn open_mode_is_data_only_and_refuses_rebound_hosts() {
             .contains("--insecure-open-admin"),
         "{v}"
     );
-    let resp = d
-        .http
-        .post(d.url("/v1/pools/p/drain"))
-        .json(&json!({"deadline_ms": 1000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 403);
+    let (status, _) = d
+        .post_json("/v1/pools/p/drain", &json!({"deadline_ms": 1000}))
+        .await;
+    assert_eq!(status, 403);
     // Data endpoints work.
     let id = d.submit_ok(&task("p", json!({"max_tokens": 2}))).await;
     assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
@@ -189,14 +185,10 @@ async fn configured_origins_get_cors_and_preflights() {
 #[tokio::test]
 async fn a_drain_can_be_undone_and_its_deadline_then_ends_nothing() {
     let d = DaemonBuilder::new(pools()).start();
-    let resp = d
-        .http
-        .post(d.url("/v1/pools/p/drain"))
-        .json(&json!({"deadline_ms": 400}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 202);
+    let (status, _) = d
+        .post_json("/v1/pools/p/drain", &json!({"deadline_ms": 400}))
+        .await;
+    assert_eq!(status, 202);
     assert_eq!(d.submit(&task("p", json!({}))).await.status().as_u16(), 503);
     let resp = d
         .http

@@ -130,16 +130,7 @@ async fn the_openai_door_relays_tool_calls_streaming_and_not() {
     let body = json!({"model": "p-model", "max_tokens": 8, "tools": [weather_tool()],
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
         "messages": [{"role": "user", "content": "weather in Oslo?"}]});
-    let v: Value = d
-        .http
-        .post(d.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = d.post_json("/v1/chat/completions", &body).await.1;
     let choice = &v["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
     let call = &choice["message"]["tool_calls"][0];
@@ -154,16 +145,7 @@ async fn the_openai_door_relays_tool_calls_streaming_and_not() {
         {"role": "user", "content": "weather in Oslo?"},
         choice["message"].clone(),
         {"role": "tool", "tool_call_id": call["id"], "content": "{\"temp\": 3}"}]});
-    let v: Value = d
-        .http
-        .post(d.url("/v1/chat/completions"))
-        .json(&follow)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = d.post_json("/v1/chat/completions", &follow).await.1;
     assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
     assert!(
         v["choices"][0]["message"]["content"]
@@ -370,16 +352,7 @@ config = {{ url = "{url}", model = "m" }}
         "{v}"
     );
     broken.store(false, Ordering::Release);
-    let v: Value = d
-        .http
-        .post(d.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = d.post_json("/v1/chat/completions", &body).await.1;
     assert_eq!(
         v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
         "{\"city\": \"Oslo\"}",
@@ -413,17 +386,14 @@ async fn an_engine_that_reports_no_counts_is_billed_by_its_tokenizer_or_the_esti
     assert_eq!(status["tokens_out"], 5);
 
     // A chat without usage: the estimate, never 0, and the OpenAI door reports the same.
-    let v: Value = d
-        .http
-        .post(d.url("/v1/chat/completions"))
-        .json(&json!({"model": "p-model", "max_tokens": 3,
-            "messages": [{"role": "user", "content": "count these words please"}]}))
-        .send()
+    let v = d
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "p-model", "max_tokens": 3,
+            "messages": [{"role": "user", "content": "count these words please"}]}),
+        )
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .1;
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["usage"]["completion_tokens"], 3, "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
