@@ -22,7 +22,7 @@ use crate::policy::bindings::{
 };
 use crate::pool::Pool;
 use crate::queue::ClassQueues;
-use crate::sessions::{Sessions, TurnCapReached};
+use crate::sessions::{Sessions, TurnRefused};
 use crate::state::AppState;
 use crate::task::{Task, TaskSpec};
 use orchd_contracts::chat::{ChatMessage, Content, ResponseFormat, Role, ToolChoice};
@@ -570,12 +570,22 @@ pub fn admit_with(
         "unknown".to_owned()
     };
     let session_id = req.session_id.clone();
-    let result = match state.sessions.turn(&principal.name, &session_id) {
-        Err(TurnCapReached(cap)) if valid_id(&session_id) => Err(ApiError::invalid(
+    // Validated before the session is touched: a malformed request stores nothing.
+    let result = match validate(&req).map(|()| state.sessions.turn(&principal.name, &session_id)) {
+        Err(e) => Err(e),
+        Ok(Err(TurnRefused::CapReached(cap))) => Err(ApiError::invalid(
             "session_id",
             format!("session {session_id:?} has used its {cap} turns; start a new session"),
         )),
-        turn => {
+        Ok(Err(TurnRefused::TableFull(max))) => Err(ApiError::new(
+            ErrorCode::AdmissionReject,
+            format!(
+                "the daemon holds {max} live sessions (sessions.max_sessions); retry when some expire, or reuse a session"
+            ),
+        )
+        .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+        .retry_after_ms(5_000)),
+        Ok(turn) => {
             let result = admit_checked(state, req, engine_params, principal, correlation_id);
             if result.is_err() && turn.is_ok() {
                 state.sessions.untake(&principal.name, &session_id);
@@ -596,7 +606,6 @@ fn admit_checked(
     principal: &Principal,
     correlation_id: &str,
 ) -> Result<Admitted, ApiError> {
-    validate(&req)?;
     let task_id = req
         .task_id
         .clone()

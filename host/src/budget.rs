@@ -46,6 +46,10 @@ impl Remaining {
         }
     }
 
+    fn is_full(&self, cap: &BudgetLimits) -> bool {
+        self.tokens == cap.tokens && self.time_ms == cap.time_ms && self.cost == cap.cost
+    }
+
     fn credit(&mut self, a: Amount, cap: &BudgetLimits) {
         if let (Some(t), Some(max)) = (&mut self.tokens, cap.tokens) {
             *t = t.saturating_add(a.tokens).min(max);
@@ -147,6 +151,35 @@ impl Ledger {
                 rem.debit(overrun);
             }
         }
+        // A session account back at its full budget says nothing: forget it (a refused
+        // request leaves no account behind).
+        if accounts
+            .sessions
+            .get(&r.session)
+            .is_some_and(|rem| rem.is_full(&self.limits.per_session))
+        {
+            accounts.sessions.remove(&r.session);
+        }
+    }
+
+    /// Forgets the accounts of sessions that expired (their budget went with them).
+    pub fn forget_sessions(&self, accounts: &[String]) {
+        if accounts.is_empty() {
+            return;
+        }
+        let mut guard = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        for a in accounts {
+            guard.sessions.remove(a);
+        }
+    }
+
+    /// Session accounts held (for tests and metrics).
+    pub fn session_accounts(&self) -> usize {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sessions
+            .len()
     }
 
     fn key_limit(&self, key: &str) -> BudgetLimits {
@@ -179,17 +212,34 @@ impl Locked<'_> {
             .or_insert_with(|| limits.into())
     }
 
-    pub fn key_left(&mut self) -> BudgetLeft {
-        self.key_mut().as_left()
+    /// What the key has left; reading creates no account (only a debit does).
+    fn key_now(&self) -> Remaining {
+        self.accounts
+            .keys
+            .get(&self.key)
+            .copied()
+            .unwrap_or_else(|| self.ledger.key_limit(&self.key).into())
     }
 
-    pub fn session_left(&mut self) -> BudgetLeft {
-        self.session_mut().as_left()
+    fn session_now(&self) -> Remaining {
+        self.accounts
+            .sessions
+            .get(&self.session)
+            .copied()
+            .unwrap_or_else(|| self.ledger.limits.per_session.into())
+    }
+
+    pub fn key_left(&self) -> BudgetLeft {
+        self.key_now().as_left()
+    }
+
+    pub fn session_left(&self) -> BudgetLeft {
+        self.session_now().as_left()
     }
 
     /// What is left for the key and the session together (the tighter of the two).
-    pub fn headroom(&mut self) -> Headroom {
-        let (k, s) = (*self.key_mut(), *self.session_mut());
+    pub fn headroom(&self) -> Headroom {
+        let (k, s) = (self.key_now(), self.session_now());
         let min_u = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -244,7 +294,7 @@ mod tests {
     #[test]
     fn reserve_settle_and_refund() {
         let ledger = Ledger::new(limits(100), HashMap::new());
-        let mut l = ledger.lock("k", "s");
+        let l = ledger.lock("k", "s");
         assert_eq!(l.key_left().tokens, Some(100));
         assert_eq!(l.session_left().tokens, None);
         let (r, headroom) = l.debit(amount(60));
@@ -260,5 +310,29 @@ mod tests {
         assert_eq!(ledger.lock("k", "s").key_left().tokens, Some(0));
         // Other keys have their own budget.
         assert_eq!(ledger.lock("other", "s").key_left().tokens, Some(100));
+    }
+
+    #[test]
+    fn session_accounts_exist_only_while_they_hold_something() {
+        let mut settings = limits(100);
+        settings.per_session = BudgetLimits {
+            tokens: Some(50),
+            ..BudgetLimits::default()
+        };
+        let ledger = Ledger::new(settings, HashMap::new());
+        // Reading what is left creates nothing.
+        assert_eq!(ledger.lock("k", "k/a").session_left().tokens, Some(50));
+        assert_eq!(ledger.session_accounts(), 0);
+        // A refunded reservation (a refused request) leaves nothing behind.
+        let (r, _) = ledger.lock("k", "k/a").debit(amount(20));
+        assert_eq!(ledger.session_accounts(), 1);
+        ledger.refund(&r);
+        assert_eq!(ledger.session_accounts(), 0);
+        // Spent budget stays until the session expires.
+        let (r, _) = ledger.lock("k", "k/a").debit(amount(20));
+        ledger.settle(&r, amount(5));
+        assert_eq!(ledger.lock("k", "k/a").session_left().tokens, Some(45));
+        ledger.forget_sessions(&["k/a".to_owned()]);
+        assert_eq!(ledger.session_accounts(), 0);
     }
 }

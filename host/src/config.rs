@@ -43,9 +43,14 @@ pub struct Cli {
     /// Directory for precompiled policy components.
     #[arg(long, env = "ORCHD_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// API keys as `name:role:key`, comma-separated (added to `[[auth.keys]]`).
+    /// API keys as `name:role:key`, comma-separated (added to `[[auth.keys]]`). Give them
+    /// through the environment or `--api-keys-file`: a command line is visible to every
+    /// local user (`ps`), so this flag on argv logs a warning.
     #[arg(long, env = "ORCHD_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
+    /// A file of API keys, one `name:role:key` a line (`#` starts a comment); keep it 0600.
+    #[arg(long, env = "ORCHD_API_KEYS_FILE", value_name = "PATH")]
+    pub api_keys_file: Option<PathBuf>,
     /// A pool of one replica, `ID=ADAPTER@URL` (repeatable), e.g.
     /// `llama=llamacpp@http://127.0.0.1:8081`. Tasks name it with `model_ref` = ID. Without
     /// `--config` these replace the embedded default's pools.
@@ -102,6 +107,8 @@ pub struct Settings {
     pub attach_timeout: Duration,
     /// Finished tasks stay streamable this long.
     pub retention: Duration,
+    /// Memory finished tasks may hold together (`stream.retained_max_mib`).
+    pub retained_max_bytes: usize,
     /// Frames a task's replay buffer holds (at least 16).
     pub replay_frames: usize,
     pub artifacts_dir: PathBuf,
@@ -110,10 +117,12 @@ pub struct Settings {
     pub artifact_max_bytes: usize,
     /// Keep prompts in transcripts (default: redacted).
     pub transcript_include_prompt: bool,
+    pub transcript_retention: crate::artifacts::TranscriptRetention,
     /// Sessions live this long after their last use.
     pub session_ttl: Duration,
     /// Tasks one session may run.
     pub session_max_turns: u32,
+    pub max_sessions: usize,
     pub decode_idle_timeout: Duration,
     pub policy_limits: PolicyLimits,
     pub policies: PolicySettingsSet,

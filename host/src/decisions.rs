@@ -292,7 +292,7 @@ impl Decisions {
         key: &str,
         session: &str,
     ) -> Result<(Reservation, crate::budget::Headroom), ApiError> {
-        let mut locked = self.ledger.lock(key, session);
+        let locked = self.ledger.lock(key, session);
         let req = budget::ReserveRequest {
             key_left: locked.key_left(),
             session_left: locked.session_left(),

@@ -46,6 +46,28 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Keys on the command line are visible to every local user (`ps`, /proc/*/cmdline); a
+/// keys file others can read is no better.
+fn warn_of_exposed_keys(cli: &Cli) {
+    if std::env::args().any(|a| a == "--api-keys" || a.starts_with("--api-keys=")) {
+        tracing::warn!(
+            "API keys were given on the command line, where any local user can read them; use ORCHD_API_KEYS or --api-keys-file"
+        );
+    }
+    #[cfg(unix)]
+    if let Some(path) = &cli.api_keys_file {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the API keys file is readable by other users; make it 0600"
+            );
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -67,6 +89,7 @@ fn main() -> ExitCode {
     if let Err(e) = init_tracing(&cli.log) {
         return fail(EXIT_CONFIG, e);
     }
+    warn_of_exposed_keys(&cli);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(1, format!("cannot start the runtime: {e}")),

@@ -35,6 +35,8 @@ struct Metrics {
     placement_decisions_total: IntCounterVec,
     plugin_rescans_total: IntCounterVec,
     plugin_files_hashed_total: IntCounterVec,
+    bounded_evictions_total: IntCounterVec,
+    finished_tasks_retained_bytes: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -268,6 +270,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Plugin files read and hashed because their stat changed",
             &["directory"],
         ),
+        bounded_evictions_total: counter(
+            &registry,
+            "bounded_evictions_total",
+            "Entries dropped because a bounded map or queue was full (finished_tasks, transcripts, sessions, ledger_accounts)",
+            &["what"],
+        ),
+        finished_tasks_retained_bytes: gauge(
+            &registry,
+            "finished_tasks_retained_bytes",
+            "Approximate memory held by finished tasks kept for status and replay",
+            &[],
+        ),
         registry,
     }
 });
@@ -450,6 +464,25 @@ pub fn catalog_verification(result: &str, reason: &str, engine: &str) {
         .catalog_verifications_total
         .with_label_values(&[result, reason, engine])
         .inc();
+}
+
+/// Entries a bounded structure dropped to stay within its bound.
+pub fn bounded_eviction(what: &'static str, n: usize) {
+    METRICS
+        .bounded_evictions_total
+        .with_label_values(&[what])
+        .inc_by(n as u64);
+}
+
+pub fn finished_tasks_evicted(n: usize) {
+    bounded_eviction("finished_tasks", n);
+}
+
+pub fn finished_tasks_retained_bytes(bytes: usize) {
+    METRICS
+        .finished_tasks_retained_bytes
+        .with_label_values::<&str>(&[])
+        .set(bytes as i64);
 }
 
 /// A `metrics` frame dropped from a full replay buffer.

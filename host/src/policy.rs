@@ -15,6 +15,7 @@
 pub mod bindings;
 mod component;
 mod runtime;
+mod sealed;
 mod set;
 pub mod watch;
 mod worlds;

@@ -22,18 +22,26 @@ struct Session {
 pub struct Sessions {
     ttl: Duration,
     max_turns: u32,
+    /// Live sessions at most; a new one past it is refused (after forgetting expired ones).
+    max_sessions: usize,
     map: Mutex<HashMap<SessionKey, Session>>,
 }
 
 /// Why a turn was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TurnCapReached(pub u32);
+pub enum TurnRefused {
+    /// The session has used its turns.
+    CapReached(u32),
+    /// A new session would pass `sessions.max_sessions`.
+    TableFull(usize),
+}
 
 impl Sessions {
-    pub fn new(ttl: Duration, max_turns: u32) -> Self {
+    pub fn new(ttl: Duration, max_turns: u32, max_sessions: usize) -> Self {
         Self {
             ttl,
             max_turns,
+            max_sessions: max_sessions.max(1),
             map: Mutex::new(HashMap::new()),
         }
     }
@@ -47,11 +55,21 @@ impl Sessions {
         format!("{owner}/{id}")
     }
 
-    /// Counts one more turn, creating the session if needed (or if it expired).
-    pub fn turn(&self, owner: &str, id: &str) -> Result<u32, TurnCapReached> {
+    /// Counts one more turn, creating the session if needed (or if it expired). Call it
+    /// only with a validated id: whatever is passed here is stored.
+    pub fn turn(&self, owner: &str, id: &str) -> Result<u32, TurnRefused> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let s = map.entry(Self::key(owner, id)).or_insert(Session {
+        let key = Self::key(owner, id);
+        if !map.contains_key(&key) && map.len() >= self.max_sessions {
+            let before = map.len();
+            map.retain(|_, s| now.duration_since(s.last_used) <= self.ttl);
+            if map.len() >= self.max_sessions {
+                return Err(TurnRefused::TableFull(self.max_sessions));
+            }
+            crate::metrics::bounded_eviction("sessions", before - map.len());
+        }
+        let s = map.entry(key).or_insert(Session {
             last_used: now,
             turns: 0,
         });
@@ -59,22 +77,23 @@ impl Sessions {
             s.turns = 0;
         }
         if s.turns >= self.max_turns {
-            return Err(TurnCapReached(self.max_turns));
+            return Err(TurnRefused::CapReached(self.max_turns));
         }
         s.turns += 1;
         s.last_used = now;
         Ok(s.turns)
     }
 
-    /// Gives back a turn counted for a request that was then refused.
+    /// Gives back a turn counted for a request that was then refused; a session that has
+    /// no turn left to its name is forgotten (a refused request creates no session).
     pub fn untake(&self, owner: &str, id: &str) {
-        if let Some(s) = self
-            .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&Self::key(owner, id))
-        {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let key = Self::key(owner, id);
+        if let Some(s) = map.get_mut(&key) {
             s.turns = s.turns.saturating_sub(1);
+            if s.turns == 0 {
+                map.remove(&key);
+            }
         }
     }
 
@@ -116,12 +135,18 @@ impl Sessions {
             .is_some()
     }
 
-    /// Forgets expired sessions.
-    pub fn sweep(&self) -> usize {
+    /// Forgets expired sessions; returns their budget accounts ([`Self::account`]).
+    pub fn sweep(&self) -> Vec<String> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let before = map.len();
-        map.retain(|_, s| s.last_used.elapsed() <= self.ttl);
-        before - map.len()
+        let mut gone = Vec::new();
+        map.retain(|(owner, id), s| {
+            let keep = s.last_used.elapsed() <= self.ttl;
+            if !keep {
+                gone.push(Self::account(owner, id));
+            }
+            keep
+        });
+        gone
     }
 }
 
@@ -131,10 +156,10 @@ mod tests {
 
     #[test]
     fn turns_are_capped_scoped_by_owner_and_expire() {
-        let s = Sessions::new(Duration::from_millis(50), 2);
+        let s = Sessions::new(Duration::from_millis(50), 2, 100);
         assert_eq!(s.turn("a", "s"), Ok(1));
         assert_eq!(s.turn("a", "s"), Ok(2));
-        assert_eq!(s.turn("a", "s"), Err(TurnCapReached(2)));
+        assert_eq!(s.turn("a", "s"), Err(TurnRefused::CapReached(2)));
         assert_eq!(
             s.turn("b", "s"),
             Ok(1),
@@ -147,6 +172,27 @@ mod tests {
         assert!(s.touch("a", "s").is_none());
         std::thread::sleep(Duration::from_millis(60));
         assert!(s.touch("b", "s").is_none(), "expired");
-        assert_eq!(s.sweep(), 1);
+        assert_eq!(s.sweep(), ["b/s"]);
+    }
+
+    #[test]
+    fn a_refused_first_turn_leaves_no_session_and_the_table_is_bounded() {
+        let s = Sessions::new(Duration::from_millis(50), 5, 2);
+        assert_eq!(s.turn("a", "x"), Ok(1));
+        s.untake("a", "x");
+        assert!(
+            s.touch("a", "x").is_none(),
+            "the refused request's session is gone"
+        );
+        assert_eq!(s.turn("a", "1"), Ok(1));
+        assert_eq!(s.turn("a", "2"), Ok(1));
+        assert_eq!(s.turn("a", "3"), Err(TurnRefused::TableFull(2)));
+        assert_eq!(
+            s.turn("a", "1"),
+            Ok(2),
+            "an existing session still counts turns"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(s.turn("a", "3"), Ok(1), "expired sessions make room");
     }
 }

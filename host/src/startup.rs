@@ -181,13 +181,17 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     let adapters = load_adapters(&settings)?;
     let policies = Arc::new(load_policies(&settings)?);
     let pools = build_pools(&settings, &adapters)?;
-    let artifacts = ArtifactStore::open(&settings.artifacts_dir, settings.artifact_max_bytes)
-        .map_err(|e| {
-            StartupError::Config(format!(
-                "cannot open the artifact store {}: {e}",
-                settings.artifacts_dir.display()
-            ))
-        })?;
+    let artifacts = ArtifactStore::open_with(
+        &settings.artifacts_dir,
+        settings.artifact_max_bytes,
+        settings.transcript_retention,
+    )
+    .map_err(|e| {
+        StartupError::Config(format!(
+            "cannot open the artifact store {}: {e}",
+            settings.artifacts_dir.display()
+        ))
+    })?;
     let catalog = crate::catalog::Catalog::open(&settings.catalog_path).map_err(|e| {
         StartupError::Config(format!(
             "cannot open the model catalog {}: {e}",
@@ -247,7 +251,12 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
             let Some(state) = sweeper.upgrade() else {
                 return;
             };
-            let n = state.tasks.sweep(state.settings.retention) + state.sessions.sweep();
+            let expired = state.sessions.sweep();
+            state.decisions.ledger.forget_sessions(&expired);
+            let n = state
+                .tasks
+                .sweep(state.settings.retention, state.settings.retained_max_bytes)
+                + expired.len();
             if n > 0 {
                 tracing::debug!(
                     forgotten = n,

@@ -53,7 +53,11 @@ impl AppState {
             artifacts,
             keys: Keys::new(&settings.api_keys),
             stream_tokens: crate::streamtoken::StreamTokens::new(settings.stream_token_ttl),
-            sessions: Sessions::new(settings.session_ttl, settings.session_max_turns),
+            sessions: Sessions::new(
+                settings.session_ttl,
+                settings.session_max_turns,
+                settings.max_sessions,
+            ),
             settings,
             adapters,
             decisions,

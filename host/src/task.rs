@@ -535,7 +535,7 @@ impl Task {
                 metadata: None,
             },
         );
-        Some(id)
+        id
     }
 
     /// Running → Succeeded with the `end` frame. `tokens_in` is the prompt's count (the
@@ -704,6 +704,23 @@ impl Task {
         self.changed.notified()
     }
 
+    /// About how much memory the task holds: its replay buffer and its request (the
+    /// prompt counts once: a chat's messages are rendered into it).
+    pub fn approx_bytes(&self) -> usize {
+        const OVERHEAD: usize = 1024;
+        const PER_FRAME: usize = 48;
+        let job = &self.spec.job;
+        let request = job.prompt.len()
+            + job.params_json.len()
+            + job
+                .inputs
+                .as_ref()
+                .map_or(0, |i| i.iter().map(String::len).sum());
+        let inner = self.lock();
+        let frames: usize = inner.frames.iter().map(|f| f.data.len() + PER_FRAME).sum();
+        OVERHEAD + self.id.len() + request + frames
+    }
+
     pub fn finished_for(&self) -> Option<Duration> {
         self.lock().finished_at.map(|t| t.elapsed())
     }
@@ -780,11 +797,38 @@ impl Tasks {
             .collect()
     }
 
-    /// Forgets tasks that finished more than `retention` ago.
-    pub fn sweep(&self, retention: Duration) -> usize {
+    /// Forgets tasks that finished more than `retention` ago, then the oldest finished
+    /// tasks until those left hold at most `max_bytes` (live tasks are never forgotten:
+    /// the queue's capacity bounds them). Returns how many were forgotten.
+    pub fn sweep(&self, retention: Duration, max_bytes: usize) -> usize {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let before = map.len();
         map.retain(|_, t| t.finished_for().is_none_or(|d| d < retention));
+        let mut finished: Vec<(Duration, usize, String)> = map
+            .values()
+            .filter_map(|t| Some((t.finished_for()?, t.approx_bytes(), t.id.clone())))
+            .collect();
+        let mut held: usize = finished.iter().map(|(_, bytes, _)| bytes).sum();
+        if held > max_bytes {
+            // Oldest (longest finished) first.
+            finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            let mut evicted = 0usize;
+            for (_, bytes, id) in finished {
+                if held <= max_bytes {
+                    break;
+                }
+                map.remove(&id);
+                held -= bytes;
+                evicted += 1;
+            }
+            crate::metrics::finished_tasks_evicted(evicted);
+            tracing::warn!(
+                evicted,
+                limit_bytes = max_bytes,
+                "finished tasks forgotten before their retention ended: they held more than limits.retained_tasks_max_bytes"
+            );
+        }
+        crate::metrics::finished_tasks_retained_bytes(held);
         before - map.len()
     }
 }
@@ -996,8 +1040,28 @@ pub(crate) mod tests {
         assert!(tasks.insert(done));
         assert!(tasks.insert(task("live")));
         assert!(!tasks.insert(task("live")), "duplicate ids are refused");
-        assert_eq!(tasks.sweep(Duration::from_secs(60)), 0);
-        assert_eq!(tasks.sweep(Duration::ZERO), 1);
+        assert_eq!(tasks.sweep(Duration::from_secs(60), usize::MAX), 0);
+        assert_eq!(tasks.sweep(Duration::ZERO, usize::MAX), 1);
+        assert!(tasks.contains("live"));
+    }
+
+    #[test]
+    fn finished_tasks_past_the_memory_cap_are_forgotten_oldest_first() {
+        let tasks = Tasks::default();
+        for id in ["old", "mid", "new"] {
+            let t = task(id);
+            t.cancel();
+            assert!(tasks.insert(t));
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        let live = task("live");
+        let one = tasks.get("new").unwrap().approx_bytes();
+        assert!(tasks.insert(live));
+        // Room for two finished tasks: the oldest goes, the live one never does.
+        assert_eq!(tasks.sweep(Duration::from_secs(60), 2 * one + one / 2), 1);
+        assert!(!tasks.contains("old"));
+        assert!(tasks.contains("mid") && tasks.contains("new"));
+        assert_eq!(tasks.sweep(Duration::from_secs(60), 0), 2);
         assert!(tasks.contains("live"));
     }
 }

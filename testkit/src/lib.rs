@@ -163,6 +163,8 @@ pub struct DaemonBuilder {
     /// Open mode may use the admin endpoints (`--insecure-open-admin`): most tests drive
     /// the control plane without keys. `secure_open()` turns it off.
     open_admin: bool,
+    /// The precompiled-policy cache (default: in the scratch directory).
+    cache_dir: Option<PathBuf>,
 }
 
 impl DaemonBuilder {
@@ -177,7 +179,14 @@ impl DaemonBuilder {
             addr: "127.0.0.1:0".into(),
             dir: tempfile::tempdir().expect("temp dir"),
             open_admin: true,
+            cache_dir: None,
         }
+    }
+
+    /// A precompiled-policy cache that outlives this daemon (to test a restart on it).
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
     }
 
     /// Open mode as shipped: data-only, admin endpoints refused without a key.
@@ -245,13 +254,18 @@ impl DaemonBuilder {
             .arg("--policies-dir")
             .arg(&self.policies_dir)
             .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
+            .arg(
+                self.cache_dir
+                    .clone()
+                    .unwrap_or_else(|| self.dir.path().join("cache")),
+            )
             .args(&self.extra_args)
             .args(self.open_admin.then_some("--insecure-open-admin"))
             .env_remove("ORCHD_INSECURE_OPEN_ADMIN")
             .env_remove("ORCHD_ADDR")
             .env_remove("ORCHD_CONFIG")
             .env_remove("ORCHD_API_KEYS")
+            .env_remove("ORCHD_API_KEYS_FILE")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }

@@ -86,6 +86,8 @@ impl Default for CorsFile {
 struct SessionsFile {
     ttl_ms: NonZeroU32,
     max_turns: NonZeroU32,
+    /// Live sessions the daemon holds at most; a new one past it gets 503.
+    max_sessions: NonZeroU32,
 }
 
 impl Default for SessionsFile {
@@ -93,6 +95,7 @@ impl Default for SessionsFile {
         Self {
             ttl_ms: NonZeroU32::new(600_000).expect("non-zero"),
             max_turns: NonZeroU32::new(8).expect("non-zero"),
+            max_sessions: NonZeroU32::new(100_000).expect("non-zero"),
         }
     }
 }
@@ -112,11 +115,28 @@ impl Default for ArtifactsFile {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct TranscriptsFile {
     /// Keep prompts in transcripts (default: redacted).
     include_prompt: bool,
+    /// Transcripts older than this are deleted.
+    retention_days: NonZeroU32,
+    /// Past this much, the oldest transcripts are deleted.
+    max_mib: NonZeroU32,
+    /// Transcripts waiting to be written at most; past it one is dropped and counted.
+    queue: NonZeroU32,
+}
+
+impl Default for TranscriptsFile {
+    fn default() -> Self {
+        Self {
+            include_prompt: false,
+            retention_days: NonZeroU32::new(30).expect("non-zero"),
+            max_mib: NonZeroU32::new(1024).expect("non-zero"),
+            queue: NonZeroU32::new(4096).expect("non-zero"),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,13 +169,23 @@ impl std::fmt::Debug for KeyFile {
     }
 }
 
+#[cfg(test)]
+pub(super) fn digest_for_tests(key: &str) -> [u8; 32] {
+    digest(key)
+}
+
 fn digest(key: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(key.as_bytes()).into()
 }
 
-/// `[[auth.keys]]` plus `ORCHD_API_KEYS` (`name:role:key,…`), validated.
-fn api_keys(file: &[KeyFile], env: Option<&str>) -> Result<Vec<ApiKeySettings>, ConfigError> {
+/// `[[auth.keys]]`, plus `--api-keys-file` (one `name:role:key` a line; `#` comments)
+/// and `ORCHD_API_KEYS` (`name:role:key,…`), validated.
+fn api_keys(
+    file: &[KeyFile],
+    env: Option<&str>,
+    keys_file: Option<&Path>,
+) -> Result<Vec<ApiKeySettings>, ConfigError> {
     let invalid = |m: String| ConfigError::Invalid(m);
     let mut keys = Vec::new();
     for k in file {
@@ -187,35 +217,41 @@ fn api_keys(file: &[KeyFile], env: Option<&str>) -> Result<Vec<ApiKeySettings>, 
             budget: k.budget,
         });
     }
-    for (i, item) in env
+    let from_file = match keys_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("--api-keys-file {}: {e}", path.display())))?,
+        None => String::new(),
+    };
+    let file_entries = from_file.lines().enumerate().filter_map(|(i, line)| {
+        let line = line.trim();
+        (!line.is_empty() && !line.starts_with('#')).then(|| {
+            let at = format!("--api-keys-file line {}", i + 1);
+            (at, line)
+        })
+    });
+    let env_entries = env
         .unwrap_or("")
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .enumerate()
-    {
+        .map(|(i, item)| (format!("ORCHD_API_KEYS entry {}", i + 1), item));
+    for (at, item) in file_entries.chain(env_entries) {
         let mut parts = item.splitn(3, ':');
         let (Some(name), Some(role), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(invalid(format!(
-                "ORCHD_API_KEYS entry {} must be name:role:key",
-                i + 1
-            )));
+            return Err(invalid(format!("{at} must be name:role:key")));
         };
         let role = match role {
             "data" => Role::Data,
             "admin" => Role::Admin,
             _ => {
                 return Err(invalid(format!(
-                    "ORCHD_API_KEYS entry {} ({name}): role must be data or admin",
-                    i + 1
+                    "{at} ({name}): role must be data or admin"
                 )));
             }
         };
         if key.is_empty() {
-            return Err(invalid(format!(
-                "ORCHD_API_KEYS entry {} ({name}): empty key",
-                i + 1
-            )));
+            return Err(invalid(format!("{at} ({name}): empty key")));
         }
         keys.push(ApiKeySettings {
             name: name.to_owned(),
@@ -351,6 +387,8 @@ struct StreamFile {
     attach_timeout_ms: NonZeroU32,
     /// Finished tasks stay streamable (full replay) this long.
     retention_ms: u32,
+    /// Memory finished tasks may hold together; past it the oldest are forgotten early.
+    retained_max_mib: NonZeroU32,
     /// Frames a task's replay buffer holds.
     replay_frames: NonZeroU32,
 }
@@ -366,6 +404,7 @@ impl Default for StreamFile {
             shutdown_grace_ms: 30_000,
             attach_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
             retention_ms: 60_000,
+            retained_max_mib: NonZeroU32::new(256).expect("non-zero"),
             replay_frames: NonZeroU32::new(4096).expect("non-zero"),
         }
     }
@@ -681,7 +720,11 @@ impl FileConfig {
             });
         }
         let addr = cli.addr.unwrap_or(self.server.addr);
-        let api_keys = api_keys(&self.auth.keys, cli.api_keys.as_deref())?;
+        let api_keys = api_keys(
+            &self.auth.keys,
+            cli.api_keys.as_deref(),
+            cli.api_keys_file.as_deref(),
+        )?;
         if api_keys.is_empty() && !addr.ip().is_loopback() {
             return Err(invalid(format!(
                 "serving on non-loopback {addr} needs API keys ([[auth.keys]] or ORCHD_API_KEYS); open mode is loopback-only"
@@ -741,14 +784,23 @@ impl FileConfig {
             stream_token_ttl: Duration::from_millis(self.stream.token_ttl_ms.get().into()),
             session_ttl: Duration::from_millis(self.sessions.ttl_ms.get().into()),
             session_max_turns: self.sessions.max_turns.get(),
+            max_sessions: self.sessions.max_sessions.get() as usize,
             shutdown_grace: Duration::from_millis(self.stream.shutdown_grace_ms.into()),
             attach_timeout: Duration::from_millis(self.stream.attach_timeout_ms.get().into()),
             retention: Duration::from_millis(self.stream.retention_ms.into()),
+            retained_max_bytes: self.stream.retained_max_mib.get() as usize * 1024 * 1024,
             replay_frames: self.stream.replay_frames.get().max(16) as usize,
             artifacts_dir: resolve(base, &self.paths.artifacts),
             catalog_path: resolve(base, &self.paths.catalog),
             artifact_max_bytes: self.artifacts.max_bytes.get() as usize,
             transcript_include_prompt: self.transcripts.include_prompt,
+            transcript_retention: crate::artifacts::TranscriptRetention {
+                max_age: Duration::from_secs(
+                    u64::from(self.transcripts.retention_days.get()) * 86_400,
+                ),
+                max_bytes: u64::from(self.transcripts.max_mib.get()) * 1024 * 1024,
+                queue: self.transcripts.queue.get() as usize,
+            },
             decode_idle_timeout: Duration::from_millis(
                 self.stream.decode_idle_timeout_ms.get().into(),
             ),

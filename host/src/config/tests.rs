@@ -90,3 +90,41 @@ fn ids_follow_the_api_alphabet() {
     assert!(!file::valid_id("a b"));
     assert!(!file::valid_id(&"x".repeat(129)));
 }
+
+#[test]
+fn api_keys_come_from_a_file_kept_out_of_argv() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    std::fs::write(
+        &path,
+        "# operators\nops:admin:s3cret\n\n  app:data:k:with:colons  \n",
+    )
+    .unwrap();
+    let s = Settings::load(
+        &cli(&["--api-keys-file", path.to_str().unwrap()]),
+        Path::new("/opt/orchd"),
+    )
+    .unwrap();
+    let names: Vec<_> = s.api_keys.iter().map(|k| (&*k.name, k.role)).collect();
+    assert_eq!(names, [("ops", Role::Admin), ("app", Role::Data)]);
+    assert_eq!(
+        s.api_keys[1].sha256,
+        file::digest_for_tests("k:with:colons")
+    );
+
+    std::fs::write(&path, "ops:root:x\n").unwrap();
+    let err = Settings::load(
+        &cli(&["--api-keys-file", path.to_str().unwrap()]),
+        Path::new("/opt/orchd"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--api-keys-file line 1"), "{err}");
+    let err = Settings::load(
+        &cli(&["--api-keys-file", "/nonexistent/keys"]),
+        Path::new("/opt/orchd"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/nonexistent/keys"), "{err}");
+}

@@ -13,6 +13,7 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDea
 
 use super::LoadError;
 use super::bindings::{HostImports, LogLevel, TypesHost};
+use super::sealed::{SealedCache, Unsealed};
 use crate::config::PolicyLimits;
 
 /// One epoch tick. Deadlines are counted in ticks.
@@ -41,7 +42,8 @@ pub struct PolicyRuntime {
     engine: Engine,
     ticker: Arc<Ticker>,
     limits: PolicyLimits,
-    cache_dir: PathBuf,
+    /// `None` when the cache directory or its key cannot be used: every load compiles.
+    cache: Option<SealedCache>,
 }
 
 /// The epoch ticker's state: it ticks only while a guest runs, so an idle daemon has no
@@ -206,11 +208,18 @@ impl PolicyRuntime {
             })
             .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
         let _ = ticker.thread.set(thread.thread().clone());
+        let cache = match SealedCache::open(&cache_dir) {
+            Ok(cache) => Some(cache),
+            Err(reason) => {
+                tracing::warn!(dir = %cache_dir.display(), %reason, "the precompiled-policy cache is off; policies are compiled at every load");
+                None
+            }
+        };
         Ok(Arc::new(Self {
             engine,
             ticker,
             limits,
-            cache_dir,
+            cache,
         }))
     }
 
@@ -291,8 +300,8 @@ impl PolicyRuntime {
             source,
         })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let cache_path = self.cache_path(&sha256);
-        if let Some(component) = self.load_cached(&cache_path) {
+        let cache_name = self.cache_name(&sha256);
+        if let Some(component) = self.load_cached(&cache_name) {
             return Ok(Compiled {
                 component,
                 sha256,
@@ -308,8 +317,10 @@ impl PolicyRuntime {
             .engine
             .precompile_component(&bytes)
             .map_err(|e| refuse(format!("not a valid component: {e:#}")))?;
-        if let Err(e) = write_atomically(&cache_path, &artifact) {
-            tracing::warn!(path = %cache_path.display(), error = %e, "cannot cache a compiled policy; it will be compiled again next start");
+        if let Some(cache) = &self.cache
+            && let Err(e) = cache.write(&cache_name, &artifact)
+        {
+            tracing::warn!(path = %cache.path(&cache_name).display(), error = %e, "cannot cache a compiled policy; it will be compiled again next start");
         }
         let component = deserialize(&self.engine, &artifact)
             .map_err(|e| refuse(format!("loading compiled code: {e:#}")))?;
@@ -323,15 +334,24 @@ impl PolicyRuntime {
 
     /// Cache key: content hash plus the engine's compatibility hash (wasmtime version,
     /// target and settings), so a changed engine never loads stale code.
-    fn cache_path(&self, sha256: &str) -> PathBuf {
+    fn cache_name(&self, sha256: &str) -> String {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
-        self.cache_dir
-            .join(format!("{sha256}-{:016x}.cwasm", h.finish()))
+        format!("{sha256}-{:016x}.cwasm", h.finish())
     }
 
-    fn load_cached(&self, path: &Path) -> Option<Component> {
-        let bytes = std::fs::read(path).ok()?;
+    /// Precompiled code from the cache, only if its seal shows this install wrote it.
+    fn load_cached(&self, name: &str) -> Option<Component> {
+        let cache = self.cache.as_ref()?;
+        let path = cache.path(name);
+        let bytes = match cache.read(name) {
+            Ok(bytes) => bytes,
+            Err(Unsealed::Missing) => return None,
+            Err(Unsealed::BadSeal) => {
+                tracing::warn!(path = %path.display(), "ignoring a precompiled policy this daemon did not write (its seal does not match); compiling the component again");
+                return None;
+            }
+        };
         match deserialize(&self.engine, &bytes) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -352,28 +372,15 @@ pub struct Compiled {
 /// Loads precompiled code.
 ///
 /// This is the host's one `unsafe` block. SAFETY: wasmtime requires the bytes to come from
-/// `Engine::precompile_component` of a compatible engine. They do: the only writer of the
-/// cache is [`PolicyRuntime::compile`], files are written atomically (never torn), and the
-/// file name carries the engine's compatibility hash; wasmtime itself re-checks the
-/// version and settings recorded in the artifact and refuses a mismatch.
+/// `Engine::precompile_component` of a compatible engine. They do: bytes are either fresh
+/// from `precompile_component` or read from the sealed cache, whose files pass an
+/// HMAC under this install's key (kept outside the cache directory, 0600) that only
+/// [`PolicyRuntime::compile`] applies, after writing atomically; the file name carries the
+/// engine's compatibility hash, and wasmtime itself re-checks the version and settings
+/// recorded in the artifact and refuses a mismatch.
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
     unsafe { Component::deserialize(engine, bytes) }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("cwasm"),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

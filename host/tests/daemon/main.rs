@@ -14,6 +14,7 @@ mod contract;
 mod deadlines;
 mod edge;
 mod errors;
+mod hardening;
 mod metrics;
 mod openai;
 mod policies;
