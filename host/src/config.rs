@@ -90,6 +90,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_connections: usize,
     pub max_h2_streams: u32,

@@ -134,6 +134,7 @@ async fn serve(settings: Settings) -> ExitCode {
     let drain_state = state.clone();
     let limits = orchd_host::server::Limits {
         header_read_timeout: state.settings.header_read_timeout,
+        idle_timeout: state.settings.idle_timeout,
         max_header_bytes: state.settings.max_header_bytes,
         max_connections: state.settings.max_connections,
         max_h2_streams: state.settings.max_h2_streams,

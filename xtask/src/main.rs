@@ -306,7 +306,11 @@ fn test() -> Result<()> {
             ])
             .env("ORCHD_DIST", &dist)
             .env("ORCHD_FIXTURES", target().join("fixtures"))
-            .env("ORCHD_OPENAI_PYTHON", openai_python()?),
+            .env("ORCHD_OPENAI_PYTHON", openai_python()?)
+            .env(
+                "ORCHD_BROWSER",
+                setup("tools/browser/setup.sh", "chromium and playwright-core")?,
+            ),
     )?;
     run(
         "policy component unit tests (native)",
@@ -432,15 +436,21 @@ fn openai_python() -> Result<String> {
 /// Runs `tools/openai-client/<script>` (an install, cached under the cache dir) and returns
 /// the last line it printed (the interpreter or directory to use).
 fn client_setup(script: &str, what: &str) -> Result<String> {
+    setup(&format!("tools/openai-client/{script}"), what)
+}
+
+/// Runs an install script (cached under the cache dir) and returns the last line it
+/// printed (the interpreter or directory to use).
+fn setup(script: &str, what: &str) -> Result<String> {
     let started = Instant::now();
     let out = Command::new("bash")
-        .arg(root().join("tools/openai-client").join(script))
+        .arg(root().join(script))
         .env("ORCHD_CACHE", cache_dir())
         .stderr(std::process::Stdio::inherit())
         .output()
-        .context("run tools/openai-client/setup.sh")?;
+        .with_context(|| format!("run {script}"))?;
     if !out.status.success() {
-        bail!("tools/openai-client/{script} failed ({})", out.status);
+        bail!("{script} failed ({})", out.status);
     }
     eprintln!("<== {what} ready: {:.1}s", started.elapsed().as_secs_f64());
     String::from_utf8_lossy(&out.stdout)
@@ -448,7 +458,7 @@ fn client_setup(script: &str, what: &str) -> Result<String> {
         .last()
         .map(|l| l.trim().to_owned())
         .filter(|l| !l.is_empty())
-        .with_context(|| format!("tools/openai-client/{script} printed nothing"))
+        .with_context(|| format!("{script} printed nothing"))
 }
 
 /// The real-engine tier against `dist`.

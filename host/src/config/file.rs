@@ -334,6 +334,8 @@ struct LimitsFile {
     max_body_bytes: usize,
     /// A client must send its whole request head within this (slowloris defence).
     header_read_timeout_ms: NonZeroU32,
+    /// A connection with no request in progress for this long is closed.
+    idle_timeout_ms: NonZeroU32,
     /// Largest request head; more is answered 431.
     max_header_bytes: usize,
     /// A request body must arrive whole within this (a trickled body is answered 408).
@@ -349,6 +351,7 @@ impl Default for LimitsFile {
         Self {
             max_body_bytes: 1 << 20,
             header_read_timeout_ms: NonZeroU32::new(10_000).expect("non-zero"),
+            idle_timeout_ms: NonZeroU32::new(75_000).expect("non-zero"),
             max_header_bytes: 64 * 1024,
             body_read_timeout_ms: NonZeroU32::new(30_000).expect("non-zero"),
             max_connections: NonZeroU32::new(8192).expect("non-zero"),
@@ -774,6 +777,7 @@ impl FileConfig {
                 self.limits.header_read_timeout_ms.get().into(),
             ),
             max_header_bytes: self.limits.max_header_bytes,
+            idle_timeout: Duration::from_millis(self.limits.idle_timeout_ms.get().into()),
             body_read_timeout: Duration::from_millis(self.limits.body_read_timeout_ms.get().into()),
             max_connections: self.limits.max_connections.get() as usize,
             max_h2_streams: self.limits.max_h2_streams.get(),

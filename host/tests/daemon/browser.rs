@@ -289,3 +289,69 @@ async fn eventsource_reads_its_stream_with_the_stream_token_and_nothing_else() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
 }
+
+/// A free loopback port, for the page's origin (which the daemon's CORS list must name
+/// before it starts).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The example page (examples/browser) in headless Chromium, driven by
+/// host/tests/browser/page_check.mjs: through a proxy that cuts the stream twice, every
+/// token arrives exactly once and the task succeeds; the Cancel button cancels; a no-cors
+/// text/plain POST from a page on another origin creates nothing.
+async fn run_page_check(keys: &str, key_args: &[&str]) {
+    let browser = std::env::var("ORCHD_BROWSER").expect(
+        "ORCHD_BROWSER (the folder tools/browser/setup.sh prints, with playwright-core) is set by `cargo xtask test`",
+    );
+    let page_port = free_port();
+    let cfg = format!(
+        "{keys}[cors]\nallowed_origins = [\"http://127.0.0.1:{page_port}\"]\n\n[stream]\nreconnect_grace_ms = 5000\n\n{}",
+        config(
+            &default_admission("reject"),
+            8,
+            &[mock_pool(
+                "p",
+                "slots = 2, first_token_delay_ms = 5, tokens_per_s = 20.0"
+            )],
+        )
+    );
+    let d = DaemonBuilder::new(cfg).secure_open().start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/page_check.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .args(["--pw-dir", &browser, "--daemon", d.url("").as_str()])
+        .args(["--page-port", &page_port.to_string()])
+        .args(key_args)
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    // The daemon saw the blips as reconnects, not as reasons to cancel.
+    assert_eq!(
+        d.metric_sum("tasks_canceled_total", &[("reason", "disconnect")])
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_real_browser_streams_through_blips_cancels_and_is_refused_cross_site() {
+    run_page_check("", &[]).await;
+}
+
+#[tokio::test]
+async fn a_real_browser_streams_with_a_stream_token_from_a_daemon_with_keys() {
+    run_page_check(
+        "[[auth.keys]]\nname = \"web\"\nrole = \"data\"\nkey = \"web-key-1\"\n\n",
+        &["--key", "web-key-1"],
+    )
+    .await;
+}

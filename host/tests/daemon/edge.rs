@@ -204,3 +204,73 @@ async fn connections_past_the_cap_get_503() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(d.get_json("/healthz").await.0, 200);
 }
+
+/// Reads until the daemon closes the connection; `Err` if it is still open after `within`.
+fn read_until_closed(s: &mut TcpStream, within: Duration) -> Result<Vec<u8>, String> {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(got),
+            Err(e) => return Err(format!("still open after {within:?}: {e}")),
+        }
+    }
+}
+
+/// h2c: a client that sends the connection preface (so the first-byte timeout is past) and
+/// then no request is closed after the header-read timeout; a keep-alive HTTP/1.1
+/// connection with no request in progress is closed after the idle timeout; a stream that
+/// outlasts the idle timeout is not.
+#[tokio::test]
+async fn h2c_without_a_request_and_idle_connections_are_closed_streams_are_not() {
+    let d = DaemonBuilder::new(format!(
+        "[limits]\nheader_read_timeout_ms = 500\nidle_timeout_ms = 700\n\n{}",
+        config(
+            &default_admission("reject"),
+            8,
+            &[mock_pool("p", "tokens_per_s = 10.0")]
+        )
+    ))
+    .start();
+    let target = addr(&d);
+    let (h2, h1) = tokio::task::spawn_blocking(move || {
+        let mut h2 = TcpStream::connect(&target).unwrap();
+        h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+        h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+        let h2 = read_until_closed(&mut h2, Duration::from_secs(8));
+
+        let mut h1 = TcpStream::connect(&target).unwrap();
+        h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let h1 = read_until_closed(&mut h1, Duration::from_secs(8));
+        (h2, h1)
+    })
+    .await
+    .unwrap();
+    let h2 = h2.expect("the h2c connection without a request was closed");
+    assert!(
+        h2.len() >= 9 && h2[3] == 4,
+        "the daemon spoke h2 (its SETTINGS came first): {h2:?}"
+    );
+    let h1 = String::from_utf8(h1.expect("the idle keep-alive connection was closed")).unwrap();
+    assert!(h1.starts_with("HTTP/1.1 200"), "served first: {h1}");
+
+    // 12 tokens at 10/s: the stream outlasts the idle timeout and is served whole.
+    let id = d
+        .submit_ok(&orchd_testkit::task(
+            "p",
+            serde_json::json!({"max_tokens": 12}),
+        ))
+        .await;
+    let frames = d.stream(&id).await;
+    assert_eq!(
+        frames.iter().filter(|f| f.event == "token").count(),
+        12,
+        "{frames:?}"
+    );
+    assert_eq!(frames.last().unwrap().event, "end");
+}
