@@ -68,6 +68,10 @@ pub struct CatalogModel {
 pub struct StateRequest {
     pub state: ModelState,
     /// Retiring: pools serving the model drain within this long.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub deadline_ms: Option<u64>,
 }

@@ -22,3 +22,14 @@ pub use task::{
     Determinism, KvHint, PlacementMode, PlacementRequest, Priority, SessionStatus, TaskAccepted,
     TaskRequest, TaskState, TaskStatus, TaskStreams, Workload,
 };
+
+/// For an optional request field: absent is `None`, a value is `Some`, and an explicit
+/// `null` is refused (the contract types these fields without null; a null that silently
+/// meant "absent" would let e.g. `messages: null` pass as a completion's field).
+pub fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}

@@ -33,7 +33,8 @@ pub const FEATURE_CHAT: &str = "chat";
 /// Oldest entries per class shown to the admission policy.
 const SNAPSHOT_OLDEST: usize = 8;
 
-fn validate(req: &TaskRequest) -> Result<(), ApiError> {
+/// Checks a task request's fields (no state needed).
+pub fn validate_request(req: &TaskRequest) -> Result<(), ApiError> {
     if let Some(id) = &req.task_id
         && !valid_id(id)
     {
@@ -78,6 +79,26 @@ fn validate(req: &TaskRequest) -> Result<(), ApiError> {
             "placement.pin_pool_id",
             "required when mode is pin",
         ));
+    }
+    if let Some(p) = &req.placement {
+        let ids = p
+            .pin_pool_id
+            .iter()
+            .map(|id| ("placement.pin_pool_id", id))
+            .chain(
+                p.prefer_pools
+                    .iter()
+                    .map(|id| ("placement.prefer_pools", id)),
+            )
+            .chain(p.avoid_pools.iter().map(|id| ("placement.avoid_pools", id)));
+        for (field, id) in ids {
+            if !valid_id(id) {
+                return Err(ApiError::invalid(
+                    field,
+                    "pool ids are 1-128 chars of [A-Za-z0-9._:-]",
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -571,7 +592,7 @@ pub fn admit_with(
     };
     let session_id = req.session_id.clone();
     // Validated before the session is touched: a malformed request stores nothing.
-    let result = match validate(&req).map(|()| state.sessions.turn(&principal.name, &session_id)) {
+    let result = match validate_request(&req).map(|()| state.sessions.turn(&principal.name, &session_id)) {
         Err(e) => Err(e),
         Ok(Err(TurnRefused::CapReached(cap))) => Err(ApiError::invalid(
             "session_id",

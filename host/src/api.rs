@@ -10,6 +10,13 @@ mod pools;
 mod sessions;
 mod tasks;
 
+/// Fuzzing entry points (the `fuzz/` targets and their corpus replay).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::openai::fuzzing::request as openai_request;
+    pub use super::tasks::next_after as last_event_id;
+}
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

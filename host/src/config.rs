@@ -284,6 +284,20 @@ pub struct LaunchSettings {
 impl Settings {
     /// Loads the settings from the CLI (flags and `ORCHD_*` variables) and the config file.
     /// `dist_root` anchors relative paths: the directory that holds `bin/`.
+    /// Settings from a config file's text (what `--config` reads), with `cli`'s overrides.
+    pub fn from_text(
+        text: &str,
+        cli: &Cli,
+        base: &Path,
+        origin: String,
+    ) -> Result<Self, ConfigError> {
+        let file = file::parse(text).map_err(|message| ConfigError::Parse {
+            origin: origin.clone(),
+            message,
+        })?;
+        file.into_settings(cli, base, origin)
+    }
+
     pub fn load(cli: &Cli, dist_root: &Path) -> Result<Self, ConfigError> {
         let (text, origin) = match &cli.config {
             Some(path) => {

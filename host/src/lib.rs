@@ -18,6 +18,8 @@ pub mod dirwatch;
 pub mod dispatch;
 pub mod errors;
 pub mod filestamp;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod health;
 pub mod metrics;

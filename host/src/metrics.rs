@@ -128,7 +128,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry
         .register(Box::new(sse_backpressure_drops_total.clone()))
         .expect("registered once");
-    Metrics {
+    let m = Metrics {
         tasks_enqueued_total: counter(
             &registry,
             "tasks_enqueued_total",
@@ -273,7 +273,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         bounded_evictions_total: counter(
             &registry,
             "bounded_evictions_total",
-            "Entries dropped because a bounded map or queue was full (finished_tasks, transcripts, sessions, ledger_accounts)",
+            "Entries dropped because a bounded map or queue was full (finished_tasks, transcripts, sessions)",
             &["what"],
         ),
         finished_tasks_retained_bytes: gauge(
@@ -283,7 +283,20 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &[],
         ),
         registry,
+    };
+    // Series that exist from the start (at 0), so a dashboard sees them before the
+    // first event.
+    for what in ["finished_tasks", "transcripts", "sessions"] {
+        m.bounded_evictions_total.with_label_values(&[what]);
     }
+    for directory in ["adapter", "policy"] {
+        m.plugin_rescans_total.with_label_values(&[directory]);
+        m.plugin_files_hashed_total.with_label_values(&[directory]);
+    }
+    m.finished_tasks_retained_bytes
+        .with_label_values::<&str>(&[])
+        .set(0);
+    m
 });
 
 pub fn policy_call(policy: &'static str, outcome: &'static str, took: Duration) {

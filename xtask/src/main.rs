@@ -11,6 +11,8 @@
 //!   of `tools/loadgen` against `tools/engine-sim`; results in `target/bench/`
 //!   (`--quick`: every scenario scaled down, a smoke run)
 //! - `lint`  clippy, warnings denied, on the workspace and the policy components
+//! - `fuzz TARGET [SECONDS]` runs one cargo-fuzz target of `fuzz/` (not in CI; the seed
+//!   corpora are replayed by `test`)
 //! - `new-policy NAME [--out DIR]` creates a policy crate from `plugins/template`
 
 use std::path::{Path, PathBuf};
@@ -590,6 +592,62 @@ fn check_template() -> Result<()> {
     )
 }
 
+/// The cargo-fuzz targets in `fuzz/`.
+const FUZZ_TARGETS: &[&str] = &[
+    "task_request",
+    "openai_request",
+    "sse_stream",
+    "last_event_id",
+    "config_file",
+];
+
+/// `cargo xtask fuzz TARGET [SECONDS]`: runs one libFuzzer target (default 60 s) on its
+/// corpus, installing cargo-fuzz first if needed. New inputs that raise coverage are added
+/// to `fuzz/corpus/TARGET/` (commit the useful ones: the corpus replay tests run them);
+/// a crash is saved under `fuzz/artifacts/TARGET/`. libFuzzer needs the sanitizer flags of
+/// a nightly compiler; on the pinned stable one `RUSTC_BOOTSTRAP=1` enables them.
+fn fuzz(args: &[String]) -> Result<()> {
+    let usage = || {
+        format!(
+            "usage: cargo xtask fuzz <{}> [SECONDS]",
+            FUZZ_TARGETS.join("|")
+        )
+    };
+    let target = args.first().with_context(usage)?;
+    if !FUZZ_TARGETS.contains(&target.as_str()) {
+        bail!("{}", usage());
+    }
+    let seconds: u64 = match args.get(1) {
+        Some(s) => s.parse().with_context(usage)?,
+        None => 60,
+    };
+    let has_fuzz = cargo()
+        .args(["fuzz", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_fuzz {
+        run(
+            "install cargo-fuzz",
+            cargo().args(["install", "cargo-fuzz", "--locked"]),
+        )?;
+    }
+    let corpus = root().join("fuzz/corpus").join(target);
+    run(
+        &format!("fuzz {target} for {seconds}s"),
+        cargo()
+            .current_dir(root().join("fuzz"))
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", "--fuzz-dir", "."])
+            .arg(target)
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-max_len=65536"),
+    )
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
@@ -616,6 +674,7 @@ fn main() -> Result<()> {
             e2e_tests(&dist)
         }
         Some("lint") => lint(),
+        Some("fuzz") => fuzz(&args.collect::<Vec<_>>()),
         Some("bench") => bench(&args.collect::<Vec<_>>()),
         Some("new-policy") => {
             let name = args
@@ -630,7 +689,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <dist|run|test|e2e|fixtures|bench|lint|new-policy> [args]"
+                "usage: cargo xtask <dist|run|test|e2e|fixtures|bench|lint|fuzz|new-policy> [args]"
             );
             std::process::exit(2);
         }

@@ -17,6 +17,10 @@
 pub mod chat;
 pub mod sse;
 
+/// Fuzzing entry points (the `fuzz/` targets and their corpus replay).
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

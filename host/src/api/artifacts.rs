@@ -26,11 +26,18 @@ fn validate(req: &ArtifactRequest) -> Result<(), ApiError> {
             format!("at most {MAX_TAGS} tags"),
         ));
     }
-    if let Some(bad) = req.tags.iter().find(|t| t.is_empty() || t.len() > 128) {
+    if let Some(bad) = req
+        .tags
+        .iter()
+        .find(|t| t.is_empty() || t.chars().count() > 128)
+    {
         return Err(ApiError::invalid(
             "tags",
             format!("tag {bad:?} must be 1-128 chars"),
         ));
+    }
+    if req.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+        return Err(ApiError::invalid("metadata", "must be an object"));
     }
     if let Some(parent) = &req.parent
         && parse_id(parent).is_none()

@@ -65,11 +65,24 @@ pub async fn create(
     if !valid_digest(&req.digest) {
         return Err(ApiError::invalid("digest", "must be sha256:<64 hex>"));
     }
-    let entry_strict = req
-        .trust_policy
-        .as_ref()
-        .and_then(|t| t["mode"].as_str())
-        .is_some_and(|m| m.eq_ignore_ascii_case("strict"));
+    // An object (`{"mode": "strict"}`); anything else is refused rather than read as
+    // "not strict", which would turn strict trust off by a typo.
+    let entry_strict = match &req.trust_policy {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Object(t)) => match t.get("mode") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::String(m)) => m.eq_ignore_ascii_case("strict"),
+            Some(_) => {
+                return Err(ApiError::invalid("trust_policy.mode", "must be a string"));
+            }
+        },
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "trust_policy",
+                "must be an object, e.g. {\"mode\": \"strict\"}",
+            ));
+        }
+    };
     if (entry_strict || strict(&headers)) && req.signatures.is_empty() {
         return Err(ApiError::new(
             ErrorCode::UntrustedArtifact,

@@ -66,24 +66,110 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 )
             }
         })?;
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut de)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                // Name the field when the problem is inside one (`kind: unknown variant …`).
-                let message = if path == "." || inner.is_syntax() || inner.is_eof() {
-                    format!("invalid JSON body: {inner}")
-                } else {
-                    format!("invalid JSON body: {path}: {inner}")
+        let value = match parse::<T>(&bytes) {
+            // JSON has one number type: `8.0` is the integer 8 (JSON Schema agrees), but
+            // serde's integer fields refuse it. Only then, whole-number floats are rewritten
+            // as integers and the body parsed again (the common path parses once).
+            Err(e) if e.envelope.message.contains("invalid type: floating point") => {
+                let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                    return Err(e);
                 };
-                ApiError::new(ErrorCode::InvalidParams, message)
-            })
-            .and_then(|v| {
-                de.end().map(|()| v).map_err(|e| {
-                    ApiError::new(ErrorCode::InvalidParams, format!("invalid JSON body: {e}"))
-                })
-            })?;
+                if !integral_floats_to_ints(&mut v) {
+                    return Err(e);
+                }
+                let bytes = serde_json::to_vec(&v).expect("a JSON value serializes");
+                parse::<T>(&bytes)?
+            }
+            other => other?,
+        };
         Ok(ApiJson(value))
+    }
+}
+
+/// Parses a body, naming the field a problem is in.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            // Name the field when the problem is inside one (`kind: unknown variant …`).
+            let message = if path == "." || inner.is_syntax() || inner.is_eof() {
+                format!("invalid JSON body: {inner}")
+            } else {
+                format!("invalid JSON body: {path}: {inner}")
+            };
+            ApiError::new(ErrorCode::InvalidParams, message)
+        })
+        .and_then(|v| {
+            de.end().map(|()| v).map_err(|e| {
+                ApiError::new(ErrorCode::InvalidParams, format!("invalid JSON body: {e}"))
+            })
+        })
+}
+
+/// Rewrites every float with no fractional part (within ±2^53, where floats are exact) as
+/// an integer; `true` if any was.
+fn integral_floats_to_ints(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match v {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => {
+                *v = if f < 0.0 {
+                    Value::from(f as i64)
+                } else {
+                    Value::from(f as u64)
+                };
+                true
+            }
+            _ => false,
+        },
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, item| integral_floats_to_ints(item) | any),
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |any, item| integral_floats_to_ints(item) | any),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_number_floats_fill_integer_fields() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Body {
+            n: u32,
+            t: f64,
+            list: Vec<i64>,
+        }
+        let parsed = |text: &str| -> Result<Body, ApiError> {
+            match parse::<Body>(text.as_bytes()) {
+                Err(e) if e.envelope.message.contains("invalid type: floating point") => {
+                    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+                    assert!(integral_floats_to_ints(&mut v));
+                    parse(&serde_json::to_vec(&v).unwrap())
+                }
+                other => other,
+            }
+        };
+        assert_eq!(
+            parsed(r#"{"n": 8.0, "t": 1.0, "list": [-3.0, 4]}"#).unwrap(),
+            Body {
+                n: 8,
+                t: 1.0,
+                list: vec![-3, 4]
+            }
+        );
+        let err = parsed(r#"{"n": 8.5, "t": 1, "list": []}"#).unwrap_err();
+        assert!(
+            err.envelope.message.contains("n: invalid type"),
+            "{:?}",
+            err.envelope
+        );
     }
 }

@@ -304,10 +304,16 @@ pub async fn chat(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let job = chat_job(req)?;
+    run(state, &correlation.0, &principal, &headers, job, Kind::Chat).await
+}
+
+/// A chat request as the door's job (checks what needs no state).
+fn chat_job(req: ChatCompletionRequest) -> Result<Job, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "must not be empty"));
     }
-    let job = Job {
+    Ok(Job {
         prompt: String::new(),
         chat: Some(ChatParts {
             messages: req.messages,
@@ -331,8 +337,7 @@ pub async fn chat(
         stream: req.stream.unwrap_or(false),
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         user: req.user,
-    };
-    run(state, &correlation.0, &principal, &headers, job, Kind::Chat).await
+    })
 }
 
 pub async fn completions(
@@ -342,6 +347,20 @@ pub async fn completions(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let job = completion_job(req)?;
+    run(
+        state,
+        &correlation.0,
+        &principal,
+        &headers,
+        job,
+        Kind::Completion,
+    )
+    .await
+}
+
+/// A completion request as the door's job (checks what needs no state).
+fn completion_job(req: CompletionRequest) -> Result<Job, ApiError> {
     if req.echo == Some(true) {
         return Err(ApiError::invalid("echo", "echo is not supported"));
     }
@@ -355,7 +374,7 @@ pub async fn completions(
             ));
         }
     };
-    let job = Job {
+    Ok(Job {
         prompt,
         chat: None,
         model: req.model,
@@ -368,16 +387,7 @@ pub async fn completions(
         stream: req.stream.unwrap_or(false),
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         user: req.user,
-    };
-    run(
-        state,
-        &correlation.0,
-        &principal,
-        &headers,
-        job,
-        Kind::Completion,
-    )
-    .await
+    })
 }
 
 /// The start of the message of an unknown model's 404 (OpenAI's `model_not_found`).
@@ -527,11 +537,13 @@ pub async fn embeddings(
     } else {
         prompt_tokens
     };
-    Ok(
-        Json(json!({"object": "list", "data": data, "model": req.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
-        .into_response(),
-    )
+    let mut response = Json(json!({"object": "list", "data": data, "model": req.model,
+    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&admitted.accepted.task_id) {
+        response.headers_mut().insert("x-orchd-task-id", v);
+    }
+    Ok(response)
 }
 
 /// A task request with the door's defaults; the caller fills in the workload's fields.
@@ -574,33 +586,30 @@ fn task_request(
     }
 }
 
-async fn run(
-    state: Arc<AppState>,
-    correlation_id: &str,
-    principal: &Principal,
-    headers: &HeaderMap,
-    mut job: Job,
-    kind: Kind,
-) -> Result<Response, ApiError> {
-    state.accepting_tasks()?;
-    validate(&job)?;
-    let pool = pool_for_model(&state, &job.model)?;
+/// The native task request for a door job (and the engine parameters the native API has
+/// no field for): everything the door does to a request that needs no state.
+fn door_task(
+    job: &mut Job,
+    engine: String,
+    session_id: String,
+    priority: Priority,
+    deadline_ms: u64,
+) -> Result<(TaskRequest, admit::EngineExtras), ApiError> {
     let max_tokens = job.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     let mut extras = admit::EngineExtras {
-        params_json: engine_params(&job),
+        params_json: engine_params(job),
         ..Default::default()
     };
     let base = task_request(
-        session_of(headers, job.user.as_deref()),
+        session_id,
         Workload::Completion,
         job.model.clone(),
-        pool.engine.clone(),
+        engine,
         0,
-        priority_of(headers)?,
+        priority,
         max_tokens,
-        deadline_of(headers)?,
+        deadline_ms,
     );
-    let logprobs = job.chat.as_ref().is_some_and(|c| c.logprobs == Some(true));
     let task_req = match job.chat.take() {
         Some(c) => {
             extras.frequency_penalty = penalty("frequency_penalty", c.frequency_penalty)?;
@@ -629,6 +638,30 @@ async fn run(
             ..base
         },
     };
+    Ok((task_req, extras))
+}
+
+async fn run(
+    state: Arc<AppState>,
+    correlation_id: &str,
+    principal: &Principal,
+    headers: &HeaderMap,
+    mut job: Job,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    state.accepting_tasks()?;
+    validate(&job)?;
+    let pool = pool_for_model(&state, &job.model)?;
+    let max_tokens = job.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    let logprobs = job.chat.as_ref().is_some_and(|c| c.logprobs == Some(true));
+    let session_id = session_of(headers, job.user.as_deref());
+    let (task_req, extras) = door_task(
+        &mut job,
+        pool.engine.clone(),
+        session_id,
+        priority_of(headers)?,
+        deadline_of(headers)?,
+    )?;
     let admitted = admit::admit_with(&state, task_req, extras, principal, correlation_id)?;
     let task_id = admitted.accepted.task_id;
     let task = state
@@ -965,5 +998,40 @@ mod tests {
         assert!(session_of(&h, Some("bob smith")).starts_with("oai:"));
         h.insert("x-session-id", HeaderValue::from_static("s-1"));
         assert_eq!(session_of(&h, Some("bob")), "s-1");
+    }
+}
+
+/// Fuzzing entry points: a door request's body through everything that needs no state.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// `path` picks the request type: `chat`, `completions` or `embeddings`.
+    pub fn request(path: &str, body: &[u8]) {
+        let job = match path {
+            "chat" => serde_json::from_slice::<ChatCompletionRequest>(body)
+                .ok()
+                .map(chat_job),
+            "completions" => serde_json::from_slice::<CompletionRequest>(body)
+                .ok()
+                .map(completion_job),
+            _ => {
+                let _ = serde_json::from_slice::<EmbeddingRequest>(body);
+                None
+            }
+        };
+        let Some(Ok(mut job)) = job else { return };
+        if validate(&job).is_err() {
+            return;
+        }
+        if let Ok((req, _)) = door_task(
+            &mut job,
+            "mock".into(),
+            "s".into(),
+            Priority::Interactive,
+            1000,
+        ) {
+            let _ = admit::validate_request(&req);
+        }
     }
 }

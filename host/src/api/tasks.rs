@@ -251,6 +251,16 @@ fn sse_events(
     })
 }
 
+/// The first frame to send after `Last-Event-ID: <value>` (the id the client saw, plus
+/// one); anything but a frame id, including an id at `u64::MAX`, is refused.
+pub fn next_after(value: &[u8]) -> Result<u64, ApiError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .and_then(|seen| seen.checked_add(1))
+        .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be a frame id (integer)"))
+}
+
 pub async fn stream(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -261,12 +271,7 @@ pub async fn stream(
     // Resume: the frames after the last one the client saw.
     let next = match headers.get("last-event-id") {
         None => 0,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .and_then(|seen| seen.checked_add(1))
-            .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be a frame id (integer)"))?,
+        Some(v) => next_after(v.as_bytes())?,
     };
     // A client that saw the terminal frame is told to stop reconnecting: EventSource
     // treats 204 as final.

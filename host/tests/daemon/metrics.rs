@@ -107,6 +107,11 @@ async fn the_exposition_has_every_name_and_label_set_of_the_contract() {
         ("pool_ready", &["pool_id"]),
         ("active_leases", &["pool_id"]),
         ("build_info", &["version", "git_sha"]),
+        // The repo's additions to METRICS.md: present from the start.
+        ("plugin_rescans_total", &["directory"]),
+        ("plugin_files_hashed_total", &["directory"]),
+        ("bounded_evictions_total", &["what"]),
+        ("finished_tasks_retained_bytes", &[]),
     ];
     for (name, labels) in expected {
         let sets = got
@@ -114,10 +119,9 @@ async fn the_exposition_has_every_name_and_label_set_of_the_contract() {
             .unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
         assert_eq!(sets, &BTreeSet::from([sorted(labels)]), "{name}");
     }
-    // Series without data here: no GPU (NVML absent), no KV telemetry from the mock, no
-    // catalog yet, no fallback taken. When present they must carry the contract's labels.
+    // Series without data here: no GPU (NVML absent), no catalog yet, no fallback taken.
+    // When present they must carry the contract's labels.
     let optional: &[(&str, &[&str])] = &[
-        ("kv_cache_usage_ratio", &replica),
         (
             "gpu_utilization",
             &[
@@ -144,10 +148,14 @@ async fn the_exposition_has_every_name_and_label_set_of_the_contract() {
         ),
         ("model_state", &["model_id", "state"]),
         ("policy_fallbacks_total", &["policy"]),
-        // The plugin watchers' own counters (the repo's addition to METRICS.md).
-        ("plugin_rescans_total", &["directory"]),
-        ("plugin_files_hashed_total", &["directory"]),
     ];
+    // In METRICS.md but not emitted by this daemon: adapters report no KV-cache usage
+    // through the ABI yet (README, "Metrics not emitted"). Held absent here so the gap is
+    // seen, and so whoever adds it moves it to `expected`.
+    assert!(
+        !got.contains_key("kv_cache_usage_ratio"),
+        "kv_cache_usage_ratio is emitted now: move it to `expected` and update the README"
+    );
     for (name, labels) in optional {
         if let Some(sets) = got.get(*name) {
             assert_eq!(sets, &BTreeSet::from([sorted(labels)]), "{name}");
