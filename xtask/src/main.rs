@@ -294,6 +294,9 @@ fn test() -> Result<()> {
     let dist = dist(Scope::Everything)?;
     fixtures()?;
     let root = root();
+    // Installed here so the install is timed on its own (the contract test runs
+    // tools/schemathesis/run.sh, which finds it cached).
+    setup("tools/schemathesis/setup.sh", "schemathesis")?;
     run(
         "workspace tests (unit, integration, BDD)",
         cargo()

@@ -151,7 +151,9 @@ mod tests {
             match parse::<Body>(text.as_bytes()) {
                 Err(e) if e.envelope.message.contains("invalid type: floating point") => {
                     let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
-                    assert!(integral_floats_to_ints(&mut v));
+                    if !integral_floats_to_ints(&mut v) {
+                        return Err(e);
+                    }
                     parse(&serde_json::to_vec(&v).unwrap())
                 }
                 other => other,
