@@ -613,7 +613,15 @@ impl Task {
         if inner.state.is_terminal() {
             return None;
         }
-        let mut frame = Self::end_frame(&inner, 0, true);
+        // The prompt counts once the engine had it (the engine's count, else the estimate);
+        // a task canceled before dispatch consumed none. The end frame and the bill agree.
+        let tokens_in = if inner.dispatched_at.is_some() {
+            inner.tokens_in.unwrap_or(self.spec.tokens_in_estimate)
+        } else {
+            0
+        };
+        inner.tokens_in = Some(tokens_in);
+        let mut frame = Self::end_frame(&inner, tokens_in, true);
         inner.state = TaskState::Canceled;
         inner.finished_at = Some(Instant::now());
         frame.artifact_id = self.transcribe(&inner, "end", &frame);

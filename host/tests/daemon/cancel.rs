@@ -48,6 +48,11 @@ async fn cancel_mid_stream_ends_with_canceled_and_frees_the_slot() {
     let end = rest.last().expect("terminal frame");
     assert_eq!(end.event, "end");
     assert_eq!(end.data["canceled"], true);
+    assert!(
+        end.data["tokens_in"].as_u64().unwrap() > 0,
+        "the engine had the prompt: it counts: {}",
+        end.data
+    );
     assert_eq!(end.data["tokens_out"], at_204["tokens_out"]);
     let tokens_in_log = d
         .stream(&id)
@@ -101,6 +106,10 @@ async fn a_canceled_queued_task_is_never_dispatched() {
     assert_eq!(frames.len(), 1, "only the terminal frame: {frames:?}");
     assert_eq!(frames[0].event, "end");
     assert_eq!(frames[0].data["canceled"], true);
+    assert_eq!(
+        frames[0].data["tokens_in"], 0,
+        "never dispatched: no prompt consumed"
+    );
     assert_eq!(frames[0].data["tokens_out"], 0);
 
     assert_eq!(d.cancel(&running).await.status().as_u16(), 204);
