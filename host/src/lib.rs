@@ -30,6 +30,7 @@ pub mod server;
 pub mod sessions;
 pub mod startup;
 pub mod state;
+pub mod store;
 pub mod streamtoken;
 pub mod supervisor;
 pub mod task;

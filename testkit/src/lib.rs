@@ -4,7 +4,10 @@
 //! `cargo xtask test` builds dist and fixtures first and points `ORCHD_DIST` and
 //! `ORCHD_FIXTURES` at them.
 
+mod redis;
 mod sse;
+
+pub use redis::Redis;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,290 @@
+//! The state store: budget spend by window, rate-limit counters and the reservations that
+//! hold them, behind one interface with two backends. Embedded SQLite (a WAL file under
+//! the daemon's var directory) is the default: spend survives a restart. Redis
+//! (`[state] backend = "redis"`) lets several daemons share one set of budgets and limits.
+//!
+//! Hard limits are decided inside the store, atomically: one `BEGIN IMMEDIATE` transaction
+//! on SQLite, one Lua script on Redis, per reservation. Nothing is cached in front of it.
+//!
+//! A reservation debits every account it names (in the window current at reservation
+//! time) and carries a lease. `settle` applies the actual amount exactly once (a second
+//! settle finds nothing); a lease that expires (the daemon that reserved died) is reaped
+//! by whichever daemon finds it: the reserved amount stays spent and the concurrency slot
+//! is released. Nothing stays reserved forever.
+
+mod redis_store;
+mod sqlite;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use redis_store::RedisStore;
+pub use sqlite::SqliteStore;
+
+/// A budget's window: a fixed length, or the calendar month (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Every(u64),
+    Month,
+}
+
+impl Period {
+    /// `"2s"`, `"500ms"`, `"15m"`, `"1h"`, `"1d"`, `"30d"` or `"month"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.eq_ignore_ascii_case("month") {
+            return Ok(Self::Month);
+        }
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let n: u64 = n.parse().map_err(|_| {
+            format!("period {text:?}: expected e.g. \"1h\", \"1d\", \"30d\" or \"month\"")
+        })?;
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "period {text:?}: unit must be ms, s, m, h, d or month"
+                ));
+            }
+        };
+        match n.checked_mul(ms) {
+            Some(len) if len > 0 => Ok(Self::Every(len)),
+            _ => Err(format!("period {text:?} must be positive")),
+        }
+    }
+
+    /// The window `now_ms` falls in: `[start, end)`.
+    pub fn window(self, now_ms: u64) -> (u64, u64) {
+        match self {
+            Self::Every(len) => {
+                let start = now_ms - now_ms % len;
+                (start, start + len)
+            }
+            Self::Month => month_window(now_ms),
+        }
+    }
+}
+
+/// The UTC calendar month holding `now_ms`.
+fn month_window(now_ms: u64) -> (u64, u64) {
+    let days = (now_ms / 86_400_000) as i64;
+    let (y, m, _) = civil_from_days(days);
+    let start = days_from_civil(y, m, 1);
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let end = days_from_civil(ny, nm, 1);
+    (start as u64 * 86_400_000, end as u64 * 86_400_000)
+}
+
+// Howard Hinnant's civil-date algorithms (proleptic Gregorian, days since 1970-01-01).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// An amount of budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Amount {
+    pub tokens: u64,
+    pub time_ms: u64,
+    pub cost: f64,
+}
+
+/// One budget a reservation must fit: an account (`key:<name>`, `session:<owner>/<id>`,
+/// `model:<key>/<model>`) with its caps and window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    pub account: String,
+    pub tokens: Option<u64>,
+    pub time_ms: Option<u64>,
+    pub cost: Option<f64>,
+    pub period: Option<Period>,
+}
+
+impl Budget {
+    pub fn is_unlimited(&self) -> bool {
+        self.tokens.is_none() && self.time_ms.is_none() && self.cost.is_none()
+    }
+
+    /// The window the account's spend is counted in (`0` for a budget with no period).
+    pub fn window(&self, now_ms: u64) -> (u64, Option<u64>) {
+        match self.period {
+            Some(p) => {
+                let (start, end) = p.window(now_ms);
+                (start, Some(end))
+            }
+            None => (0, None),
+        }
+    }
+}
+
+/// Per-key rate limits, counted in fixed windows of `window_ms` shared by every daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// The limited principal (`key:<name>` or `group:<name>`).
+    pub subject: String,
+    pub requests: Option<u64>,
+    pub tokens: Option<u64>,
+    pub concurrent: Option<u64>,
+    pub window_ms: u64,
+}
+
+/// One atomic reservation.
+#[derive(Debug, Clone)]
+pub struct ReserveOp<'a> {
+    /// The reservation's id (the task id): what `settle` names.
+    pub id: &'a str,
+    pub budgets: &'a [Budget],
+    pub amount: Amount,
+    pub rate: Option<&'a RateLimit>,
+    /// Tokens charged against the tokens-per-window limit (corrected at settle).
+    pub rate_tokens: u64,
+    pub now_ms: u64,
+    /// The reservation is reaped (settled at its reserved amount) after this long.
+    pub lease_ms: u64,
+}
+
+/// What a rate limit looked like at this admission (for `X-RateLimit-*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateState {
+    pub requests_limit: Option<u64>,
+    pub requests_left: Option<u64>,
+    pub tokens_limit: Option<u64>,
+    pub tokens_left: Option<u64>,
+    /// When the current window ends.
+    pub reset_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Reserved; what each budget has left afterwards (in `budgets` order), and the rate
+    /// limit's state.
+    Reserved { left: Vec<Amount>, rate: RateState },
+    /// A budget would be overdrawn: `retry_after_ms` is the time to its window's end (`None`
+    /// for a budget without a period, which never resets).
+    OverBudget {
+        account: String,
+        what: &'static str,
+        retry_after_ms: Option<u64>,
+    },
+    /// A rate limit: `limit` is `requests`, `tokens` or `concurrent`.
+    OverRate {
+        limit: &'static str,
+        retry_after_ms: u64,
+        rate: RateState,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StoreError(pub String);
+
+/// The backends' common interface. Calls block (SQLite on disk, Redis on the network):
+/// callers on async workers wrap them in `block_in_place`.
+pub trait Store: Send + Sync {
+    /// Spend so far in each budget's current window (`budgets` order).
+    fn spent(&self, budgets: &[Budget], now_ms: u64) -> Result<Vec<Amount>, StoreError>;
+    fn reserve(&self, op: &ReserveOp<'_>) -> Result<Decision, StoreError>;
+    /// Applies the actual amount in place of the reserved one and releases the
+    /// concurrency slot; `false` if there was no such reservation (already settled or
+    /// reaped): exactly once.
+    fn settle(&self, id: &str, actual: Amount, rate_tokens: u64) -> Result<bool, StoreError>;
+    /// Reaps reservations whose lease expired: their reserved amount stays spent.
+    fn reap(&self, now_ms: u64) -> Result<usize, StoreError>;
+    fn ping(&self) -> Result<(), StoreError>;
+    fn name(&self) -> &'static str;
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a budget has left after `spent` (`None` fields: unlimited).
+pub fn left_of(b: &Budget, spent: &Amount) -> (Option<u64>, Option<u64>, Option<f64>) {
+    (
+        b.tokens.map(|t| t.saturating_sub(spent.tokens)),
+        b.time_ms.map(|t| t.saturating_sub(spent.time_ms)),
+        b.cost.map(|c| (c - spent.cost).max(0.0)),
+    )
+}
+
+/// The check both backends apply (SQLite in Rust, Redis in the same order in Lua): the
+/// first budget or limit the reservation would overdraw.
+pub(crate) fn over_budget(
+    budgets: &[Budget],
+    spent: &[Amount],
+    amount: &Amount,
+    now_ms: u64,
+) -> Option<Decision> {
+    for (b, s) in budgets.iter().zip(spent) {
+        let what = if b.tokens.is_some_and(|cap| s.tokens + amount.tokens > cap) {
+            "tokens"
+        } else if b
+            .time_ms
+            .is_some_and(|cap| s.time_ms + amount.time_ms > cap)
+        {
+            "time"
+        } else if b.cost.is_some_and(|cap| s.cost + amount.cost > cap + 1e-9) {
+            "cost"
+        } else {
+            continue;
+        };
+        return Some(Decision::OverBudget {
+            account: b.account.clone(),
+            what,
+            retry_after_ms: b
+                .window(now_ms)
+                .1
+                .map(|end| end.saturating_sub(now_ms).max(1)),
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_parse_and_windows_align() {
+        assert_eq!(Period::parse("1h"), Ok(Period::Every(3_600_000)));
+        assert_eq!(Period::parse("30d"), Ok(Period::Every(30 * 86_400_000)));
+        assert_eq!(Period::parse("2s"), Ok(Period::Every(2_000)));
+        assert_eq!(Period::parse("month"), Ok(Period::Month));
+        assert!(Period::parse("0s").is_err());
+        assert!(Period::parse("1y").is_err());
+        assert!(Period::parse("h").is_err());
+        assert_eq!(Period::Every(1000).window(12_345), (12_000, 13_000));
+        // 2026-12-01T03:00:00Z lies in December 2026; the next window is January 2027.
+        let now = 1_796_094_000_000;
+        let (start, end) = Period::Month.window(now);
+        assert_eq!(start, 1_796_083_200_000, "2026-12-01T00:00:00Z");
+        assert_eq!(end, 1_798_761_600_000, "2027-01-01T00:00:00Z");
+        // February of a leap year.
+        let (s, e) = Period::Month.window(1_709_251_200_000 - 1);
+        assert_eq!((e - s) / 86_400_000, 29, "February 2024");
+    }
+}

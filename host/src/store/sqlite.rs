@@ -1,0 +1,535 @@
+//! The embedded backend: one SQLite file in WAL mode. Each reservation, settle and reap is
+//! one `BEGIN IMMEDIATE` transaction, so daemons sharing the file (one host) are as safe
+//! as threads sharing the connection. A committed transaction survives `kill -9`
+//! (`synchronous = NORMAL` loses at most the last commits on power loss, never on a crash
+//! of the process).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{Amount, Budget, Decision, RateState, ReserveOp, Store, StoreError, over_budget};
+
+pub struct SqliteStore {
+    /// The store's one connection; every call holds it for one transaction.
+    conn: Mutex<Connection>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// A usage row's key: the counters of rate limits live beside the budgets.
+fn rate_account(kind: &str, subject: &str) -> String {
+    format!("{kind}:{subject}")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Entry {
+    a: String,
+    w: u64,
+    t: u64,
+    ms: u64,
+    c: f64,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|()| conn.busy_timeout(std::time::Duration::from_secs(5)))
+            .and_then(|()| {
+                conn.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS usage (
+                         account TEXT NOT NULL, window INTEGER NOT NULL,
+                         tokens INTEGER NOT NULL DEFAULT 0, time_ms INTEGER NOT NULL DEFAULT 0,
+                         cost REAL NOT NULL DEFAULT 0, expires INTEGER,
+                         PRIMARY KEY (account, window)) WITHOUT ROWID;
+                     CREATE TABLE IF NOT EXISTS reservations (
+                         id TEXT PRIMARY KEY, entries TEXT NOT NULL,
+                         rate_subject TEXT, rate_window INTEGER NOT NULL DEFAULT 0,
+                         rate_tokens INTEGER NOT NULL DEFAULT 0,
+                         concurrent INTEGER NOT NULL DEFAULT 0,
+                         lease_until INTEGER NOT NULL);
+                     CREATE INDEX IF NOT EXISTS reservations_by_lease
+                         ON reservations (lease_until);",
+                )
+            })
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn read(conn: &Connection, account: &str, window: u64) -> rusqlite::Result<Amount> {
+    Ok(conn
+        .query_row(
+            "SELECT tokens, time_ms, cost FROM usage WHERE account = ?1 AND window = ?2",
+            params![account, window as i64],
+            |r| {
+                Ok(Amount {
+                    tokens: r.get::<_, i64>(0)? as u64,
+                    time_ms: r.get::<_, i64>(1)? as u64,
+                    cost: r.get(2)?,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// Adds a signed delta to a usage row, never below zero.
+fn add(
+    conn: &Connection,
+    account: &str,
+    window: u64,
+    expires: Option<u64>,
+    tokens: i64,
+    time_ms: i64,
+    cost: f64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO usage (account, window, tokens, time_ms, cost, expires)
+         VALUES (?1, ?2, MAX(0, ?3), MAX(0, ?4), MAX(0.0, ?5), ?6)
+         ON CONFLICT (account, window) DO UPDATE SET
+             tokens = MAX(0, tokens + ?3), time_ms = MAX(0, time_ms + ?4),
+             cost = MAX(0.0, cost + ?5)",
+        params![
+            account,
+            window as i64,
+            tokens,
+            time_ms,
+            cost,
+            expires.map(|e| e as i64)
+        ],
+    )?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn spent(&self, budgets: &[Budget], now_ms: u64) -> Result<Vec<Amount>, StoreError> {
+        let conn = self.lock();
+        budgets
+            .iter()
+            .map(|b| read(&conn, &b.account, b.window(now_ms).0).map_err(err))
+            .collect()
+    }
+
+    fn reserve(&self, op: &ReserveOp<'_>) -> Result<Decision, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let spent: Vec<Amount> = op
+            .budgets
+            .iter()
+            .map(|b| read(&tx, &b.account, b.window(op.now_ms).0))
+            .collect::<rusqlite::Result<_>>()
+            .map_err(err)?;
+        if let Some(denied) = over_budget(op.budgets, &spent, &op.amount, op.now_ms) {
+            return Ok(denied);
+        }
+        let mut rate_state = RateState::default();
+        let mut rate_window = 0;
+        if let Some(rate) = op.rate {
+            let window = rate.window_ms.max(1);
+            rate_window = op.now_ms - op.now_ms % window;
+            let reset = rate_window + window;
+            rate_state.reset_ms = reset;
+            let requests = read(&tx, &rate_account("rpm", &rate.subject), rate_window)
+                .map_err(err)?
+                .tokens;
+            let tokens = read(&tx, &rate_account("tpm", &rate.subject), rate_window)
+                .map_err(err)?
+                .tokens;
+            let running = read(&tx, &rate_account("conc", &rate.subject), 0)
+                .map_err(err)?
+                .tokens;
+            rate_state.requests_limit = rate.requests;
+            rate_state.requests_left = rate.requests.map(|l| l.saturating_sub(requests));
+            rate_state.tokens_limit = rate.tokens;
+            rate_state.tokens_left = rate.tokens.map(|l| l.saturating_sub(tokens));
+            let to_reset = reset.saturating_sub(op.now_ms).max(1);
+            let over = if rate.requests.is_some_and(|l| requests + 1 > l) {
+                Some(("requests", to_reset))
+            } else if rate.tokens.is_some_and(|l| tokens + op.rate_tokens > l) {
+                Some(("tokens", to_reset))
+            } else if rate.concurrent.is_some_and(|l| running + 1 > l) {
+                Some(("concurrent", 1_000))
+            } else {
+                None
+            };
+            if let Some((limit, retry_after_ms)) = over {
+                return Ok(Decision::OverRate {
+                    limit,
+                    retry_after_ms,
+                    rate: rate_state,
+                });
+            }
+            let expires = Some(reset);
+            if rate.requests.is_some() {
+                add(
+                    &tx,
+                    &rate_account("rpm", &rate.subject),
+                    rate_window,
+                    expires,
+                    1,
+                    0,
+                    0.0,
+                )
+                .map_err(err)?;
+                rate_state.requests_left = rate_state.requests_left.map(|l| l - 1);
+            }
+            if rate.tokens.is_some() {
+                add(
+                    &tx,
+                    &rate_account("tpm", &rate.subject),
+                    rate_window,
+                    expires,
+                    op.rate_tokens as i64,
+                    0,
+                    0.0,
+                )
+                .map_err(err)?;
+                rate_state.tokens_left = rate_state.tokens_left.map(|l| l - op.rate_tokens);
+            }
+            if rate.concurrent.is_some() {
+                add(
+                    &tx,
+                    &rate_account("conc", &rate.subject),
+                    0,
+                    None,
+                    1,
+                    0,
+                    0.0,
+                )
+                .map_err(err)?;
+            }
+        }
+        let mut entries = Vec::with_capacity(op.budgets.len());
+        let mut left = Vec::with_capacity(op.budgets.len());
+        for (b, s) in op.budgets.iter().zip(&spent) {
+            let (window, end) = b.window(op.now_ms);
+            add(
+                &tx,
+                &b.account,
+                window,
+                end,
+                op.amount.tokens as i64,
+                op.amount.time_ms as i64,
+                op.amount.cost,
+            )
+            .map_err(err)?;
+            entries.push(Entry {
+                a: b.account.clone(),
+                w: window,
+                t: op.amount.tokens,
+                ms: op.amount.time_ms,
+                c: op.amount.cost,
+            });
+            left.push(Amount {
+                tokens: s.tokens + op.amount.tokens,
+                time_ms: s.time_ms + op.amount.time_ms,
+                cost: s.cost + op.amount.cost,
+            });
+        }
+        tx.execute(
+            "INSERT INTO reservations
+                 (id, entries, rate_subject, rate_window, rate_tokens, concurrent, lease_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                op.id,
+                serde_json::to_string(&entries).expect("entries serialize"),
+                op.rate.map(|r| r.subject.as_str()),
+                rate_window as i64,
+                if op.rate.is_some_and(|r| r.tokens.is_some()) {
+                    op.rate_tokens as i64
+                } else {
+                    0
+                },
+                i64::from(op.rate.is_some_and(|r| r.concurrent.is_some())),
+                (op.now_ms + op.lease_ms) as i64,
+            ],
+        )
+        .map_err(|e| err(format!("reservation {}: {e}", op.id)))?;
+        tx.commit().map_err(err)?;
+        Ok(Decision::Reserved {
+            left,
+            rate: rate_state,
+        })
+    }
+
+    fn settle(&self, id: &str, actual: Amount, rate_tokens: u64) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let row = tx
+            .query_row(
+                "SELECT entries, rate_subject, rate_window, rate_tokens, concurrent
+                 FROM reservations WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((entries, subject, rate_window, reserved_rate_tokens, concurrent)) = row else {
+            return Ok(false);
+        };
+        let entries: Vec<Entry> = serde_json::from_str(&entries).map_err(err)?;
+        for e in &entries {
+            add(
+                &tx,
+                &e.a,
+                e.w,
+                None,
+                actual.tokens as i64 - e.t as i64,
+                actual.time_ms as i64 - e.ms as i64,
+                actual.cost - e.c,
+            )
+            .map_err(err)?;
+        }
+        if let Some(subject) = &subject {
+            if reserved_rate_tokens > 0 {
+                add(
+                    &tx,
+                    &rate_account("tpm", subject),
+                    rate_window as u64,
+                    None,
+                    rate_tokens as i64 - reserved_rate_tokens,
+                    0,
+                    0.0,
+                )
+                .map_err(err)?;
+            }
+            if concurrent != 0 {
+                add(&tx, &rate_account("conc", subject), 0, None, -1, 0, 0.0).map_err(err)?;
+            }
+        }
+        tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(true)
+    }
+
+    fn reap(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let expired: Vec<(String, Option<String>, i64)> = {
+            let mut q = tx
+                .prepare(
+                    "SELECT id, rate_subject, concurrent FROM reservations WHERE lease_until < ?1",
+                )
+                .map_err(err)?;
+            let rows = q
+                .query_map(params![now_ms as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(err)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(err)?
+        };
+        for (id, subject, concurrent) in &expired {
+            if let (Some(subject), 1) = (subject, concurrent) {
+                add(&tx, &rate_account("conc", subject), 0, None, -1, 0, 0.0).map_err(err)?;
+            }
+            tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
+                .map_err(err)?;
+        }
+        // Windows that ended a day ago are history nobody reads.
+        tx.execute(
+            "DELETE FROM usage WHERE expires IS NOT NULL AND expires < ?1",
+            params![now_ms.saturating_sub(86_400_000) as i64],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(expired.len())
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.lock()
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(err)
+    }
+
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Period, RateLimit};
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("state.sqlite")).unwrap();
+        (dir, s)
+    }
+
+    fn budget(tokens: u64, period: Option<Period>) -> Budget {
+        Budget {
+            account: "key:a".into(),
+            tokens: Some(tokens),
+            time_ms: None,
+            cost: None,
+            period,
+        }
+    }
+
+    fn op<'a>(id: &'a str, budgets: &'a [Budget], tokens: u64, now_ms: u64) -> ReserveOp<'a> {
+        ReserveOp {
+            id,
+            budgets,
+            amount: Amount {
+                tokens,
+                ..Amount::default()
+            },
+            rate: None,
+            rate_tokens: 0,
+            now_ms,
+            lease_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn reserve_settle_exactly_once_and_deny_with_the_time_to_reset() {
+        let (_dir, s) = store();
+        let b = [budget(100, Some(Period::Every(2_000)))];
+        assert!(matches!(
+            s.reserve(&op("t1", &b, 60, 10_500)).unwrap(),
+            Decision::Reserved { .. }
+        ));
+        let denied = s.reserve(&op("t2", &b, 60, 10_700)).unwrap();
+        assert_eq!(
+            denied,
+            Decision::OverBudget {
+                account: "key:a".into(),
+                what: "tokens",
+                retry_after_ms: Some(1_300)
+            }
+        );
+        // The actual was 10: 50 come back; a second settle changes nothing.
+        let actual = Amount {
+            tokens: 10,
+            ..Amount::default()
+        };
+        assert!(s.settle("t1", actual, 0).unwrap());
+        assert!(!s.settle("t1", actual, 0).unwrap());
+        assert_eq!(s.spent(&b, 10_800).unwrap()[0].tokens, 10);
+        // The next window starts from zero.
+        assert_eq!(s.spent(&b, 12_000).unwrap()[0].tokens, 0);
+        // A budget without a period never resets, and says so.
+        let forever = [budget(5, None)];
+        assert!(matches!(
+            s.reserve(&op("t3", &forever, 6, 10_000)).unwrap(),
+            Decision::OverBudget {
+                retry_after_ms: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_expired_lease_stays_spent_and_frees_its_slot() {
+        let (_dir, s) = store();
+        let b = [budget(100, None)];
+        let rate = RateLimit {
+            subject: "key:a".into(),
+            requests: None,
+            tokens: None,
+            concurrent: Some(1),
+            window_ms: 60_000,
+        };
+        let mut first = op("t1", &b, 40, 1_000);
+        first.rate = Some(&rate);
+        assert!(matches!(
+            s.reserve(&first).unwrap(),
+            Decision::Reserved { .. }
+        ));
+        let mut second = op("t2", &b, 1, 1_100);
+        second.rate = Some(&rate);
+        assert!(matches!(
+            s.reserve(&second).unwrap(),
+            Decision::OverRate {
+                limit: "concurrent",
+                ..
+            }
+        ));
+        assert_eq!(s.reap(1_500).unwrap(), 0, "the lease still runs");
+        assert_eq!(s.reap(2_500).unwrap(), 1);
+        assert!(
+            !s.settle("t1", Amount::default(), 0).unwrap(),
+            "reaped: nothing to settle"
+        );
+        assert_eq!(
+            s.spent(&b, 3_000).unwrap()[0].tokens,
+            40,
+            "settled at its reserved amount"
+        );
+        second.now_ms = 3_000;
+        assert!(matches!(
+            s.reserve(&second).unwrap(),
+            Decision::Reserved { .. }
+        ));
+    }
+
+    #[test]
+    fn requests_per_window_are_limited_with_an_honest_retry_after() {
+        let (_dir, s) = store();
+        let rate = RateLimit {
+            subject: "key:a".into(),
+            requests: Some(2),
+            tokens: Some(100),
+            concurrent: None,
+            window_ms: 1_000,
+        };
+        let b: [Budget; 0] = [];
+        let reserve = |id: &str, now: u64, tokens: u64| {
+            let mut o = op(id, &b, 0, now);
+            o.rate = Some(&rate);
+            o.rate_tokens = tokens;
+            s.reserve(&o).unwrap()
+        };
+        assert!(matches!(reserve("a", 5_100, 10), Decision::Reserved { .. }));
+        assert!(matches!(reserve("b", 5_200, 10), Decision::Reserved { .. }));
+        match reserve("c", 5_250, 10) {
+            Decision::OverRate {
+                limit: "requests",
+                retry_after_ms,
+                ..
+            } => assert_eq!(retry_after_ms, 750),
+            other => panic!("{other:?}"),
+        }
+        match reserve("d", 6_000, 95) {
+            Decision::Reserved { rate, .. } => {
+                assert_eq!(rate.requests_left, Some(1));
+                assert_eq!(rate.tokens_left, Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Settled at 20 tokens instead of 95: 75 come back to the window.
+        assert!(s.settle("d", Amount::default(), 20).unwrap());
+        assert!(matches!(reserve("e", 6_100, 70), Decision::Reserved { .. }));
+    }
+}
