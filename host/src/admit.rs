@@ -547,6 +547,8 @@ pub fn require_trusted(state: &AppState, model_ref: &str) -> Result<(), ApiError
 pub struct Admitted {
     pub accepted: TaskAccepted,
     pub headroom: Headroom,
+    /// The key's rate limits after this admission (`X-RateLimit-*`), if it has any.
+    pub rate: Option<crate::budget::RateState>,
 }
 
 fn unlimited() -> BudgetLeft {
@@ -674,7 +676,13 @@ fn admit_checked(
             .fold(0u32, u32::saturating_add),
         _ => estimate_tokens(&prompt),
     };
-    let (reservation, headroom) = state.decisions.reserve(
+    // A reservation left unsettled (its daemon died) is settled at its reserved amount once
+    // the task could no longer be running: its deadline, plus a margin.
+    let lease_ms = req
+        .deadline_ms
+        .saturating_add(state.settings.lease_margin.as_millis() as u64);
+    let rate_tokens = u64::from(tokens_in_estimate) + u64::from(req.max_tokens);
+    let (reservation, headroom, rate) = state.decisions.reserve(
         budget::ReserveRequest {
             now_ms: now_ms(),
             task_id: task_id.clone(),
@@ -691,6 +699,9 @@ fn admit_checked(
         },
         &principal.name,
         &Sessions::account(&principal.name, &req.session_id),
+        &uuid::Uuid::new_v4().to_string(),
+        rate_tokens,
+        lease_ms,
     )?;
     let facts = Facts {
         owner: principal,
@@ -702,7 +713,11 @@ fn admit_checked(
         chat,
     };
     match enqueue(state, &req, facts, &candidates, &reservation) {
-        Ok(accepted) => Ok(Admitted { accepted, headroom }),
+        Ok(accepted) => Ok(Admitted {
+            accepted,
+            headroom,
+            rate,
+        }),
         Err(err) => {
             state.decisions.ledger.refund(&reservation);
             Err(err)

@@ -152,8 +152,18 @@ async fn healthz() -> &'static str {
 async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> Result<&'static str, ApiError> {
-    if state.is_ready() {
+    if state.is_ready() && state.decisions.ledger.is_up() {
         Ok("ready")
+    } else if state.is_ready() {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            format!(
+                "the state store ({}) is unreachable",
+                state.decisions.ledger.store_name()
+            ),
+        )
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        .retry_after_ms(1000))
     } else if state.is_shutting_down() {
         Err(ApiError::new(ErrorCode::PoolUnavailable, "shutting down").retry_after_ms(1000))
     } else {

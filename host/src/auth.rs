@@ -110,6 +110,7 @@ mod tests {
             role,
             sha256: Sha256::digest(secret.as_bytes()).into(),
             budget: None,
+            rate: None,
         }
     }
 

@@ -1,86 +1,38 @@
-//! The budget ledger: what each API key and each session has left. The budget policy
-//! decides how much a request reserves and what a finished task costs; the ledger applies
-//! those amounts atomically, so concurrent requests can never spend the same budget twice.
+//! The budget ledger: budgets per key and per session (each with an optional period), and
+//! rate limits per key, kept in the state store ([`crate::store`]). The budget policy
+//! decides how much a request reserves and what a finished task costs; the store decides,
+//! atomically, whether the reservation fits, so concurrent requests (on one daemon or
+//! several) can never spend the same budget twice.
+//!
+//! A store that cannot be reached fails closed: admission answers 503 (`StoreDown`), and
+//! settles wait in a bounded queue retried by the background task; a reservation whose
+//! daemon dies is settled at its reserved amount when its lease ends.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::config::{BudgetLimits, BudgetSettings};
+use crate::config::{BudgetLimits, BudgetSettings, RateLimits};
 use crate::policy::bindings::BudgetLeft;
+use crate::store::{Budget, Decision, RateLimit, ReserveOp, Store, StoreError, left_of, now_ms};
 
-/// An amount of budget (tokens, deadline time, cost).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Amount {
-    pub tokens: u64,
-    pub time_ms: u64,
-    pub cost: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Remaining {
-    tokens: Option<u64>,
-    time_ms: Option<u64>,
-    cost: Option<f64>,
-}
-
-impl From<BudgetLimits> for Remaining {
-    fn from(l: BudgetLimits) -> Self {
-        Self {
-            tokens: l.tokens,
-            time_ms: l.time_ms,
-            cost: l.cost,
-        }
-    }
-}
-
-impl Remaining {
-    fn debit(&mut self, a: Amount) {
-        if let Some(t) = &mut self.tokens {
-            *t = t.saturating_sub(a.tokens);
-        }
-        if let Some(t) = &mut self.time_ms {
-            *t = t.saturating_sub(a.time_ms);
-        }
-        if let Some(c) = &mut self.cost {
-            *c = (*c - a.cost).max(0.0);
-        }
-    }
-
-    fn is_full(&self, cap: &BudgetLimits) -> bool {
-        self.tokens == cap.tokens && self.time_ms == cap.time_ms && self.cost == cap.cost
-    }
-
-    fn credit(&mut self, a: Amount, cap: &BudgetLimits) {
-        if let (Some(t), Some(max)) = (&mut self.tokens, cap.tokens) {
-            *t = t.saturating_add(a.tokens).min(max);
-        }
-        if let (Some(t), Some(max)) = (&mut self.time_ms, cap.time_ms) {
-            *t = t.saturating_add(a.time_ms).min(max);
-        }
-        if let (Some(c), Some(max)) = (&mut self.cost, cap.cost) {
-            *c = (*c + a.cost).min(max);
-        }
-    }
-
-    fn as_left(&self) -> BudgetLeft {
-        BudgetLeft {
-            tokens: self.tokens,
-            time_ms: self.time_ms,
-            cost: self.cost,
-        }
-    }
-}
+pub use crate::store::{Amount, RateState};
 
 /// A reservation held by an admitted task until it settles.
 #[derive(Debug, Clone)]
 pub struct Reservation {
+    /// The store's id for it (the task id).
+    pub id: String,
     pub key: String,
     pub session: String,
     pub amount: Amount,
+    /// Tokens charged to the key's tokens-per-window limit (corrected at settle).
+    pub rate_tokens: u64,
+    /// Whether the store holds it (no budget and no rate limit applied: nothing to settle).
+    pub stored: bool,
 }
 
-/// What a key and a session have left, as the budget headers report it (`None`:
-/// unlimited).
+/// What is left of the tightest budgets after a reservation (for `X-Budget-*`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Headroom {
     pub tokens: Option<u64>,
@@ -88,98 +40,87 @@ pub struct Headroom {
     pub cost: Option<f64>,
 }
 
-#[derive(Default)]
-struct Accounts {
-    keys: HashMap<String, Remaining>,
-    sessions: HashMap<String, Remaining>,
+/// Why a reservation was refused.
+#[derive(Debug)]
+pub enum Refused {
+    OverBudget {
+        account: String,
+        what: &'static str,
+        retry_after_ms: Option<u64>,
+    },
+    OverRate {
+        limit: &'static str,
+        retry_after_ms: u64,
+        rate: RateState,
+    },
+    StoreDown(StoreError),
 }
+
+/// Settles that failed because the store was unreachable, retried in order.
+const MAX_PENDING_SETTLES: usize = 100_000;
 
 pub struct Ledger {
     limits: BudgetSettings,
     /// Keys with their own budget instead of `limits.per_key`.
     key_limits: HashMap<String, BudgetLimits>,
-    accounts: Mutex<Accounts>,
+    rate: RateLimits,
+    key_rates: HashMap<String, RateLimits>,
+    store: Arc<dyn Store>,
+    /// Whether the last call reached the store (`/readyz`).
+    up: AtomicBool,
+    /// Settles the store refused; the ledger's own lock, never held across a store call.
+    pending: Mutex<Vec<(Reservation, Amount)>>,
 }
 
-/// The ledger locked for one reservation: read what is left, ask the policy, debit.
-pub struct Locked<'a> {
-    ledger: &'a Ledger,
-    accounts: MutexGuard<'a, Accounts>,
-    key: String,
-    session: String,
+/// Runs a blocking store call from anywhere: on a multi-threaded runtime's worker it
+/// tells tokio the thread blocks (so other tasks move), elsewhere it just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn as_left(b: &Budget, spent: &Amount) -> BudgetLeft {
+    let (tokens, time_ms, cost) = left_of(b, spent);
+    BudgetLeft {
+        tokens,
+        time_ms,
+        cost,
+    }
+}
+
+fn unlimited() -> BudgetLeft {
+    BudgetLeft {
+        tokens: None,
+        time_ms: None,
+        cost: None,
+    }
 }
 
 impl Ledger {
-    pub fn new(limits: BudgetSettings, key_limits: HashMap<String, BudgetLimits>) -> Self {
+    pub fn new(
+        limits: BudgetSettings,
+        key_limits: HashMap<String, BudgetLimits>,
+        rate: RateLimits,
+        key_rates: HashMap<String, RateLimits>,
+        store: Arc<dyn Store>,
+    ) -> Self {
         Self {
             limits,
             key_limits,
-            accounts: Mutex::new(Accounts::default()),
+            rate,
+            key_rates,
+            store,
+            up: AtomicBool::new(true),
+            pending: Mutex::new(Vec::new()),
         }
     }
 
-    pub fn lock(&self, key: &str, session: &str) -> Locked<'_> {
-        Locked {
-            ledger: self,
-            accounts: self.accounts.lock().unwrap_or_else(|p| p.into_inner()),
-            key: key.to_owned(),
-            session: session.to_owned(),
-        }
-    }
-
-    /// Returns the unused part of a reservation: `reserved - actual`, or charges the
-    /// overrun when the task used more than it reserved.
-    pub fn settle(&self, r: &Reservation, actual: Amount) {
-        let mut guard = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        let accounts = &mut *guard;
-        let unused = Amount {
-            tokens: r.amount.tokens.saturating_sub(actual.tokens),
-            time_ms: r.amount.time_ms.saturating_sub(actual.time_ms),
-            cost: (r.amount.cost - actual.cost).max(0.0),
-        };
-        let overrun = Amount {
-            tokens: actual.tokens.saturating_sub(r.amount.tokens),
-            time_ms: actual.time_ms.saturating_sub(r.amount.time_ms),
-            cost: (actual.cost - r.amount.cost).max(0.0),
-        };
-        for (map, id, cap) in [
-            (&mut accounts.keys, &r.key, self.key_limit(&r.key)),
-            (&mut accounts.sessions, &r.session, self.limits.per_session),
-        ] {
-            if let Some(rem) = map.get_mut(id) {
-                rem.credit(unused, &cap);
-                rem.debit(overrun);
-            }
-        }
-        // A session account back at its full budget says nothing: forget it (a refused
-        // request leaves no account behind).
-        if accounts
-            .sessions
-            .get(&r.session)
-            .is_some_and(|rem| rem.is_full(&self.limits.per_session))
-        {
-            accounts.sessions.remove(&r.session);
-        }
-    }
-
-    /// Forgets the accounts of sessions that expired (their budget went with them).
-    pub fn forget_sessions(&self, accounts: &[String]) {
-        if accounts.is_empty() {
-            return;
-        }
-        let mut guard = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        for a in accounts {
-            guard.sessions.remove(a);
-        }
-    }
-
-    /// Session accounts held (for tests and metrics).
-    pub fn session_accounts(&self) -> usize {
-        self.accounts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sessions
-            .len()
+    pub fn store_name(&self) -> &'static str {
+        self.store.name()
     }
 
     fn key_limit(&self, key: &str) -> BudgetLimits {
@@ -189,64 +130,177 @@ impl Ledger {
             .unwrap_or(self.limits.per_key)
     }
 
-    /// Returns a whole reservation (the request was refused after reserving).
-    pub fn refund(&self, r: &Reservation) {
-        self.settle(r, Amount::default());
-    }
-}
-
-impl Locked<'_> {
-    fn key_mut(&mut self) -> &mut Remaining {
-        let limits = self.ledger.key_limit(&self.key);
-        self.accounts
-            .keys
-            .entry(self.key.clone())
-            .or_insert_with(|| limits.into())
+    fn budget(account: String, l: BudgetLimits) -> Budget {
+        Budget {
+            account,
+            tokens: l.tokens,
+            time_ms: l.time_ms,
+            cost: l.cost,
+            period: l.period,
+        }
     }
 
-    fn session_mut(&mut self) -> &mut Remaining {
-        let limits = self.ledger.limits.per_session;
-        self.accounts
-            .sessions
-            .entry(self.session.clone())
-            .or_insert_with(|| limits.into())
+    /// The budgets that apply to a key and a session, limited ones only (key first).
+    fn budgets(&self, key: &str, session: &str) -> (Option<Budget>, Option<Budget>) {
+        let k = Self::budget(format!("key:{key}"), self.key_limit(key));
+        let s = Self::budget(format!("session:{session}"), self.limits.per_session);
+        (
+            (!k.is_unlimited()).then_some(k),
+            (!s.is_unlimited()).then_some(s),
+        )
     }
 
-    /// What the key has left; reading creates no account (only a debit does).
-    fn key_now(&self) -> Remaining {
-        self.accounts
-            .keys
-            .get(&self.key)
-            .copied()
-            .unwrap_or_else(|| self.ledger.key_limit(&self.key).into())
+    fn rate_limit(&self, key: &str) -> Option<RateLimit> {
+        let r = self.key_rates.get(key).copied().unwrap_or(self.rate);
+        (!r.is_unlimited()).then(|| RateLimit {
+            subject: format!("key:{key}"),
+            requests: r.requests,
+            tokens: r.tokens,
+            concurrent: r.concurrent,
+            window_ms: r.window_ms,
+        })
     }
 
-    fn session_now(&self) -> Remaining {
-        self.accounts
-            .sessions
-            .get(&self.session)
-            .copied()
-            .unwrap_or_else(|| self.ledger.limits.per_session.into())
+    fn observe<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        let ok = r.is_ok();
+        let was = self.up.swap(ok, Ordering::AcqRel);
+        match (&r, was) {
+            (Err(e), true) => {
+                tracing::error!(store = self.store.name(), error = %e, "state store unreachable: admissions that need it are refused (503) until it is back");
+            }
+            (Ok(_), false) => {
+                tracing::info!(store = self.store.name(), "state store reachable again");
+            }
+            _ => {}
+        }
+        crate::metrics::state_store_up(self.store.name(), ok);
+        r
     }
 
-    pub fn key_left(&self) -> BudgetLeft {
-        self.key_now().as_left()
+    /// What the key and the session have left in their current windows (what the budget
+    /// policy is told).
+    pub fn left(&self, key: &str, session: &str) -> Result<(BudgetLeft, BudgetLeft), StoreError> {
+        let (k, s) = self.budgets(key, session);
+        let list: Vec<Budget> = k.iter().chain(s.iter()).cloned().collect();
+        if list.is_empty() {
+            return Ok((unlimited(), unlimited()));
+        }
+        let spent = self.observe(blocking(|| self.store.spent(&list, now_ms())))?;
+        let mut it = list.iter().zip(&spent).map(|(b, s)| as_left(b, s));
+        Ok((
+            if k.is_some() { it.next() } else { None }.unwrap_or_else(unlimited),
+            if s.is_some() { it.next() } else { None }.unwrap_or_else(unlimited),
+        ))
     }
 
-    pub fn session_left(&self) -> BudgetLeft {
-        self.session_now().as_left()
+    /// Reserves `amount` against the key's and the session's budgets and the key's rate
+    /// limits, in one atomic store operation. `rate_tokens`: the request's estimated
+    /// tokens, for the tokens-per-window limit; `lease_ms`: how long the reservation may
+    /// stay unsettled before another daemon settles it at its reserved amount.
+    pub fn reserve(
+        &self,
+        id: &str,
+        key: &str,
+        session: &str,
+        amount: Amount,
+        rate_tokens: u64,
+        lease_ms: u64,
+    ) -> Result<(Reservation, Headroom, Option<RateState>), Refused> {
+        let (k, s) = self.budgets(key, session);
+        let budgets: Vec<Budget> = k.into_iter().chain(s).collect();
+        let rate = self.rate_limit(key);
+        let mut reservation = Reservation {
+            id: id.to_owned(),
+            key: key.to_owned(),
+            session: session.to_owned(),
+            amount,
+            rate_tokens,
+            stored: false,
+        };
+        if budgets.is_empty() && rate.is_none() {
+            return Ok((reservation, Headroom::default(), None));
+        }
+        let op = ReserveOp {
+            id,
+            budgets: &budgets,
+            amount,
+            rate: rate.as_ref(),
+            rate_tokens,
+            now_ms: now_ms(),
+            lease_ms,
+        };
+        let decision = self
+            .observe(blocking(|| self.store.reserve(&op)))
+            .map_err(Refused::StoreDown)?;
+        match decision {
+            Decision::Reserved { left, rate: state } => {
+                reservation.stored = true;
+                let mut headroom = Headroom::default();
+                for (b, spent) in budgets.iter().zip(&left) {
+                    let (t, ms, c) = left_of(b, spent);
+                    headroom.tokens = min_opt(headroom.tokens, t);
+                    headroom.time_ms = min_opt(headroom.time_ms, ms);
+                    headroom.cost = match (headroom.cost, c) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                Ok((reservation, headroom, rate.map(|_| state)))
+            }
+            Decision::OverBudget {
+                account,
+                what,
+                retry_after_ms,
+            } => Err(Refused::OverBudget {
+                account,
+                what,
+                retry_after_ms,
+            }),
+            Decision::OverRate {
+                limit,
+                retry_after_ms,
+                rate,
+            } => {
+                crate::metrics::rate_limited(limit);
+                Err(Refused::OverRate {
+                    limit,
+                    retry_after_ms,
+                    rate,
+                })
+            }
+        }
+    }
+
+    /// When a request needing `tokens` could fit again: the latest window end among the
+    /// budgets it does not fit now (those out of tokens, or out of time or cost); `None`
+    /// if one of them has no period (it never resets) or none is short.
+    pub fn resets_in_ms(&self, key: &str, session: &str, tokens: u64) -> Option<u64> {
+        let (k, s) = self.budgets(key, session);
+        let list: Vec<Budget> = k.into_iter().chain(s).collect();
+        let now = now_ms();
+        let spent = blocking(|| self.store.spent(&list, now)).ok()?;
+        let mut latest: Option<u64> = None;
+        for (b, spent) in list.iter().zip(&spent) {
+            let (t, ms, c) = left_of(b, spent);
+            let short = t.is_some_and(|t| t < tokens)
+                || ms.is_some_and(|ms| ms == 0)
+                || c.is_some_and(|c| c <= 0.0);
+            if short {
+                let end = b.window(now).1?;
+                latest = Some(latest.unwrap_or(0).max(end.saturating_sub(now).max(1)));
+            }
+        }
+        latest
     }
 
     /// What is left for the key and the session together (the tighter of the two).
-    pub fn headroom(&self) -> Headroom {
-        let (k, s) = (self.key_now(), self.session_now());
-        let min_u = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    pub fn headroom(&self, key: &str, session: &str) -> Headroom {
+        let Ok((k, s)) = self.left(key, session) else {
+            return Headroom::default();
         };
         Headroom {
-            tokens: min_u(k.tokens, s.tokens),
-            time_ms: min_u(k.time_ms, s.time_ms),
+            tokens: min_opt(k.tokens, s.tokens),
+            time_ms: min_opt(k.time_ms, s.time_ms),
             cost: match (k.cost, s.cost) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -254,34 +308,99 @@ impl Locked<'_> {
         }
     }
 
-    pub fn debit(mut self, amount: Amount) -> (Reservation, Headroom) {
-        self.key_mut().debit(amount);
-        self.session_mut().debit(amount);
-        let headroom = self.headroom();
-        (
-            Reservation {
-                key: self.key.clone(),
-                session: self.session.clone(),
-                amount,
-            },
-            headroom,
-        )
+    /// Applies a finished task's actual amount (exactly once). A store that cannot be
+    /// reached keeps it queued for [`Self::retry_pending`].
+    pub fn settle(&self, r: &Reservation, actual: Amount, rate_tokens: u64) {
+        if !r.stored {
+            return;
+        }
+        let result = self.observe(blocking(|| self.store.settle(&r.id, actual, rate_tokens)));
+        if let Err(e) = result {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() < MAX_PENDING_SETTLES {
+                tracing::warn!(reservation = %r.id, error = %e, "settle deferred until the state store is back");
+                pending.push((r.clone(), actual));
+            } else {
+                crate::metrics::bounded_eviction("pending_settles", 1);
+                tracing::error!(reservation = %r.id, "settle dropped: too many deferred; its lease will settle it at the reserved amount");
+            }
+        }
+    }
+
+    /// Returns a whole reservation (the request was refused after reserving).
+    pub fn refund(&self, r: &Reservation) {
+        self.settle(r, Amount::default(), 0);
+    }
+
+    /// Retries deferred settles, then reaps expired leases (the background task's tick).
+    pub fn maintain(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut failed = Vec::new();
+        for (r, actual) in pending {
+            if self.store.settle(&r.id, actual, r.rate_tokens).is_err() {
+                failed.push((r, actual));
+            }
+        }
+        if !failed.is_empty() {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(failed);
+        }
+        let reaped = self.observe(self.store.reap(now_ms()));
+        if let Ok(n) = reaped
+            && n > 0
+        {
+            tracing::warn!(
+                reaped = n,
+                "reservations whose lease ended were settled at their reserved amount (their daemon stopped without settling)"
+            );
+        }
+    }
+
+    /// Asks the store whether it is reachable (the readiness probe's answer).
+    pub fn check(&self) -> bool {
+        self.observe(self.store.ping()).is_ok()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+}
+
+fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SqliteStore;
 
-    fn limits(tokens: u64) -> BudgetSettings {
-        BudgetSettings {
+    fn ledger(per_key: u64, per_session: Option<u64>) -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.sqlite")).unwrap());
+        let limits = BudgetSettings {
             per_key: BudgetLimits {
-                tokens: Some(tokens),
-                time_ms: None,
-                cost: None,
+                tokens: Some(per_key),
+                ..BudgetLimits::default()
             },
-            per_session: BudgetLimits::default(),
-        }
+            per_session: BudgetLimits {
+                tokens: per_session,
+                ..BudgetLimits::default()
+            },
+        };
+        let l = Ledger::new(
+            limits,
+            HashMap::new(),
+            RateLimits::default(),
+            HashMap::new(),
+            store,
+        );
+        (dir, l)
     }
 
     fn amount(tokens: u64) -> Amount {
@@ -293,46 +412,55 @@ mod tests {
 
     #[test]
     fn reserve_settle_and_refund() {
-        let ledger = Ledger::new(limits(100), HashMap::new());
-        let l = ledger.lock("k", "s");
-        assert_eq!(l.key_left().tokens, Some(100));
-        assert_eq!(l.session_left().tokens, None);
-        let (r, headroom) = l.debit(amount(60));
+        let (_dir, ledger) = ledger(100, None);
+        assert_eq!(ledger.left("k", "s").unwrap().0.tokens, Some(100));
+        assert_eq!(ledger.left("k", "s").unwrap().1.tokens, None);
+        let (r, headroom, rate) = ledger
+            .reserve("t1", "k", "s", amount(60), 0, 60_000)
+            .unwrap();
+        assert!(rate.is_none());
         assert_eq!(headroom.tokens, Some(40));
-        ledger.settle(&r, amount(10));
-        assert_eq!(ledger.lock("k", "s").key_left().tokens, Some(90));
-        let (r, _) = ledger.lock("k", "s").debit(amount(90));
+        ledger.settle(&r, amount(10), 0);
+        assert_eq!(ledger.left("k", "s").unwrap().0.tokens, Some(90));
+        let (r, _, _) = ledger
+            .reserve("t2", "k", "s", amount(90), 0, 60_000)
+            .unwrap();
+        assert!(matches!(
+            ledger.reserve("t3", "k", "s", amount(1), 0, 60_000),
+            Err(Refused::OverBudget {
+                what: "tokens",
+                retry_after_ms: None,
+                ..
+            })
+        ));
         ledger.refund(&r);
-        assert_eq!(ledger.lock("k", "s").key_left().tokens, Some(90));
+        assert_eq!(ledger.left("k", "s").unwrap().0.tokens, Some(90));
         // An overrun is charged, never below zero.
-        let (r, _) = ledger.lock("k", "s").debit(amount(10));
-        ledger.settle(&r, amount(500));
-        assert_eq!(ledger.lock("k", "s").key_left().tokens, Some(0));
+        let (r, _, _) = ledger
+            .reserve("t4", "k", "s", amount(10), 0, 60_000)
+            .unwrap();
+        ledger.settle(&r, amount(500), 0);
+        assert_eq!(ledger.left("k", "s").unwrap().0.tokens, Some(0));
         // Other keys have their own budget.
-        assert_eq!(ledger.lock("other", "s").key_left().tokens, Some(100));
+        assert_eq!(ledger.left("other", "s").unwrap().0.tokens, Some(100));
     }
 
     #[test]
-    fn session_accounts_exist_only_while_they_hold_something() {
-        let mut settings = limits(100);
-        settings.per_session = BudgetLimits {
-            tokens: Some(50),
-            ..BudgetLimits::default()
-        };
-        let ledger = Ledger::new(settings, HashMap::new());
-        // Reading what is left creates nothing.
-        assert_eq!(ledger.lock("k", "k/a").session_left().tokens, Some(50));
-        assert_eq!(ledger.session_accounts(), 0);
-        // A refunded reservation (a refused request) leaves nothing behind.
-        let (r, _) = ledger.lock("k", "k/a").debit(amount(20));
-        assert_eq!(ledger.session_accounts(), 1);
-        ledger.refund(&r);
-        assert_eq!(ledger.session_accounts(), 0);
-        // Spent budget stays until the session expires.
-        let (r, _) = ledger.lock("k", "k/a").debit(amount(20));
-        ledger.settle(&r, amount(5));
-        assert_eq!(ledger.lock("k", "k/a").session_left().tokens, Some(45));
-        ledger.forget_sessions(&["k/a".to_owned()]);
-        assert_eq!(ledger.session_accounts(), 0);
+    fn unlimited_requests_never_touch_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.sqlite")).unwrap());
+        let l = Ledger::new(
+            BudgetSettings {
+                per_key: BudgetLimits::default(),
+                per_session: BudgetLimits::default(),
+            },
+            HashMap::new(),
+            RateLimits::default(),
+            HashMap::new(),
+            store,
+        );
+        let (r, _, _) = l.reserve("t", "k", "s", amount(5), 0, 1_000).unwrap();
+        assert!(!r.stored);
+        l.settle(&r, amount(5), 0);
     }
 }

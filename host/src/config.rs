@@ -137,6 +137,10 @@ pub struct Settings {
     /// `Host` values accepted in open mode besides loopback names.
     pub allowed_hosts: Vec<String>,
     pub budgets: BudgetSettings,
+    pub rate_limits: RateLimits,
+    pub state: StateBackend,
+    /// How long after its task's deadline an unsettled reservation is reaped.
+    pub lease_margin: Duration,
     pub pools: Vec<PoolSettings>,
     /// Where the settings came from, for the startup log.
     pub origin: String,
@@ -197,13 +201,66 @@ pub struct PolicySettingsSet {
     pub error_mapping: PolicySettings,
 }
 
-/// A budget: `None` = unlimited in that dimension.
+/// A budget: `None` = unlimited in that dimension; with a `period` it resets at each
+/// window boundary (`"1h"`, `"1d"`, `"30d"`, `"month"` …), without one it never does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetLimits {
     pub tokens: Option<u64>,
     pub time_ms: Option<u64>,
     pub cost: Option<f64>,
+    #[serde(default, deserialize_with = "period")]
+    pub period: Option<crate::store::Period>,
+}
+
+fn period<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::store::Period>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    crate::store::Period::parse(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// Rate limits of a key: requests and (estimated, then corrected) tokens per window,
+/// and tasks running at once. `None` = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    pub requests: Option<u64>,
+    pub tokens: Option<u64>,
+    pub concurrent: Option<u64>,
+    /// The window the counts are kept in (default one minute).
+    #[serde(default = "minute")]
+    pub window_ms: u64,
+}
+
+fn minute() -> u64 {
+    60_000
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            requests: None,
+            tokens: None,
+            concurrent: None,
+            window_ms: minute(),
+        }
+    }
+}
+
+impl RateLimits {
+    pub fn is_unlimited(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none() && self.concurrent.is_none()
+    }
+}
+
+/// Where budgets, rate limits and reservations live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateBackend {
+    Sqlite { path: PathBuf },
+    Redis { url: String, prefix: String },
 }
 
 /// What a key may do: the data plane (its own tasks and sessions) or everything.
@@ -220,6 +277,8 @@ pub struct ApiKeySettings {
     pub name: String,
     pub role: Role,
     pub sha256: [u8; 32],
+    /// Overrides `rate_limits.per_key` for this key.
+    pub rate: Option<RateLimits>,
     /// Overrides `budgets.per_key` for this key.
     pub budget: Option<BudgetLimits>,
 }

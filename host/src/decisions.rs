@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use orchd_contracts::{ErrorCode, PlacementMode, PlacementRequest, Priority};
 
 use crate::adapters::{EngineFailure, FailureKind, FailurePhase};
-use crate::budget::{Amount, Ledger, Reservation};
+use crate::budget::{Amount, Ledger, RateState, Refused, Reservation};
 use crate::config::OnError;
 use crate::errors::{self, ApiError};
 use crate::metrics;
@@ -284,31 +284,52 @@ impl Decisions {
         }
     }
 
-    /// Reserves budget for a request (under the ledger lock, so concurrent requests never
-    /// spend the same budget twice). Fails closed when the policy fails.
+    /// Reserves budget for a request: the policy prices it against what the key and the
+    /// session have left, then the state store checks every budget and rate limit and
+    /// debits them in one atomic operation (so concurrent requests, on this daemon or
+    /// another sharing the store, never spend the same budget twice). Fails closed when
+    /// the policy fails or the store cannot be reached.
+    #[allow(clippy::too_many_arguments)]
     pub fn reserve(
         &self,
         req: budget::ReserveRequest,
         key: &str,
         session: &str,
-    ) -> Result<(Reservation, crate::budget::Headroom), ApiError> {
-        let locked = self.ledger.lock(key, session);
+        id: &str,
+        rate_tokens: u64,
+        lease_ms: u64,
+    ) -> Result<(Reservation, crate::budget::Headroom, Option<RateState>), ApiError> {
+        let (key_left, session_left) = self.ledger.left(key, session).map_err(store_down)?;
         let req = budget::ReserveRequest {
-            key_left: locked.key_left(),
-            session_left: locked.session_left(),
+            key_left,
+            session_left,
             ..req
         };
         match self.policies.budget.get().reserve(&req) {
-            Ok(budget::Reservation::Reserve(u)) => Ok(locked.debit(Amount {
-                tokens: u.tokens,
-                time_ms: u.time_ms,
-                cost: u.cost,
-            })),
+            Ok(budget::Reservation::Reserve(u)) => {
+                let amount = Amount {
+                    tokens: u.tokens,
+                    time_ms: u.time_ms,
+                    cost: u.cost,
+                };
+                self.ledger
+                    .reserve(id, key, session, amount, rate_tokens, lease_ms)
+                    .map_err(refused)
+            }
             Ok(budget::Reservation::Deny(d)) => {
+                // A policy that says no without saying when: the window of the budgets the
+                // request cannot fit says when, unless one of them never resets.
+                let retry_after_ms = d.retry_after_ms.or_else(|| {
+                    self.ledger.resets_in_ms(
+                        key,
+                        session,
+                        u64::from(req.prompt_tokens_estimate) + u64::from(req.max_tokens),
+                    )
+                });
                 let mut err =
                     ApiError::new(ErrorCode::BudgetExceeded, d.message).policy_label("budget");
-                err.envelope.retriable = Some(d.retry_after_ms.is_some());
-                if let Some(ms) = d.retry_after_ms {
+                err.envelope.retriable = Some(retry_after_ms.is_some());
+                if let Some(ms) = retry_after_ms {
                     err = err.retry_after_ms(ms);
                 }
                 Err(err)
@@ -320,7 +341,7 @@ impl Decisions {
     /// What the task's key and session have left now.
     pub fn headroom(&self, task: &Task) -> crate::budget::Headroom {
         let session = crate::sessions::Sessions::account(&task.spec.owner, &task.spec.session_id);
-        self.ledger.lock(&task.spec.owner, &session).headroom()
+        self.ledger.headroom(&task.spec.owner, &session)
     }
 
     /// Charges a finished task its actual usage (the policy prices it) and returns the rest
@@ -351,6 +372,7 @@ impl Decisions {
                     time_ms: u.time_ms,
                     cost: u.cost,
                 },
+                u64::from(usage.tokens_in) + u64::from(usage.tokens_out),
             ),
             Err(failure) => {
                 tracing::error!(task_id = %task.id, error = %failure, "budget settle failed; the reservation stays charged");
@@ -376,6 +398,62 @@ fn kind_name(k: FailureKind) -> &'static str {
 fn fallback_logged(failure: &PolicyFailure) {
     metrics::policy_fallback(failure.policy);
     tracing::warn!(policy = failure.policy, kind = failure.kind.as_str(), error = %failure.message, "policy failed; host fallback used");
+}
+
+/// The state store could not be reached: fail closed, retriable.
+fn store_down(e: crate::store::StoreError) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("the state store (budgets and rate limits) is unreachable; retry shortly: {e}"),
+    )
+    .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+    .retry_after_ms(1_000)
+    .retriable()
+}
+
+/// A reservation the store refused, in API terms.
+fn refused(r: Refused) -> ApiError {
+    match r {
+        Refused::OverBudget {
+            account,
+            what,
+            retry_after_ms,
+        } => {
+            let (kind, name) = account.split_once(':').unwrap_or(("budget", &account));
+            let when = match retry_after_ms {
+                Some(ms) => format!("it resets in {}s", ms.div_ceil(1000)),
+                None => "it has no period and does not reset".to_owned(),
+            };
+            let mut err = ApiError::new(
+                ErrorCode::BudgetExceeded,
+                format!(
+                    "the {kind} budget of {:?} has no {what} left for this request; {when}",
+                    crate::api::truncated(name)
+                ),
+            )
+            .policy_label("budget");
+            err.envelope.retriable = Some(retry_after_ms.is_some());
+            if let Some(ms) = retry_after_ms {
+                err = err.retry_after_ms(ms);
+            }
+            err
+        }
+        Refused::OverRate {
+            limit,
+            retry_after_ms,
+            rate,
+        } => ApiError::new(
+            ErrorCode::AdmissionReject,
+            match limit {
+                "concurrent" => "rate limit: too many tasks running for this key".to_owned(),
+                other => format!("rate limit: this key's {other} per window are used up"),
+            },
+        )
+        .policy_label("rate_limit")
+        .retry_after_ms(retry_after_ms)
+        .rate(rate),
+        Refused::StoreDown(e) => store_down(e),
+    }
 }
 
 /// A broken enforcing policy: fail closed.

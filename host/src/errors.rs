@@ -60,6 +60,42 @@ pub struct ApiError {
     /// Boxed: errors travel through many `Result`s and should stay one pointer wide.
     pub envelope: Box<ErrorEnvelope>,
     status: StatusCode,
+    /// A rate limit's state, sent as `X-RateLimit-*` (refusals by a rate limit).
+    rate: Option<Box<crate::budget::RateState>>,
+}
+
+/// `X-RateLimit-{Limit,Remaining,Reset}-{Requests,Tokens}` (OpenAI's names; the reset is
+/// the time to the window's end, in seconds: `"12s"`).
+pub fn rate_headers(headers: &mut axum::http::HeaderMap, rate: &crate::budget::RateState) {
+    let reset_s = rate
+        .reset_ms
+        .saturating_sub(crate::store::now_ms())
+        .div_ceil(1000);
+    let reset = HeaderValue::from_str(&format!("{reset_s}s")).expect("ascii");
+    for (what, limit, left) in [
+        ("requests", rate.requests_limit, rate.requests_left),
+        ("tokens", rate.tokens_limit, rate.tokens_left),
+    ] {
+        if let (Some(limit), Some(left)) = (limit, left) {
+            headers.insert(
+                axum::http::HeaderName::from_bytes(format!("x-ratelimit-limit-{what}").as_bytes())
+                    .expect("valid name"),
+                HeaderValue::from(limit),
+            );
+            headers.insert(
+                axum::http::HeaderName::from_bytes(
+                    format!("x-ratelimit-remaining-{what}").as_bytes(),
+                )
+                .expect("valid name"),
+                HeaderValue::from(left),
+            );
+            headers.insert(
+                axum::http::HeaderName::from_bytes(format!("x-ratelimit-reset-{what}").as_bytes())
+                    .expect("valid name"),
+                reset.clone(),
+            );
+        }
+    }
 }
 
 impl ApiError {
@@ -77,6 +113,7 @@ impl ApiError {
                 artifact_id: None,
             }),
             status: status_of(code),
+            rate: None,
         }
     }
 
@@ -84,7 +121,14 @@ impl ApiError {
         Self {
             status: status_of(envelope.code),
             envelope: Box::new(envelope),
+            rate: None,
         }
+    }
+
+    /// Sends a rate limit's state with the error.
+    pub fn rate(mut self, rate: crate::budget::RateState) -> Self {
+        self.rate = Some(Box::new(rate));
+        self
     }
 
     pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Self {
@@ -115,6 +159,12 @@ impl ApiError {
 
     pub fn pool(mut self, pool_id: &str) -> Self {
         self.envelope.pool_id = Some(pool_id.to_owned());
+        self
+    }
+
+    /// Marks the error retriable (whatever its code's default).
+    pub fn retriable(mut self) -> Self {
+        self.envelope.retriable = Some(true);
         self
     }
 
@@ -154,6 +204,9 @@ impl IntoResponse for ApiError {
             let headers = response.headers_mut();
             headers.insert("retry-after", HeaderValue::from(retry_after_secs(ms)));
             headers.insert("x-backoff-ms", HeaderValue::from(ms));
+        }
+        if let Some(rate) = &self.rate {
+            rate_headers(response.headers_mut(), rate);
         }
         // The correlation middleware fills `correlation_id` and re-renders the body.
         response.extensions_mut().insert(*self.envelope);

@@ -36,6 +36,8 @@ struct Metrics {
     plugin_rescans_total: IntCounterVec,
     plugin_files_hashed_total: IntCounterVec,
     bounded_evictions_total: IntCounterVec,
+    rate_limited_total: IntCounterVec,
+    state_store_up: IntGaugeVec,
     finished_tasks_retained_bytes: IntGaugeVec,
 }
 
@@ -273,8 +275,20 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         bounded_evictions_total: counter(
             &registry,
             "bounded_evictions_total",
-            "Entries dropped because a bounded map or queue was full (finished_tasks, transcripts, sessions)",
+            "Entries dropped because a bounded map or queue was full (finished_tasks, transcripts, sessions, pending_settles)",
             &["what"],
+        ),
+        rate_limited_total: counter(
+            &registry,
+            "rate_limited_total",
+            "Requests refused by a rate limit, by limit (requests, tokens, concurrent)",
+            &["limit"],
+        ),
+        state_store_up: gauge(
+            &registry,
+            "state_store_up",
+            "1 when the state store (budgets, rate limits) answered the last call",
+            &["backend"],
         ),
         finished_tasks_retained_bytes: gauge(
             &registry,
@@ -288,6 +302,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     // first event.
     for what in ["finished_tasks", "transcripts", "sessions"] {
         m.bounded_evictions_total.with_label_values(&[what]);
+    }
+    for limit in ["requests", "tokens", "concurrent"] {
+        m.rate_limited_total.with_label_values(&[limit]);
     }
     for directory in ["adapter", "policy"] {
         m.plugin_rescans_total.with_label_values(&[directory]);
@@ -485,6 +502,17 @@ pub fn bounded_eviction(what: &'static str, n: usize) {
         .bounded_evictions_total
         .with_label_values(&[what])
         .inc_by(n as u64);
+}
+
+pub fn rate_limited(limit: &'static str) {
+    METRICS.rate_limited_total.with_label_values(&[limit]).inc();
+}
+
+pub fn state_store_up(backend: &'static str, up: bool) {
+    METRICS
+        .state_store_up
+        .with_label_values(&[backend])
+        .set(i64::from(up));
 }
 
 pub fn finished_tasks_evicted(n: usize) {

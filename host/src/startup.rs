@@ -177,6 +177,27 @@ fn pool_interval(settings: &Settings, pool_id: &str) -> Duration {
 
 /// Loads everything and starts the background tasks (dispatchers, retention sweeper).
 /// Must run inside the tokio runtime.
+/// The state store of `[state]`. SQLite opens here (a bad path fails the start); Redis
+/// connects per call, so a Redis that is down at start is reported by `/readyz` and
+/// recovered from without a restart.
+fn open_store(
+    backend: &crate::config::StateBackend,
+) -> Result<Arc<dyn crate::store::Store>, StartupError> {
+    use crate::config::StateBackend;
+    let store: Arc<dyn crate::store::Store> = match backend {
+        StateBackend::Sqlite { path } => Arc::new(
+            crate::store::SqliteStore::open(path)
+                .map_err(|e| StartupError::Config(format!("state store: {e}")))?,
+        ),
+        StateBackend::Redis { url, prefix } => Arc::new(
+            crate::store::RedisStore::open(url, prefix)
+                .map_err(|e| StartupError::Config(format!("state store: {e}")))?,
+        ),
+    };
+    tracing::info!(backend = store.name(), "state store");
+    Ok(store)
+}
+
 pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     let adapters = load_adapters(&settings)?;
     let policies = Arc::new(load_policies(&settings)?);
@@ -214,8 +235,17 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
                 .iter()
                 .filter_map(|k| k.budget.map(|b| (k.name.clone(), b)))
                 .collect(),
+            settings.rate_limits,
+            settings
+                .api_keys
+                .iter()
+                .filter_map(|k| k.rate.map(|r| (k.name.clone(), r)))
+                .collect(),
+            open_store(&settings.state)?,
         ),
     });
+    // Reported now (and on /readyz); a Redis that is down does not stop the start.
+    decisions.ledger.check();
     let watcher = watch::spawn(policies, &settings.policies_dir).map_err(StartupError::Runtime)?;
     let state = Arc::new(AppState::new(
         settings,
@@ -243,6 +273,19 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     if let Some(gpus) = crate::gpu::Gpus::init() {
         crate::gpu::spawn_poller(gpus, state.pools.iter().map(Arc::downgrade).collect());
     }
+    // The state store's upkeep: deferred settles, expired leases, reachability.
+    let keeper = Arc::downgrade(&decisions);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(decisions) = keeper.upgrade() else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || decisions.ledger.maintain()).await;
+        }
+    });
     let sweeper = Arc::downgrade(&state);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -252,7 +295,6 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
                 return;
             };
             let expired = state.sessions.sweep();
-            state.decisions.ledger.forget_sessions(&expired);
             let n = state
                 .tasks
                 .sweep(state.settings.retention, state.settings.retained_max_bytes)

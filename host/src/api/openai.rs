@@ -663,6 +663,7 @@ async fn run(
         deadline_of(headers)?,
     )?;
     let admitted = admit::admit_with(&state, task_req, extras, principal, correlation_id)?;
+    let rate = admitted.rate;
     let task_id = admitted.accepted.task_id;
     let task = state
         .tasks
@@ -689,6 +690,9 @@ async fn run(
     };
     if let Ok(v) = HeaderValue::from_str(&task_id) {
         response.headers_mut().insert("x-orchd-task-id", v);
+    }
+    if let Some(rate) = &rate {
+        crate::errors::rate_headers(response.headers_mut(), rate);
     }
     Ok(response)
 }

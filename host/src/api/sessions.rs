@@ -22,11 +22,18 @@ pub async fn get(
         .sessions
         .touch(&principal.name, &id)
         .ok_or_else(|| ApiError::not_found("session", &id))?;
-    let left = state
+    let (_, left) = state
         .decisions
         .ledger
-        .lock(&principal.name, &Sessions::account(&principal.name, &id))
-        .session_left();
+        .left(&principal.name, &Sessions::account(&principal.name, &id))
+        .map_err(|e| {
+            ApiError::new(
+                orchd_contracts::ErrorCode::Internal,
+                format!("the state store is unreachable: {e}"),
+            )
+            .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+            .retry_after_ms(1000)
+        })?;
     Ok(Json(SessionStatus {
         ttl_ms_remaining: view.ttl_remaining.as_millis() as u64,
         turns: view.turns,

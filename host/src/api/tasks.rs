@@ -37,6 +37,9 @@ pub async fn create(
     let admitted = admit::admit(&state, req, &principal, &correlation.0)?;
     let mut response = (StatusCode::ACCEPTED, Json(admitted.accepted)).into_response();
     budget_headers(response.headers_mut(), admitted.headroom);
+    if let Some(rate) = &admitted.rate {
+        crate::errors::rate_headers(response.headers_mut(), rate);
+    }
     Ok(response)
 }
 

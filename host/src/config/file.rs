@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::{
     ApiKeySettings, BudgetLimits, BudgetSettings, Cli, ConfigError, CorsSettings, LaunchSettings,
-    OnError, PolicyLimits, PolicySettings, PolicySettingsSet, PoolSettings, ReplicaSettings, Role,
-    Settings,
+    OnError, PolicyLimits, PolicySettings, PolicySettingsSet, PoolSettings, RateLimits,
+    ReplicaSettings, Role, Settings, StateBackend,
 };
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +31,10 @@ pub(super) struct FileConfig {
     policies: PoliciesFile,
     #[serde(default)]
     budgets: BudgetsFile,
+    #[serde(default)]
+    rate_limits: RateLimitsFile,
+    #[serde(default)]
+    state: StateFile,
     #[serde(default)]
     auth: AuthFile,
     #[serde(default)]
@@ -159,6 +163,8 @@ struct KeyFile {
     sha256: Option<String>,
     #[serde(default)]
     budget: Option<BudgetLimits>,
+    #[serde(default)]
+    rate: Option<RateLimits>,
 }
 
 impl std::fmt::Debug for KeyFile {
@@ -215,6 +221,7 @@ fn api_keys(
             role: k.role,
             sha256,
             budget: k.budget,
+            rate: k.rate,
         });
     }
     let from_file = match keys_file {
@@ -258,6 +265,7 @@ fn api_keys(
             role,
             sha256: digest(key),
             budget: None,
+            rate: None,
         });
     }
     let mut names = HashSet::new();
@@ -285,6 +293,41 @@ struct BudgetsFile {
     per_key: BudgetLimits,
     #[serde(default)]
     per_session: BudgetLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitsFile {
+    #[serde(default)]
+    per_key: RateLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StateFile {
+    /// `sqlite` (embedded, default) or `redis`.
+    backend: String,
+    /// The SQLite file (relative: to the config file's directory).
+    path: String,
+    /// `redis://host:port/db` for the redis backend.
+    url: Option<String>,
+    /// Prefix of every Redis key (daemons sharing one Redis for different clusters).
+    prefix: String,
+    /// A reservation left unsettled is settled at its reserved amount this long after
+    /// its task's deadline (its daemon died).
+    lease_margin_ms: u64,
+}
+
+impl Default for StateFile {
+    fn default() -> Self {
+        Self {
+            backend: "sqlite".into(),
+            path: "var/state.sqlite".into(),
+            url: None,
+            prefix: "orchd:".into(),
+            lease_margin_ms: 60_000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -826,6 +869,26 @@ impl FileConfig {
                     .policies
                     .error_mapping
                     .settings("error_mapping", &policies_dir)?,
+            },
+            rate_limits: self.rate_limits.per_key,
+            lease_margin: Duration::from_millis(self.state.lease_margin_ms),
+            state: match self.state.backend.as_str() {
+                "sqlite" => StateBackend::Sqlite {
+                    path: resolve(base, Path::new(&self.state.path)),
+                },
+                "redis" => StateBackend::Redis {
+                    url: self.state.url.clone().ok_or_else(|| {
+                        invalid(
+                            "state.backend = \"redis\" needs state.url = \"redis://…\"".to_owned(),
+                        )
+                    })?,
+                    prefix: self.state.prefix.clone(),
+                },
+                other => {
+                    return Err(invalid(format!(
+                        "state.backend {other:?}: expected \"sqlite\" or \"redis\""
+                    )));
+                }
             },
             budgets: BudgetSettings {
                 per_key: self.budgets.per_key,

@@ -23,6 +23,7 @@ mod pools;
 mod resume;
 mod sessions;
 mod shutdown;
+mod state;
 mod stream;
 mod tasks;
 mod watch;

@@ -112,6 +112,8 @@ async fn the_exposition_has_every_name_and_label_set_of_the_contract() {
         ("plugin_files_hashed_total", &["directory"]),
         ("bounded_evictions_total", &["what"]),
         ("finished_tasks_retained_bytes", &[]),
+        ("rate_limited_total", &["limit"]),
+        ("state_store_up", &["backend"]),
     ];
     for (name, labels) in expected {
         let sets = got

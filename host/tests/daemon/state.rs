@@ -1,0 +1,406 @@
+//! State that lasts and is shared: budgets with windows survive `kill -9` (SQLite), several
+//! daemons share one budget and one rate limit through a real Redis, a store outage fails
+//! closed and recovers, and a dead daemon's reservations are reaped when their lease ends.
+
+use std::time::{Duration, Instant};
+
+use orchd_testkit::{Daemon, DaemonBuilder, Redis, config, default_admission, mock_pool, task};
+use serde_json::{Value, json};
+
+const KEY: &str = "team-key";
+
+fn keys(extra: &str) -> String {
+    format!("[[auth.keys]]\nname = \"team\"\nrole = \"data\"\nkey = \"{KEY}\"\n{extra}\n")
+}
+
+fn cfg(head: &str, mock: &str) -> String {
+    format!(
+        "{head}\n{}",
+        config(&default_admission("reject"), 512, &[mock_pool("p", mock)])
+    )
+}
+
+async fn open_stream(d: &Daemon, id: &str) -> orchd_testkit::SseReader {
+    let resp = d
+        .http
+        .get(d.url(&format!("/v1/tasks/{id}/stream")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    orchd_testkit::SseReader::new(resp)
+}
+
+async fn post(d: &Daemon, body: &Value) -> reqwest::Response {
+    d.http
+        .post(d.url("/v1/tasks"))
+        .bearer_auth(KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Tokens one `task("p", {max_tokens: N})` reserves (the default budget policy: prompt
+/// estimate plus max_tokens), read from `X-Budget-Tokens-Remaining` on a probe daemon.
+async fn reserved_per_task(max_tokens: u32) -> u64 {
+    let d = DaemonBuilder::new(cfg(
+        &format!("{}[budgets]\nper_key = {{ tokens = 1000000 }}\n", keys("")),
+        "",
+    ))
+    .start();
+    let resp = post(&d, &task("p", json!({"max_tokens": max_tokens}))).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let left: u64 = resp.headers()["x-budget-tokens-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    1_000_000 - left
+}
+
+#[tokio::test]
+async fn settled_spend_survives_kill_9_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = format!(
+        "{}[budgets]\nper_key = {{ tokens = 1000000 }}\n\n[state]\npath = \"{}\"\n",
+        keys(""),
+        dir.path().join("state.sqlite").display()
+    );
+    let start = || DaemonBuilder::new(cfg(&head, "tokens_per_s = 2000.0")).start();
+    // Each round: one task runs to its end and settles, then the daemon is killed -9.
+    // What the key has left after each admission keeps falling across the restarts;
+    // a daemon that forgot would start again from the full budget every time.
+    let mut lefts = Vec::new();
+    for round in 0..5 {
+        let mut d = start();
+        let resp = post(&d, &task("p", json!({"max_tokens": 4}))).await;
+        assert_eq!(resp.status().as_u16(), 202, "round {round}");
+        lefts.push(
+            resp.headers()["x-budget-tokens-remaining"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+        let id = resp.json::<Value>().await.unwrap()["task_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let frames = orchd_testkit::read_to_end(&id, open_stream(&d, &id).await).await;
+        assert_eq!(frames.last().unwrap().event, "end");
+        d.kill9();
+    }
+    assert!(
+        lefts.windows(2).all(|w| w[1] < w[0]),
+        "spend survived every kill -9: {lefts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_window_resets_and_retry_after_says_when() {
+    let per_task = reserved_per_task(4).await;
+    let head = format!(
+        "{}[budgets]\nper_key = {{ tokens = {}, period = \"2s\" }}\n",
+        keys(""),
+        per_task
+    );
+    let d = DaemonBuilder::new(cfg(&head, "tokens_per_s = 2000.0")).start();
+    // Start just after a window boundary, so both requests fall in one window.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    while now() % 2000 > 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        post(&d, &task("p", json!({"max_tokens": 4})))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    let sent = now();
+    let resp = post(&d, &task("p", json!({"max_tokens": 4}))).await;
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "BUDGET_EXCEEDED");
+    assert_eq!(body["retriable"], true);
+    let left_ms = 2000 - sent % 2000;
+    assert_eq!(
+        retry,
+        left_ms.div_ceil(1000),
+        "Retry-After is the time left in the window"
+    );
+    assert!(
+        body["retry_after_ms"].as_u64().unwrap() <= left_ms,
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(
+        body["retry_after_ms"].as_u64().unwrap() + 50,
+    ))
+    .await;
+    assert_eq!(
+        post(&d, &task("p", json!({"max_tokens": 4})))
+            .await
+            .status()
+            .as_u16(),
+        202,
+        "the window reset"
+    );
+}
+
+fn redis_cli(redis: &Redis, args: &[&str]) -> String {
+    let port = redis
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn three_daemons_on_one_redis_never_overspend_one_budget() {
+    let redis = Redis::start();
+    let per_task = reserved_per_task(4).await;
+    let head = format!(
+        "{}[budgets]\nper_key = {{ tokens = {} }}\n\n[state]\nbackend = \"redis\"\nurl = \"{}\"\n",
+        keys(""),
+        per_task * 10,
+        redis.url()
+    );
+    // Slow streams: nothing settles (and gives tokens back) while the race runs.
+    let daemons: Vec<Daemon> = (0..3)
+        .map(|_| DaemonBuilder::new(cfg(&head, "slots = 512, tokens_per_s = 1.0")).start())
+        .collect();
+    let bodies: Vec<Value> = (0..300)
+        .map(|_| task("p", json!({"max_tokens": 4})))
+        .collect();
+    let requests: Vec<_> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| post(&daemons[i % 3], body))
+        .collect();
+    let statuses: Vec<u16> = futures_util::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    let admitted = statuses.iter().filter(|s| **s == 202).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(admitted, 10, "exactly the budget's 10 tasks: {statuses:?}");
+    assert_eq!(refused, 290);
+    let spent: u64 = redis_cli(&redis, &["HGET", "orchd:u:key:team:0", "t"])
+        .parse()
+        .unwrap();
+    assert!(spent <= per_task * 10, "spent {spent} of {}", per_task * 10);
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_shared_by_three_daemons() {
+    let redis = Redis::start();
+    let head = format!(
+        "{}[rate_limits]\nper_key = {{ requests = 6, window_ms = 3000 }}\n\n[state]\nbackend = \"redis\"\nurl = \"{}\"\n",
+        keys(""),
+        redis.url()
+    );
+    let daemons: Vec<Daemon> = (0..3)
+        .map(|_| DaemonBuilder::new(cfg(&head, "slots = 64, tokens_per_s = 2000.0")).start())
+        .collect();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // The burst starts at a window's beginning and ends well inside it.
+    while now() % 3000 > 300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let window_end = now() - now() % 3000 + 3000;
+    let mut admitted = 0;
+    let mut first_ok = None;
+    for i in 0..18 {
+        let resp = post(&daemons[i % 3], &task("p", json!({"max_tokens": 1}))).await;
+        match resp.status().as_u16() {
+            202 => {
+                admitted += 1;
+                let h = resp.headers();
+                assert_eq!(h["x-ratelimit-limit-requests"], "6");
+                first_ok.get_or_insert(
+                    h["x-ratelimit-remaining-requests"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            429 => {
+                let sent = now();
+                let retry: u64 = resp.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert_eq!(resp.headers()["x-ratelimit-remaining-requests"], "0");
+                let body: Value = resp.json().await.unwrap();
+                assert_eq!(body["code"], "ADMISSION_REJECT", "{body}");
+                let ms = body["retry_after_ms"].as_u64().unwrap();
+                assert!(
+                    ms <= window_end - sent + 50 && ms + 200 >= window_end - sent,
+                    "{ms} vs {}",
+                    window_end - sent
+                );
+                assert_eq!(retry, ms.div_ceil(1000));
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(now() < window_end, "the burst stayed in one window");
+    assert_eq!(admitted, 6, "the limit holds across daemons");
+    assert_eq!(first_ok.as_deref(), Some("5"));
+    assert!(
+        daemons[0]
+            .metric_sum("rate_limited_total", &[("limit", "requests")])
+            .await
+            + daemons[1]
+                .metric_sum("rate_limited_total", &[("limit", "requests")])
+                .await
+            + daemons[2]
+                .metric_sum("rate_limited_total", &[("limit", "requests")])
+                .await
+            == 12.0
+    );
+    // The next window admits again.
+    tokio::time::sleep(Duration::from_millis(window_end.saturating_sub(now()) + 50)).await;
+    assert_eq!(
+        post(&daemons[0], &task("p", json!({"max_tokens": 1})))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+}
+
+#[tokio::test]
+async fn a_redis_outage_fails_closed_and_recovers_without_a_restart() {
+    let mut redis = Redis::start();
+    let head = format!(
+        "{}[budgets]\nper_key = {{ tokens = 100000 }}\n\n[state]\nbackend = \"redis\"\nurl = \"{}\"\n",
+        keys(""),
+        redis.url()
+    );
+    let d = DaemonBuilder::new(cfg(&head, "tokens_per_s = 2000.0")).start();
+    assert_eq!(
+        post(&d, &task("p", json!({"max_tokens": 2})))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    assert_eq!(d.get_json("/readyz").await.0, 200);
+    redis.stop();
+    let resp = post(&d, &task("p", json!({"max_tokens": 2}))).await;
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("state store"),
+        "{body}"
+    );
+    assert_eq!(body["retriable"], true);
+    assert_eq!(d.get_json("/readyz").await.0, 503);
+    assert_eq!(
+        d.log_events(
+            "state store unreachable: admissions that need it are refused (503) until it is back"
+        )
+        .len(),
+        1,
+        "said once, not per request"
+    );
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while d.get_json("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        post(&d, &task("p", json!({"max_tokens": 2})))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    assert_eq!(d.log_events("state store reachable again").len(), 1);
+}
+
+#[tokio::test]
+async fn a_dead_daemons_reservation_is_reaped_when_its_lease_ends() {
+    let redis = Redis::start();
+    let head = format!(
+        "{}[rate_limits]\nper_key = {{ concurrent = 1 }}\n\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nlease_margin_ms = 500\n",
+        keys(""),
+        redis.url()
+    );
+    let mut a = DaemonBuilder::new(cfg(&head, "tokens_per_s = 5.0")).start();
+    let b = DaemonBuilder::new(cfg(&head, "tokens_per_s = 2000.0")).start();
+    // A long task on A (deadline 3 s), then A dies mid-stream.
+    let resp = post(
+        &a,
+        &task("p", json!({"max_tokens": 100, "deadline_ms": 3000})),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let id = resp.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut reader = open_stream(&a, &id).await;
+    reader.next_frame().await.expect("started");
+    a.kill9();
+    let killed = Instant::now();
+    // B sees the slot taken while A's lease runs …
+    let resp = post(&b, &task("p", json!({"max_tokens": 1}))).await;
+    assert_eq!(
+        resp.status().as_u16(),
+        429,
+        "A's task still holds the key's one slot"
+    );
+    // … and free once it ended (deadline 3 s + margin 0.5 s; B's upkeep runs every second).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let resp = post(&b, &task("p", json!({"max_tokens": 1}))).await;
+        if resp.status().as_u16() == 202 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead daemon's reservation was never reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        killed.elapsed() >= Duration::from_millis(3000),
+        "not before the lease ended"
+    );
+    assert!(
+        b.logs()
+            .iter()
+            .any(|l| l.contains("reservations whose lease ended were settled"))
+    );
+}
