@@ -882,6 +882,12 @@ fn enqueue(
     let queue_position = queue.push(class, task, now);
     pool.publish(&queue);
     drop(queue);
+    // Other daemons find it from here on (written outside the queue's lock).
+    if let Some(task) = state.tasks.get(task_id)
+        && let Err(e) = state.decisions.directory.admitted(&task)
+    {
+        tracing::warn!(task_id = %task_id, error = %e, "the task is not in the directory: other daemons cannot answer for it");
+    }
     metrics::task_enqueued(&metrics::TaskLabels {
         engine: &req.engine,
         engine_version: &pool.engine_version(),

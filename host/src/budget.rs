@@ -74,7 +74,7 @@ pub struct Ledger {
 
 /// Runs a blocking store call from anywhere: on a multi-threaded runtime's worker it
 /// tells tokio the thread blocks (so other tasks move), elsewhere it just runs.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

@@ -141,6 +141,8 @@ pub struct Settings {
     pub state: StateBackend,
     /// How long after its task's deadline an unsettled reservation is reaped.
     pub lease_margin: Duration,
+    /// Where other daemons reach this one (`[state] advertise`; default the bound address).
+    pub advertise: Option<String>,
     pub pools: Vec<PoolSettings>,
     /// Where the settings came from, for the startup log.
     pub origin: String,

@@ -22,6 +22,7 @@ use crate::task::Task;
 pub struct Decisions {
     pub policies: Arc<PolicySet>,
     pub ledger: Ledger,
+    pub directory: crate::directory::Directory,
 }
 
 pub fn now_ms() -> u64 {
@@ -350,6 +351,7 @@ impl Decisions {
         let Some(reservation) = task.take_reservation() else {
             return;
         };
+        self.directory.ended(task);
         let usage = task.usage();
         let req = budget::SettleRequest {
             task_id: task.id.clone(),

@@ -14,6 +14,7 @@ pub mod budget;
 pub mod catalog;
 pub mod config;
 pub mod decisions;
+pub mod directory;
 pub mod dirwatch;
 pub mod dispatch;
 pub mod errors;

@@ -131,6 +131,13 @@ async fn serve(settings: Settings) -> ExitCode {
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(addr = %bound, "listening");
+    state.decisions.directory.advertise(
+        state
+            .settings
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}")),
+    );
     let drain_state = state.clone();
     let limits = orchd_host::server::Limits {
         header_read_timeout: state.settings.header_read_timeout,

@@ -226,6 +226,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
         decode_idle_timeout: settings.decode_idle_timeout,
         attach_timeout: settings.attach_timeout,
     };
+    let store = open_store(&settings.state)?;
     let decisions = Arc::new(Decisions {
         policies: Arc::clone(&policies),
         ledger: Ledger::new(
@@ -241,8 +242,9 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
                 .iter()
                 .filter_map(|k| k.rate.map(|r| (k.name.clone(), r)))
                 .collect(),
-            open_store(&settings.state)?,
+            Arc::clone(&store),
         ),
+        directory: crate::directory::Directory::new(store, settings.retention),
     });
     // Reported now (and on /readyz); a Redis that is down does not stop the start.
     decisions.ledger.check();
@@ -283,7 +285,13 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
             let Some(decisions) = keeper.upgrade() else {
                 return;
             };
-            let _ = tokio::task::spawn_blocking(move || decisions.ledger.maintain()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                decisions.ledger.maintain();
+                if let Err(e) = decisions.directory.heartbeat() {
+                    tracing::debug!(error = %e, "heartbeat not written");
+                }
+            })
+            .await;
         }
     });
     let sweeper = Arc::downgrade(&state);

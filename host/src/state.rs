@@ -30,6 +30,8 @@ pub struct AppState {
     pub recorder: Arc<Recorder>,
     /// Issues and checks the stream tokens of EventSource clients.
     pub stream_tokens: crate::streamtoken::StreamTokens,
+    /// Relays requests for tasks another daemon runs (several daemons, one store).
+    pub relay: reqwest::Client,
     shutting_down: AtomicBool,
     watcher: std::sync::Mutex<Option<Watcher>>,
     adapter_watcher: std::sync::Mutex<Option<crate::adapters::watch::AdapterWatcher>>,
@@ -63,6 +65,11 @@ impl AppState {
             decisions,
             pools,
             tasks: Tasks::default(),
+            relay: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .build()
+                .expect("an HTTP client"),
             shutting_down: AtomicBool::new(false),
             watcher: std::sync::Mutex::new(None),
             adapter_watcher: std::sync::Mutex::new(None),

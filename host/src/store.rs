@@ -200,6 +200,21 @@ pub enum Decision {
 #[error("state store: {0}")]
 pub struct StoreError(pub String);
 
+/// A task in the directory every daemon sharing the store reads: who owns it (its key and
+/// the daemon running it, with that daemon's internal address) and its last status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub id: String,
+    /// The API key (principal name) that created it.
+    pub owner: String,
+    /// The daemon instance running it, and where other daemons relay its requests.
+    pub daemon: String,
+    pub addr: String,
+    /// `TaskStatus` as JSON (the last one written: at admission, then at its end).
+    pub status: String,
+    pub terminal: bool,
+}
+
 /// The backends' common interface. Calls block (SQLite on disk, Redis on the network):
 /// callers on async workers wrap them in `block_in_place`.
 pub trait Store: Send + Sync {
@@ -214,6 +229,20 @@ pub trait Store: Send + Sync {
     fn reap(&self, now_ms: u64) -> Result<usize, StoreError>;
     fn ping(&self) -> Result<(), StoreError>;
     fn name(&self) -> &'static str;
+
+    /// Writes a task's record: a terminal one replaces any and is kept `keep_ms` (the
+    /// retention period); a live one is written only if there is none.
+    fn put_task(
+        &self,
+        rec: &TaskRecord,
+        keep_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+    fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError>;
+    /// Says daemon `id` (at `addr`) is alive until `until_ms`.
+    fn heartbeat(&self, id: &str, addr: &str, until_ms: u64) -> Result<(), StoreError>;
+    /// Whether daemon `id` has said it is alive past `now_ms`.
+    fn daemon_alive(&self, id: &str, now_ms: u64) -> Result<bool, StoreError>;
 }
 
 pub fn now_ms() -> u64 {

@@ -73,29 +73,155 @@ fn find(state: &AppState, principal: &Principal, id: &str) -> Result<Arc<Task>, 
     Ok(task)
 }
 
+/// Requests one daemon relays to another carry this, so they are never relayed again.
+const RELAYED: &str = "x-orchd-relayed";
+
+/// A task this daemon does not hold, from the directory (several daemons, or a restart).
+enum Elsewhere {
+    Ended(Box<TaskStatus>),
+    /// Answered by the daemon running it.
+    Relayed(Response),
+}
+
+/// Looks the task up in the directory and, when another daemon runs it, relays the
+/// request there (same method, path, query and credentials). `None`: unknown here too.
+async fn elsewhere(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    id: &str,
+    method: reqwest::Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> Result<Option<Elsewhere>, ApiError> {
+    let is_stream = path_and_query.ends_with("/stream");
+    if headers.contains_key(RELAYED) {
+        return Ok(None);
+    }
+    let directory = &state.decisions.directory;
+    let found = directory
+        .lookup(id, |owner| principal.may_see(owner), is_stream)
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("the task directory is unreachable: {e}"),
+            )
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            .retry_after_ms(1000)
+            .retriable()
+        })?;
+    match found {
+        None => Ok(None),
+        Some(crate::directory::Remote::Ended(status, None)) => {
+            Ok(Some(Elsewhere::Ended(Box::new(status))))
+        }
+        Some(
+            crate::directory::Remote::LiveAt { addr }
+            | crate::directory::Remote::Ended(_, Some(addr)),
+        ) => {
+            let mut req = state
+                .relay
+                .request(method, format!("{addr}{path_and_query}"))
+                .header(RELAYED, "1");
+            for name in [
+                "authorization",
+                "x-api-key",
+                "last-event-id",
+                "accept",
+                "x-correlation-id",
+            ] {
+                if let Some(v) = headers.get(name) {
+                    req = req.header(name, v.as_bytes());
+                }
+            }
+            let resp = req.send().await.map_err(|e| {
+                ApiError::new(
+                    ErrorCode::WorkerReset,
+                    format!("the daemon running this task did not answer: {e}"),
+                )
+                .retry_after_ms(1000)
+            })?;
+            let mut out = Response::builder().status(resp.status().as_u16());
+            for (name, value) in resp.headers() {
+                if !matches!(
+                    name.as_str(),
+                    "content-length" | "transfer-encoding" | "connection"
+                ) {
+                    out = out.header(name.as_str(), value.as_bytes());
+                }
+            }
+            let body = axum::body::Body::from_stream(resp.bytes_stream());
+            Ok(Some(Elsewhere::Relayed(
+                out.body(body)
+                    .map_err(|e| ApiError::internal(format!("relay: {e}")))?,
+            )))
+        }
+    }
+}
+
 pub async fn status(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<TaskStatus>, ApiError> {
-    let task = find(&state, &principal, &id)?;
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let task = match find(&state, &principal, &id) {
+        Ok(task) => task,
+        Err(not_here) => {
+            let path = format!("/v1/tasks/{id}");
+            return match elsewhere(
+                &state,
+                &principal,
+                &id,
+                reqwest::Method::GET,
+                &path,
+                &headers,
+            )
+            .await?
+            {
+                Some(Elsewhere::Ended(status)) => Ok(Json(*status).into_response()),
+                Some(Elsewhere::Relayed(resp)) => Ok(resp),
+                None => Err(not_here),
+            };
+        }
+    };
     let position = state
         .pool(&task.spec.pool_id)
         .and_then(|p| p.queue().position(&id))
         .map(|(_, at)| at);
     let mut status = task.status(position);
     status.stream_token = Some(state.stream_tokens.issue(&id).0);
-    Ok(Json(status))
+    Ok(Json(status).into_response())
 }
 
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let task = find(&state, &principal, &id)?;
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let task = match find(&state, &principal, &id) {
+        Ok(task) => task,
+        Err(not_here) => {
+            let path = format!("/v1/tasks/{id}/cancel");
+            return match elsewhere(
+                &state,
+                &principal,
+                &id,
+                reqwest::Method::POST,
+                &path,
+                &headers,
+            )
+            .await?
+            {
+                // Already ended (or failed with its daemon): cancel is idempotent.
+                Some(Elsewhere::Ended(_)) => Ok(StatusCode::NO_CONTENT.into_response()),
+                Some(Elsewhere::Relayed(resp)) => Ok(resp),
+                None => Err(not_here),
+            };
+        }
+    };
     state.cancel(&task, "client").await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Frames a stream takes from the task's log at a time: the log knows each reader's
@@ -270,7 +396,43 @@ pub async fn stream(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let task = find(&state, &principal, &id)?;
+    let task = match find(&state, &principal, &id) {
+        Ok(task) => task,
+        Err(not_here) => {
+            let path = format!("/v1/tasks/{id}/stream");
+            return match elsewhere(
+                &state,
+                &principal,
+                &id,
+                reqwest::Method::GET,
+                &path,
+                &headers,
+            )
+            .await?
+            {
+                Some(Elsewhere::Relayed(resp)) => Ok(resp),
+                // Its daemon is gone, and the frames with it: a failed task says why in
+                // one `error` frame; a finished one points to its status.
+                Some(Elsewhere::Ended(status)) => match status.error {
+                    Some(envelope) => {
+                        let event = Event::default()
+                            .event("error")
+                            .data(serde_json::to_string(&envelope).expect("envelope serializes"));
+                        let once = futures_util::stream::iter([Ok::<_, Infallible>(event)]);
+                        Ok(Sse::new(once).into_response())
+                    }
+                    None => Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "task {:?} ended; its stream was kept by the daemon that ran it, which is gone (GET /v1/tasks/{{id}} has its status)",
+                            super::truncated(&id)
+                        ),
+                    )),
+                },
+                None => Err(not_here),
+            };
+        }
+    };
     // Resume: the frames after the last one the client saw.
     let next = match headers.get("last-event-id") {
         None => 0,

@@ -316,6 +316,10 @@ struct StateFile {
     /// A reservation left unsettled is settled at its reserved amount this long after
     /// its task's deadline (its daemon died).
     lease_margin_ms: u64,
+    /// This daemon's address as other daemons sharing the store reach it (they relay
+    /// requests for its live tasks there), e.g. `http://10.0.0.5:8080`. Default: the
+    /// bound address.
+    advertise: Option<String>,
 }
 
 impl Default for StateFile {
@@ -326,6 +330,7 @@ impl Default for StateFile {
             url: None,
             prefix: "orchd:".into(),
             lease_margin_ms: 60_000,
+            advertise: None,
         }
     }
 }
@@ -872,6 +877,11 @@ impl FileConfig {
             },
             rate_limits: self.rate_limits.per_key,
             lease_margin: Duration::from_millis(self.state.lease_margin_ms),
+            advertise: self
+                .state
+                .advertise
+                .as_ref()
+                .map(|a| a.trim_end_matches('/').to_owned()),
             state: match self.state.backend.as_str() {
                 "sqlite" => StateBackend::Sqlite {
                     path: resolve(base, Path::new(&self.state.path)),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use redis::Script;
 use serde_json::{Value, json};
 
-use super::{Amount, Budget, Decision, RateState, ReserveOp, Store, StoreError};
+use super::{Amount, Budget, Decision, RateState, ReserveOp, Store, StoreError, TaskRecord};
 
 const RESERVE: &str = r#"
 local op = cjson.decode(ARGV[1])
@@ -352,6 +352,66 @@ impl Store for RedisStore {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn put_task(
+        &self,
+        rec: &TaskRecord,
+        keep_ms: Option<u64>,
+        _now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let key = format!("{}t:{}", self.prefix, rec.id);
+        let value = json!({
+            "owner": rec.owner, "daemon": rec.daemon, "addr": rec.addr,
+            "status": rec.status, "terminal": rec.terminal,
+        })
+        .to_string();
+        self.with(|conn| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(&value);
+            if let Some(ms) = keep_ms {
+                cmd.arg("PX").arg(ms.max(1));
+            }
+            // A live record never replaces one (the end may be written first).
+            if !rec.terminal {
+                cmd.arg("NX");
+            }
+            cmd.query::<Option<String>>(conn).map(|_| ())
+        })
+    }
+
+    fn get_task(&self, id: &str, _now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {
+        let key = format!("{}t:{}", self.prefix, id);
+        let raw: Option<String> = self.with(|conn| redis::cmd("GET").arg(&key).query(conn))?;
+        let Some(raw) = raw else { return Ok(None) };
+        let v: Value = serde_json::from_str(&raw).map_err(err)?;
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        Ok(Some(TaskRecord {
+            id: id.to_owned(),
+            owner: text("owner"),
+            daemon: text("daemon"),
+            addr: text("addr"),
+            status: text("status"),
+            terminal: v["terminal"].as_bool().unwrap_or(false),
+        }))
+    }
+
+    fn heartbeat(&self, id: &str, addr: &str, until_ms: u64) -> Result<(), StoreError> {
+        let key = format!("{}d:{}", self.prefix, id);
+        self.with(|conn| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(addr)
+                .arg("PXAT")
+                .arg(until_ms)
+                .query::<()>(conn)
+        })
+    }
+
+    fn daemon_alive(&self, id: &str, _now_ms: u64) -> Result<bool, StoreError> {
+        let key = format!("{}d:{}", self.prefix, id);
+        let n: i64 = self.with(|conn| redis::cmd("EXISTS").arg(&key).query(conn))?;
+        Ok(n == 1)
     }
 }
 

@@ -9,7 +9,9 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Amount, Budget, Decision, RateState, ReserveOp, Store, StoreError, over_budget};
+use super::{
+    Amount, Budget, Decision, RateState, ReserveOp, Store, StoreError, TaskRecord, over_budget,
+};
 
 pub struct SqliteStore {
     /// The store's one connection; every call holds it for one transaction.
@@ -57,7 +59,15 @@ impl SqliteStore {
                          concurrent INTEGER NOT NULL DEFAULT 0,
                          lease_until INTEGER NOT NULL);
                      CREATE INDEX IF NOT EXISTS reservations_by_lease
-                         ON reservations (lease_until);",
+                         ON reservations (lease_until);
+                     CREATE TABLE IF NOT EXISTS tasks (
+                         id TEXT PRIMARY KEY, owner TEXT NOT NULL, daemon TEXT NOT NULL,
+                         addr TEXT NOT NULL, status TEXT NOT NULL,
+                         terminal INTEGER NOT NULL, expires INTEGER);
+                     CREATE INDEX IF NOT EXISTS tasks_by_expiry ON tasks (expires);
+                     CREATE TABLE IF NOT EXISTS daemons (
+                         id TEXT PRIMARY KEY, addr TEXT NOT NULL,
+                         alive_until INTEGER NOT NULL);",
                 )
             })
             .map_err(|e| err(format!("{}: {e}", path.display())))?;
@@ -355,6 +365,16 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
                 .map_err(err)?;
         }
+        tx.execute(
+            "DELETE FROM tasks WHERE expires IS NOT NULL AND expires < ?1",
+            params![now_ms as i64],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "DELETE FROM daemons WHERE alive_until < ?1",
+            params![now_ms.saturating_sub(86_400_000) as i64],
+        )
+        .map_err(err)?;
         // Windows that ended a day ago are history nobody reads.
         tx.execute(
             "DELETE FROM usage WHERE expires IS NOT NULL AND expires < ?1",
@@ -373,6 +393,79 @@ impl Store for SqliteStore {
 
     fn name(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn put_task(
+        &self,
+        rec: &TaskRecord,
+        keep_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                // A live record never replaces one (the end may be written first).
+                if rec.terminal {
+                    "INSERT OR REPLACE INTO tasks (id, owner, daemon, addr, status, terminal, expires)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                } else {
+                    "INSERT OR IGNORE INTO tasks (id, owner, daemon, addr, status, terminal, expires)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                },
+                params![
+                    rec.id,
+                    rec.owner,
+                    rec.daemon,
+                    rec.addr,
+                    rec.status,
+                    i64::from(rec.terminal),
+                    keep_ms.map(|k| (now_ms + k) as i64)
+                ],
+            )
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT owner, daemon, addr, status, terminal FROM tasks
+                 WHERE id = ?1 AND (expires IS NULL OR expires >= ?2)",
+                params![id, now_ms as i64],
+                |r| {
+                    Ok(TaskRecord {
+                        id: id.to_owned(),
+                        owner: r.get(0)?,
+                        daemon: r.get(1)?,
+                        addr: r.get(2)?,
+                        status: r.get(3)?,
+                        terminal: r.get::<_, i64>(4)? != 0,
+                    })
+                },
+            )
+            .optional()
+            .map_err(err)
+    }
+
+    fn heartbeat(&self, id: &str, addr: &str, until_ms: u64) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO daemons (id, addr, alive_until) VALUES (?1, ?2, ?3)",
+                params![id, addr, until_ms as i64],
+            )
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    fn daemon_alive(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT alive_until >= ?2 FROM daemons WHERE id = ?1",
+                params![id, now_ms as i64],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()
+            .map(|alive| alive.unwrap_or(false))
+            .map_err(err)
     }
 }
 

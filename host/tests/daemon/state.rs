@@ -404,3 +404,188 @@ async fn a_dead_daemons_reservation_is_reaped_when_its_lease_ends() {
             .any(|l| l.contains("reservations whose lease ended were settled"))
     );
 }
+
+async fn get_status(d: &Daemon, id: &str) -> (u16, Value) {
+    let resp = d
+        .http
+        .get(d.url(&format!("/v1/tasks/{id}")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn admit(d: &Daemon, body: Value) -> String {
+    let resp = post(d, &body).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    resp.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Polls a task's status on `d` until `state` (at most 15 s).
+async fn wait_for(d: &Daemon, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, s) = get_status(d, id).await;
+        if code == 200 && s["state"] == state {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never became {state}: {code} {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restart_keeps_finished_tasks_and_reports_running_ones_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = format!(
+        "{}[state]\npath = \"{}\"\n",
+        keys(""),
+        dir.path().join("state.sqlite").display()
+    );
+    let mut d = DaemonBuilder::new(cfg(&head, "slots = 2, tokens_per_s = 5.0")).start();
+    let done = admit(&d, task("p", json!({"max_tokens": 2}))).await;
+    let finished = wait_for(&d, &done, "succeeded").await;
+    let running = admit(&d, task("p", json!({"max_tokens": 500}))).await;
+    wait_for(&d, &running, "running").await;
+    d.kill9();
+
+    let d = DaemonBuilder::new(cfg(&head, "slots = 2, tokens_per_s = 5.0")).start();
+    let (code, after) = get_status(&d, &done).await;
+    assert_eq!(
+        code, 200,
+        "a finished task is still known after kill -9: {after}"
+    );
+    assert_eq!(after["state"], "succeeded");
+    assert_eq!(after["tokens_out"], finished["tokens_out"]);
+    assert_eq!(after["artifact_id"], finished["artifact_id"]);
+    // The task that was running when the daemon died: failed, not unknown (once the dead
+    // daemon's heartbeat has run out).
+    let failed = wait_for(&d, &running, "failed").await;
+    assert_eq!(failed["error"]["code"], "WORKER_RESET", "{failed}");
+    // Its stream says so too, and cancel is idempotent.
+    let resp = d
+        .http
+        .get(d.url(&format!("/v1/tasks/{running}/stream")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let frames = orchd_testkit::read_to_end(&running, orchd_testkit::SseReader::new(resp)).await;
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].event, "error");
+    assert_eq!(frames[0].data["code"], "WORKER_RESET");
+    let resp = d
+        .http
+        .post(d.url(&format!("/v1/tasks/{running}/cancel")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    // Another key does not see them (the same 404 as an unknown id).
+    assert_eq!(get_status(&d, "no-such-task").await.0, 404);
+}
+
+#[tokio::test]
+async fn any_daemon_answers_for_any_task_and_a_dead_daemons_tasks_fail() {
+    let redis = Redis::start();
+    let head = format!(
+        "{}[budgets]\nper_key = {{ tokens = 1000000 }}\n\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nlease_margin_ms = 500\n",
+        keys(""),
+        redis.url()
+    );
+    let mut daemons: Vec<Daemon> = (0..3)
+        .map(|_| DaemonBuilder::new(cfg(&head, "slots = 4, tokens_per_s = 20.0")).start())
+        .collect();
+    let id = admit(&daemons[0], task("p", json!({"max_tokens": 40}))).await;
+    // Status from another daemon: relayed to the one running it.
+    let (code, s) = get_status(&daemons[1], &id).await;
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["task_id"], id.as_str());
+    // The stream through the second daemon: the first three frames, then the connection
+    // drops (the task waits out the reconnect grace) …
+    let resp = daemons[1]
+        .http
+        .get(daemons[1].url(&format!("/v1/tasks/{id}/stream")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut early = orchd_testkit::SseReader::new(resp);
+    for want in 0..3 {
+        assert_eq!(early.next_frame().await.unwrap().id, Some(want));
+    }
+    drop(early);
+    // … and resumes through the third, after frame 2: every later frame exactly once.
+    let resp = daemons[2]
+        .http
+        .get(daemons[2].url(&format!("/v1/tasks/{id}/stream")))
+        .bearer_auth(KEY)
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut reader = orchd_testkit::SseReader::new(resp);
+    let first = reader.next_frame().await.unwrap();
+    assert_eq!(first.id, Some(3), "{first:?}");
+    // Cancel through the second daemon.
+    let resp = daemons[1]
+        .http
+        .post(daemons[1].url(&format!("/v1/tasks/{id}/cancel")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let rest = orchd_testkit::read_to_end(&id, reader).await;
+    let end = rest.last().unwrap();
+    assert_eq!(end.event, "end");
+    assert_eq!(end.data["canceled"], true);
+    let mut ids: Vec<u64> = std::iter::once(&first)
+        .chain(&rest)
+        .filter_map(|f| f.id)
+        .collect();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no frame twice");
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "no gap: {ids:?}");
+    assert_eq!(
+        wait_for(&daemons[2], &id, "canceled").await["state"],
+        "canceled"
+    );
+
+    // A daemon dies mid-stream: the others report its task failed, and its reservation
+    // is settled when the lease (deadline 3 s + 0.5 s) ends.
+    let doomed = admit(
+        &daemons[0],
+        task("p", json!({"max_tokens": 500, "deadline_ms": 3000})),
+    )
+    .await;
+    wait_for(&daemons[1], &doomed, "running").await;
+    daemons[0].kill9();
+    let failed = wait_for(&daemons[1], &doomed, "failed").await;
+    assert_eq!(failed["error"]["code"], "WORKER_RESET");
+    assert_eq!(
+        wait_for(&daemons[2], &doomed, "failed").await["state"],
+        "failed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while redis_cli(&redis, &["ZCARD", "orchd:leases"]) != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "a reservation outlived its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
