@@ -60,42 +60,63 @@ async fn reserved_per_task(max_tokens: u32) -> u64 {
     1_000_000 - left
 }
 
+/// 20 rounds of `kill -9` under load, each followed by a restart: every settled spend is
+/// kept (what the key has left only ever falls), and no reservation outlives its lease.
 #[tokio::test]
-async fn settled_spend_survives_kill_9_and_restart() {
+async fn spend_survives_twenty_kill_9s_under_load() {
     let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.sqlite");
     let head = format!(
-        "{}[budgets]\nper_key = {{ tokens = 1000000 }}\n\n[state]\npath = \"{}\"\n",
+        "{}[budgets]\nper_key = {{ tokens = 100000000 }}\n\n[state]\npath = \"{}\"\nlease_margin_ms = 200\n",
         keys(""),
-        dir.path().join("state.sqlite").display()
+        db.display()
     );
-    let start = || DaemonBuilder::new(cfg(&head, "tokens_per_s = 2000.0")).start();
-    // Each round: one task runs to its end and settles, then the daemon is killed -9.
-    // What the key has left after each admission keeps falling across the restarts;
-    // a daemon that forgot would start again from the full budget every time.
+    let start = || DaemonBuilder::new(cfg(&head, "slots = 8, tokens_per_s = 200.0")).start();
     let mut lefts = Vec::new();
-    for round in 0..5 {
+    for round in 0..20 {
         let mut d = start();
-        let resp = post(&d, &task("p", json!({"max_tokens": 4}))).await;
-        assert_eq!(resp.status().as_u16(), 202, "round {round}");
-        lefts.push(
-            resp.headers()["x-budget-tokens-remaining"]
-                .to_str()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap(),
-        );
-        let id = resp.json::<Value>().await.unwrap()["task_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let frames = orchd_testkit::read_to_end(&id, open_stream(&d, &id).await).await;
-        assert_eq!(frames.last().unwrap().event, "end");
+        // Load: eight tasks at once, some finished and settled, some running at the kill.
+        let bodies: Vec<Value> = (0..8)
+            .map(|i| task("p", json!({"max_tokens": 2 + 10 * i, "deadline_ms": 2000})))
+            .collect();
+        let responses = futures_util::future::join_all(bodies.iter().map(|b| post(&d, b))).await;
+        let mut round_lefts = Vec::new();
+        for r in responses {
+            assert_eq!(r.status().as_u16(), 202, "round {round}");
+            round_lefts.push(
+                r.headers()["x-budget-tokens-remaining"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap(),
+            );
+        }
+        lefts.push(*round_lefts.iter().min().unwrap());
+        tokio::time::sleep(Duration::from_millis(150)).await;
         d.kill9();
     }
     assert!(
         lefts.windows(2).all(|w| w[1] < w[0]),
         "spend survived every kill -9: {lefts:?}"
     );
+    // Every killed round left reservations behind; a daemon reaps them once their lease
+    // (deadline 2 s + 0.2 s) ends.
+    let _d = start();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM reservations", [], |r| r.get(0))
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} reservations outlived their lease"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
