@@ -603,14 +603,21 @@ pub fn admit_with(
         Ok(Err(TurnRefused::TableFull(max))) => Err(ApiError::new(
             ErrorCode::AdmissionReject,
             format!(
-                "the daemon holds {max} live sessions (sessions.max_sessions); retry when some expire, or reuse a session"
+                "{max} sessions are live (sessions.max_sessions); retry when some expire, or reuse a session"
             ),
         )
         .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
         .retry_after_ms(5_000)),
-        Ok(turn) => {
-            let result = admit_checked(state, req, engine_params, principal, correlation_id);
-            if result.is_err() && turn.is_ok() {
+        Ok(Err(TurnRefused::StoreDown(e))) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("the state store (sessions) is unreachable; retry shortly: {e}"),
+        )
+        .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+        .retry_after_ms(1_000)
+        .retriable()),
+        Ok(Ok(turns)) => {
+            let result = admit_checked(state, req, engine_params, principal, correlation_id, turns);
+            if result.is_err() {
                 state.sessions.untake(&principal.name, &session_id);
             }
             result
@@ -628,6 +635,7 @@ fn admit_checked(
     extras: EngineExtras,
     principal: &Principal,
     correlation_id: &str,
+    turns: u32,
 ) -> Result<Admitted, ApiError> {
     let task_id = req
         .task_id
@@ -705,6 +713,7 @@ fn admit_checked(
     )?;
     let facts = Facts {
         owner: principal,
+        turns,
         task_id: &task_id,
         correlation_id,
         tokens_in_estimate,
@@ -727,6 +736,8 @@ fn admit_checked(
 
 struct Facts<'a> {
     owner: &'a Principal,
+    /// The session's turns, this one included.
+    turns: u32,
     task_id: &'a str,
     correlation_id: &'a str,
     tokens_in_estimate: u32,
@@ -781,7 +792,7 @@ fn enqueue(
         .engine(&req.engine));
     }
 
-    let turns = state.sessions.turns(&facts.owner.name, &req.session_id);
+    let turns = facts.turns;
     let snapshot = snapshot(
         pool,
         &queue,

@@ -9,7 +9,6 @@
 //! daemon dies is settled at its reserved amount when its lease ends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{BudgetLimits, BudgetSettings, RateLimits};
@@ -65,9 +64,7 @@ pub struct Ledger {
     key_limits: HashMap<String, BudgetLimits>,
     rate: RateLimits,
     key_rates: HashMap<String, RateLimits>,
-    store: Arc<dyn Store>,
-    /// Whether the last call reached the store (`/readyz`).
-    up: AtomicBool,
+    store: Arc<crate::store::Observed>,
     /// Settles the store refused; the ledger's own lock, never held across a store call.
     pending: Mutex<Vec<(Reservation, Amount)>>,
 }
@@ -106,7 +103,7 @@ impl Ledger {
         key_limits: HashMap<String, BudgetLimits>,
         rate: RateLimits,
         key_rates: HashMap<String, RateLimits>,
-        store: Arc<dyn Store>,
+        store: Arc<crate::store::Observed>,
     ) -> Self {
         Self {
             limits,
@@ -114,7 +111,6 @@ impl Ledger {
             rate,
             key_rates,
             store,
-            up: AtomicBool::new(true),
             pending: Mutex::new(Vec::new()),
         }
     }
@@ -161,19 +157,8 @@ impl Ledger {
         })
     }
 
+    /// Store results pass through: [`crate::store::Observed`] tracks reachability.
     fn observe<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
-        let ok = r.is_ok();
-        let was = self.up.swap(ok, Ordering::AcqRel);
-        match (&r, was) {
-            (Err(e), true) => {
-                tracing::error!(store = self.store.name(), error = %e, "state store unreachable: admissions that need it are refused (503) until it is back");
-            }
-            (Ok(_), false) => {
-                tracing::info!(store = self.store.name(), "state store reachable again");
-            }
-            _ => {}
-        }
-        crate::metrics::state_store_up(self.store.name(), ok);
         r
     }
 
@@ -364,7 +349,7 @@ impl Ledger {
     }
 
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
+        self.store.is_up()
     }
 }
 
@@ -382,7 +367,9 @@ mod tests {
 
     fn ledger(per_key: u64, per_session: Option<u64>) -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("s.sqlite")).unwrap());
+        let store = Arc::new(crate::store::Observed::new(Box::new(
+            SqliteStore::open(&dir.path().join("s.sqlite")).unwrap(),
+        )));
         let limits = BudgetSettings {
             per_key: BudgetLimits {
                 tokens: Some(per_key),
@@ -448,7 +435,9 @@ mod tests {
     #[test]
     fn unlimited_requests_never_touch_the_store() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("s.sqlite")).unwrap());
+        let store = Arc::new(crate::store::Observed::new(Box::new(
+            SqliteStore::open(&dir.path().join("s.sqlite")).unwrap(),
+        )));
         let l = Ledger::new(
             BudgetSettings {
                 per_key: BudgetLimits::default(),

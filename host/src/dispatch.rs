@@ -223,9 +223,11 @@ async fn run(
             usage.tokens_out,
         );
     }
-    decisions.settle(&task);
+    // The slot first: settling writes to the state store, which the next task need not
+    // wait for.
     pool.release(replica_idx);
     pool.publish(&pool.queue());
+    decisions.settle(&task);
 }
 
 /// Whether relaying may go on after a frame was appended; handles a reader that fell

@@ -1,12 +1,12 @@
 //! Sessions: metadata only (never prompts or outputs), one namespace per API key, created
-//! lazily by the first task, TTL refreshed on use, a cap on turns.
+//! by the first admitted task, TTL refreshed on use, a cap on turns and on live sessions.
+//! They live in the state store, so every daemon sharing it sees the same sessions and a
+//! restart keeps them.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// A session is identified by its owner (API key name) and its id: two keys never share one.
-type SessionKey = (String, String);
+use crate::store::{SessionLimits, Store, StoreError, Turn, now_ms};
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionView {
@@ -14,17 +14,9 @@ pub struct SessionView {
     pub turns: u32,
 }
 
-struct Session {
-    last_used: Instant,
-    turns: u32,
-}
-
 pub struct Sessions {
-    ttl: Duration,
-    max_turns: u32,
-    /// Live sessions at most; a new one past it is refused (after forgetting expired ones).
-    max_sessions: usize,
-    map: Mutex<HashMap<SessionKey, Session>>,
+    limits: SessionLimits,
+    store: Arc<dyn Store>,
 }
 
 /// Why a turn was refused.
@@ -34,129 +26,93 @@ pub enum TurnRefused {
     CapReached(u32),
     /// A new session would pass `sessions.max_sessions`.
     TableFull(usize),
+    /// The state store could not be reached.
+    StoreDown(String),
 }
 
 impl Sessions {
-    pub fn new(ttl: Duration, max_turns: u32, max_sessions: usize) -> Self {
+    pub fn new(ttl: Duration, max_turns: u32, max_sessions: usize, store: Arc<dyn Store>) -> Self {
         Self {
-            ttl,
-            max_turns,
-            max_sessions: max_sessions.max(1),
-            map: Mutex::new(HashMap::new()),
+            limits: SessionLimits {
+                ttl_ms: ttl.as_millis() as u64,
+                max_turns,
+                max_sessions: max_sessions.max(1) as u64,
+            },
+            store,
         }
     }
 
-    fn key(owner: &str, id: &str) -> SessionKey {
-        (owner.to_owned(), id.to_owned())
-    }
-
-    /// The budget account of a session (scoped by owner).
+    /// A session's key in the store, and its budget account: scoped by owner.
     pub fn account(owner: &str, id: &str) -> String {
         format!("{owner}/{id}")
+    }
+
+    fn blocking<T>(&self, f: impl FnOnce(&dyn Store) -> T) -> T {
+        crate::budget::blocking(|| f(&*self.store))
     }
 
     /// Counts one more turn, creating the session if needed (or if it expired). Call it
     /// only with a validated id: whatever is passed here is stored.
     pub fn turn(&self, owner: &str, id: &str) -> Result<u32, TurnRefused> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let key = Self::key(owner, id);
-        if !map.contains_key(&key) && map.len() >= self.max_sessions {
-            let before = map.len();
-            map.retain(|_, s| now.duration_since(s.last_used) <= self.ttl);
-            if map.len() >= self.max_sessions {
-                return Err(TurnRefused::TableFull(self.max_sessions));
-            }
-            crate::metrics::bounded_eviction("sessions", before - map.len());
+        let key = Self::account(owner, id);
+        match self.blocking(|s| s.session_turn(&key, self.limits, now_ms())) {
+            Ok(Turn::Counted(n)) => Ok(n),
+            Ok(Turn::CapReached(n)) => Err(TurnRefused::CapReached(n)),
+            Ok(Turn::TableFull(n)) => Err(TurnRefused::TableFull(n as usize)),
+            Err(e) => Err(TurnRefused::StoreDown(e.to_string())),
         }
-        let s = map.entry(key).or_insert(Session {
-            last_used: now,
-            turns: 0,
-        });
-        if now.duration_since(s.last_used) > self.ttl {
-            s.turns = 0;
-        }
-        if s.turns >= self.max_turns {
-            return Err(TurnRefused::CapReached(self.max_turns));
-        }
-        s.turns += 1;
-        s.last_used = now;
-        Ok(s.turns)
     }
 
     /// Gives back a turn counted for a request that was then refused; a session that has
     /// no turn left to its name is forgotten (a refused request creates no session).
     pub fn untake(&self, owner: &str, id: &str) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let key = Self::key(owner, id);
-        if let Some(s) = map.get_mut(&key) {
-            s.turns = s.turns.saturating_sub(1);
-            if s.turns == 0 {
-                map.remove(&key);
-            }
+        let key = Self::account(owner, id);
+        if let Err(e) = self.blocking(|s| s.session_untake(&key)) {
+            tracing::warn!(error = %e, "a refused request's turn was not given back");
         }
-    }
-
-    /// Turns so far (0 for a new session), without touching it.
-    pub fn turns(&self, owner: &str, id: &str) -> u32 {
-        self.get(owner, id).map_or(0, |v| v.turns)
     }
 
     /// The session, if it exists and has not expired; refreshes its TTL (a use).
-    pub fn touch(&self, owner: &str, id: &str) -> Option<SessionView> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let s = map.get_mut(&Self::key(owner, id))?;
-        if s.last_used.elapsed() > self.ttl {
-            return None;
-        }
-        s.last_used = Instant::now();
-        Some(SessionView {
-            ttl_remaining: self.ttl,
-            turns: s.turns,
-        })
-    }
-
-    fn get(&self, owner: &str, id: &str) -> Option<SessionView> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let s = map.get(&Self::key(owner, id))?;
-        let age = s.last_used.elapsed();
-        (age <= self.ttl).then(|| SessionView {
-            ttl_remaining: self.ttl - age,
-            turns: s.turns,
-        })
+    pub fn touch(&self, owner: &str, id: &str) -> Result<Option<SessionView>, StoreError> {
+        let key = Self::account(owner, id);
+        Ok(self
+            .blocking(|s| s.session_get(&key, self.limits.ttl_ms, true, now_ms()))?
+            .map(|(turns, left)| SessionView {
+                ttl_remaining: Duration::from_millis(left),
+                turns,
+            }))
     }
 
     /// Forgets a session; `false` if there was none.
-    pub fn remove(&self, owner: &str, id: &str) -> bool {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&Self::key(owner, id))
-            .is_some()
+    pub fn remove(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        let key = Self::account(owner, id);
+        self.blocking(|s| s.session_remove(&key))
     }
 
-    /// Forgets expired sessions; returns their budget accounts ([`Self::account`]).
-    pub fn sweep(&self) -> Vec<String> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let mut gone = Vec::new();
-        map.retain(|(owner, id), s| {
-            let keep = s.last_used.elapsed() <= self.ttl;
-            if !keep {
-                gone.push(Self::account(owner, id));
-            }
-            keep
-        });
-        gone
+    /// Forgets expired sessions (the sweeper's tick).
+    pub fn sweep(&self) -> usize {
+        let before = now_ms().saturating_sub(self.limits.ttl_ms);
+        self.store.session_sweep(before).unwrap_or(0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SqliteStore;
+
+    fn sessions(ttl_ms: u64, max_turns: u32, max: usize) -> (tempfile::TempDir, Sessions) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.sqlite")).unwrap());
+        (
+            dir,
+            Sessions::new(Duration::from_millis(ttl_ms), max_turns, max, store),
+        )
+    }
 
     #[test]
     fn turns_are_capped_scoped_by_owner_and_expire() {
-        let s = Sessions::new(Duration::from_millis(50), 2, 100);
+        let (_dir, s) = sessions(80, 2, 100);
         assert_eq!(s.turn("a", "s"), Ok(1));
         assert_eq!(s.turn("a", "s"), Ok(2));
         assert_eq!(s.turn("a", "s"), Err(TurnRefused::CapReached(2)));
@@ -166,22 +122,21 @@ mod tests {
             "another key's session of the same id"
         );
         s.untake("a", "s");
-        assert_eq!(s.turns("a", "s"), 1);
-        assert!(s.touch("a", "s").is_some());
-        assert!(s.remove("a", "s"));
-        assert!(s.touch("a", "s").is_none());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(s.touch("b", "s").is_none(), "expired");
-        assert_eq!(s.sweep(), ["b/s"]);
+        assert_eq!(s.touch("a", "s").unwrap().unwrap().turns, 1);
+        assert!(s.remove("a", "s").unwrap());
+        assert!(s.touch("a", "s").unwrap().is_none());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(s.touch("b", "s").unwrap().is_none(), "expired");
+        assert_eq!(s.sweep(), 1);
     }
 
     #[test]
     fn a_refused_first_turn_leaves_no_session_and_the_table_is_bounded() {
-        let s = Sessions::new(Duration::from_millis(50), 5, 2);
+        let (_dir, s) = sessions(80, 5, 2);
         assert_eq!(s.turn("a", "x"), Ok(1));
         s.untake("a", "x");
         assert!(
-            s.touch("a", "x").is_none(),
+            s.touch("a", "x").unwrap().is_none(),
             "the refused request's session is gone"
         );
         assert_eq!(s.turn("a", "1"), Ok(1));
@@ -192,7 +147,7 @@ mod tests {
             Ok(2),
             "an existing session still counts turns"
         );
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(100));
         assert_eq!(s.turn("a", "3"), Ok(1), "expired sessions make room");
     }
 }

@@ -182,20 +182,20 @@ fn pool_interval(settings: &Settings, pool_id: &str) -> Duration {
 /// recovered from without a restart.
 fn open_store(
     backend: &crate::config::StateBackend,
-) -> Result<Arc<dyn crate::store::Store>, StartupError> {
+) -> Result<Arc<crate::store::Observed>, StartupError> {
     use crate::config::StateBackend;
-    let store: Arc<dyn crate::store::Store> = match backend {
-        StateBackend::Sqlite { path } => Arc::new(
+    let store: Box<dyn crate::store::Store> = match backend {
+        StateBackend::Sqlite { path } => Box::new(
             crate::store::SqliteStore::open(path)
                 .map_err(|e| StartupError::Config(format!("state store: {e}")))?,
         ),
-        StateBackend::Redis { url, prefix } => Arc::new(
+        StateBackend::Redis { url, prefix } => Box::new(
             crate::store::RedisStore::open(url, prefix)
                 .map_err(|e| StartupError::Config(format!("state store: {e}")))?,
         ),
     };
     tracing::info!(backend = store.name(), "state store");
-    Ok(store)
+    Ok(Arc::new(crate::store::Observed::new(store)))
 }
 
 pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
@@ -244,7 +244,10 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
                 .collect(),
             Arc::clone(&store),
         ),
-        directory: crate::directory::Directory::new(store, settings.retention),
+        directory: crate::directory::Directory::new(
+            Arc::clone(&store) as Arc<dyn crate::store::Store>,
+            settings.retention,
+        ),
     });
     // Reported now (and on /readyz); a Redis that is down does not stop the start.
     decisions.ledger.check();
@@ -256,6 +259,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
         pools,
         artifacts,
         Arc::new(catalog),
+        store,
     ));
     state.keep_watcher(watcher);
     match crate::adapters::watch::spawn(Arc::downgrade(&state), &state.settings.adapters_dir) {
@@ -302,11 +306,16 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
             let Some(state) = sweeper.upgrade() else {
                 return;
             };
-            let expired = state.sessions.sweep();
+            let expired = {
+                let state = Arc::clone(&state);
+                tokio::task::spawn_blocking(move || state.sessions.sweep())
+                    .await
+                    .unwrap_or(0)
+            };
             let n = state
                 .tasks
                 .sweep(state.settings.retention, state.settings.retained_max_bytes)
-                + expired.len();
+                + expired;
             if n > 0 {
                 tracing::debug!(
                     forgotten = n,

@@ -45,6 +45,7 @@ impl AppState {
         pools: Vec<Arc<Pool>>,
         artifacts: Arc<ArtifactStore>,
         catalog: Arc<Catalog>,
+        store: Arc<dyn crate::store::Store>,
     ) -> Self {
         Self {
             catalog,
@@ -59,6 +60,7 @@ impl AppState {
                 settings.session_ttl,
                 settings.session_max_turns,
                 settings.max_sessions,
+                store,
             ),
             settings,
             adapters,

@@ -200,6 +200,23 @@ pub enum Decision {
 #[error("state store: {0}")]
 pub struct StoreError(pub String);
 
+/// What bounds sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub ttl_ms: u64,
+    pub max_turns: u32,
+    pub max_sessions: u64,
+}
+
+/// The outcome of counting a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// The turn's number (1 for a new session).
+    Counted(u32),
+    CapReached(u32),
+    TableFull(u64),
+}
+
 /// A task in the directory every daemon sharing the store reads: who owns it (its key and
 /// the daemon running it, with that daemon's internal address) and its last status.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +246,30 @@ pub trait Store: Send + Sync {
     fn reap(&self, now_ms: u64) -> Result<usize, StoreError>;
     fn ping(&self) -> Result<(), StoreError>;
     fn name(&self) -> &'static str;
+
+    /// Counts one more turn of session `key` (`<owner>/<id>`), creating it (or restarting
+    /// an expired one); refused past `max_turns`, or for a new session past
+    /// `max_sessions` live ones.
+    fn session_turn(
+        &self,
+        key: &str,
+        limits: SessionLimits,
+        now_ms: u64,
+    ) -> Result<Turn, StoreError>;
+    /// Gives back a turn; a session left with none is removed (a refused first request
+    /// leaves nothing).
+    fn session_untake(&self, key: &str) -> Result<(), StoreError>;
+    /// `(turns, ms of TTL left)` of a live session; `touch` renews its TTL.
+    fn session_get(
+        &self,
+        key: &str,
+        ttl_ms: u64,
+        touch: bool,
+        now_ms: u64,
+    ) -> Result<Option<(u32, u64)>, StoreError>;
+    fn session_remove(&self, key: &str) -> Result<bool, StoreError>;
+    /// Forgets sessions not used since `before_ms` (Redis expires its own).
+    fn session_sweep(&self, before_ms: u64) -> Result<usize, StoreError>;
 
     /// Writes a task's record: a terminal one replaces any and is kept `keep_ms` (the
     /// retention period); a live one is written only if there is none.
@@ -315,5 +356,108 @@ mod tests {
         // February of a leap year.
         let (s, e) = Period::Month.window(1_709_251_200_000 - 1);
         assert_eq!((e - s) / 86_400_000, 29, "February 2024");
+    }
+}
+
+/// A store that says whether its last call reached the backend: `/readyz` reads it, and
+/// the log and `state_store_up` say when that changes (once, not per call).
+pub struct Observed {
+    inner: Box<dyn Store>,
+    up: std::sync::atomic::AtomicBool,
+}
+
+impl Observed {
+    pub fn new(inner: Box<dyn Store>) -> Self {
+        crate::metrics::state_store_up(inner.name(), true);
+        Self {
+            inner,
+            up: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn seen<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        let ok = r.is_ok();
+        let was = self.up.swap(ok, std::sync::atomic::Ordering::AcqRel);
+        match (&r, was) {
+            (Err(e), true) => {
+                tracing::error!(store = self.inner.name(), error = %e, "state store unreachable: admissions that need it are refused (503) until it is back");
+            }
+            (Ok(_), false) => {
+                tracing::info!(store = self.inner.name(), "state store reachable again");
+            }
+            _ => {}
+        }
+        if ok != was {
+            crate::metrics::state_store_up(self.inner.name(), ok);
+        }
+        r
+    }
+}
+
+impl Store for Observed {
+    fn spent(&self, budgets: &[Budget], now_ms: u64) -> Result<Vec<Amount>, StoreError> {
+        self.seen(self.inner.spent(budgets, now_ms))
+    }
+    fn reserve(&self, op: &ReserveOp<'_>) -> Result<Decision, StoreError> {
+        self.seen(self.inner.reserve(op))
+    }
+    fn settle(&self, id: &str, actual: Amount, rate_tokens: u64) -> Result<bool, StoreError> {
+        self.seen(self.inner.settle(id, actual, rate_tokens))
+    }
+    fn reap(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.seen(self.inner.reap(now_ms))
+    }
+    fn ping(&self) -> Result<(), StoreError> {
+        self.seen(self.inner.ping())
+    }
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn session_turn(
+        &self,
+        key: &str,
+        limits: SessionLimits,
+        now_ms: u64,
+    ) -> Result<Turn, StoreError> {
+        self.seen(self.inner.session_turn(key, limits, now_ms))
+    }
+    fn session_untake(&self, key: &str) -> Result<(), StoreError> {
+        self.seen(self.inner.session_untake(key))
+    }
+    fn session_get(
+        &self,
+        key: &str,
+        ttl_ms: u64,
+        touch: bool,
+        now_ms: u64,
+    ) -> Result<Option<(u32, u64)>, StoreError> {
+        self.seen(self.inner.session_get(key, ttl_ms, touch, now_ms))
+    }
+    fn session_remove(&self, key: &str) -> Result<bool, StoreError> {
+        self.seen(self.inner.session_remove(key))
+    }
+    fn session_sweep(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.seen(self.inner.session_sweep(before_ms))
+    }
+    fn put_task(
+        &self,
+        rec: &TaskRecord,
+        keep_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.seen(self.inner.put_task(rec, keep_ms, now_ms))
+    }
+    fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {
+        self.seen(self.inner.get_task(id, now_ms))
+    }
+    fn heartbeat(&self, id: &str, addr: &str, until_ms: u64) -> Result<(), StoreError> {
+        self.seen(self.inner.heartbeat(id, addr, until_ms))
+    }
+    fn daemon_alive(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.seen(self.inner.daemon_alive(id, now_ms))
     }
 }

@@ -13,6 +13,16 @@ use crate::errors::ApiError;
 use crate::sessions::Sessions;
 use crate::state::AppState;
 
+fn store_down(e: crate::store::StoreError) -> ApiError {
+    ApiError::new(
+        orchd_contracts::ErrorCode::Internal,
+        format!("the state store is unreachable: {e}"),
+    )
+    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+    .retry_after_ms(1000)
+    .retriable()
+}
+
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -21,19 +31,13 @@ pub async fn get(
     let view = state
         .sessions
         .touch(&principal.name, &id)
+        .map_err(store_down)?
         .ok_or_else(|| ApiError::not_found("session", &id))?;
     let (_, left) = state
         .decisions
         .ledger
         .left(&principal.name, &Sessions::account(&principal.name, &id))
-        .map_err(|e| {
-            ApiError::new(
-                orchd_contracts::ErrorCode::Internal,
-                format!("the state store is unreachable: {e}"),
-            )
-            .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
-            .retry_after_ms(1000)
-        })?;
+        .map_err(store_down)?;
     Ok(Json(SessionStatus {
         ttl_ms_remaining: view.ttl_remaining.as_millis() as u64,
         turns: view.turns,
@@ -52,7 +56,12 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tasks = state.session_tasks(&principal.name, &id);
-    if !state.sessions.remove(&principal.name, &id) && tasks.is_empty() {
+    if !state
+        .sessions
+        .remove(&principal.name, &id)
+        .map_err(store_down)?
+        && tasks.is_empty()
+    {
         return Err(ApiError::not_found("session", &id));
     }
     for task in tasks {

@@ -12,7 +12,10 @@ use std::time::Duration;
 use redis::Script;
 use serde_json::{Value, json};
 
-use super::{Amount, Budget, Decision, RateState, ReserveOp, Store, StoreError, TaskRecord};
+use super::{
+    Amount, Budget, Decision, RateState, ReserveOp, SessionLimits, Store, StoreError, TaskRecord,
+    Turn,
+};
 
 const RESERVE: &str = r#"
 local op = cjson.decode(ARGV[1])
@@ -123,6 +126,36 @@ end
 return #ids
 "#;
 
+/// A session's turn: `KEYS[1]` the session hash, `KEYS[2]` the set of sessions by last
+/// use (to count live ones). ARGV: now, ttl, max turns, max sessions, member.
+const TURN: &str = r#"
+local now, ttl, max_turns, max_sessions = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - ttl))
+local turns = tonumber(redis.call('HGET', KEYS[1], 'turns'))
+if not turns then
+  if redis.call('ZCARD', KEYS[2]) >= max_sessions then return {'full', max_sessions} end
+  turns = 0
+end
+if turns >= max_turns then return {'cap', max_turns} end
+redis.call('HSET', KEYS[1], 'turns', turns + 1, 'last', now)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], now, ARGV[5])
+return {'ok', turns + 1}
+"#;
+
+/// Gives back a turn; removes a session left with none. KEYS as for TURN; ARGV: member.
+const UNTAKE: &str = r#"
+local turns = tonumber(redis.call('HGET', KEYS[1], 'turns'))
+if not turns then return 0 end
+if turns <= 1 then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('HINCRBY', KEYS[1], 'turns', -1)
+end
+return 1
+"#;
+
 pub struct RedisStore {
     client: redis::Client,
     prefix: String,
@@ -131,6 +164,8 @@ pub struct RedisStore {
     reserve: Script,
     settle: Script,
     reap: Script,
+    turn: Script,
+    untake: Script,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -151,6 +186,8 @@ impl RedisStore {
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
             reap: Script::new(REAP),
+            turn: Script::new(TURN),
+            untake: Script::new(UNTAKE),
         })
     }
 
@@ -352,6 +389,97 @@ impl Store for RedisStore {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn session_turn(
+        &self,
+        key: &str,
+        limits: SessionLimits,
+        now_ms: u64,
+    ) -> Result<Turn, StoreError> {
+        let (kind, n): (String, u64) = self.with(|conn| {
+            self.turn
+                .key(format!("{}s:{key}", self.prefix))
+                .key(format!("{}sessions", self.prefix))
+                .arg(now_ms)
+                .arg(limits.ttl_ms.max(1))
+                .arg(limits.max_turns)
+                .arg(limits.max_sessions)
+                .arg(key)
+                .invoke(conn)
+        })?;
+        Ok(match kind.as_str() {
+            "ok" => Turn::Counted(n as u32),
+            "cap" => Turn::CapReached(n as u32),
+            _ => Turn::TableFull(n),
+        })
+    }
+
+    fn session_untake(&self, key: &str) -> Result<(), StoreError> {
+        self.with(|conn| {
+            self.untake
+                .key(format!("{}s:{key}", self.prefix))
+                .key(format!("{}sessions", self.prefix))
+                .arg(key)
+                .invoke::<i64>(conn)
+        })
+        .map(|_| ())
+    }
+
+    fn session_get(
+        &self,
+        key: &str,
+        ttl_ms: u64,
+        touch: bool,
+        now_ms: u64,
+    ) -> Result<Option<(u32, u64)>, StoreError> {
+        let k = format!("{}s:{key}", self.prefix);
+        let (turns, left): (Option<u32>, i64) = self.with(|conn| {
+            redis::pipe()
+                .cmd("HGET")
+                .arg(&k)
+                .arg("turns")
+                .cmd("PTTL")
+                .arg(&k)
+                .query(conn)
+        })?;
+        let Some(turns) = turns else {
+            return Ok(None);
+        };
+        if touch {
+            self.with(|conn| {
+                redis::pipe()
+                    .cmd("PEXPIRE")
+                    .arg(&k)
+                    .arg(ttl_ms.max(1))
+                    .cmd("ZADD")
+                    .arg(format!("{}sessions", self.prefix))
+                    .arg(now_ms)
+                    .arg(key)
+                    .query::<()>(conn)
+            })?;
+            return Ok(Some((turns, ttl_ms)));
+        }
+        Ok(Some((turns, left.max(0) as u64)))
+    }
+
+    fn session_remove(&self, key: &str) -> Result<bool, StoreError> {
+        let n: i64 = self.with(|conn| {
+            redis::pipe()
+                .cmd("DEL")
+                .arg(format!("{}s:{key}", self.prefix))
+                .cmd("ZREM")
+                .arg(format!("{}sessions", self.prefix))
+                .arg(key)
+                .ignore()
+                .query::<(i64,)>(conn)
+                .map(|(n,)| n)
+        })?;
+        Ok(n > 0)
+    }
+
+    fn session_sweep(&self, _before_ms: u64) -> Result<usize, StoreError> {
+        Ok(0) // keys expire by their TTL; the live set is trimmed by every turn
     }
 
     fn put_task(

@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Amount, Budget, Decision, RateState, ReserveOp, Store, StoreError, TaskRecord, over_budget,
+    Amount, Budget, Decision, RateState, ReserveOp, SessionLimits, Store, StoreError, TaskRecord,
+    Turn, over_budget,
 };
 
 pub struct SqliteStore {
@@ -65,6 +66,10 @@ impl SqliteStore {
                          addr TEXT NOT NULL, status TEXT NOT NULL,
                          terminal INTEGER NOT NULL, expires INTEGER);
                      CREATE INDEX IF NOT EXISTS tasks_by_expiry ON tasks (expires);
+                     CREATE TABLE IF NOT EXISTS sessions (
+                         key TEXT PRIMARY KEY, turns INTEGER NOT NULL,
+                         last_used INTEGER NOT NULL);
+                     CREATE INDEX IF NOT EXISTS sessions_by_use ON sessions (last_used);
                      CREATE TABLE IF NOT EXISTS daemons (
                          id TEXT PRIMARY KEY, addr TEXT NOT NULL,
                          alive_until INTEGER NOT NULL);",
@@ -393,6 +398,120 @@ impl Store for SqliteStore {
 
     fn name(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn session_turn(
+        &self,
+        key: &str,
+        limits: SessionLimits,
+        now_ms: u64,
+    ) -> Result<Turn, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let oldest_live = now_ms.saturating_sub(limits.ttl_ms) as i64;
+        let row: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT turns, last_used FROM sessions WHERE key = ?1",
+                params![key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let turns = match row {
+            Some((turns, last_used)) if last_used >= oldest_live => turns as u32,
+            Some(_) => 0,
+            None => {
+                let live: i64 = tx
+                    .query_row(
+                        "SELECT count(*) FROM sessions WHERE last_used >= ?1",
+                        params![oldest_live],
+                        |r| r.get(0),
+                    )
+                    .map_err(err)?;
+                if live as u64 >= limits.max_sessions {
+                    return Ok(Turn::TableFull(limits.max_sessions));
+                }
+                0
+            }
+        };
+        if turns >= limits.max_turns {
+            return Ok(Turn::CapReached(limits.max_turns));
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO sessions (key, turns, last_used) VALUES (?1, ?2, ?3)",
+            params![key, i64::from(turns + 1), now_ms as i64],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Turn::Counted(turns + 1))
+    }
+
+    fn session_untake(&self, key: &str) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE sessions SET turns = turns - 1 WHERE key = ?1 AND turns > 0",
+            params![key],
+        )
+        .and_then(|_| {
+            conn.execute(
+                "DELETE FROM sessions WHERE key = ?1 AND turns <= 0",
+                params![key],
+            )
+        })
+        .map(|_| ())
+        .map_err(err)
+    }
+
+    fn session_get(
+        &self,
+        key: &str,
+        ttl_ms: u64,
+        touch: bool,
+        now_ms: u64,
+    ) -> Result<Option<(u32, u64)>, StoreError> {
+        let conn = self.lock();
+        let row: Option<(i64, i64)> = conn
+            .query_row(
+                "SELECT turns, last_used FROM sessions WHERE key = ?1",
+                params![key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((turns, last_used)) = row else {
+            return Ok(None);
+        };
+        let age = now_ms.saturating_sub(last_used as u64);
+        if age > ttl_ms {
+            return Ok(None);
+        }
+        if touch {
+            conn.execute(
+                "UPDATE sessions SET last_used = ?2 WHERE key = ?1",
+                params![key, now_ms as i64],
+            )
+            .map_err(err)?;
+            return Ok(Some((turns as u32, ttl_ms)));
+        }
+        Ok(Some((turns as u32, ttl_ms - age)))
+    }
+
+    fn session_remove(&self, key: &str) -> Result<bool, StoreError> {
+        self.lock()
+            .execute("DELETE FROM sessions WHERE key = ?1", params![key])
+            .map(|n| n > 0)
+            .map_err(err)
+    }
+
+    fn session_sweep(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.lock()
+            .execute(
+                "DELETE FROM sessions WHERE last_used < ?1",
+                params![before_ms as i64],
+            )
+            .map_err(err)
     }
 
     fn put_task(

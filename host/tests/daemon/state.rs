@@ -472,7 +472,11 @@ async fn a_restart_keeps_finished_tasks_and_reports_running_ones_failed() {
         dir.path().join("state.sqlite").display()
     );
     let mut d = DaemonBuilder::new(cfg(&head, "slots = 2, tokens_per_s = 5.0")).start();
-    let done = admit(&d, task("p", json!({"max_tokens": 2}))).await;
+    let done = admit(
+        &d,
+        task("p", json!({"max_tokens": 2, "session_id": "kept"})),
+    )
+    .await;
     let finished = wait_for(&d, &done, "succeeded").await;
     let running = admit(&d, task("p", json!({"max_tokens": 500}))).await;
     wait_for(&d, &running, "running").await;
@@ -527,7 +531,35 @@ async fn any_daemon_answers_for_any_task_and_a_dead_daemons_tasks_fail() {
     let mut daemons: Vec<Daemon> = (0..3)
         .map(|_| DaemonBuilder::new(cfg(&head, "slots = 4, tokens_per_s = 20.0")).start())
         .collect();
-    let id = admit(&daemons[0], task("p", json!({"max_tokens": 40}))).await;
+    let id = admit(
+        &daemons[0],
+        task(
+            "p",
+            json!({"max_tokens": 40, "session_id": "shared-session"}),
+        ),
+    )
+    .await;
+    // The session is in the store: every daemon sees it, and counts its turns together.
+    let session = |d: &Daemon| {
+        d.http
+            .get(d.url("/v1/sessions/shared-session"))
+            .bearer_auth(KEY)
+            .send()
+    };
+    let resp = session(&daemons[2]).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["turns"], 1);
+    let other = admit(
+        &daemons[1],
+        task(
+            "p",
+            json!({"max_tokens": 1, "session_id": "shared-session"}),
+        ),
+    )
+    .await;
+    let resp = session(&daemons[0]).await.unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["turns"], 2);
+    wait_for(&daemons[0], &other, "succeeded").await;
     // Status from another daemon: relayed to the one running it.
     let (code, s) = get_status(&daemons[1], &id).await;
     assert_eq!(code, 200, "{s}");
