@@ -89,6 +89,31 @@ pub struct SimArgs {
 }
 
 /// Starts `engine-sim` on a free port and waits for it to listen.
+/// A `redis-server` on a free loopback port (no persistence); `base` is its URL.
+pub fn start_redis() -> Result<Proc> {
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start redis-server (Debian package redis-server)")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Proc {
+        child,
+        base: format!("redis://127.0.0.1:{port}/"),
+    })
+}
+
 pub fn start_sim(bin: &Path, a: SimArgs) -> Result<Proc> {
     let mut child = Command::new(bin)
         .args(["--addr", "127.0.0.1:0"])

@@ -150,6 +150,17 @@ pub struct Results {
     pub streams: Option<Streams>,
     pub hot_swap: Option<HotSwap>,
     pub policy_costs: Option<Value>,
+    /// Admission throughput per state-store setup.
+    #[serde(default)]
+    pub state: Vec<StateRow>,
+}
+
+/// One state-store setup under the admission scenario (64 clients, tasks of one token).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct StateRow {
+    pub setup: String,
+    pub run: Summary,
+    pub daemon_cpu_per_s: f64,
 }
 
 const POOL: &str = "sim";
@@ -158,10 +169,12 @@ const POOL: &str = "sim";
 /// adapter pointing at the simulator. Changed for load: queue capacity, retention (finished
 /// tasks stay streamable 5 s, not 60 s) and session TTL (60 s): the load generator opens a
 /// session per stream.
-fn daemon_config(dir: &Path, sim: &str, queue: u32, placement: &str) -> String {
+/// `extra`: more TOML in front (budgets, rate limits, `[state]`).
+fn daemon_config_with(dir: &Path, sim: &str, queue: u32, placement: &str, extra: &str) -> String {
     let var = dir.join("var");
     format!(
-        r#"[paths]
+        r#"{extra}
+[paths]
 artifacts = "{var}/artifacts"
 catalog = "{var}/catalog.sqlite"
 
@@ -229,6 +242,16 @@ struct Env {
 
 impl Env {
     async fn daemon(&self, name: &str, sim: &Proc, queue: u32) -> Result<(Proc, PathBuf)> {
+        self.daemon_with(name, sim, queue, "").await
+    }
+
+    async fn daemon_with(
+        &self,
+        name: &str,
+        sim: &Proc,
+        queue: u32,
+        extra: &str,
+    ) -> Result<(Proc, PathBuf)> {
         let dir = self.scratch.path().join(name);
         std::fs::create_dir_all(&dir)?;
         let policies = procs::copy_policies(&self.paths.dist, &dir)?;
@@ -236,7 +259,7 @@ impl Env {
             policies.join("placement-default.wasm"),
             policies.join("placement.wasm"),
         )?;
-        let config = daemon_config(&dir, &sim.base, queue, "placement.wasm");
+        let config = daemon_config_with(&dir, &sim.base, queue, "placement.wasm", extra);
         let d = procs::start_daemon(&self.paths.dist, &dir, &policies, &config, POOL).await?;
         Ok((d, policies))
     }
@@ -258,6 +281,7 @@ pub async fn run(paths: Paths, opts: Options) -> Result<Results> {
         admission: None,
         streams: None,
         hot_swap: None,
+        state: Vec::new(),
         policy_costs: match &paths.policy_costs {
             Some(p) if p.exists() => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
             _ => None,
@@ -289,6 +313,10 @@ pub async fn run(paths: Paths, opts: Options) -> Result<Results> {
     }
     if wanted("streams") {
         results.streams = Some(many_streams(&env, &opts).await?);
+        write(&paths.out, &results)?;
+    }
+    if wanted("state") {
+        results.state = state_stores(&env, &opts).await?;
         write(&paths.out, &results)?;
     }
     if wanted("hot-swap") {
@@ -445,8 +473,18 @@ async fn admission_run(
     name: &str,
     sim: SimArgs,
 ) -> Result<(Summary, f64)> {
+    admission_run_with(env, opts, name, sim, "").await
+}
+
+async fn admission_run_with(
+    env: &Env,
+    opts: &Options,
+    name: &str,
+    sim: SimArgs,
+    extra: &str,
+) -> Result<(Summary, f64)> {
     let sim = procs::start_sim(&env.paths.sim, sim)?;
-    let (daemon, _) = env.daemon(name, &sim, 4096).await?;
+    let (daemon, _) = env.daemon_with(name, &sim, 4096, extra).await?;
     let spec = |secs: u64| Spec {
         label: name.into(),
         target: daemon_target(&daemon.base),
@@ -479,6 +517,49 @@ async fn admission_run(
         cpu
     );
     Ok((run, cpu))
+}
+
+/// The admission scenario (every task runs) per state-store setup: SQLite with nothing
+/// limited (sessions and the task directory only), SQLite and Redis with a budget and rate
+/// limits on every request (limits high enough never to refuse).
+async fn state_stores(env: &Env, opts: &Options) -> Result<Vec<StateRow>> {
+    let limits = "[budgets]\nper_key = { tokens = 1000000000000, period = \"1d\" }\n\n\
+                  [rate_limits]\nper_key = { requests = 1000000000, tokens = 1000000000000, concurrent = 100000 }\n";
+    let redis = procs::start_redis()?;
+    let setups = [
+        ("sqlite, no limits", String::new()),
+        ("sqlite, budget + rate limits", limits.to_owned()),
+        (
+            "redis, budget + rate limits",
+            format!(
+                "{limits}\n[state]\nbackend = \"redis\"\nurl = \"{}\"\n",
+                redis.base
+            ),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (i, (setup, extra)) in setups.iter().enumerate() {
+        eprintln!("admission with state store: {setup}");
+        let (run, cpu) = admission_run_with(
+            env,
+            opts,
+            &format!("state-{i}"),
+            SimArgs {
+                first_token_ms: 0,
+                inter_token_ms: 0,
+                slots: 4096,
+                threads: 1,
+            },
+            extra,
+        )
+        .await?;
+        rows.push(StateRow {
+            setup: (*setup).to_owned(),
+            run,
+            daemon_cpu_per_s: cpu,
+        });
+    }
+    Ok(rows)
 }
 
 async fn many_streams(env: &Env, opts: &Options) -> Result<Streams> {
@@ -827,6 +908,27 @@ pub fn markdown(r: &Results) -> String {
                 o.daemon.lost_frames,
             ),
         );
+    }
+    if !r.state.is_empty() {
+        line(&mut s, "\n### Admission with the state store\n");
+        line(
+            &mut s,
+            "| setup | admitted/s | POST → 202 p50 µs | p99 µs | daemon CPU (cores) |",
+        );
+        line(&mut s, "|---|---|---|---|---|");
+        for row in &r.state {
+            line(
+                &mut s,
+                &format!(
+                    "| {} | {:.0} | {} | {} | {:.2} |",
+                    row.setup,
+                    row.run.admitted_per_s,
+                    row.run.admit.p50_us,
+                    row.run.admit.p99_us,
+                    row.daemon_cpu_per_s
+                ),
+            );
+        }
     }
     if let Some(a) = &r.admission {
         line(&mut s, "\n### Admission throughput\n");
