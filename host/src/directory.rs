@@ -33,7 +33,7 @@ pub struct Directory {
 pub enum Remote {
     /// Finished (or failed with its daemon): its status, and where its daemon still
     /// answers (it keeps the stream for the retention period) when asked for and alive.
-    Ended(TaskStatus, Option<String>),
+    Ended(Box<TaskStatus>, Option<String>),
     /// Live on another daemon, which answers for it at `addr`.
     LiveAt { addr: String },
 }
@@ -107,7 +107,7 @@ impl Directory {
             } else {
                 None
             };
-            return Ok(Some(Remote::Ended(status, owner)));
+            return Ok(Some(Remote::Ended(Box::new(status), owner)));
         }
         let alive = rec.daemon != self.daemon
             && crate::budget::blocking(|| self.store.daemon_alive(&rec.daemon, now))?;
@@ -130,7 +130,7 @@ impl Directory {
         };
         let keep = self.retention.as_millis() as u64;
         let _ = crate::budget::blocking(|| self.store.put_task(&failed, Some(keep), now));
-        Ok(Some(Remote::Ended(status, None)))
+        Ok(Some(Remote::Ended(Box::new(status), None)))
     }
 
     /// Renews this daemon's heartbeat (the upkeep task's tick).

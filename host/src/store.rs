@@ -334,31 +334,6 @@ pub(crate) fn over_budget(
     None
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn periods_parse_and_windows_align() {
-        assert_eq!(Period::parse("1h"), Ok(Period::Every(3_600_000)));
-        assert_eq!(Period::parse("30d"), Ok(Period::Every(30 * 86_400_000)));
-        assert_eq!(Period::parse("2s"), Ok(Period::Every(2_000)));
-        assert_eq!(Period::parse("month"), Ok(Period::Month));
-        assert!(Period::parse("0s").is_err());
-        assert!(Period::parse("1y").is_err());
-        assert!(Period::parse("h").is_err());
-        assert_eq!(Period::Every(1000).window(12_345), (12_000, 13_000));
-        // 2026-12-01T03:00:00Z lies in December 2026; the next window is January 2027.
-        let now = 1_796_094_000_000;
-        let (start, end) = Period::Month.window(now);
-        assert_eq!(start, 1_796_083_200_000, "2026-12-01T00:00:00Z");
-        assert_eq!(end, 1_798_761_600_000, "2027-01-01T00:00:00Z");
-        // February of a leap year.
-        let (s, e) = Period::Month.window(1_709_251_200_000 - 1);
-        assert_eq!((e - s) / 86_400_000, 29, "February 2024");
-    }
-}
-
 /// A store that says whether its last call reached the backend: `/readyz` reads it, and
 /// the log and `state_store_up` say when that changes (once, not per call).
 pub struct Observed {
@@ -459,5 +434,30 @@ impl Store for Observed {
     }
     fn daemon_alive(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
         self.seen(self.inner.daemon_alive(id, now_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_parse_and_windows_align() {
+        assert_eq!(Period::parse("1h"), Ok(Period::Every(3_600_000)));
+        assert_eq!(Period::parse("30d"), Ok(Period::Every(30 * 86_400_000)));
+        assert_eq!(Period::parse("2s"), Ok(Period::Every(2_000)));
+        assert_eq!(Period::parse("month"), Ok(Period::Month));
+        assert!(Period::parse("0s").is_err());
+        assert!(Period::parse("1y").is_err());
+        assert!(Period::parse("h").is_err());
+        assert_eq!(Period::Every(1000).window(12_345), (12_000, 13_000));
+        // 2026-12-01T03:00:00Z lies in December 2026; the next window is January 2027.
+        let now = 1_796_094_000_000;
+        let (start, end) = Period::Month.window(now);
+        assert_eq!(start, 1_796_083_200_000, "2026-12-01T00:00:00Z");
+        assert_eq!(end, 1_798_761_600_000, "2027-01-01T00:00:00Z");
+        // February of a leap year.
+        let (s, e) = Period::Month.window(1_709_251_200_000 - 1);
+        assert_eq!((e - s) / 86_400_000, 29, "February 2024");
     }
 }

@@ -525,7 +525,7 @@ impl Task {
         content.push_str(&events);
         content.push('}');
         let tags = [format!("task:{}", self.id)];
-        let id = recorder.store.record(
+        recorder.store.record(
             &self.spec.owner,
             &NewArtifact {
                 kind: ArtifactKind::Transcript,
@@ -534,8 +534,7 @@ impl Task {
                 parent: None,
                 metadata: None,
             },
-        );
-        id
+        )
     }
 
     /// Running → Succeeded with the `end` frame. `tokens_in` is the prompt's count (the
@@ -819,7 +818,7 @@ impl Tasks {
         let mut held: usize = finished.iter().map(|(_, bytes, _)| bytes).sum();
         if held > max_bytes {
             // Oldest (longest finished) first.
-            finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
             let mut evicted = 0usize;
             for (_, bytes, id) in finished {
                 if held <= max_bytes {

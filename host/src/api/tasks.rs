@@ -111,9 +111,7 @@ async fn elsewhere(
         })?;
     match found {
         None => Ok(None),
-        Some(crate::directory::Remote::Ended(status, None)) => {
-            Ok(Some(Elsewhere::Ended(Box::new(status))))
-        }
+        Some(crate::directory::Remote::Ended(status, None)) => Ok(Some(Elsewhere::Ended(status))),
         Some(
             crate::directory::Remote::LiveAt { addr }
             | crate::directory::Remote::Ended(_, Some(addr)),
