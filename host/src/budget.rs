@@ -146,6 +146,27 @@ impl Ledger {
         )
     }
 
+    /// The key's budget on `model`, if one is configured (the key's own entry first, then
+    /// `"*"`).
+    fn model_budget(&self, key: &str, model: &str) -> Option<Budget> {
+        let entries = &self.limits.per_key_model;
+        entries
+            .iter()
+            .find(|b| b.key == key && b.model == model)
+            .or_else(|| entries.iter().find(|b| b.key == "*" && b.model == model))
+            .map(|b| Self::budget(format!("model:{key}/{model}"), b.limits()))
+            .filter(|b| !b.is_unlimited())
+    }
+
+    /// Every budget a request of `key` in `session` on `model` must fit.
+    fn all_budgets(&self, key: &str, session: &str, model: &str) -> Vec<Budget> {
+        let (k, s) = self.budgets(key, session);
+        k.into_iter()
+            .chain(s)
+            .chain(self.model_budget(key, model))
+            .collect()
+    }
+
     fn rate_limit(&self, key: &str) -> Option<RateLimit> {
         let r = self.key_rates.get(key).copied().unwrap_or(self.rate);
         (!r.is_unlimited()).then(|| RateLimit {
@@ -164,35 +185,53 @@ impl Ledger {
 
     /// What the key and the session have left in their current windows (what the budget
     /// policy is told).
-    pub fn left(&self, key: &str, session: &str) -> Result<(BudgetLeft, BudgetLeft), StoreError> {
+    /// The key's left is the tighter of its own budget and its budget on `model`.
+    pub fn left(
+        &self,
+        key: &str,
+        session: &str,
+        model: &str,
+    ) -> Result<(BudgetLeft, BudgetLeft), StoreError> {
         let (k, s) = self.budgets(key, session);
-        let list: Vec<Budget> = k.iter().chain(s.iter()).cloned().collect();
+        let m = self.model_budget(key, model);
+        let list: Vec<Budget> = k.iter().chain(s.iter()).chain(m.iter()).cloned().collect();
         if list.is_empty() {
             return Ok((unlimited(), unlimited()));
         }
         let spent = self.observe(blocking(|| self.store.spent(&list, now_ms())))?;
         let mut it = list.iter().zip(&spent).map(|(b, s)| as_left(b, s));
-        Ok((
-            if k.is_some() { it.next() } else { None }.unwrap_or_else(unlimited),
-            if s.is_some() { it.next() } else { None }.unwrap_or_else(unlimited),
-        ))
+        let key_left = if k.is_some() { it.next() } else { None }.unwrap_or_else(unlimited);
+        let session_left = if s.is_some() { it.next() } else { None }.unwrap_or_else(unlimited);
+        let key_left = match it.next() {
+            Some(model_left) => BudgetLeft {
+                tokens: min_opt(key_left.tokens, model_left.tokens),
+                time_ms: min_opt(key_left.time_ms, model_left.time_ms),
+                cost: match (key_left.cost, model_left.cost) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            },
+            None => key_left,
+        };
+        Ok((key_left, session_left))
     }
 
     /// Reserves `amount` against the key's and the session's budgets and the key's rate
     /// limits, in one atomic store operation. `rate_tokens`: the request's estimated
     /// tokens, for the tokens-per-window limit; `lease_ms`: how long the reservation may
     /// stay unsettled before another daemon settles it at its reserved amount.
+    #[allow(clippy::too_many_arguments)]
     pub fn reserve(
         &self,
         id: &str,
         key: &str,
         session: &str,
+        model: &str,
         amount: Amount,
         rate_tokens: u64,
         lease_ms: u64,
     ) -> Result<(Reservation, Headroom, Option<RateState>), Refused> {
-        let (k, s) = self.budgets(key, session);
-        let budgets: Vec<Budget> = k.into_iter().chain(s).collect();
+        let budgets = self.all_budgets(key, session, model);
         let rate = self.rate_limit(key);
         let mut reservation = Reservation {
             id: id.to_owned(),
@@ -259,9 +298,8 @@ impl Ledger {
     /// When a request needing `tokens` could fit again: the latest window end among the
     /// budgets it does not fit now (those out of tokens, or out of time or cost); `None`
     /// if one of them has no period (it never resets) or none is short.
-    pub fn resets_in_ms(&self, key: &str, session: &str, tokens: u64) -> Option<u64> {
-        let (k, s) = self.budgets(key, session);
-        let list: Vec<Budget> = k.into_iter().chain(s).collect();
+    pub fn resets_in_ms(&self, key: &str, session: &str, model: &str, tokens: u64) -> Option<u64> {
+        let list = self.all_budgets(key, session, model);
         let now = now_ms();
         let spent = blocking(|| self.store.spent(&list, now)).ok()?;
         let mut latest: Option<u64> = None;
@@ -279,8 +317,8 @@ impl Ledger {
     }
 
     /// What is left for the key and the session together (the tighter of the two).
-    pub fn headroom(&self, key: &str, session: &str) -> Headroom {
-        let Ok((k, s)) = self.left(key, session) else {
+    pub fn headroom(&self, key: &str, session: &str, model: &str) -> Headroom {
+        let Ok((k, s)) = self.left(key, session, model) else {
             return Headroom::default();
         };
         Headroom {
@@ -379,6 +417,7 @@ mod tests {
                 tokens: per_session,
                 ..BudgetLimits::default()
             },
+            per_key_model: Vec::new(),
         };
         let l = Ledger::new(
             limits,
@@ -400,20 +439,20 @@ mod tests {
     #[test]
     fn reserve_settle_and_refund() {
         let (_dir, ledger) = ledger(100, None);
-        assert_eq!(ledger.left("k", "s").unwrap().0.tokens, Some(100));
-        assert_eq!(ledger.left("k", "s").unwrap().1.tokens, None);
+        assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(100));
+        assert_eq!(ledger.left("k", "s", "m").unwrap().1.tokens, None);
         let (r, headroom, rate) = ledger
             .reserve("t1", "k", "s", amount(60), 0, 60_000)
             .unwrap();
         assert!(rate.is_none());
         assert_eq!(headroom.tokens, Some(40));
         ledger.settle(&r, amount(10), 0);
-        assert_eq!(ledger.left("k", "s").unwrap().0.tokens, Some(90));
+        assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(90));
         let (r, _, _) = ledger
             .reserve("t2", "k", "s", amount(90), 0, 60_000)
             .unwrap();
         assert!(matches!(
-            ledger.reserve("t3", "k", "s", amount(1), 0, 60_000),
+            ledger.reserve("t3", "k", "s", "m", amount(1), 0, 60_000),
             Err(Refused::OverBudget {
                 what: "tokens",
                 retry_after_ms: None,
@@ -421,15 +460,15 @@ mod tests {
             })
         ));
         ledger.refund(&r);
-        assert_eq!(ledger.left("k", "s").unwrap().0.tokens, Some(90));
+        assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(90));
         // An overrun is charged, never below zero.
         let (r, _, _) = ledger
             .reserve("t4", "k", "s", amount(10), 0, 60_000)
             .unwrap();
         ledger.settle(&r, amount(500), 0);
-        assert_eq!(ledger.left("k", "s").unwrap().0.tokens, Some(0));
+        assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(0));
         // Other keys have their own budget.
-        assert_eq!(ledger.left("other", "s").unwrap().0.tokens, Some(100));
+        assert_eq!(ledger.left("other", "s", "m").unwrap().0.tokens, Some(100));
     }
 
     #[test]
@@ -442,13 +481,14 @@ mod tests {
             BudgetSettings {
                 per_key: BudgetLimits::default(),
                 per_session: BudgetLimits::default(),
+                per_key_model: Vec::new(),
             },
             HashMap::new(),
             RateLimits::default(),
             HashMap::new(),
             store,
         );
-        let (r, _, _) = l.reserve("t", "k", "s", amount(5), 0, 1_000).unwrap();
+        let (r, _, _) = l.reserve("t", "k", "s", "m", amount(5), 0, 1_000).unwrap();
         assert!(!r.stored);
         l.settle(&r, amount(5), 0);
     }

@@ -295,12 +295,38 @@ impl std::fmt::Debug for ApiKeySettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BudgetSettings {
     /// Budget of each API key (of the open-mode tenant when no keys are configured).
     pub per_key: BudgetLimits,
     /// Budget of each session.
     pub per_session: BudgetLimits,
+    /// Budgets of a key on one model (`[[budgets.per_key_model]]`), on top of the key's.
+    pub per_key_model: Vec<KeyModelBudget>,
+}
+
+/// A key's budget on one model: `key` is a key name or `"*"` (every key, each its own).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyModelBudget {
+    pub key: String,
+    pub model: String,
+    pub tokens: Option<u64>,
+    pub time_ms: Option<u64>,
+    pub cost: Option<f64>,
+    #[serde(default, deserialize_with = "period")]
+    pub period: Option<crate::store::Period>,
+}
+
+impl KeyModelBudget {
+    pub fn limits(&self) -> BudgetLimits {
+        BudgetLimits {
+            tokens: self.tokens,
+            time_ms: self.time_ms,
+            cost: self.cost,
+            period: self.period,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

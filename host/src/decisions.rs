@@ -300,7 +300,9 @@ impl Decisions {
         rate_tokens: u64,
         lease_ms: u64,
     ) -> Result<(Reservation, crate::budget::Headroom, Option<RateState>), ApiError> {
-        let (key_left, session_left) = self.ledger.left(key, session).map_err(store_down)?;
+        let model = req.model_ref.clone();
+        let (key_left, session_left) =
+            self.ledger.left(key, session, &model).map_err(store_down)?;
         let req = budget::ReserveRequest {
             key_left,
             session_left,
@@ -314,7 +316,7 @@ impl Decisions {
                     cost: u.cost,
                 };
                 self.ledger
-                    .reserve(id, key, session, amount, rate_tokens, lease_ms)
+                    .reserve(id, key, session, &model, amount, rate_tokens, lease_ms)
                     .map_err(refused)
             }
             Ok(budget::Reservation::Deny(d)) => {
@@ -324,6 +326,7 @@ impl Decisions {
                     self.ledger.resets_in_ms(
                         key,
                         session,
+                        &model,
                         u64::from(req.prompt_tokens_estimate) + u64::from(req.max_tokens),
                     )
                 });
@@ -342,7 +345,8 @@ impl Decisions {
     /// What the task's key and session have left now.
     pub fn headroom(&self, task: &Task) -> crate::budget::Headroom {
         let session = crate::sessions::Sessions::account(&task.spec.owner, &task.spec.session_id);
-        self.ledger.headroom(&task.spec.owner, &session)
+        self.ledger
+            .headroom(&task.spec.owner, &session, &task.spec.job.model)
     }
 
     /// Charges a finished task its actual usage (the policy prices it) and returns the rest

@@ -230,7 +230,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     let decisions = Arc::new(Decisions {
         policies: Arc::clone(&policies),
         ledger: Ledger::new(
-            settings.budgets,
+            settings.budgets.clone(),
             settings
                 .api_keys
                 .iter()

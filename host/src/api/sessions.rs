@@ -36,7 +36,11 @@ pub async fn get(
     let (_, left) = state
         .decisions
         .ledger
-        .left(&principal.name, &Sessions::account(&principal.name, &id))
+        .left(
+            &principal.name,
+            &Sessions::account(&principal.name, &id),
+            "",
+        )
         .map_err(store_down)?;
     Ok(Json(SessionStatus {
         ttl_ms_remaining: view.ttl_remaining.as_millis() as u64,

@@ -293,6 +293,8 @@ struct BudgetsFile {
     per_key: BudgetLimits,
     #[serde(default)]
     per_session: BudgetLimits,
+    #[serde(default)]
+    per_key_model: Vec<crate::config::KeyModelBudget>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -903,6 +905,7 @@ impl FileConfig {
             budgets: BudgetSettings {
                 per_key: self.budgets.per_key,
                 per_session: self.budgets.per_session,
+                per_key_model: self.budgets.per_key_model.clone(),
             },
             policies_dir,
             pools,

@@ -642,3 +642,47 @@ async fn any_daemon_answers_for_any_task_and_a_dead_daemons_tasks_fail() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_keys_budget_on_one_model_leaves_its_other_models_alone() {
+    let per_task = reserved_per_task(4).await;
+    let head = format!(
+        "{}[budgets]\n[[budgets.per_key_model]]\nkey = \"*\"\nmodel = \"p-model\"\ntokens = {per_task}\nperiod = \"1h\"\n",
+        keys("")
+    );
+    let d = DaemonBuilder::new(format!(
+        "{head}\n{}",
+        config(
+            &default_admission("reject"),
+            64,
+            &[
+                mock_pool("p", "tokens_per_s = 2000.0"),
+                mock_pool("q", "tokens_per_s = 2000.0"),
+            ]
+        )
+    ))
+    .start();
+    assert_eq!(
+        post(&d, &task("p", json!({"max_tokens": 4})))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    let resp = post(&d, &task("p", json!({"max_tokens": 4}))).await;
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(
+        resp.headers().get("retry-after").is_some(),
+        "the hour's window resets"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "BUDGET_EXCEEDED", "{body}");
+    // The same key on another model is not limited by that budget.
+    assert_eq!(
+        post(&d, &task("q", json!({"max_tokens": 4})))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+}
