@@ -442,14 +442,14 @@ mod tests {
         assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(100));
         assert_eq!(ledger.left("k", "s", "m").unwrap().1.tokens, None);
         let (r, headroom, rate) = ledger
-            .reserve("t1", "k", "s", amount(60), 0, 60_000)
+            .reserve("t1", "k", "s", "m", amount(60), 0, 60_000)
             .unwrap();
         assert!(rate.is_none());
         assert_eq!(headroom.tokens, Some(40));
         ledger.settle(&r, amount(10), 0);
         assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(90));
         let (r, _, _) = ledger
-            .reserve("t2", "k", "s", amount(90), 0, 60_000)
+            .reserve("t2", "k", "s", "m", amount(90), 0, 60_000)
             .unwrap();
         assert!(matches!(
             ledger.reserve("t3", "k", "s", "m", amount(1), 0, 60_000),
@@ -463,7 +463,7 @@ mod tests {
         assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(90));
         // An overrun is charged, never below zero.
         let (r, _, _) = ledger
-            .reserve("t4", "k", "s", amount(10), 0, 60_000)
+            .reserve("t4", "k", "s", "m", amount(10), 0, 60_000)
             .unwrap();
         ledger.settle(&r, amount(500), 0);
         assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(0));
