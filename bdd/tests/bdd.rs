@@ -157,24 +157,51 @@ fn field(body: &Value, pointer: &str) -> String {
 /// `config()` sets the same for the daemons it describes).
 const POLICY_TIMEOUT: &str = "[policies]\ntimeout_ms = 250\n\n";
 
-fn start(pool: String) -> Running {
-    Running(DaemonBuilder::new(config(&default_admission("reject"), 16, &[pool])).start())
+/// Starts a daemon off the runner. Cucumber polls every running scenario from one task,
+/// so `DaemonBuilder::start` (spawn, policy compilation, the wait for `listening`: seconds
+/// on a loaded machine) run inside a step froze every other scenario mid-step. The freezes
+/// added up to more than a minute: a canceled task outlived the daemon's retention of
+/// finished tasks (`stream.retention_ms`, 60 s) before its scenario read the stream again,
+/// which then answered 404.
+async fn launch(builder: DaemonBuilder) -> Running {
+    match tokio::task::spawn_blocking(move || builder.start()).await {
+        Ok(daemon) => Running(daemon),
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("daemon start did not finish: {e}"),
+        },
+    }
+}
+
+async fn start(pool: String) -> Running {
+    launch(DaemonBuilder::new(config(
+        &default_admission("reject"),
+        16,
+        &[pool],
+    )))
+    .await
 }
 
 #[given(expr = "a running daemon with a mock pool {string}")]
-fn daemon(w: &mut Orchd, pool: String) {
-    w.daemon = Some(start(mock_pool(
-        &pool,
-        "slots = 2, first_token_delay_ms = 5, tokens_per_s = 500.0",
-    )));
+async fn daemon(w: &mut Orchd, pool: String) {
+    w.daemon = Some(
+        start(mock_pool(
+            &pool,
+            "slots = 2, first_token_delay_ms = 5, tokens_per_s = 500.0",
+        ))
+        .await,
+    );
 }
 
 #[given(expr = "a running daemon with a slow one-slot mock pool {string}")]
-fn slow_daemon(w: &mut Orchd, pool: String) {
-    w.daemon = Some(start(mock_pool(
-        &pool,
-        "slots = 1, first_token_delay_ms = 5, tokens_per_s = 100.0",
-    )));
+async fn slow_daemon(w: &mut Orchd, pool: String) {
+    w.daemon = Some(
+        start(mock_pool(
+            &pool,
+            "slots = 1, first_token_delay_ms = 5, tokens_per_s = 100.0",
+        ))
+        .await,
+    );
 }
 
 #[when(expr = "I submit a completion of {int} tokens to pool {string}")]
@@ -357,9 +384,9 @@ fn pool_with(w: &mut Orchd, pool: String, mock: String) {
 }
 
 #[given("the daemon is running")]
-fn daemon_running(w: &mut Orchd) {
+async fn daemon_running(w: &mut Orchd) {
     let config = format!("{POLICY_TIMEOUT}{}\n{}", w.extra_config, w.pools.concat());
-    w.daemon = Some(Running(DaemonBuilder::new(config).start()));
+    w.daemon = Some(launch(DaemonBuilder::new(config)).await);
 }
 
 #[when(expr = "I use the key {string}")]
@@ -538,7 +565,7 @@ async fn launched_daemon(w: &mut Orchd, letter: String) {
          launch = {{ cmd = \"{server}\", model = \"{}\", ready_timeout_ms = 30000, args = [\"-m\", \"{{model}}\", \"--host\", \"127.0.0.1\", \"--port\", \"{port}\", \"-c\", \"1024\", \"-np\", \"1\", \"-t\", \"2\", \"--alias\", \"tiny\", \"--no-webui\"] }}\n",
         model_file(&letter)
     );
-    let d = DaemonBuilder::new(format!("{POLICY_TIMEOUT}{pool}")).start();
+    let Running(d) = launch(DaemonBuilder::new(format!("{POLICY_TIMEOUT}{pool}"))).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let (_, health) = d.get_json("/v1/pools/tiny/health").await;
