@@ -70,6 +70,15 @@ impl SqliteStore {
                          key TEXT PRIMARY KEY, turns INTEGER NOT NULL,
                          last_used INTEGER NOT NULL);
                      CREATE INDEX IF NOT EXISTS sessions_by_use ON sessions (last_used);
+                     -- Rows in `sessions` (live or expired and not yet swept), kept by
+                     -- triggers: the cap is checked by counting only when this reaches it.
+                     CREATE TABLE IF NOT EXISTS session_rows (n INTEGER NOT NULL);
+                     INSERT INTO session_rows (n) SELECT count(*) FROM sessions
+                         WHERE NOT EXISTS (SELECT 1 FROM session_rows);
+                     CREATE TRIGGER IF NOT EXISTS session_added AFTER INSERT ON sessions
+                         BEGIN UPDATE session_rows SET n = n + 1; END;
+                     CREATE TRIGGER IF NOT EXISTS session_gone AFTER DELETE ON sessions
+                         BEGIN UPDATE session_rows SET n = n - 1; END;
                      CREATE TABLE IF NOT EXISTS daemons (
                          id TEXT PRIMARY KEY, addr TEXT NOT NULL,
                          alive_until INTEGER NOT NULL);",
@@ -423,15 +432,21 @@ impl Store for SqliteStore {
             Some((turns, last_used)) if last_used >= oldest_live => turns as u32,
             Some(_) => 0,
             None => {
-                let live: i64 = tx
-                    .query_row(
-                        "SELECT count(*) FROM sessions WHERE last_used >= ?1",
-                        params![oldest_live],
-                        |r| r.get(0),
-                    )
+                let rows: i64 = tx
+                    .query_row("SELECT n FROM session_rows", [], |r| r.get(0))
                     .map_err(err)?;
-                if live as u64 >= limits.max_sessions {
-                    return Ok(Turn::TableFull(limits.max_sessions));
+                // Counting the live ones costs a scan: only when the rows could be too many.
+                if rows as u64 >= limits.max_sessions {
+                    let live: i64 = tx
+                        .query_row(
+                            "SELECT count(*) FROM sessions WHERE last_used >= ?1",
+                            params![oldest_live],
+                            |r| r.get(0),
+                        )
+                        .map_err(err)?;
+                    if live as u64 >= limits.max_sessions {
+                        return Ok(Turn::TableFull(limits.max_sessions));
+                    }
                 }
                 0
             }
@@ -440,7 +455,8 @@ impl Store for SqliteStore {
             return Ok(Turn::CapReached(limits.max_turns));
         }
         tx.execute(
-            "INSERT OR REPLACE INTO sessions (key, turns, last_used) VALUES (?1, ?2, ?3)",
+            "INSERT INTO sessions (key, turns, last_used) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET turns = ?2, last_used = ?3",
             params![key, i64::from(turns + 1), now_ms as i64],
         )
         .map_err(err)?;
