@@ -608,13 +608,7 @@ pub fn admit_with(
         )
         .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
         .retry_after_ms(5_000)),
-        Ok(Err(TurnRefused::StoreDown(e))) => Err(ApiError::new(
-            ErrorCode::Internal,
-            format!("the state store (sessions) is unreachable; retry shortly: {e}"),
-        )
-        .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
-        .retry_after_ms(1_000)
-        .retriable()),
+        Ok(Err(TurnRefused::StoreDown(e))) => Err(ApiError::store_down("sessions", e)),
         Ok(Ok(turns)) => {
             let result = admit_checked(state, req, engine_params, principal, correlation_id, turns);
             if result.is_err() {

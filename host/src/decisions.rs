@@ -408,13 +408,7 @@ fn fallback_logged(failure: &PolicyFailure) {
 
 /// The state store could not be reached: fail closed, retriable.
 fn store_down(e: crate::store::StoreError) -> ApiError {
-    ApiError::new(
-        ErrorCode::Internal,
-        format!("the state store (budgets and rate limits) is unreachable; retry shortly: {e}"),
-    )
-    .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
-    .retry_after_ms(1_000)
-    .retriable()
+    ApiError::store_down("budgets and rate limits", e)
 }
 
 /// A reservation the store refused, in API terms.

@@ -162,6 +162,18 @@ impl ApiError {
         self
     }
 
+    /// The state store could not be reached for `what` (budgets, sessions, the task
+    /// directory): fail closed with 503, retriable after a second.
+    pub fn store_down(what: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::Internal,
+            format!("the state store ({what}) is unreachable; retry shortly: {e}"),
+        )
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        .retry_after_ms(1_000)
+        .retriable()
+    }
+
     /// Marks the error retriable (whatever its code's default).
     pub fn retriable(mut self) -> Self {
         self.envelope.retriable = Some(true);

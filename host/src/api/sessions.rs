@@ -14,13 +14,7 @@ use crate::sessions::Sessions;
 use crate::state::AppState;
 
 fn store_down(e: crate::store::StoreError) -> ApiError {
-    ApiError::new(
-        orchd_contracts::ErrorCode::Internal,
-        format!("the state store is unreachable: {e}"),
-    )
-    .with_status(StatusCode::SERVICE_UNAVAILABLE)
-    .retry_after_ms(1000)
-    .retriable()
+    ApiError::store_down("sessions", e)
 }
 
 pub async fn get(

@@ -100,15 +100,7 @@ async fn elsewhere(
     let directory = &state.decisions.directory;
     let found = directory
         .lookup(id, |owner| principal.may_see(owner), is_stream)
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::Internal,
-                format!("the task directory is unreachable: {e}"),
-            )
-            .with_status(StatusCode::SERVICE_UNAVAILABLE)
-            .retry_after_ms(1000)
-            .retriable()
-        })?;
+        .map_err(|e| ApiError::store_down("the task directory", e))?;
     match found {
         None => Ok(None),
         Some(crate::directory::Remote::Ended(status, None)) => Ok(Some(Elsewhere::Ended(status))),
