@@ -2,9 +2,11 @@
 # Installs (once) Debian's redis-server, which the tests start on their own loopback ports
 # (never as a system service). Downloaded .debs are kept under
 # ${ORCHD_CACHE:-$HOME/.cache/orchd}/apt-archives so a later cold run reuses them.
+# Prints the path of redis-server as the last line of stdout.
 set -euo pipefail
 if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
     redis-server --version >&2
+    command -v redis-server
     exit 0
 fi
 CACHE="${ORCHD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/orchd}"
@@ -32,3 +34,4 @@ fi
 "${sudo[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
 redis-server --version >&2
 echo "redis-server installed in $(( $(date +%s) - start ))s" >&2
+command -v redis-server

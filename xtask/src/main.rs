@@ -297,6 +297,8 @@ fn test() -> Result<()> {
     // Installed here so the install is timed on its own (the contract test runs
     // tools/schemathesis/run.sh, which finds it cached).
     setup("tools/schemathesis/setup.sh", "schemathesis")?;
+    // The state-store tests start their own redis-server instances.
+    setup("tools/redis/setup.sh", "redis-server")?;
     run(
         "workspace tests (unit, integration, BDD)",
         cargo()
