@@ -178,11 +178,6 @@ impl Ledger {
         })
     }
 
-    /// Store results pass through: [`crate::store::Observed`] tracks reachability.
-    fn observe<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
-        r
-    }
-
     /// What the key and the session have left in their current windows (what the budget
     /// policy is told).
     /// The key's left is the tighter of its own budget and its budget on `model`.
@@ -198,7 +193,7 @@ impl Ledger {
         if list.is_empty() {
             return Ok((unlimited(), unlimited()));
         }
-        let spent = self.observe(blocking(|| self.store.spent(&list, now_ms())))?;
+        let spent = blocking(|| self.store.spent(&list, now_ms()))?;
         let mut it = list.iter().zip(&spent).map(|(b, s)| as_left(b, s));
         let key_left = if k.is_some() { it.next() } else { None }.unwrap_or_else(unlimited);
         let session_left = if s.is_some() { it.next() } else { None }.unwrap_or_else(unlimited);
@@ -253,9 +248,7 @@ impl Ledger {
             now_ms: now_ms(),
             lease_ms,
         };
-        let decision = self
-            .observe(blocking(|| self.store.reserve(&op)))
-            .map_err(Refused::StoreDown)?;
+        let decision = blocking(|| self.store.reserve(&op)).map_err(Refused::StoreDown)?;
         match decision {
             Decision::Reserved { left, rate: state } => {
                 reservation.stored = true;
@@ -337,7 +330,7 @@ impl Ledger {
         if !r.stored {
             return;
         }
-        let result = self.observe(blocking(|| self.store.settle(&r.id, actual, rate_tokens)));
+        let result = blocking(|| self.store.settle(&r.id, actual, rate_tokens));
         if let Err(e) = result {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             if pending.len() < MAX_PENDING_SETTLES {
@@ -370,7 +363,7 @@ impl Ledger {
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(failed);
         }
-        let reaped = self.observe(self.store.reap(now_ms()));
+        let reaped = self.store.reap(now_ms());
         if let Ok(n) = reaped
             && n > 0
         {
@@ -383,7 +376,7 @@ impl Ledger {
 
     /// Asks the store whether it is reachable (the readiness probe's answer).
     pub fn check(&self) -> bool {
-        self.observe(self.store.ping()).is_ok()
+        self.store.ping().is_ok()
     }
 
     pub fn is_up(&self) -> bool {
