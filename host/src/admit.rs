@@ -884,13 +884,11 @@ fn enqueue(
         ));
     }
     crate::dispatch::watch_deadline(&task, Arc::clone(pool), Arc::clone(&state.decisions));
-    let queue_position = queue.push(class, task, now);
+    let queue_position = queue.push(class, Arc::clone(&task), now);
     pool.publish(&queue);
     drop(queue);
     // Other daemons find it from here on (written outside the queue's lock).
-    if let Some(task) = state.tasks.get(task_id)
-        && let Err(e) = state.decisions.directory.admitted(&task)
-    {
+    if let Err(e) = state.decisions.directory.admitted(&task) {
         tracing::warn!(task_id = %task_id, error = %e, "the task is not in the directory: other daemons cannot answer for it");
     }
     metrics::task_enqueued(&metrics::TaskLabels {

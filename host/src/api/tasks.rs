@@ -76,41 +76,51 @@ fn find(state: &AppState, principal: &Principal, id: &str) -> Result<Arc<Task>, 
 /// Requests one daemon relays to another carry this, so they are never relayed again.
 const RELAYED: &str = "x-orchd-relayed";
 
-/// A task this daemon does not hold, from the directory (several daemons, or a restart).
-enum Elsewhere {
+/// Where a task is answered from.
+enum Located {
+    /// This daemon holds it.
+    Here(Arc<Task>),
+    /// From the directory: ended (or failed with its daemon), its daemon gone or not asked.
     Ended(Box<TaskStatus>),
     /// Answered by the daemon running it.
     Relayed(Response),
 }
 
-/// Looks the task up in the directory and, when another daemon runs it, relays the
-/// request there (same method, path, query and credentials). `None`: unknown here too.
-async fn elsewhere(
+/// The task: this daemon's, else the directory's (several daemons, or a restart), relaying
+/// the request to the daemon that runs it (same method, path and credentials; a stream
+/// also goes to the daemon that ran a finished task, which keeps its frames). A task
+/// neither here nor in the directory is the same 404 as one the caller may not see.
+async fn locate(
     state: &Arc<AppState>,
     principal: &Principal,
     id: &str,
     method: reqwest::Method,
-    path_and_query: &str,
+    suffix: &str,
     headers: &HeaderMap,
-) -> Result<Option<Elsewhere>, ApiError> {
-    let is_stream = path_and_query.ends_with("/stream");
+) -> Result<Located, ApiError> {
+    let not_here = match find(state, principal, id) {
+        Ok(task) => return Ok(Located::Here(task)),
+        Err(not_here) => not_here,
+    };
     if headers.contains_key(RELAYED) {
-        return Ok(None);
+        return Err(not_here);
     }
-    let directory = &state.decisions.directory;
-    let found = directory
+    let is_stream = suffix == "/stream";
+    let found = state
+        .decisions
+        .directory
         .lookup(id, |owner| principal.may_see(owner), is_stream)
         .map_err(|e| ApiError::store_down("the task directory", e))?;
     match found {
-        None => Ok(None),
-        Some(crate::directory::Remote::Ended(status, None)) => Ok(Some(Elsewhere::Ended(status))),
+        None => Err(not_here),
+        Some(crate::directory::Remote::Ended(status, None)) => Ok(Located::Ended(status)),
         Some(
             crate::directory::Remote::LiveAt { addr }
             | crate::directory::Remote::Ended(_, Some(addr)),
         ) => {
             let mut req = state
                 .relay
-                .request(method, format!("{addr}{path_and_query}"))
+                .request(method, format!("{addr}/v1/tasks/{id}{suffix}"))
                 .header(RELAYED, "1");
             for name in [
                 "authorization",
@@ -140,10 +150,10 @@ async fn elsewhere(
                 }
             }
             let body = axum::body::Body::from_stream(resp.bytes_stream());
-            Ok(Some(Elsewhere::Relayed(
+            Ok(Located::Relayed(
                 out.body(body)
                     .map_err(|e| ApiError::internal(format!("relay: {e}")))?,
-            )))
+            ))
         }
     }
 }
@@ -154,25 +164,10 @@ pub async fn status(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let task = match find(&state, &principal, &id) {
-        Ok(task) => task,
-        Err(not_here) => {
-            let path = format!("/v1/tasks/{id}");
-            return match elsewhere(
-                &state,
-                &principal,
-                &id,
-                reqwest::Method::GET,
-                &path,
-                &headers,
-            )
-            .await?
-            {
-                Some(Elsewhere::Ended(status)) => Ok(Json(*status).into_response()),
-                Some(Elsewhere::Relayed(resp)) => Ok(resp),
-                None => Err(not_here),
-            };
-        }
+    let task = match locate(&state, &principal, &id, reqwest::Method::GET, "", &headers).await? {
+        Located::Here(task) => task,
+        Located::Ended(status) => return Ok(Json(*status).into_response()),
+        Located::Relayed(resp) => return Ok(resp),
     };
     let position = state
         .pool(&task.spec.pool_id)
@@ -189,26 +184,20 @@ pub async fn cancel(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let task = match find(&state, &principal, &id) {
-        Ok(task) => task,
-        Err(not_here) => {
-            let path = format!("/v1/tasks/{id}/cancel");
-            return match elsewhere(
-                &state,
-                &principal,
-                &id,
-                reqwest::Method::POST,
-                &path,
-                &headers,
-            )
-            .await?
-            {
-                // Already ended (or failed with its daemon): cancel is idempotent.
-                Some(Elsewhere::Ended(_)) => Ok(StatusCode::NO_CONTENT.into_response()),
-                Some(Elsewhere::Relayed(resp)) => Ok(resp),
-                None => Err(not_here),
-            };
-        }
+    let task = match locate(
+        &state,
+        &principal,
+        &id,
+        reqwest::Method::POST,
+        "/cancel",
+        &headers,
+    )
+    .await?
+    {
+        Located::Here(task) => task,
+        // Already ended (or failed with its daemon): cancel is idempotent.
+        Located::Ended(_) => return Ok(StatusCode::NO_CONTENT.into_response()),
+        Located::Relayed(resp) => return Ok(resp),
     };
     state.cancel(&task, "client").await;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -386,40 +375,36 @@ pub async fn stream(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let task = match find(&state, &principal, &id) {
-        Ok(task) => task,
-        Err(not_here) => {
-            let path = format!("/v1/tasks/{id}/stream");
-            return match elsewhere(
-                &state,
-                &principal,
-                &id,
-                reqwest::Method::GET,
-                &path,
-                &headers,
-            )
-            .await?
-            {
-                Some(Elsewhere::Relayed(resp)) => Ok(resp),
-                // Its daemon is gone, and the frames with it: a failed task says why in
-                // one `error` frame; a finished one points to its status.
-                Some(Elsewhere::Ended(status)) => match status.error {
-                    Some(envelope) => {
-                        let event = Event::default()
-                            .event("error")
-                            .data(serde_json::to_string(&envelope).expect("envelope serializes"));
-                        let once = futures_util::stream::iter([Ok::<_, Infallible>(event)]);
-                        Ok(Sse::new(once).into_response())
-                    }
-                    None => Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!(
-                            "task {:?} ended; its stream was kept by the daemon that ran it, which is gone (GET /v1/tasks/{{id}} has its status)",
-                            super::truncated(&id)
-                        ),
-                    )),
-                },
-                None => Err(not_here),
+    let task = match locate(
+        &state,
+        &principal,
+        &id,
+        reqwest::Method::GET,
+        "/stream",
+        &headers,
+    )
+    .await?
+    {
+        Located::Here(task) => task,
+        Located::Relayed(resp) => return Ok(resp),
+        // Its daemon is gone, and the frames with it: a failed task says why in one
+        // `error` frame; a finished one points to its status.
+        Located::Ended(status) => {
+            return match status.error {
+                Some(envelope) => {
+                    let event = Event::default()
+                        .event("error")
+                        .data(serde_json::to_string(&envelope).expect("envelope serializes"));
+                    let once = futures_util::stream::iter([Ok::<_, Infallible>(event)]);
+                    Ok(Sse::new(once).into_response())
+                }
+                None => Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "task {:?} ended; its stream was kept by the daemon that ran it, which is gone (GET /v1/tasks/{{id}} has its status)",
+                        super::truncated(&id)
+                    ),
+                )),
             };
         }
     };

@@ -20,26 +20,59 @@ fn cfg(head: &str, mock: &str) -> String {
     )
 }
 
-async fn open_stream(d: &Daemon, id: &str) -> orchd_testkit::SseReader {
-    let resp = d
-        .http
-        .get(d.url(&format!("/v1/tasks/{id}/stream")))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
+/// A request to `d` with the team's key.
+fn keyed(d: &Daemon, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    d.http.request(method, d.url(path)).bearer_auth(KEY)
+}
+
+async fn send(req: reqwest::RequestBuilder) -> reqwest::Response {
+    req.send().await.unwrap()
+}
+
+/// A task's stream, after `Last-Event-ID` when given.
+async fn open_stream_after(d: &Daemon, id: &str, after: Option<u64>) -> orchd_testkit::SseReader {
+    let mut req = keyed(d, reqwest::Method::GET, &format!("/v1/tasks/{id}/stream"));
+    if let Some(seen) = after {
+        req = req.header("last-event-id", seen.to_string());
+    }
+    let resp = send(req).await;
     assert_eq!(resp.status().as_u16(), 200);
     orchd_testkit::SseReader::new(resp)
 }
 
+async fn open_stream(d: &Daemon, id: &str) -> orchd_testkit::SseReader {
+    open_stream_after(d, id, None).await
+}
+
+async fn cancel(d: &Daemon, id: &str) -> u16 {
+    send(keyed(
+        d,
+        reqwest::Method::POST,
+        &format!("/v1/tasks/{id}/cancel"),
+    ))
+    .await
+    .status()
+    .as_u16()
+}
+
 async fn post(d: &Daemon, body: &Value) -> reqwest::Response {
-    d.http
-        .post(d.url("/v1/tasks"))
-        .bearer_auth(KEY)
-        .json(body)
-        .send()
-        .await
+    send(keyed(d, reqwest::Method::POST, "/v1/tasks").json(body)).await
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
+        .as_millis() as u64
+}
+
+/// Polls `done` every 200 ms until it holds; fails saying `what` after 15 s.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Tokens one `task("p", {max_tokens: N})` reserves (the default budget policy: prompt
@@ -103,20 +136,14 @@ async fn spend_survives_twenty_kill_9s_under_load() {
     // (deadline 2 s + 0.2 s) ends.
     let _d = start();
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM reservations", [], |r| r.get(0))
-            .unwrap();
-        if n == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} reservations outlived their lease"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until("reservations outlived their lease", || {
+        conn.query_row("SELECT count(*) FROM reservations", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+            == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -129,13 +156,7 @@ async fn a_budget_window_resets_and_retry_after_says_when() {
     );
     let d = DaemonBuilder::new(cfg(&head, "tokens_per_s = 2000.0")).start();
     // Start just after a window boundary, so both requests fall in one window.
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
-    while now() % 2000 > 200 {
+    while now_ms() % 2000 > 200 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
@@ -145,7 +166,7 @@ async fn a_budget_window_resets_and_retry_after_says_when() {
             .as_u16(),
         202
     );
-    let sent = now();
+    let sent = now_ms();
     let resp = post(&d, &task("p", json!({"max_tokens": 4}))).await;
     assert_eq!(resp.status().as_u16(), 429);
     let retry: u64 = resp.headers()["retry-after"]
@@ -244,17 +265,11 @@ async fn a_rate_limit_is_shared_by_three_daemons() {
     let daemons: Vec<Daemon> = (0..3)
         .map(|_| DaemonBuilder::new(cfg(&head, "slots = 64, tokens_per_s = 2000.0")).start())
         .collect();
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
     // The burst starts at a window's beginning and ends well inside it.
-    while now() % 3000 > 300 {
+    while now_ms() % 3000 > 300 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let window_end = now() - now() % 3000 + 3000;
+    let window_end = now_ms() - now_ms() % 3000 + 3000;
     let mut admitted = 0;
     let mut first_ok = None;
     for i in 0..18 {
@@ -272,7 +287,7 @@ async fn a_rate_limit_is_shared_by_three_daemons() {
                 );
             }
             429 => {
-                let sent = now();
+                let sent = now_ms();
                 let retry: u64 = resp.headers()["retry-after"]
                     .to_str()
                     .unwrap()
@@ -292,7 +307,7 @@ async fn a_rate_limit_is_shared_by_three_daemons() {
             other => panic!("unexpected {other}"),
         }
     }
-    assert!(now() < window_end, "the burst stayed in one window");
+    assert!(now_ms() < window_end, "the burst stayed in one window");
     assert_eq!(admitted, 6, "the limit holds across daemons");
     assert_eq!(first_ok.as_deref(), Some("5"));
     assert!(
@@ -308,7 +323,10 @@ async fn a_rate_limit_is_shared_by_three_daemons() {
             == 12.0
     );
     // The next window admits again.
-    tokio::time::sleep(Duration::from_millis(window_end.saturating_sub(now()) + 50)).await;
+    tokio::time::sleep(Duration::from_millis(
+        window_end.saturating_sub(now_ms()) + 50,
+    ))
+    .await;
     assert_eq!(
         post(&daemons[0], &task("p", json!({"max_tokens": 1})))
             .await
@@ -427,13 +445,7 @@ async fn a_dead_daemons_reservation_is_reaped_when_its_lease_ends() {
 }
 
 async fn get_status(d: &Daemon, id: &str) -> (u16, Value) {
-    let resp = d
-        .http
-        .get(d.url(&format!("/v1/tasks/{id}")))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
+    let resp = send(keyed(d, reqwest::Method::GET, &format!("/v1/tasks/{id}"))).await;
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -496,26 +508,11 @@ async fn a_restart_keeps_finished_tasks_and_reports_running_ones_failed() {
     let failed = wait_for(&d, &running, "failed").await;
     assert_eq!(failed["error"]["code"], "WORKER_RESET", "{failed}");
     // Its stream says so too, and cancel is idempotent.
-    let resp = d
-        .http
-        .get(d.url(&format!("/v1/tasks/{running}/stream")))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let frames = orchd_testkit::read_to_end(&running, orchd_testkit::SseReader::new(resp)).await;
+    let frames = orchd_testkit::read_to_end(&running, open_stream(&d, &running).await).await;
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0].event, "error");
     assert_eq!(frames[0].data["code"], "WORKER_RESET");
-    let resp = d
-        .http
-        .post(d.url(&format!("/v1/tasks/{running}/cancel")))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(cancel(&d, &running).await, 204);
     // Another key does not see them (the same 404 as an unknown id).
     assert_eq!(get_status(&d, "no-such-task").await.0, 404);
 }
@@ -541,12 +538,13 @@ async fn any_daemon_answers_for_any_task_and_a_dead_daemons_tasks_fail() {
     .await;
     // The session is in the store: every daemon sees it, and counts its turns together.
     let session = |d: &Daemon| {
-        d.http
-            .get(d.url("/v1/sessions/shared-session"))
-            .bearer_auth(KEY)
-            .send()
+        send(keyed(
+            d,
+            reqwest::Method::GET,
+            "/v1/sessions/shared-session",
+        ))
     };
-    let resp = session(&daemons[2]).await.unwrap();
+    let resp = session(&daemons[2]).await;
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.json::<Value>().await.unwrap()["turns"], 1);
     let other = admit(
@@ -557,7 +555,7 @@ async fn any_daemon_answers_for_any_task_and_a_dead_daemons_tasks_fail() {
         ),
     )
     .await;
-    let resp = session(&daemons[0]).await.unwrap();
+    let resp = session(&daemons[0]).await;
     assert_eq!(resp.json::<Value>().await.unwrap()["turns"], 2);
     wait_for(&daemons[0], &other, "succeeded").await;
     // Status from another daemon: relayed to the one running it.
@@ -566,41 +564,17 @@ async fn any_daemon_answers_for_any_task_and_a_dead_daemons_tasks_fail() {
     assert_eq!(s["task_id"], id.as_str());
     // The stream through the second daemon: the first three frames, then the connection
     // drops (the task waits out the reconnect grace) …
-    let resp = daemons[1]
-        .http
-        .get(daemons[1].url(&format!("/v1/tasks/{id}/stream")))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let mut early = orchd_testkit::SseReader::new(resp);
+    let mut early = open_stream(&daemons[1], &id).await;
     for want in 0..3 {
         assert_eq!(early.next_frame().await.unwrap().id, Some(want));
     }
     drop(early);
     // … and resumes through the third, after frame 2: every later frame exactly once.
-    let resp = daemons[2]
-        .http
-        .get(daemons[2].url(&format!("/v1/tasks/{id}/stream")))
-        .bearer_auth(KEY)
-        .header("last-event-id", "2")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let mut reader = orchd_testkit::SseReader::new(resp);
+    let mut reader = open_stream_after(&daemons[2], &id, Some(2)).await;
     let first = reader.next_frame().await.unwrap();
     assert_eq!(first.id, Some(3), "{first:?}");
     // Cancel through the second daemon.
-    let resp = daemons[1]
-        .http
-        .post(daemons[1].url(&format!("/v1/tasks/{id}/cancel")))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(cancel(&daemons[1], &id).await, 204);
     let rest = orchd_testkit::read_to_end(&id, reader).await;
     let end = rest.last().unwrap();
     assert_eq!(end.event, "end");
@@ -633,14 +607,10 @@ async fn any_daemon_answers_for_any_task_and_a_dead_daemons_tasks_fail() {
         wait_for(&daemons[2], &doomed, "failed").await["state"],
         "failed"
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while redis_cli(&redis, &["ZCARD", "orchd:leases"]) != "0" {
-        assert!(
-            Instant::now() < deadline,
-            "a reservation outlived its lease"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until("a reservation outlived its lease", || {
+        redis_cli(&redis, &["ZCARD", "orchd:leases"]) == "0"
+    })
+    .await;
 }
 
 #[tokio::test]
