@@ -1,6 +1,7 @@
 //! The admission path of `POST /v1/tasks`: validate → pick the pool → deadline
-//! feasibility → admission policy → enqueue. Nothing is enqueued unless every check
-//! passed; a rejected request leaves no state.
+//! feasibility → admission policy on a view of the queue → apply the decision if the
+//! view still holds → the direct path to a free slot. Nothing is enqueued unless every
+//! check passed; a rejected request leaves no state.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +22,7 @@ use crate::policy::bindings::{
     BudgetLeft, ClassSnapshot, QueueSnapshot, QueuedEntry, WitPriority, admission, budget,
 };
 use crate::pool::Pool;
-use crate::queue::ClassQueues;
+use crate::queue::{Stale, View};
 use crate::sessions::{Sessions, TurnRefused};
 use crate::state::AppState;
 use crate::task::{Task, TaskSpec};
@@ -407,7 +408,7 @@ fn host_priority(p: WitPriority) -> Priority {
 
 fn snapshot(
     pool: &Pool,
-    queue: &ClassQueues,
+    queue: &View,
     task_id: &str,
     tenant: &str,
     turns: u32,
@@ -420,11 +421,11 @@ fn snapshot(
             priority: wit_priority(p),
             depth: queue.depth_of(p),
             oldest: queue
-                .oldest(p, SNAPSHOT_OLDEST)
-                .map(|e| QueuedEntry {
-                    task_id: e.task.id.clone(),
+                .oldest(p)
+                .map(|(id, enqueued_at)| QueuedEntry {
+                    task_id: id.clone(),
                     priority: wit_priority(p),
-                    age_ms: now.duration_since(e.enqueued_at).as_millis() as u64,
+                    age_ms: now.saturating_duration_since(*enqueued_at).as_millis() as u64,
                 })
                 .collect(),
         })
@@ -445,7 +446,7 @@ fn snapshot(
         },
         queue: QueueSnapshot {
             pool_id: pool.id.clone(),
-            capacity: queue.capacity(),
+            capacity: queue.capacity,
             depth: queue.depth(),
             classes,
             slots_total: pool.slots_total(),
@@ -472,20 +473,17 @@ enum Admission {
 
 /// The host validates every output: no accepting into a full queue, no evicting a task
 /// that is not queued, only backpressure codes, bounded retry hints.
-fn validate_decision(
-    decision: admission::Decision,
-    queue: &ClassQueues,
-) -> Result<Admission, String> {
+fn validate_decision(decision: admission::Decision, queue: &View) -> Result<Admission, String> {
     use admission::Decision as D;
     match decision {
         D::Accept(class) if queue.is_full() => Err(format!(
             "accepted a {:?} task into a full queue ({}/{})",
             class,
             queue.depth(),
-            queue.capacity()
+            queue.capacity
         )),
         D::Accept(class) => Ok(Admission::Accept(host_priority(class))),
-        D::AcceptEvicting(e) if !queue.contains(&e.evict) => {
+        D::AcceptEvicting(e) if !queue.shows(&e.evict) => {
             Err(format!("asked to evict {:?}, which is not queued", e.evict))
         }
         D::AcceptEvicting(e) => Ok(Admission::Evict {
@@ -728,6 +726,31 @@ fn admit_checked(
     }
 }
 
+/// Decisions made on a stale view of the queue before admission gives up (each stale view
+/// means another admission got in).
+const DECIDE_ATTEMPTS: usize = 32;
+
+/// Ends a task the admission policy evicted from the full queue of `pool` for `by`.
+fn evict(state: &AppState, pool: &Pool, evicted: &Task, by: &str, tokens: u32) {
+    let frame = ApiError::new(
+        ErrorCode::QueueFullDropLru,
+        format!(
+            "evicted from the full queue of pool {} by a newer task",
+            pool.id
+        ),
+    )
+    .engine(&pool.engine)
+    .pool(&pool.id)
+    .retry_after_ms(pool.service_ms(tokens));
+    let mut envelope = *frame.envelope;
+    envelope.correlation_id = Some(evicted.spec.correlation_id.clone());
+    evicted.fail(envelope);
+    evicted.count_cancel(&pool.engine_version(), "evicted");
+    metrics::admission_backpressure(&evicted.spec.engine, "drop-lru");
+    state.decisions.settle(evicted);
+    tracing::info!(task_id = %evicted.id, by, pool_id = %pool.id, "task evicted (drop-lru)");
+}
+
 struct Facts<'a> {
     owner: &'a Principal,
     /// The session's turns, this one included.
@@ -768,126 +791,154 @@ fn enqueue(
         None => derived_seed(task_id),
     };
 
-    let now = Instant::now();
-    let mut queue = pool.queue();
-    // Deadline feasibility, from the measured (or nominal) rates of the pool.
-    let ahead = queue.ahead_of(req.priority);
-    let predicted_start_ms = pool.predicted_start_ms(ahead, tokens);
-    let finish_ms = predicted_start_ms + pool.service_ms(tokens);
-    if finish_ms > req.deadline_ms {
-        return Err(ApiError::new(
-            ErrorCode::DeadlineUnmet,
-            format!(
-                "deadline_ms {} is infeasible: expected to finish in {finish_ms} ms on pool {}",
-                req.deadline_ms, pool.id
-            ),
-        )
-        .pool(&pool.id)
-        .engine(&req.engine));
-    }
-
     let turns = facts.turns;
-    let snapshot = snapshot(
-        pool,
-        &queue,
-        task_id,
-        &facts.owner.fingerprint,
-        turns,
-        req,
-        now,
-    );
-    let decision = state
-        .decisions
-        .policies
-        .admission
-        .get()
-        .decide(&snapshot, |d| validate_decision(d, &queue))
-        .map_err(|failure| policy_failed(&failure))?;
-    let class = match decision {
-        Admission::Accept(class) => class,
-        Admission::Reject(err) => {
-            metrics::admission_backpressure(
-                &req.engine,
-                err.envelope.policy_label.as_deref().unwrap_or("unlabelled"),
-            );
-            tracing::info!(
-                task_id = %task_id, pool_id = %pool.id, code = %err.envelope.code,
-                policy_label = err.envelope.policy_label.as_deref().unwrap_or(""),
-                "admission rejected"
-            );
-            return Err(err.engine(&req.engine).pool(&pool.id));
-        }
-        Admission::Evict { victim, class } => {
-            if let Some(evicted) = queue.remove(&victim) {
-                let frame = ApiError::new(
-                    ErrorCode::QueueFullDropLru,
+    let mut task: Option<Arc<Task>> = None;
+    let mut spec_parts = Some((facts.prompt, facts.engine_params, facts.chat));
+    // Decide on a view of the queue, then apply the decision only if the view still holds
+    // (no lock is held while the policy runs); a stale view is decided again.
+    let (task, queue_position) = 'decide: {
+        for _ in 0..DECIDE_ATTEMPTS {
+            let now = Instant::now();
+            let queue = pool.queue.view(SNAPSHOT_OLDEST);
+            // Deadline feasibility, from the measured (or nominal) rates of the pool.
+            let predicted_start_ms = pool.predicted_start_ms(queue.ahead_of(req.priority), tokens);
+            let finish_ms = predicted_start_ms + pool.service_ms(tokens);
+            if finish_ms > req.deadline_ms {
+                return Err(ApiError::new(
+                    ErrorCode::DeadlineUnmet,
                     format!(
-                        "evicted from the full queue of pool {} by a newer task",
-                        pool.id
+                        "deadline_ms {} is infeasible: expected to finish in {finish_ms} ms on pool {}",
+                        req.deadline_ms, pool.id
                     ),
                 )
-                .engine(&pool.engine)
                 .pool(&pool.id)
-                .retry_after_ms(pool.service_ms(tokens));
-                let mut envelope = *frame.envelope;
-                envelope.correlation_id = Some(evicted.task.spec.correlation_id.clone());
-                evicted.task.fail(envelope);
-                evicted.task.count_cancel(&pool.engine_version(), "evicted");
-                metrics::admission_backpressure(&req.engine, "drop-lru");
-                state.decisions.settle(&evicted.task);
-                tracing::info!(task_id = %victim, by = %task_id, pool_id = %pool.id, "task evicted (drop-lru)");
+                .engine(&req.engine));
             }
-            class
+            let snapshot = snapshot(
+                pool,
+                &queue,
+                task_id,
+                &facts.owner.fingerprint,
+                turns,
+                req,
+                now,
+            );
+            let decision = state
+                .decisions
+                .policies
+                .admission
+                .get()
+                .decide(&snapshot, |d| validate_decision(d, &queue))
+                .map_err(|failure| policy_failed(&failure))?;
+            let (victim, class) = match decision {
+                Admission::Accept(class) => (None, class),
+                Admission::Evict { victim, class } => (Some(victim), class),
+                Admission::Reject(err) => {
+                    metrics::admission_backpressure(
+                        &req.engine,
+                        err.envelope.policy_label.as_deref().unwrap_or("unlabelled"),
+                    );
+                    tracing::info!(
+                        task_id = %task_id, pool_id = %pool.id, code = %err.envelope.code,
+                        policy_label = err.envelope.policy_label.as_deref().unwrap_or(""),
+                        "admission rejected"
+                    );
+                    return Err(err.engine(&req.engine).pool(&pool.id));
+                }
+            };
+            // The task is built once, for the first decision that accepts it; a later
+            // attempt corrects what it says of its queue.
+            let queue_position = queue.depth_of(class);
+            let task = match &task {
+                Some(t) => Arc::clone(t),
+                None => {
+                    let (prompt, params_json, chat) = spec_parts.take().expect("built only once");
+                    let t = Arc::new(
+                        Task::new(
+                            task_id.to_owned(),
+                            TaskSpec {
+                                owner: facts.owner.name.clone(),
+                                session_id: req.session_id.clone(),
+                                priority: req.priority,
+                                ctx: req.ctx,
+                                placement: placement_req.clone(),
+                                tokens_in_estimate: facts.tokens_in_estimate,
+                                pool_id: pool.id.clone(),
+                                engine: req.engine.clone(),
+                                correlation_id: facts.correlation_id.to_owned(),
+                                job: JobSpec {
+                                    task_id: task_id.to_owned(),
+                                    model: req.model_ref.clone(),
+                                    prompt,
+                                    max_tokens: req.max_tokens,
+                                    seed,
+                                    params_json,
+                                    inputs: match req.workload {
+                                        Workload::Embedding | Workload::Rerank => {
+                                            req.inputs.clone()
+                                        }
+                                        Workload::Completion | Workload::Chat => None,
+                                    },
+                                    chat,
+                                },
+                                queue_position,
+                                predicted_start_ms,
+                                deadline: std::time::Duration::from_millis(req.deadline_ms),
+                            },
+                        )
+                        .with_log_capacity(state.settings.replay_frames)
+                        .record_to(Arc::clone(&state.recorder))
+                        .hold(reservation.clone()),
+                    );
+                    task = Some(Arc::clone(&t));
+                    t
+                }
+            };
+            match pool
+                .queue
+                .apply(&queue, victim.as_deref(), class, &task, now)
+            {
+                Ok(applied) => {
+                    if let Some(evicted) = applied.evicted {
+                        evict(state, pool, &evicted.task, task_id, tokens);
+                    }
+                    break 'decide (task, applied.position);
+                }
+                Err(Stale::Joined | Stale::VictimGone | Stale::Full) => continue,
+            }
         }
-    };
-
-    let task = Arc::new(
-        Task::new(
-            task_id.to_owned(),
-            TaskSpec {
-                owner: facts.owner.name.clone(),
-                session_id: req.session_id.clone(),
-                priority: req.priority,
-                ctx: req.ctx,
-                placement: placement_req.clone(),
-                tokens_in_estimate: facts.tokens_in_estimate,
-                pool_id: pool.id.clone(),
-                engine: req.engine.clone(),
-                correlation_id: facts.correlation_id.to_owned(),
-                job: JobSpec {
-                    task_id: task_id.to_owned(),
-                    model: req.model_ref.clone(),
-                    prompt: facts.prompt,
-                    max_tokens: req.max_tokens,
-                    seed,
-                    params_json: facts.engine_params,
-                    inputs: match req.workload {
-                        Workload::Embedding | Workload::Rerank => req.inputs.clone(),
-                        Workload::Completion | Workload::Chat => None,
-                    },
-                    chat: facts.chat,
-                },
-                queue_position: queue.depth_of(class),
-                predicted_start_ms,
-                deadline: std::time::Duration::from_millis(req.deadline_ms),
-            },
-        )
-        .with_log_capacity(state.settings.replay_frames)
-        .record_to(Arc::clone(&state.recorder))
-        .hold(reservation.clone()),
-    );
-    if !state.tasks.insert(Arc::clone(&task)) {
-        task.take_reservation();
+        if let Some(t) = &task {
+            t.take_reservation();
+        }
         return Err(ApiError::new(
+            ErrorCode::AdmissionReject,
+            format!(
+                "the queue of pool {} changed under {DECIDE_ATTEMPTS} admission decisions in a row; retry",
+                pool.id
+            ),
+        )
+        .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+        .retry_after_ms(100)
+        .pool(&pool.id)
+        .engine(&req.engine));
+    };
+    pool.publish();
+    if !state.tasks.insert(Arc::clone(&task)) {
+        // Another request took the id between the check above and now: this one never
+        // runs (a dispatcher that already took it finds it ended).
+        let frame = ApiError::new(
             ErrorCode::Conflict,
             format!("task {task_id:?} already exists"),
-        ));
+        );
+        task.fail(*frame.envelope.clone());
+        pool.queue.remove_task(&task);
+        pool.publish();
+        task.take_reservation();
+        return Err(frame);
     }
     crate::dispatch::watch_deadline(&task, Arc::clone(pool), Arc::clone(&state.decisions));
-    let queue_position = queue.push(class, Arc::clone(&task), now);
-    pool.publish(&queue);
-    drop(queue);
-    // Other daemons find it from here on (written outside the queue's lock).
+    let predicted_start_ms = task.spec.predicted_start_ms;
+    // Other daemons find it from here on.
     if let Err(e) = state.decisions.directory.admitted(&task) {
         tracing::warn!(task_id = %task_id, error = %e, "the task is not in the directory: other daemons cannot answer for it");
     }
@@ -898,7 +949,13 @@ fn enqueue(
         replica_id: "",
         priority: req.priority.as_str(),
     });
-    pool.wake.notify_one();
+    // The direct path: with a free slot, the task goes to the adapter from here, without
+    // waiting for the dispatcher to wake.
+    crate::dispatch::pump(
+        pool,
+        &state.decisions,
+        crate::dispatch::DispatchConfig::from(&state.settings),
+    );
     let span = tracing::Span::current();
     span.record("task_id", task_id);
     span.record("session_id", req.session_id.as_str());

@@ -72,7 +72,7 @@ fn job(f: &JobFacts<'_>) -> placement::Job {
     }
 }
 
-/// `queue_depth` is passed in: the dispatcher calls this while holding the queue lock.
+/// `queue_depth` is passed in: the dispatcher read it with the head it places.
 fn pool_view(pool: &Pool, session_id: &str, queue_depth: u32) -> placement::Pool {
     let affinity = pool.affinity(session_id);
     placement::Pool {
@@ -176,7 +176,7 @@ impl Decisions {
 
     /// Dispatch-stage placement on `pool` for the task at the head of its queue: the
     /// replica to lease, `Ok(None)` to wait, or the error that fails the task. Called with
-    /// the pool's queue locked (`queue_depth` comes from that guard).
+    /// no lock held (`queue_depth` was read with the head).
     pub fn place_at_dispatch(
         &self,
         pool: &Pool,

@@ -31,63 +31,85 @@ pub struct DispatchConfig {
     pub attach_timeout: Duration,
 }
 
-/// Runs the pool's dispatcher until the process ends: while the head of the queue has a
-/// replica (placement, dispatch stage), lease it and run the task.
+impl From<&crate::config::Settings> for DispatchConfig {
+    fn from(settings: &crate::config::Settings) -> Self {
+        Self {
+            decode_idle_timeout: settings.decode_idle_timeout,
+            attach_timeout: settings.attach_timeout,
+        }
+    }
+}
+
+/// Runs the pool's dispatcher until the process ends: each wake (a slot freed, a replica
+/// back, a task queued without a free slot) pumps the queue.
 pub fn spawn_dispatcher(pool: Arc<Pool>, decisions: Arc<Decisions>, config: DispatchConfig) {
     tokio::spawn(async move {
         loop {
             let woken = pool.wake.notified();
-            while let Some((replica, task)) = next(&pool, &decisions) {
-                let span = tracing::info_span!(
-                    "task",
-                    correlation_id = %task.spec.correlation_id,
-                    task_id = %task.id,
-                    session_id = %task.spec.session_id,
-                    pool_id = %pool.id,
-                    replica_id = %pool.replicas[replica].id,
-                    engine = %task.spec.engine,
-                    engine_version = %pool.replicas[replica].engine_version(),
-                );
-                tokio::spawn(
-                    run(
-                        Arc::clone(&pool),
-                        Arc::clone(&decisions),
-                        replica,
-                        task,
-                        config,
-                    )
-                    .instrument(span),
-                );
-            }
+            pump(&pool, &decisions, config);
             woken.await;
         }
     });
 }
 
-/// The next task to run and the replica leased for it, if any can start now.
+/// Starts every queued task that can start now, head first: for each, placement
+/// (dispatch stage) picks a replica, its slot is leased and the task runs on its own tokio
+/// task. Called by the dispatcher when woken and by admission right after a task joins
+/// (the direct path: a task that finds a free slot does not wait for the dispatcher).
+/// Safe to run from several places at once: a task is taken only while it is the head.
+pub fn pump(pool: &Arc<Pool>, decisions: &Arc<Decisions>, config: DispatchConfig) {
+    while let Some((replica, task)) = next(pool, decisions) {
+        let span = tracing::info_span!(
+            "task",
+            correlation_id = %task.spec.correlation_id,
+            task_id = %task.id,
+            session_id = %task.spec.session_id,
+            pool_id = %pool.id,
+            replica_id = %pool.replicas[replica].id,
+            engine = %task.spec.engine,
+            engine_version = %pool.replicas[replica].engine_version(),
+        );
+        tokio::spawn(
+            run(
+                Arc::clone(pool),
+                Arc::clone(decisions),
+                replica,
+                task,
+                config,
+            )
+            .instrument(span),
+        );
+    }
+}
+
+/// The next task to run and the replica leased for it, if any can start now. Placement
+/// runs with no lock held; the head is taken only if it is still the head.
 fn next(pool: &Pool, decisions: &Decisions) -> Option<(usize, Arc<Task>)> {
     loop {
-        let mut queue = pool.queue();
-        let head = Arc::clone(&queue.peek()?.task);
         if pool.slots_free() == 0 {
             return None;
         }
-        match decisions.place_at_dispatch(pool, &head, queue.depth()) {
+        let (head, depth) = pool.queue.head()?;
+        match decisions.place_at_dispatch(pool, &head, depth) {
             Ok(Some(replica)) if pool.try_lease(replica) => {
-                let popped = queue
-                    .pop()
-                    .expect("the head is still queued under the lock");
-                debug_assert!(Arc::ptr_eq(&popped.task, &head));
-                return Some((replica, popped.task));
+                if pool.queue.pop_if_head(&head) {
+                    pool.publish();
+                    return Some((replica, head));
+                }
+                // Canceled, or overtaken by an interactive task, or taken by another
+                // pump, since it was read: look again.
+                pool.release_quiet(replica);
             }
-            Ok(Some(_taken)) => return None, // raced with a release; the wake comes again
+            // Raced with another pump for the slot; whoever holds it pumps on.
+            Ok(Some(_taken)) => return None,
             Ok(None) => return None,
             Err(err) => {
                 // Placement is broken and may not fall back: the task cannot run.
-                queue.pop();
-                drop(queue);
-                fail(&head, err);
-                decisions.settle(&head);
+                if pool.queue.remove_task(&head) {
+                    pool.publish();
+                    fail(&head, err);
+                    decisions.settle(&head);
+                }
             }
         }
     }
@@ -119,11 +141,8 @@ pub fn watch_deadline(task: &Arc<Task>, pool: Arc<Pool>, decisions: Arc<Decision
         if task.state().is_terminal() {
             return;
         }
-        {
-            let mut queue = pool.queue();
-            if queue.remove(&task.id).is_some() {
-                pool.publish(&queue);
-            }
+        if pool.queue.remove_task(&task) {
+            pool.publish();
         }
         let err = ApiError::new(
             ErrorCode::DeadlineUnmet,
@@ -226,7 +245,7 @@ async fn run(
     // The slot first: settling writes to the state store, which the next task need not
     // wait for.
     pool.release(replica_idx);
-    pool.publish(&pool.queue());
+    pool.publish();
     decisions.settle(&task);
 }
 

@@ -98,7 +98,7 @@ async fn poll_once(pool: &Arc<Pool>) {
         }
     }
     if changed {
-        pool.publish(&pool.queue());
+        pool.publish();
         pool.wake.notify_one();
     }
 }
@@ -111,6 +111,6 @@ pub fn take_out(pool: &Pool, replica: &crate::pool::Replica, why: &str) {
             pool_id = %pool.id, replica_id = %replica.id, reason = why,
             "replica marked unhealthy until a health probe says it is ready"
         );
-        pool.publish(&pool.queue());
+        pool.publish();
     }
 }

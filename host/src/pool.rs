@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use arc_swap::ArcSwap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use crate::adapters::EngineClient;
 use crate::config::PoolSettings;
-use crate::queue::ClassQueues;
+use crate::queue::PoolQueue;
 use crate::task::RunTiming;
 
 /// Weight of a new measurement in the moving averages.
@@ -181,7 +181,8 @@ pub struct Pool {
     pub model_ref: String,
     pub ctx_max: u32,
     pub replicas: Vec<Replica>,
-    queue: Mutex<ClassQueues>,
+    /// The pool's queue; its lock is its own (`queue.rs`).
+    pub queue: PoolQueue,
     /// Wakes the pool's dispatcher: a task was enqueued or a slot was freed.
     pub wake: Notify,
     stats: Mutex<ServiceStats>,
@@ -218,7 +219,7 @@ impl Pool {
             model_ref: settings.model_ref.clone(),
             ctx_max,
             replicas,
-            queue: Mutex::new(ClassQueues::new(settings.queue_capacity.get())),
+            queue: PoolQueue::new(settings.queue_capacity.get()),
             wake: Notify::new(),
             affinity: Mutex::new(HashMap::new()),
             token_counts: Mutex::new(HashMap::new()),
@@ -255,10 +256,6 @@ impl Pool {
             counts.clear();
         }
         counts.insert(prompt_hash, count);
-    }
-
-    pub fn queue(&self) -> MutexGuard<'_, ClassQueues> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -341,25 +338,24 @@ impl Pool {
     }
 
     /// Publishes the queue's depth per class and the pool's readiness and leases.
-    pub fn publish(&self, queue: &ClassQueues) {
-        for p in [
+    pub fn publish(&self) {
+        let depths = self.queue.depths();
+        let version = self.engine_version();
+        for (p, depth) in [
             orchd_contracts::Priority::Interactive,
             orchd_contracts::Priority::Batch,
-        ] {
-            crate::metrics::queue_depth(
-                &self.engine,
-                &self.engine_version(),
-                &self.id,
-                p.as_str(),
-                queue.depth_of(p),
-            );
+        ]
+        .into_iter()
+        .zip(depths)
+        {
+            crate::metrics::queue_depth(&self.engine, &version, &self.id, p.as_str(), depth);
         }
         let leases = self.replicas.iter().map(Replica::leases).sum();
         crate::metrics::pool_state(&self.id, self.is_ready(), leases);
     }
 
     pub fn queue_depth(&self) -> u32 {
-        self.queue().depth()
+        self.queue.depth()
     }
 
     /// Work per slot: queued and running tasks over healthy slots.

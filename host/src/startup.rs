@@ -269,7 +269,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
         }
     }
     for pool in &state.pools {
-        pool.publish(&pool.queue());
+        pool.publish();
         dispatch::spawn_dispatcher(Arc::clone(pool), Arc::clone(&decisions), config);
         spawn_health_poller(
             Arc::downgrade(pool),

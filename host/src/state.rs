@@ -125,10 +125,10 @@ impl AppState {
         let mut aborted = 0;
         for task in self.tasks.live() {
             let pool = self.pool(&task.spec.pool_id);
-            if let Some(pool) = pool {
-                let mut queue = pool.queue();
-                queue.remove(&task.id);
-                pool.publish(&queue);
+            if let Some(pool) = pool
+                && pool.queue.remove_task(&task)
+            {
+                pool.publish();
             }
             let mut envelope = *crate::errors::ApiError::new(code, message).envelope;
             envelope.correlation_id = Some(task.spec.correlation_id.clone());
@@ -157,10 +157,8 @@ impl AppState {
             .into_iter()
             .filter(|t| t.spec.pool_id == pool.id)
         {
-            {
-                let mut queue = pool.queue();
-                queue.remove(&task.id);
-                pool.publish(&queue);
+            if pool.queue.remove_task(&task) {
+                pool.publish();
             }
             let mut envelope = *crate::errors::ApiError::new(
                 orchd_contracts::ErrorCode::PoolUnavailable,
@@ -197,10 +195,10 @@ impl AppState {
     /// Returns `false` if the task had already ended.
     pub async fn cancel(&self, task: &Task, reason: &str) -> bool {
         let pool = self.pool(&task.spec.pool_id);
-        if let Some(pool) = pool {
-            let mut queue = pool.queue();
-            queue.remove(&task.id);
-            pool.publish(&queue);
+        if let Some(pool) = pool
+            && pool.queue.remove(&task.id).is_some()
+        {
+            pool.publish();
         }
         match task.cancel() {
             None => false,

@@ -69,6 +69,8 @@ pub struct Task {
     pub id: String,
     pub spec: TaskSpec,
     pub admitted_at: Instant,
+    /// Its 0-based position in its class when it joined the queue (set by the queue).
+    queue_position: std::sync::atomic::AtomicU32,
     inner: Mutex<Inner>,
     changed: Notify,
     reservation: Mutex<Option<Reservation>>,
@@ -192,6 +194,7 @@ impl Task {
     pub fn new(id: String, spec: TaskSpec) -> Self {
         Self {
             id,
+            queue_position: std::sync::atomic::AtomicU32::new(spec.queue_position),
             spec,
             admitted_at: Instant::now(),
             inner: Mutex::new(Inner {
@@ -319,6 +322,12 @@ impl Task {
         );
     }
 
+    /// Records the position the task took in its class when it joined the queue.
+    pub fn set_queue_position(&self, position: u32) {
+        self.queue_position
+            .store(position, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Queued → Running with the `started` frame. `false` if the task already ended
     /// (canceled or evicted while being dispatched).
     pub fn start(&self, replica_id: &str, engine_version: &str) -> bool {
@@ -331,7 +340,9 @@ impl Task {
         inner.engine_version = Some(engine_version.to_owned());
         inner.dispatched_at = Some(Instant::now());
         let frame = StartedFrame {
-            queue_position: self.spec.queue_position,
+            queue_position: self
+                .queue_position
+                .load(std::sync::atomic::Ordering::Relaxed),
             predicted_start_ms: self.spec.predicted_start_ms,
             pool_id: self.spec.pool_id.clone(),
             replica_id: replica_id.to_owned(),

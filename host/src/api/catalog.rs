@@ -175,7 +175,7 @@ pub async fn set_state(
             if let Some(this_drain) =
                 pool.begin_drain(std::time::Duration::from_millis(deadline_ms))
             {
-                pool.publish(&pool.queue());
+                pool.publish();
                 draining.push(pool.id.clone());
                 let (drainer, pool) = (Arc::clone(&state), Arc::clone(pool));
                 tokio::spawn(async move {

@@ -24,6 +24,7 @@ use orchd_contracts::openai::{
     OpenAiError, OpenAiErrorBody, Prompt, PromptTokensDetails, Stop, Usage,
 };
 use orchd_contracts::{EndFrame, ErrorCode, ErrorEnvelope, Priority, TaskRequest, Workload};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::extract::ApiJson;
@@ -697,6 +698,73 @@ async fn run(
     Ok(response)
 }
 
+/// An error told mid-stream, as OpenAI's clients read it.
+fn error_chunk(envelope: &ErrorEnvelope, status: u16) -> String {
+    serde_json::to_string(&openai_error(envelope, status)).expect("an error serializes")
+}
+
+/// A streamed chunk: `choices` holds one choice, or none for the usage chunk.
+#[derive(Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: &'a [Choice<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a Usage>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Choice<'a> {
+    Chat {
+        index: u32,
+        delta: Delta<'a>,
+        logprobs: Option<ChunkLogprobs<'a>>,
+        finish_reason: Option<&'a str>,
+    },
+    Completion {
+        index: u32,
+        text: &'a str,
+        finish_reason: Option<&'a str>,
+        logprobs: Option<()>,
+    },
+}
+
+#[derive(Serialize, Default)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallDelta<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct ChunkLogprobs<'a> {
+    content: &'a [TokenLogprob],
+    refusal: Option<()>,
+}
+
+#[derive(Serialize)]
+struct ToolCallDelta<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDelta<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
 /// How one task's frames are told in OpenAI's words.
 struct Reply {
     id: String,
@@ -737,67 +805,91 @@ impl Reply {
         usage
     }
 
-    fn chunk(&self, choice: Value) -> Value {
-        let object = match self.kind {
-            Kind::Chat => "chat.completion.chunk",
-            Kind::Completion => "text_completion",
+    /// One chunk, serialized once, straight from borrowed parts (no `Value` tree).
+    fn chunk(&self, choice: Choice<'_>) -> String {
+        self.chunk_with(Some(choice), None)
+    }
+
+    fn chunk_with(&self, choice: Option<Choice<'_>>, usage: Option<&Usage>) -> String {
+        let chunk = Chunk {
+            id: &self.id,
+            object: match self.kind {
+                Kind::Chat => "chat.completion.chunk",
+                Kind::Completion => "text_completion",
+            },
+            created: self.created,
+            model: &self.model,
+            choices: choice.as_slice(),
+            usage,
         };
-        json!({"id": self.id, "object": object, "created": self.created,
-               "model": self.model, "choices": [choice]})
+        serde_json::to_string(&chunk).expect("a chunk serializes")
     }
 
-    fn chat_choice(&self, mut delta: Map<String, Value>, first: bool, logprobs: Value) -> Value {
-        if first {
-            delta.insert("role".into(), json!("assistant"));
-        }
-        json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": null})
-    }
-
-    fn token_choice(&self, token: TokenIn<'_>, first: bool) -> Value {
+    fn token_choice<'a>(&self, token: &'a TokenIn<'a>, first: bool) -> Choice<'a> {
         match self.kind {
-            Kind::Chat => {
-                let mut delta = Map::new();
-                delta.insert("content".into(), json!(token.t));
-                let logprobs = match token.logprobs {
-                    Some(content) if self.logprobs => json!({"content": content, "refusal": null}),
-                    _ => Value::Null,
-                };
-                self.chat_choice(delta, first, logprobs)
-            }
-            Kind::Completion => {
-                json!({"index": 0, "text": token.t, "finish_reason": null, "logprobs": null})
-            }
+            Kind::Chat => Choice::Chat {
+                index: 0,
+                delta: Delta {
+                    role: first.then_some("assistant"),
+                    content: Some(&token.t),
+                    tool_calls: None,
+                },
+                logprobs: token
+                    .logprobs
+                    .as_deref()
+                    .filter(|_| self.logprobs)
+                    .map(|content| ChunkLogprobs {
+                        content,
+                        refusal: None,
+                    }),
+                finish_reason: None,
+            },
+            Kind::Completion => Choice::Completion {
+                index: 0,
+                text: &token.t,
+                finish_reason: None,
+                logprobs: None,
+            },
         }
     }
 
     /// A tool-call fragment in OpenAI's chunk shape: the first fragment of a call carries
     /// `id`, `type` and the function's `name`.
-    fn tool_call_choice(&self, f: &ToolCallFrame, first: bool) -> Value {
-        let mut call = Map::new();
-        call.insert("index".into(), json!(f.index));
-        if let Some(id) = &f.id {
-            call.insert("id".into(), json!(id));
-            call.insert("type".into(), json!("function"));
+    fn tool_call_choice<'a>(&self, f: &'a ToolCallFrame, first: bool) -> Choice<'a> {
+        Choice::Chat {
+            index: 0,
+            delta: Delta {
+                role: first.then_some("assistant"),
+                content: None,
+                tool_calls: Some([ToolCallDelta {
+                    index: f.index,
+                    id: f.id.as_deref(),
+                    kind: f.id.as_ref().map(|_| "function"),
+                    function: FunctionDelta {
+                        name: f.name.as_deref(),
+                        arguments: &f.arguments,
+                    },
+                }]),
+            },
+            logprobs: None,
+            finish_reason: None,
         }
-        let mut function = Map::new();
-        if let Some(name) = &f.name {
-            function.insert("name".into(), json!(name));
-        }
-        function.insert("arguments".into(), json!(f.arguments));
-        call.insert("function".into(), Value::Object(function));
-        let mut delta = Map::new();
-        delta.insert("tool_calls".into(), json!([call]));
-        self.chat_choice(delta, first, Value::Null)
     }
 
-    fn final_choice(&self, reason: &str) -> Value {
+    fn final_choice<'a>(&self, reason: &'a str) -> Choice<'a> {
         match self.kind {
-            Kind::Chat => {
-                json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason})
-            }
-            Kind::Completion => {
-                json!({"index": 0, "text": "", "finish_reason": reason, "logprobs": null})
-            }
+            Kind::Chat => Choice::Chat {
+                index: 0,
+                delta: Delta::default(),
+                logprobs: None,
+                finish_reason: Some(reason),
+            },
+            Kind::Completion => Choice::Completion {
+                index: 0,
+                text: "",
+                finish_reason: Some(reason),
+                logprobs: None,
+            },
         }
     }
 
@@ -810,7 +902,7 @@ impl Reply {
         items: impl Stream<Item = Item> + Send + 'static,
         include_usage: bool,
     ) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
-        let data = |v: Value| Ok(Event::default().data(v.to_string()));
+        let data = |chunk: String| Ok(Event::default().data(chunk));
         let mut first = true;
         let mut called_tools = false;
         items.flat_map(move |item| {
@@ -818,7 +910,7 @@ impl Reply {
                 Item::Frame(f) if f.event == "token" => {
                     match serde_json::from_str::<TokenIn<'_>>(&f.data) {
                         Ok(token) => {
-                            let e = data(self.chunk(self.token_choice(token, first)));
+                            let e = data(self.chunk(self.token_choice(&token, first)));
                             first = false;
                             vec![e]
                         }
@@ -842,10 +934,7 @@ impl Reply {
                             let reason = self.finish_reason(&end, called_tools);
                             let mut out = vec![data(self.chunk(self.final_choice(&reason)))];
                             if include_usage {
-                                let mut usage = self.chunk(Value::Null);
-                                usage["choices"] = json!([]);
-                                usage["usage"] = json!(self.usage(&end));
-                                out.push(data(usage));
+                                out.push(data(self.chunk_with(None, Some(&self.usage(&end)))));
                             }
                             out.push(Ok(Event::default().data("[DONE]")));
                             out
@@ -868,10 +957,10 @@ impl Reply {
                             artifact_id: None,
                         });
                     let status = crate::errors::status_of(envelope.code).as_u16();
-                    vec![data(json!(openai_error(&envelope, status)))]
+                    vec![data(error_chunk(&envelope, status))]
                 }
                 Item::Frame(_) => Vec::new(), // started, metrics
-                Item::Gone(envelope) => vec![data(json!(openai_error(&envelope, 404)))],
+                Item::Gone(envelope) => vec![data(error_chunk(&envelope, 404))],
             };
             futures_util::stream::iter(events)
         })

@@ -113,7 +113,7 @@ pub async fn undrain(
         .pool(&id));
     }
     pool.end_drain();
-    pool.publish(&pool.queue());
+    pool.publish();
     tracing::info!(pool_id = %id, "pool undrained: taking new work");
     Ok(Json(PoolDrainState {
         pool_id: id,
@@ -140,7 +140,7 @@ pub async fn drain(
         )
         .pool(&id));
     };
-    pool.publish(&pool.queue());
+    pool.publish();
     let in_flight = state
         .tasks
         .live()
@@ -225,7 +225,7 @@ pub async fn reload(
     }
     let result = reload_replicas(&pool, &req.new_model_ref).await;
     pool.end_reload();
-    pool.publish(&pool.queue());
+    pool.publish();
     pool.wake.notify_one();
     match result {
         Ok(previous) => {
@@ -250,7 +250,7 @@ async fn reload_replicas(pool: &Pool, model: &str) -> Result<String, String> {
         let sup = replica.supervisor.as_ref().expect("filtered");
         let previous = sup.model();
         replica.mark_unhealthy("reloading");
-        pool.publish(&pool.queue());
+        pool.publish();
         done.push((replica, previous));
         if let Err(e) = sup.restart_with(model).await {
             failure = Some(format!(

@@ -171,7 +171,7 @@ pub async fn status(
     };
     let position = state
         .pool(&task.spec.pool_id)
-        .and_then(|p| p.queue().position(&id))
+        .and_then(|p| p.queue.position(&id))
         .map(|(_, at)| at);
     let mut status = task.status(position);
     status.stream_token = Some(state.stream_tokens.issue(&id).0);
