@@ -196,7 +196,7 @@ pub enum Decision {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("state store: {0}")]
 pub struct StoreError(pub String);
 

@@ -1,13 +1,16 @@
-//! The embedded backend: one SQLite file in WAL mode. Each reservation, settle and reap is
-//! one `BEGIN IMMEDIATE` transaction, so daemons sharing the file (one host) are as safe
-//! as threads sharing the connection. A committed transaction survives `kill -9`
-//! (`synchronous = NORMAL` loses at most the last commits on power loss, never on a crash
-//! of the process).
+//! The embedded backend: one SQLite file in WAL mode, owned by one thread. Callers hand
+//! it operations and wait for the answer; no request holds a lock while SQLite runs. The
+//! thread takes every operation waiting and runs them in one `BEGIN IMMEDIATE`
+//! transaction, each inside its own savepoint (a failing one is rolled back alone), and
+//! answers after the commit (group commit: one commit for a burst of admissions). Daemons
+//! sharing the file (one host) are as safe as operations of one daemon. A committed
+//! transaction survives `kill -9` (`synchronous = NORMAL` loses at most the last commits
+//! on power loss, never on a crash of the process).
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::mpsc;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     Amount, Budget, Decision, RateState, ReserveOp, SessionLimits, Store, StoreError, TaskRecord,
@@ -15,8 +18,60 @@ use super::{
 };
 
 pub struct SqliteStore {
-    /// The store's one connection; every call holds it for one transaction.
-    conn: Mutex<Connection>,
+    /// Where operations go to the thread that owns the connection.
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Operations one transaction takes at most.
+const MAX_BATCH: usize = 256;
+
+/// What the owning thread runs: the operation (given the connection, or why there is no
+/// transaction), which hands back what to do once the transaction's fate is known.
+type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> Answer + Send>;
+type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// The owning thread: one transaction per burst of operations, answers after the commit.
+fn serve(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(err);
+        let answers: Vec<Answer> = batch
+            .into_iter()
+            .map(|job| job(begun.as_ref().map(|()| &conn).map_err(Clone::clone)))
+            .collect();
+        let committed = match begun {
+            Err(e) => Err(e),
+            Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                err(format!("commit: {e}"))
+            }),
+        };
+        for answer in answers {
+            answer(committed.clone());
+        }
+    }
+}
+
+/// Runs `f` inside a savepoint: its writes stay only if it succeeds.
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT op").map_err(err)?;
+    let result = f(conn);
+    let end = if result.is_ok() {
+        "RELEASE op"
+    } else {
+        "ROLLBACK TO op; RELEASE op"
+    };
+    conn.execute_batch(end).map_err(err)?;
+    result
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -85,13 +140,31 @@ impl SqliteStore {
                 )
             })
             .map_err(|e| err(format!("{}: {e}", path.display())))?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("orchd-state-sqlite".into())
+            .spawn(move || serve(conn, queue))
+            .map_err(|e| err(format!("start the store's thread: {e}")))?;
+        Ok(Self { jobs })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on the store's thread, in the next transaction, and waits for its answer
+    /// (given only once that transaction committed).
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |conn| {
+            let result = conn.and_then(|c| in_savepoint(c, f));
+            Box::new(move |committed| {
+                let _ = tx.send(committed.and(result));
+            })
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| err("the store's thread has ended"))?;
+        rx.recv().map_err(|_| err("the store's thread has ended"))?
     }
 }
 
@@ -142,267 +215,50 @@ fn add(
 
 impl Store for SqliteStore {
     fn spent(&self, budgets: &[Budget], now_ms: u64) -> Result<Vec<Amount>, StoreError> {
-        let conn = self.lock();
-        budgets
+        let windows: Vec<(String, u64)> = budgets
             .iter()
-            .map(|b| read(&conn, &b.account, b.window(now_ms).0).map_err(err))
-            .collect()
+            .map(|b| (b.account.clone(), b.window(now_ms).0))
+            .collect();
+        self.call(move |conn| {
+            windows
+                .iter()
+                .map(|(account, window)| read(conn, account, *window).map_err(err))
+                .collect()
+        })
     }
 
     fn reserve(&self, op: &ReserveOp<'_>) -> Result<Decision, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let spent: Vec<Amount> = op
-            .budgets
-            .iter()
-            .map(|b| read(&tx, &b.account, b.window(op.now_ms).0))
-            .collect::<rusqlite::Result<_>>()
-            .map_err(err)?;
-        if let Some(denied) = over_budget(op.budgets, &spent, &op.amount, op.now_ms) {
-            return Ok(denied);
-        }
-        let mut rate_state = RateState::default();
-        let mut rate_window = 0;
-        if let Some(rate) = op.rate {
-            let window = rate.window_ms.max(1);
-            rate_window = op.now_ms - op.now_ms % window;
-            let reset = rate_window + window;
-            rate_state.reset_ms = reset;
-            let requests = read(&tx, &rate_account("rpm", &rate.subject), rate_window)
-                .map_err(err)?
-                .tokens;
-            let tokens = read(&tx, &rate_account("tpm", &rate.subject), rate_window)
-                .map_err(err)?
-                .tokens;
-            let running = read(&tx, &rate_account("conc", &rate.subject), 0)
-                .map_err(err)?
-                .tokens;
-            rate_state.requests_limit = rate.requests;
-            rate_state.requests_left = rate.requests.map(|l| l.saturating_sub(requests));
-            rate_state.tokens_limit = rate.tokens;
-            rate_state.tokens_left = rate.tokens.map(|l| l.saturating_sub(tokens));
-            let to_reset = reset.saturating_sub(op.now_ms).max(1);
-            let over = if rate.requests.is_some_and(|l| requests + 1 > l) {
-                Some(("requests", to_reset))
-            } else if rate.tokens.is_some_and(|l| tokens + op.rate_tokens > l) {
-                Some(("tokens", to_reset))
-            } else if rate.concurrent.is_some_and(|l| running + 1 > l) {
-                Some(("concurrent", 1_000))
-            } else {
-                None
-            };
-            if let Some((limit, retry_after_ms)) = over {
-                return Ok(Decision::OverRate {
-                    limit,
-                    retry_after_ms,
-                    rate: rate_state,
-                });
-            }
-            let expires = Some(reset);
-            if rate.requests.is_some() {
-                add(
-                    &tx,
-                    &rate_account("rpm", &rate.subject),
-                    rate_window,
-                    expires,
-                    1,
-                    0,
-                    0.0,
-                )
-                .map_err(err)?;
-                rate_state.requests_left = rate_state.requests_left.map(|l| l - 1);
-            }
-            if rate.tokens.is_some() {
-                add(
-                    &tx,
-                    &rate_account("tpm", &rate.subject),
-                    rate_window,
-                    expires,
-                    op.rate_tokens as i64,
-                    0,
-                    0.0,
-                )
-                .map_err(err)?;
-                rate_state.tokens_left = rate_state.tokens_left.map(|l| l - op.rate_tokens);
-            }
-            if rate.concurrent.is_some() {
-                add(
-                    &tx,
-                    &rate_account("conc", &rate.subject),
-                    0,
-                    None,
-                    1,
-                    0,
-                    0.0,
-                )
-                .map_err(err)?;
-            }
-        }
-        let mut entries = Vec::with_capacity(op.budgets.len());
-        let mut left = Vec::with_capacity(op.budgets.len());
-        for (b, s) in op.budgets.iter().zip(&spent) {
-            let (window, end) = b.window(op.now_ms);
-            add(
-                &tx,
-                &b.account,
-                window,
-                end,
-                op.amount.tokens as i64,
-                op.amount.time_ms as i64,
-                op.amount.cost,
-            )
-            .map_err(err)?;
-            entries.push(Entry {
-                a: b.account.clone(),
-                w: window,
-                t: op.amount.tokens,
-                ms: op.amount.time_ms,
-                c: op.amount.cost,
-            });
-            left.push(Amount {
-                tokens: s.tokens + op.amount.tokens,
-                time_ms: s.time_ms + op.amount.time_ms,
-                cost: s.cost + op.amount.cost,
-            });
-        }
-        tx.execute(
-            "INSERT INTO reservations
-                 (id, entries, rate_subject, rate_window, rate_tokens, concurrent, lease_until)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                op.id,
-                serde_json::to_string(&entries).expect("entries serialize"),
-                op.rate.map(|r| r.subject.as_str()),
-                rate_window as i64,
-                if op.rate.is_some_and(|r| r.tokens.is_some()) {
-                    op.rate_tokens as i64
-                } else {
-                    0
+        let id = op.id.to_owned();
+        let budgets = op.budgets.to_vec();
+        let rate = op.rate.cloned();
+        let (amount, rate_tokens, now_ms, lease_ms) =
+            (op.amount, op.rate_tokens, op.now_ms, op.lease_ms);
+        self.call(move |tx| {
+            reserve_in(
+                tx,
+                &ReserveOp {
+                    id: &id,
+                    budgets: &budgets,
+                    amount,
+                    rate: rate.as_ref(),
+                    rate_tokens,
+                    now_ms,
+                    lease_ms,
                 },
-                i64::from(op.rate.is_some_and(|r| r.concurrent.is_some())),
-                (op.now_ms + op.lease_ms) as i64,
-            ],
-        )
-        .map_err(|e| err(format!("reservation {}: {e}", op.id)))?;
-        tx.commit().map_err(err)?;
-        Ok(Decision::Reserved {
-            left,
-            rate: rate_state,
+            )
         })
     }
 
     fn settle(&self, id: &str, actual: Amount, rate_tokens: u64) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let row = tx
-            .query_row(
-                "SELECT entries, rate_subject, rate_window, rate_tokens, concurrent
-                 FROM reservations WHERE id = ?1",
-                params![id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(err)?;
-        let Some((entries, subject, rate_window, reserved_rate_tokens, concurrent)) = row else {
-            return Ok(false);
-        };
-        let entries: Vec<Entry> = serde_json::from_str(&entries).map_err(err)?;
-        for e in &entries {
-            add(
-                &tx,
-                &e.a,
-                e.w,
-                None,
-                actual.tokens as i64 - e.t as i64,
-                actual.time_ms as i64 - e.ms as i64,
-                actual.cost - e.c,
-            )
-            .map_err(err)?;
-        }
-        if let Some(subject) = &subject {
-            if reserved_rate_tokens > 0 {
-                add(
-                    &tx,
-                    &rate_account("tpm", subject),
-                    rate_window as u64,
-                    None,
-                    rate_tokens as i64 - reserved_rate_tokens,
-                    0,
-                    0.0,
-                )
-                .map_err(err)?;
-            }
-            if concurrent != 0 {
-                add(&tx, &rate_account("conc", subject), 0, None, -1, 0, 0.0).map_err(err)?;
-            }
-        }
-        tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
-            .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(true)
+        let id = id.to_owned();
+        self.call(move |tx| settle_in(tx, &id, actual, rate_tokens))
     }
 
     fn reap(&self, now_ms: u64) -> Result<usize, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let expired: Vec<(String, Option<String>, i64)> = {
-            let mut q = tx
-                .prepare(
-                    "SELECT id, rate_subject, concurrent FROM reservations WHERE lease_until < ?1",
-                )
-                .map_err(err)?;
-            let rows = q
-                .query_map(params![now_ms as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .map_err(err)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(err)?
-        };
-        for (id, subject, concurrent) in &expired {
-            if let (Some(subject), 1) = (subject, concurrent) {
-                add(&tx, &rate_account("conc", subject), 0, None, -1, 0, 0.0).map_err(err)?;
-            }
-            tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
-                .map_err(err)?;
-        }
-        tx.execute(
-            "DELETE FROM tasks WHERE expires IS NOT NULL AND expires < ?1",
-            params![now_ms as i64],
-        )
-        .map_err(err)?;
-        tx.execute(
-            "DELETE FROM daemons WHERE alive_until < ?1",
-            params![now_ms.saturating_sub(86_400_000) as i64],
-        )
-        .map_err(err)?;
-        // Windows that ended a day ago are history nobody reads.
-        tx.execute(
-            "DELETE FROM usage WHERE expires IS NOT NULL AND expires < ?1",
-            params![now_ms.saturating_sub(86_400_000) as i64],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(expired.len())
+        self.call(move |tx| reap_in(tx, now_ms))
     }
-
     fn ping(&self) -> Result<(), StoreError> {
-        self.lock()
-            .query_row("SELECT 1", [], |_| Ok(()))
-            .map_err(err)
+        self.call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(err))
     }
 
     fn name(&self) -> &'static str {
@@ -415,69 +271,27 @@ impl Store for SqliteStore {
         limits: SessionLimits,
         now_ms: u64,
     ) -> Result<Turn, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let oldest_live = now_ms.saturating_sub(limits.ttl_ms) as i64;
-        let row: Option<(i64, i64)> = tx
-            .query_row(
-                "SELECT turns, last_used FROM sessions WHERE key = ?1",
-                params![key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(err)?;
-        let turns = match row {
-            Some((turns, last_used)) if last_used >= oldest_live => turns as u32,
-            Some(_) => 0,
-            None => {
-                let rows: i64 = tx
-                    .query_row("SELECT n FROM session_rows", [], |r| r.get(0))
-                    .map_err(err)?;
-                // Counting the live ones costs a scan: only when the rows could be too many.
-                if rows as u64 >= limits.max_sessions {
-                    let live: i64 = tx
-                        .query_row(
-                            "SELECT count(*) FROM sessions WHERE last_used >= ?1",
-                            params![oldest_live],
-                            |r| r.get(0),
-                        )
-                        .map_err(err)?;
-                    if live as u64 >= limits.max_sessions {
-                        return Ok(Turn::TableFull(limits.max_sessions));
-                    }
-                }
-                0
-            }
-        };
-        if turns >= limits.max_turns {
-            return Ok(Turn::CapReached(limits.max_turns));
-        }
-        tx.execute(
-            "INSERT INTO sessions (key, turns, last_used) VALUES (?1, ?2, ?3)
-             ON CONFLICT (key) DO UPDATE SET turns = ?2, last_used = ?3",
-            params![key, i64::from(turns + 1), now_ms as i64],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(Turn::Counted(turns + 1))
+        let key = key.to_owned();
+        self.call(move |tx| session_turn_in(tx, &key, limits, now_ms))
     }
 
     fn session_untake(&self, key: &str) -> Result<(), StoreError> {
-        let conn = self.lock();
-        conn.execute(
-            "UPDATE sessions SET turns = turns - 1 WHERE key = ?1 AND turns > 0",
-            params![key],
-        )
-        .and_then(|_| {
+        let key = key.to_owned();
+        self.call(move |conn| {
+            let key = key.as_str();
             conn.execute(
-                "DELETE FROM sessions WHERE key = ?1 AND turns <= 0",
+                "UPDATE sessions SET turns = turns - 1 WHERE key = ?1 AND turns > 0",
                 params![key],
             )
+            .and_then(|_| {
+                conn.execute(
+                    "DELETE FROM sessions WHERE key = ?1 AND turns <= 0",
+                    params![key],
+                )
+            })
+            .map(|_| ())
+            .map_err(err)
         })
-        .map(|_| ())
-        .map_err(err)
     }
 
     fn session_get(
@@ -487,47 +301,53 @@ impl Store for SqliteStore {
         touch: bool,
         now_ms: u64,
     ) -> Result<Option<(u32, u64)>, StoreError> {
-        let conn = self.lock();
-        let row: Option<(i64, i64)> = conn
-            .query_row(
-                "SELECT turns, last_used FROM sessions WHERE key = ?1",
-                params![key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(err)?;
-        let Some((turns, last_used)) = row else {
-            return Ok(None);
-        };
-        let age = now_ms.saturating_sub(last_used as u64);
-        if age > ttl_ms {
-            return Ok(None);
-        }
-        if touch {
-            conn.execute(
-                "UPDATE sessions SET last_used = ?2 WHERE key = ?1",
-                params![key, now_ms as i64],
-            )
-            .map_err(err)?;
-            return Ok(Some((turns as u32, ttl_ms)));
-        }
-        Ok(Some((turns as u32, ttl_ms - age)))
+        let key = key.to_owned();
+        self.call(move |conn| {
+            let key = key.as_str();
+            let row: Option<(i64, i64)> = conn
+                .query_row(
+                    "SELECT turns, last_used FROM sessions WHERE key = ?1",
+                    params![key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(err)?;
+            let Some((turns, last_used)) = row else {
+                return Ok(None);
+            };
+            let age = now_ms.saturating_sub(last_used as u64);
+            if age > ttl_ms {
+                return Ok(None);
+            }
+            if touch {
+                conn.execute(
+                    "UPDATE sessions SET last_used = ?2 WHERE key = ?1",
+                    params![key, now_ms as i64],
+                )
+                .map_err(err)?;
+                return Ok(Some((turns as u32, ttl_ms)));
+            }
+            Ok(Some((turns as u32, ttl_ms - age)))
+        })
     }
 
     fn session_remove(&self, key: &str) -> Result<bool, StoreError> {
-        self.lock()
-            .execute("DELETE FROM sessions WHERE key = ?1", params![key])
-            .map(|n| n > 0)
-            .map_err(err)
+        let key = key.to_owned();
+        self.call(move |conn| {
+            conn.execute("DELETE FROM sessions WHERE key = ?1", params![key])
+                .map(|n| n > 0)
+                .map_err(err)
+        })
     }
 
     fn session_sweep(&self, before_ms: u64) -> Result<usize, StoreError> {
-        self.lock()
-            .execute(
+        self.call(move |conn| {
+            conn.execute(
                 "DELETE FROM sessions WHERE last_used < ?1",
                 params![before_ms as i64],
             )
             .map_err(err)
+        })
     }
 
     fn put_task(
@@ -536,8 +356,9 @@ impl Store for SqliteStore {
         keep_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        let rec = rec.clone();
+        self.call(move |conn| {
+            conn.execute(
                 // A live record never replaces one (the end may be written first).
                 if rec.terminal {
                     "INSERT OR REPLACE INTO tasks (id, owner, daemon, addr, status, terminal, expires)
@@ -558,17 +379,19 @@ impl Store for SqliteStore {
             )
             .map(|_| ())
             .map_err(err)
+        })
     }
 
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {
-        self.lock()
-            .query_row(
+        let id = id.to_owned();
+        self.call(move |conn| {
+            conn.query_row(
                 "SELECT owner, daemon, addr, status, terminal FROM tasks
                  WHERE id = ?1 AND (expires IS NULL OR expires >= ?2)",
                 params![id, now_ms as i64],
                 |r| {
                     Ok(TaskRecord {
-                        id: id.to_owned(),
+                        id: id.clone(),
                         owner: r.get(0)?,
                         daemon: r.get(1)?,
                         addr: r.get(2)?,
@@ -579,21 +402,25 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(err)
+        })
     }
 
     fn heartbeat(&self, id: &str, addr: &str, until_ms: u64) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        let (id, addr) = (id.to_owned(), addr.to_owned());
+        self.call(move |conn| {
+            conn.execute(
                 "INSERT OR REPLACE INTO daemons (id, addr, alive_until) VALUES (?1, ?2, ?3)",
                 params![id, addr, until_ms as i64],
             )
             .map(|_| ())
             .map_err(err)
+        })
     }
 
     fn daemon_alive(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
-        self.lock()
-            .query_row(
+        let id = id.to_owned();
+        self.call(move |conn| {
+            conn.query_row(
                 "SELECT alive_until >= ?2 FROM daemons WHERE id = ?1",
                 params![id, now_ms as i64],
                 |r| r.get::<_, bool>(0),
@@ -601,7 +428,287 @@ impl Store for SqliteStore {
             .optional()
             .map(|alive| alive.unwrap_or(false))
             .map_err(err)
+        })
     }
+}
+
+fn reserve_in(tx: &Connection, op: &ReserveOp<'_>) -> Result<Decision, StoreError> {
+    let spent: Vec<Amount> = op
+        .budgets
+        .iter()
+        .map(|b| read(tx, &b.account, b.window(op.now_ms).0))
+        .collect::<rusqlite::Result<_>>()
+        .map_err(err)?;
+    if let Some(denied) = over_budget(op.budgets, &spent, &op.amount, op.now_ms) {
+        return Ok(denied);
+    }
+    let mut rate_state = RateState::default();
+    let mut rate_window = 0;
+    if let Some(rate) = op.rate {
+        let window = rate.window_ms.max(1);
+        rate_window = op.now_ms - op.now_ms % window;
+        let reset = rate_window + window;
+        rate_state.reset_ms = reset;
+        let requests = read(tx, &rate_account("rpm", &rate.subject), rate_window)
+            .map_err(err)?
+            .tokens;
+        let tokens = read(tx, &rate_account("tpm", &rate.subject), rate_window)
+            .map_err(err)?
+            .tokens;
+        let running = read(tx, &rate_account("conc", &rate.subject), 0)
+            .map_err(err)?
+            .tokens;
+        rate_state.requests_limit = rate.requests;
+        rate_state.requests_left = rate.requests.map(|l| l.saturating_sub(requests));
+        rate_state.tokens_limit = rate.tokens;
+        rate_state.tokens_left = rate.tokens.map(|l| l.saturating_sub(tokens));
+        let to_reset = reset.saturating_sub(op.now_ms).max(1);
+        let over = if rate.requests.is_some_and(|l| requests + 1 > l) {
+            Some(("requests", to_reset))
+        } else if rate.tokens.is_some_and(|l| tokens + op.rate_tokens > l) {
+            Some(("tokens", to_reset))
+        } else if rate.concurrent.is_some_and(|l| running + 1 > l) {
+            Some(("concurrent", 1_000))
+        } else {
+            None
+        };
+        if let Some((limit, retry_after_ms)) = over {
+            return Ok(Decision::OverRate {
+                limit,
+                retry_after_ms,
+                rate: rate_state,
+            });
+        }
+        let expires = Some(reset);
+        if rate.requests.is_some() {
+            add(
+                tx,
+                &rate_account("rpm", &rate.subject),
+                rate_window,
+                expires,
+                1,
+                0,
+                0.0,
+            )
+            .map_err(err)?;
+            rate_state.requests_left = rate_state.requests_left.map(|l| l - 1);
+        }
+        if rate.tokens.is_some() {
+            add(
+                tx,
+                &rate_account("tpm", &rate.subject),
+                rate_window,
+                expires,
+                op.rate_tokens as i64,
+                0,
+                0.0,
+            )
+            .map_err(err)?;
+            rate_state.tokens_left = rate_state.tokens_left.map(|l| l - op.rate_tokens);
+        }
+        if rate.concurrent.is_some() {
+            add(tx, &rate_account("conc", &rate.subject), 0, None, 1, 0, 0.0).map_err(err)?;
+        }
+    }
+    let mut entries = Vec::with_capacity(op.budgets.len());
+    let mut left = Vec::with_capacity(op.budgets.len());
+    for (b, s) in op.budgets.iter().zip(&spent) {
+        let (window, end) = b.window(op.now_ms);
+        add(
+            tx,
+            &b.account,
+            window,
+            end,
+            op.amount.tokens as i64,
+            op.amount.time_ms as i64,
+            op.amount.cost,
+        )
+        .map_err(err)?;
+        entries.push(Entry {
+            a: b.account.clone(),
+            w: window,
+            t: op.amount.tokens,
+            ms: op.amount.time_ms,
+            c: op.amount.cost,
+        });
+        left.push(Amount {
+            tokens: s.tokens + op.amount.tokens,
+            time_ms: s.time_ms + op.amount.time_ms,
+            cost: s.cost + op.amount.cost,
+        });
+    }
+    tx.execute(
+        "INSERT INTO reservations
+                 (id, entries, rate_subject, rate_window, rate_tokens, concurrent, lease_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            op.id,
+            serde_json::to_string(&entries).expect("entries serialize"),
+            op.rate.map(|r| r.subject.as_str()),
+            rate_window as i64,
+            if op.rate.is_some_and(|r| r.tokens.is_some()) {
+                op.rate_tokens as i64
+            } else {
+                0
+            },
+            i64::from(op.rate.is_some_and(|r| r.concurrent.is_some())),
+            (op.now_ms + op.lease_ms) as i64,
+        ],
+    )
+    .map_err(|e| err(format!("reservation {}: {e}", op.id)))?;
+    Ok(Decision::Reserved {
+        left,
+        rate: rate_state,
+    })
+}
+
+fn settle_in(
+    tx: &Connection,
+    id: &str,
+    actual: Amount,
+    rate_tokens: u64,
+) -> Result<bool, StoreError> {
+    let row = tx
+        .query_row(
+            "SELECT entries, rate_subject, rate_window, rate_tokens, concurrent
+                 FROM reservations WHERE id = ?1",
+            params![id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(err)?;
+    let Some((entries, subject, rate_window, reserved_rate_tokens, concurrent)) = row else {
+        return Ok(false);
+    };
+    let entries: Vec<Entry> = serde_json::from_str(&entries).map_err(err)?;
+    for e in &entries {
+        add(
+            tx,
+            &e.a,
+            e.w,
+            None,
+            actual.tokens as i64 - e.t as i64,
+            actual.time_ms as i64 - e.ms as i64,
+            actual.cost - e.c,
+        )
+        .map_err(err)?;
+    }
+    if let Some(subject) = &subject {
+        if reserved_rate_tokens > 0 {
+            add(
+                tx,
+                &rate_account("tpm", subject),
+                rate_window as u64,
+                None,
+                rate_tokens as i64 - reserved_rate_tokens,
+                0,
+                0.0,
+            )
+            .map_err(err)?;
+        }
+        if concurrent != 0 {
+            add(tx, &rate_account("conc", subject), 0, None, -1, 0, 0.0).map_err(err)?;
+        }
+    }
+    tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
+        .map_err(err)?;
+    Ok(true)
+}
+
+fn reap_in(tx: &Connection, now_ms: u64) -> Result<usize, StoreError> {
+    let expired: Vec<(String, Option<String>, i64)> = {
+        let mut q = tx
+            .prepare("SELECT id, rate_subject, concurrent FROM reservations WHERE lease_until < ?1")
+            .map_err(err)?;
+        let rows = q
+            .query_map(params![now_ms as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(err)?
+    };
+    for (id, subject, concurrent) in &expired {
+        if let (Some(subject), 1) = (subject, concurrent) {
+            add(tx, &rate_account("conc", subject), 0, None, -1, 0, 0.0).map_err(err)?;
+        }
+        tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
+            .map_err(err)?;
+    }
+    tx.execute(
+        "DELETE FROM tasks WHERE expires IS NOT NULL AND expires < ?1",
+        params![now_ms as i64],
+    )
+    .map_err(err)?;
+    tx.execute(
+        "DELETE FROM daemons WHERE alive_until < ?1",
+        params![now_ms.saturating_sub(86_400_000) as i64],
+    )
+    .map_err(err)?;
+    // Windows that ended a day ago are history nobody reads.
+    tx.execute(
+        "DELETE FROM usage WHERE expires IS NOT NULL AND expires < ?1",
+        params![now_ms.saturating_sub(86_400_000) as i64],
+    )
+    .map_err(err)?;
+    Ok(expired.len())
+}
+
+fn session_turn_in(
+    tx: &Connection,
+    key: &str,
+    limits: SessionLimits,
+    now_ms: u64,
+) -> Result<Turn, StoreError> {
+    let oldest_live = now_ms.saturating_sub(limits.ttl_ms) as i64;
+    let row: Option<(i64, i64)> = tx
+        .query_row(
+            "SELECT turns, last_used FROM sessions WHERE key = ?1",
+            params![key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(err)?;
+    let turns = match row {
+        Some((turns, last_used)) if last_used >= oldest_live => turns as u32,
+        Some(_) => 0,
+        None => {
+            let rows: i64 = tx
+                .query_row("SELECT n FROM session_rows", [], |r| r.get(0))
+                .map_err(err)?;
+            // Counting the live ones costs a scan: only when the rows could be too many.
+            if rows as u64 >= limits.max_sessions {
+                let live: i64 = tx
+                    .query_row(
+                        "SELECT count(*) FROM sessions WHERE last_used >= ?1",
+                        params![oldest_live],
+                        |r| r.get(0),
+                    )
+                    .map_err(err)?;
+                if live as u64 >= limits.max_sessions {
+                    return Ok(Turn::TableFull(limits.max_sessions));
+                }
+            }
+            0
+        }
+    };
+    if turns >= limits.max_turns {
+        return Ok(Turn::CapReached(limits.max_turns));
+    }
+    tx.execute(
+        "INSERT INTO sessions (key, turns, last_used) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET turns = ?2, last_used = ?3",
+        params![key, i64::from(turns + 1), now_ms as i64],
+    )
+    .map_err(err)?;
+    Ok(Turn::Counted(turns + 1))
 }
 
 #[cfg(test)]
@@ -638,6 +745,44 @@ mod tests {
             now_ms,
             lease_ms: 1_000,
         }
+    }
+
+    #[test]
+    fn concurrent_reservations_share_transactions_and_stay_exact() {
+        let (_dir, s) = store();
+        let s = std::sync::Arc::new(s);
+        let b = [budget(100, None)];
+        let reserved: usize = (0..8)
+            .map(|t| {
+                let (s, b) = (std::sync::Arc::clone(&s), b.clone());
+                std::thread::spawn(move || {
+                    (0..50)
+                        .filter(|i| {
+                            matches!(
+                                s.reserve(&op(&format!("t{t}-{i}"), &b, 1, 10_000)).unwrap(),
+                                Decision::Reserved { .. }
+                            )
+                        })
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(reserved, 100, "exactly the budget, across every batch");
+        assert_eq!(s.spent(&b, 10_000).unwrap()[0].tokens, 100);
+        // A failing operation is rolled back alone: a second reservation under a taken id
+        // fails and leaves the first (and the spend) as they were.
+        let roomy = [Budget {
+            account: "key:b".into(),
+            ..budget(10, None)
+        }];
+        assert!(s.reserve(&op("dup", &roomy, 3, 10_000)).is_ok());
+        assert!(s.reserve(&op("dup", &roomy, 3, 10_000)).is_err());
+        assert_eq!(s.spent(&roomy, 10_000).unwrap()[0].tokens, 3);
+        assert!(s.settle("dup", Amount::default(), 0).unwrap());
+        assert_eq!(s.spent(&roomy, 10_000).unwrap()[0].tokens, 0);
     }
 
     #[test]
