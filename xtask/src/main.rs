@@ -8,6 +8,7 @@
 //!   generates two tiny GGUF models, and runs `orchd-e2e` against them
 //! - `fixtures` builds the test fixtures into `target/fixtures/`
 //! - `bench [--quick] [--only SCENARIO]` the performance harness: policy call costs, then the load scenarios
+//!   (nginx, installed by `tools/nginx/setup.sh`, is the floor they are measured against)
 //!   of `tools/loadgen` against `tools/engine-sim`; results in `target/bench/`
 //!   (`--quick`: every scenario scaled down, a smoke run)
 //! - `lint`  clippy, warnings denied, on the workspace and the policy components
@@ -258,6 +259,9 @@ fn bench(extra: &[String]) -> Result<()> {
             "orchd-engine-sim",
         ]),
     )?;
+    // The floor scenario's reverse proxy and the state scenario's store.
+    setup("tools/nginx/setup.sh", "nginx")?;
+    setup("tools/redis/setup.sh", "redis-server")?;
     let costs = out.join("policy-costs.json");
     run(
         "policy call costs",

@@ -148,12 +148,15 @@ async fn generate(
                 drop(permit);
                 return Some((Ok::<_, Infallible>(bytes), (i + 1, None)));
             }
-            tokio::time::sleep(if i == 0 {
+            let delay = if i == 0 {
                 config.first_token
             } else {
                 config.inter_token
-            })
-            .await;
+            };
+            // A zero-delay engine makes no timer (a timer rounds up to the next tick).
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let text = format!("t{i} ");
             Some((Ok(frame(dialect, i, n, &text)), (i + 1, permit)))
         });

@@ -103,7 +103,7 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Only this scenario.
-        #[arg(long, value_parser = ["idle", "overhead", "admission", "streams", "state", "hot-swap"])]
+        #[arg(long, value_parser = ["idle", "floor", "overhead", "admission", "streams", "state", "hot-swap"])]
         only: Option<String>,
     },
 }

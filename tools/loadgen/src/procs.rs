@@ -139,6 +139,96 @@ pub fn start_sim(bin: &Path, a: SimArgs) -> Result<Proc> {
     })
 }
 
+/// nginx (Debian's package) as a plain reverse proxy in front of `upstream`, on a free
+/// loopback port: keep-alive to the upstream, no buffering (streams pass as they come), no
+/// access log. Its files live in `dir`. The floor every proxy in this path is held to.
+pub fn start_nginx(dir: &Path, upstream: &str) -> Result<Proc> {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("nginx is not installed (Debian package nginx-light)")?;
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let port = free_port()?;
+    let upstream = upstream
+        .strip_prefix("http://")
+        .context("the upstream is http://host:port")?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"daemon off;
+master_process on;
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream engine {{
+        server {upstream};
+        keepalive 1024;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://engine;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"#,
+            dir = dir.display()
+        ),
+    )?;
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-e", "stderr"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {bin}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Proc {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+/// CPU time of a process and all its children (nginx's master and workers).
+pub fn tree_cpu(pid: u32) -> Result<Duration> {
+    let mut total = ProcStats::of(pid)?.cpu;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.file_name();
+        let children = std::fs::read_to_string(format!(
+            "/proc/{pid}/task/{}/children",
+            task.to_string_lossy()
+        ))
+        .unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            total += tree_cpu(child).unwrap_or_default();
+        }
+    }
+    Ok(total)
+}
+
 /// A port nobody listens on right now.
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -21,12 +21,21 @@ pub enum Target {
     },
     /// An engine's llama.cpp `/completion` endpoint, for the direct baseline.
     Llama { base: String },
+    /// An OpenAI-compatible `/v1/chat/completions` (streaming): orchestratord's OpenAI
+    /// door, or an engine's own, directly or through a proxy.
+    OpenAiChat {
+        base: String,
+        model: String,
+        api_key: Option<String>,
+    },
 }
 
 impl Target {
     pub fn base(&self) -> &str {
         match self {
-            Target::Daemon { base, .. } | Target::Llama { base } => base,
+            Target::Daemon { base, .. }
+            | Target::Llama { base }
+            | Target::OpenAiChat { base, .. } => base,
         }
     }
 }
@@ -127,7 +136,113 @@ pub async fn run(
                 json!({"prompt": shape.prompt, "n_predict": shape.max_tokens, "stream": true});
             llama_stream(client, base, body, shape, start).await
         }
+        Target::OpenAiChat {
+            base,
+            model,
+            api_key,
+        } => {
+            let body = json!({
+                "model": model,
+                "messages": [{"role": "user", "content": shape.prompt}],
+                "max_tokens": shape.max_tokens,
+                "stream": true,
+                "user": session,
+            });
+            let mut req = client
+                .post(format!("{base}/v1/chat/completions"))
+                .json(&body);
+            if let Some(key) = api_key {
+                req = req.bearer_auth(key);
+            }
+            openai_stream(req, shape, start).await
+        }
     }
+}
+
+/// A streamed chat chunk: only what the checks read, borrowed.
+#[derive(serde::Deserialize)]
+struct ChatChunk<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<ChatChoice<'a>>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<ChatDelta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// An OpenAI chat stream: every content chunk is a token (checked like the others), one
+/// chunk carries the finish reason, and `[DONE]` ends it.
+async fn openai_stream(req: reqwest::RequestBuilder, shape: &Shape, start: Instant) -> Outcome {
+    let mut out = Outcome::default();
+    let mut resp = match send_ok(req, "").await {
+        Ok(r) => r,
+        Err(e) => {
+            out.error = Some(e);
+            return out;
+        }
+    };
+    out.admitted = true;
+    let mut tokens = Tokens {
+        shape,
+        start,
+        last: None,
+        next: 0,
+    };
+    let mut finished = false;
+    let mut parser = SseParser::new(1 << 20, 1 << 20);
+    let read = read_events(&mut resp, &mut parser, |ev, at| {
+        if out.ended {
+            out.violation("data after [DONE]");
+            return true;
+        }
+        if ev.data == "[DONE]" {
+            out.ended = true;
+            return true;
+        }
+        match serde_json::from_str::<ChatChunk<'_>>(&ev.data) {
+            Ok(c) if c.error.is_some() => out.error = Some("error chunk".into()),
+            Ok(c) => {
+                for choice in c.choices {
+                    if let Some(text) = choice.delta.and_then(|d| d.content) {
+                        tokens.token(&mut out, None, Some(&text), at);
+                    }
+                    if choice.finish_reason.is_some() {
+                        if finished {
+                            out.violation("a second finish_reason");
+                        }
+                        finished = true;
+                    }
+                }
+            }
+            Err(e) => out.violation(format!("chunk {:?}: {e}", ev.data)),
+        }
+        true
+    })
+    .await;
+    if let Err(e) = read {
+        out.error = Some(e);
+    } else if !out.ended && out.error.is_none() {
+        out.violation("the stream closed without [DONE]");
+    }
+    if out.ended && !finished {
+        out.violation("no chunk carried a finish_reason");
+    }
+    if out.ended && tokens.next < shape.max_tokens {
+        out.lost = shape.max_tokens - tokens.next;
+    }
+    out
 }
 
 /// Sends `req`; a non-2xx status (`{what}HTTP <status>`) or a transport failure is the

@@ -42,8 +42,11 @@ pub struct Options {
     pub quick: bool,
     /// Seconds each idle daemon is watched (CPU averaged over this window).
     pub idle_secs: u64,
-    /// Run only this scenario: `idle`, `overhead`, `admission`, `streams` or `hot-swap`.
+    /// Run only this scenario: `idle`, `floor`, `overhead`, `admission`, `state`,
+    /// `streams` or `hot-swap`.
     pub only: Option<String>,
+    /// Seconds per target in the floor scenario (direct, nginx, daemon).
+    pub floor_secs: u64,
 }
 
 impl Default for Options {
@@ -56,6 +59,7 @@ impl Default for Options {
             idle_secs: 60,
             quick: false,
             only: None,
+            floor_secs: 6,
         }
     }
 }
@@ -70,6 +74,7 @@ impl Options {
             idle_secs: 5,
             quick: true,
             only: None,
+            floor_secs: 1,
         }
     }
 }
@@ -86,6 +91,46 @@ pub struct OverheadRow {
     pub added_inter_token_p50_us: i64,
     pub added_inter_token_p99_us: i64,
     pub daemon_cpu_per_s: f64,
+}
+
+/// One load level of the floor scenario: the same engine and load through nothing (direct),
+/// through nginx as a plain reverse proxy, and through orchestratord, in one run.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct FloorRow {
+    /// `native` (`POST /v1/tasks` + SSE; the engine's `/completion` for direct and nginx)
+    /// or `openai` (`/v1/chat/completions` streaming everywhere).
+    pub api: String,
+    /// `paced` (first token after 5 ms, then a token every `inter_token_ms`) or
+    /// `zero-delay` (every token at once: per-request CPU shows).
+    pub engine: String,
+    pub concurrency: usize,
+    pub tokens: u32,
+    pub inter_token_ms: u64,
+    pub direct: Summary,
+    pub nginx: Summary,
+    pub daemon: Summary,
+    /// CPU seconds spent during each run (nginx: master and workers).
+    pub nginx_cpu_s: f64,
+    pub daemon_cpu_s: f64,
+}
+
+impl FloorRow {
+    fn added(&self, via: &Summary, q: fn(&Percentiles) -> u64) -> i64 {
+        diff(q(&via.first_token), q(&self.direct.first_token))
+    }
+
+    fn rate_vs_direct(&self, via: &Summary) -> f64 {
+        per_s(via) / per_s(&self.direct).max(1e-9)
+    }
+
+    fn cpu_per_request_us(cpu_s: f64, via: &Summary) -> f64 {
+        cpu_s * 1e6 / (via.ended.max(1) as f64)
+    }
+}
+
+/// Streams that ran to their end, per second.
+fn per_s(s: &Summary) -> f64 {
+    s.ended as f64 / s.elapsed_s.max(1e-9)
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -153,6 +198,9 @@ pub struct Results {
     /// Admission throughput per state-store setup.
     #[serde(default)]
     pub state: Vec<StateRow>,
+    /// Against the floor: direct, nginx and orchestratord in the same run.
+    #[serde(default)]
+    pub floor: Vec<FloorRow>,
 }
 
 /// One state-store setup under the admission scenario (64 clients, tasks of one token).
@@ -282,6 +330,7 @@ pub async fn run(paths: Paths, opts: Options) -> Result<Results> {
         streams: None,
         hot_swap: None,
         state: Vec::new(),
+        floor: Vec::new(),
         policy_costs: match &paths.policy_costs {
             Some(p) if p.exists() => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
             _ => None,
@@ -297,6 +346,9 @@ pub async fn run(paths: Paths, opts: Options) -> Result<Results> {
     if wanted("idle") {
         results.idle = Some(idle(&env, &opts).await?);
         write(&paths.out, &results)?;
+    }
+    if wanted("floor") {
+        floor(&env, &opts, &mut results).await?;
     }
     if wanted("overhead") {
         for &(concurrency, tokens, itl) in levels {
@@ -412,6 +464,126 @@ async fn overhead(
         direct: d,
         daemon: o,
     })
+}
+
+/// The floor scenario: for each engine shape and load level, one simulator, nginx in front
+/// of it and a daemon on it; each API runs direct, through nginx and through the daemon,
+/// one after the other, each after a warm-up.
+async fn floor(env: &Env, opts: &Options, results: &mut Results) -> Result<()> {
+    // (engine, streams, tokens, first-token ms, inter-token ms)
+    let levels: Vec<(&str, usize, u32, u64, u64)> = if opts.quick {
+        vec![("paced", 10, 8, 5, 5), ("zero-delay", 10, 32, 0, 0)]
+    } else {
+        vec![
+            ("paced", 1, 8, 5, 5),
+            ("paced", 10, 16, 5, 20),
+            ("paced", 100, 16, 5, 20),
+            ("paced", 1000, 16, 5, 100),
+            ("zero-delay", 1, 32, 0, 0),
+            ("zero-delay", 10, 32, 0, 0),
+            ("zero-delay", 100, 32, 0, 0),
+            ("zero-delay", 1000, 32, 0, 0),
+        ]
+    };
+    for (engine, concurrency, tokens, first, itl) in levels {
+        eprintln!("floor: {engine} engine, {concurrency} streams, {tokens} tokens");
+        let sim = procs::start_sim(
+            &env.paths.sim,
+            SimArgs {
+                first_token_ms: first,
+                inter_token_ms: itl,
+                slots: (concurrency as u32 * 2).max(64),
+                threads: 1,
+            },
+        )?;
+        let name = format!("floor-{engine}-{concurrency}");
+        let nginx = procs::start_nginx(&env.scratch.path().join(&name).join("nginx"), &sim.base)?;
+        let queue = (concurrency as u32 * 2).max(256);
+        let (daemon, _) = env.daemon(&name, &sim, queue).await?;
+        let stream_len = Duration::from_millis((first + u64::from(tokens) * itl).max(5));
+        let spec = |label: &str, target: Target, warm: bool| Spec {
+            label: label.to_owned(),
+            target,
+            shape: shape(tokens),
+            schedule: if warm {
+                Schedule::Closed {
+                    concurrency,
+                    total: Some(concurrency as u64 * 2),
+                    duration: None,
+                    ramp: stream_len,
+                }
+            } else {
+                Schedule::Closed {
+                    concurrency,
+                    total: None,
+                    duration: Some(Duration::from_secs(opts.floor_secs)),
+                    ramp: stream_len,
+                }
+            },
+            mix: Mix::default(),
+            h2_connections: None,
+        };
+        let chat = |base: &str| Target::OpenAiChat {
+            base: base.to_owned(),
+            model: "sim".into(),
+            api_key: None,
+        };
+        for api in ["native", "openai"] {
+            let (direct_t, nginx_t, daemon_t) = if api == "native" {
+                (
+                    Target::Llama {
+                        base: sim.base.clone(),
+                    },
+                    Target::Llama {
+                        base: nginx.base.clone(),
+                    },
+                    daemon_target(&daemon.base),
+                )
+            } else {
+                (chat(&sim.base), chat(&nginx.base), chat(&daemon.base))
+            };
+            let measure = async |label: &str, target: Target, pid: Option<u32>| {
+                load::run(spec("warm", target.clone(), true), Progress::new()).await?;
+                let cpu0 = pid.map(procs::tree_cpu).transpose()?;
+                let run = load::run(spec(label, target, false), Progress::new()).await?;
+                let cpu = match (pid, cpu0) {
+                    (Some(pid), Some(c0)) => (procs::tree_cpu(pid)? - c0).as_secs_f64(),
+                    _ => 0.0,
+                };
+                anyhow::Ok((run.summary(), cpu))
+            };
+            let (direct, _) = measure("direct", direct_t, None).await?;
+            let (via_nginx, nginx_cpu_s) = measure("nginx", nginx_t, Some(nginx.pid())).await?;
+            let (via_daemon, daemon_cpu_s) =
+                measure("daemon", daemon_t, Some(daemon.pid())).await?;
+            let row = FloorRow {
+                api: api.to_owned(),
+                engine: engine.to_owned(),
+                concurrency,
+                tokens,
+                inter_token_ms: itl,
+                direct,
+                nginx: via_nginx,
+                daemon: via_daemon,
+                nginx_cpu_s,
+                daemon_cpu_s,
+            };
+            eprintln!(
+                "  {api}: first token added p50 nginx {} / daemon {} µs; req/s vs direct nginx {:.2} / daemon {:.2}; CPU per request nginx {:.0} / daemon {:.0} µs; daemon failed {} violations {}",
+                row.added(&row.nginx, |p| p.p50_us),
+                row.added(&row.daemon, |p| p.p50_us),
+                row.rate_vs_direct(&row.nginx),
+                row.rate_vs_direct(&row.daemon),
+                FloorRow::cpu_per_request_us(row.nginx_cpu_s, &row.nginx),
+                FloorRow::cpu_per_request_us(row.daemon_cpu_s, &row.daemon),
+                row.daemon.failed,
+                row.daemon.violations,
+            );
+            results.floor.push(row);
+            write(&env.paths.out, results)?;
+        }
+    }
+    Ok(())
 }
 
 fn print_overhead(r: &OverheadRow) {
@@ -878,6 +1050,70 @@ pub fn markdown(r: &Results) -> String {
                 i.shared_first_pct, i.shared_second_pct, i.secs
             ),
         );
+    }
+    for (api, engine) in [
+        ("native", "paced"),
+        ("native", "zero-delay"),
+        ("openai", "paced"),
+        ("openai", "zero-delay"),
+    ] {
+        let rows: Vec<&FloorRow> = r
+            .floor
+            .iter()
+            .filter(|f| f.api == api && f.engine == engine)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        line(
+            &mut s,
+            &format!("\n### Against the floor: {api} API, {engine} engine\n"),
+        );
+        line(
+            &mut s,
+            "| streams | tokens × inter-token | first token direct p50 / p99 (ms) | added p50: nginx / daemon (ms) | **daemon − nginx p50** | added p99: nginx / daemon | **daemon − nginx p99** | req/s direct | vs direct: nginx / **daemon** | CPU per request nginx / daemon (µs) | **CPU ×nginx** | daemon failed / violations / lost |",
+        );
+        line(&mut s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for f in rows {
+            let (n50, d50) = (
+                f.added(&f.nginx, |p| p.p50_us),
+                f.added(&f.daemon, |p| p.p50_us),
+            );
+            let (n99, d99) = (
+                f.added(&f.nginx, |p| p.p99_us),
+                f.added(&f.daemon, |p| p.p99_us),
+            );
+            let (nc, dc) = (
+                FloorRow::cpu_per_request_us(f.nginx_cpu_s, &f.nginx),
+                FloorRow::cpu_per_request_us(f.daemon_cpu_s, &f.daemon),
+            );
+            line(
+                &mut s,
+                &format!(
+                    "| {} | {} × {} ms | {:.2} / {:.2} | {} / {} | **{}** | {} / {} | **{}** | {:.0} | {:.2} / **{:.2}** | {:.0} / {:.0} | **{:.1}×** | {} / {} / {} |",
+                    f.concurrency,
+                    f.tokens,
+                    f.inter_token_ms,
+                    f.direct.first_token.p50_us as f64 / 1000.0,
+                    f.direct.first_token.p99_us as f64 / 1000.0,
+                    added(n50),
+                    added(d50),
+                    added(d50 - n50),
+                    added(n99),
+                    added(d99),
+                    added(d99 - n99),
+                    per_s(&f.direct),
+                    f.rate_vs_direct(&f.nginx),
+                    f.rate_vs_direct(&f.daemon),
+                    nc,
+                    dc,
+                    dc / nc.max(1e-9),
+                    f.daemon.failed,
+                    f.daemon.violations,
+                    f.daemon.lost_frames,
+                ),
+            );
+        }
     }
     line(
         &mut s,
