@@ -70,14 +70,13 @@ impl Directory {
         crate::budget::blocking(|| self.store.put_task(&rec, None, now_ms()))
     }
 
-    /// Writes a finished task's final status, kept for the retention period.
+    /// Writes a finished task's final status, kept for the retention period. Nobody waits
+    /// for it (this daemon answers for its own tasks from memory): the store queues it
+    /// where it can.
     pub fn ended(&self, task: &Task) {
         let rec = self.record(task, true);
         let keep = self.retention.as_millis() as u64;
-        if let Err(e) = crate::budget::blocking(|| self.store.put_task(&rec, Some(keep), now_ms()))
-        {
-            tracing::warn!(task_id = %task.id, error = %e, "the task's final status is not in the directory (the store is unreachable)");
-        }
+        self.store.put_task_detached(rec, Some(keep), now_ms());
     }
 
     /// The task as other daemons know it, if `may_see` its owner. A live task whose daemon

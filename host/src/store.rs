@@ -279,6 +279,13 @@ pub trait Store: Send + Sync {
         keep_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError>;
+    /// [`put_task`](Self::put_task) without waiting for it: a backend that can queue the
+    /// write answers at once (a failure is logged). For writes nobody waits on.
+    fn put_task_detached(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64) {
+        if let Err(e) = crate::budget::blocking(|| self.put_task(&rec, keep_ms, now_ms)) {
+            tracing::warn!(task_id = %rec.id, error = %e, "a task record was not written to the state store");
+        }
+    }
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError>;
     /// Says daemon `id` (at `addr`) is alive until `until_ms`.
     fn heartbeat(&self, id: &str, addr: &str, until_ms: u64) -> Result<(), StoreError>;
@@ -426,6 +433,10 @@ impl Store for Observed {
     ) -> Result<(), StoreError> {
         self.seen(self.inner.put_task(rec, keep_ms, now_ms))
     }
+    fn put_task_detached(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64) {
+        self.inner.put_task_detached(rec, keep_ms, now_ms);
+    }
+
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {
         self.seen(self.inner.get_task(id, now_ms))
     }

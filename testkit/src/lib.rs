@@ -379,6 +379,20 @@ impl Daemon {
             .collect()
     }
 
+    /// [`log_events`](Self::log_events) once at least `n` have arrived (log lines are read
+    /// from the process's output by another thread: on a loaded machine they come late),
+    /// or whatever arrived within 10 s.
+    pub async fn log_events_at_least(&self, message: &str, n: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let events = self.log_events(message);
+            if events.len() >= n || std::time::Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

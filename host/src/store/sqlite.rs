@@ -357,29 +357,23 @@ impl Store for SqliteStore {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let rec = rec.clone();
-        self.call(move |conn| {
-            conn.execute(
-                // A live record never replaces one (the end may be written first).
-                if rec.terminal {
-                    "INSERT OR REPLACE INTO tasks (id, owner, daemon, addr, status, terminal, expires)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-                } else {
-                    "INSERT OR IGNORE INTO tasks (id, owner, daemon, addr, status, terminal, expires)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-                },
-                params![
-                    rec.id,
-                    rec.owner,
-                    rec.daemon,
-                    rec.addr,
-                    rec.status,
-                    i64::from(rec.terminal),
-                    keep_ms.map(|k| (now_ms + k) as i64)
-                ],
-            )
-            .map(|_| ())
-            .map_err(err)
-        })
+        self.call(move |conn| put_task_in(conn, &rec, keep_ms, now_ms))
+    }
+
+    fn put_task_detached(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64) {
+        let id = rec.id.clone();
+        let job: Job = Box::new(move |conn| {
+            let result =
+                conn.and_then(|c| in_savepoint(c, |c| put_task_in(c, &rec, keep_ms, now_ms)));
+            Box::new(move |committed| {
+                if let Err(e) = committed.and(result) {
+                    tracing::warn!(task_id = %id, error = %e, "a task record was not written to the state store");
+                }
+            })
+        });
+        if self.jobs.send(job).is_err() {
+            tracing::warn!("the state store's thread has ended");
+        }
     }
 
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {
@@ -709,6 +703,35 @@ fn session_turn_in(
     )
     .map_err(err)?;
     Ok(Turn::Counted(turns + 1))
+}
+
+fn put_task_in(
+    conn: &Connection,
+    rec: &TaskRecord,
+    keep_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        // A live record never replaces one (the end may be written first).
+        if rec.terminal {
+            "INSERT OR REPLACE INTO tasks (id, owner, daemon, addr, status, terminal, expires)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        } else {
+            "INSERT OR IGNORE INTO tasks (id, owner, daemon, addr, status, terminal, expires)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        },
+        params![
+            rec.id,
+            rec.owner,
+            rec.daemon,
+            rec.addr,
+            rec.status,
+            i64::from(rec.terminal),
+            keep_ms.map(|k| (now_ms + k) as i64)
+        ],
+    )
+    .map(|_| ())
+    .map_err(err)
 }
 
 #[cfg(test)]
