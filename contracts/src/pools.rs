@@ -92,8 +92,16 @@ pub struct AdapterView {
     pub abi_version: String,
     pub engines: Vec<String>,
     pub features: Vec<String>,
+    /// The file in the adapter directory it was loaded from.
     pub path: String,
     pub sha256: String,
+    /// This version takes new work (the last one loaded of its name); older versions
+    /// finish what they started and stay mapped, idle, until a restart.
+    #[serde(default)]
+    pub serving: bool,
+    /// The daemon's private copy that is mapped (never the file above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped_path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,7 +24,10 @@ pub struct AdapterInfo {
     pub engines: Vec<String>,
     /// What the library says it can do: `streaming`, `cancel`, `embeddings`, …
     pub features: Vec<String>,
+    /// The file in the adapter directory it was loaded from.
     pub path: PathBuf,
+    /// The daemon's private copy that is mapped (`None`: loaded in place, by a tool).
+    pub mapped: Option<PathBuf>,
     pub sha256: String,
 }
 

@@ -287,7 +287,7 @@ async fn prompt_tokens(
         if let Some(n) = pool.token_count(hash) {
             return n;
         }
-        let client = Arc::clone(&replica.client);
+        let client = replica.client();
         let prompt = job.prompt.clone();
         if let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || client.tokenize(&prompt)).await
             && !ids.is_empty()
@@ -315,7 +315,7 @@ async fn relay(
             .iter()
             .map(|i| crate::admit::estimate_tokens(i))
             .sum::<u32>();
-        let client = Arc::clone(&replica.client);
+        let client = replica.client();
         match tokio::task::spawn_blocking(move || client.embed(inputs)).await {
             Ok(Ok(vectors)) => {
                 if task.succeed_embedding(vectors, tokens_in) {
@@ -338,7 +338,7 @@ async fn relay(
         return;
     }
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
-    let client = Arc::clone(&replica.client);
+    let client = replica.client();
     let spec = task.spec.job.clone();
     let submit = move || {
         if spec.chat.is_some() {

@@ -78,7 +78,7 @@ pub fn spawn_health_poller(pool: Weak<Pool>, interval: Duration) {
 async fn poll_once(pool: &Arc<Pool>) {
     let mut changed = false;
     for idx in 0..pool.replicas.len() {
-        let client = Arc::clone(&pool.replicas[idx].client);
+        let client = pool.replicas[idx].client();
         let Ok(p) = tokio::task::spawn_blocking(move || probe(client.as_ref())).await else {
             continue;
         };

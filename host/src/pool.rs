@@ -21,7 +21,11 @@ pub struct Replica {
     pub id: String,
     /// Devices this replica runs on (comma-separated ids), for placement.
     pub device_mask: Option<String>,
-    pub client: Arc<dyn EngineClient>,
+    /// The engine client, from the adapter version serving now (an upgrade swaps it; a
+    /// task keeps the client it started with).
+    client: ArcSwap<Arc<dyn EngineClient>>,
+    /// The replica's adapter config, to make a client from a new adapter version.
+    pub adapter_config_json: String,
     /// What the engine last said it is (health polling refreshes it).
     engine_version: ArcSwap<String>,
     slots_total: AtomicU32,
@@ -50,7 +54,8 @@ impl Replica {
         Self {
             id,
             device_mask: None,
-            client,
+            client: ArcSwap::from_pointee(client),
+            adapter_config_json: String::new(),
             engine_version: ArcSwap::from_pointee(engine_version),
             slots_total: AtomicU32::new(slots_total),
             leases: AtomicU32::new(0),
@@ -67,6 +72,22 @@ impl Replica {
         }
     }
 
+    /// The engine client new work uses.
+    pub fn client(&self) -> Arc<dyn EngineClient> {
+        Arc::clone(&self.client.load())
+    }
+
+    /// Switches new work to `client` (a new version of the adapter); work already started
+    /// keeps the client it has.
+    pub fn set_client(&self, client: Arc<dyn EngineClient>) {
+        self.client.store(Arc::new(client));
+    }
+
+    pub fn with_adapter_config(mut self, config_json: &str) -> Self {
+        self.adapter_config_json = config_json.to_owned();
+        self
+    }
+
     pub fn leases(&self) -> u32 {
         self.leases.load(Ordering::Acquire)
     }
@@ -77,6 +98,12 @@ impl Replica {
 
     pub fn engine_version(&self) -> Arc<String> {
         self.engine_version.load_full()
+    }
+
+    pub fn set_engine_version(&self, version: String) {
+        if !version.is_empty() && **self.engine_version.load() != version {
+            self.engine_version.store(Arc::new(version));
+        }
     }
 
     /// Free VRAM over the replica's devices, when NVML reports it.

@@ -36,10 +36,12 @@ impl StartupError {
 
 fn load_adapters(settings: &Settings) -> Result<AdapterRegistry, StartupError> {
     let dir = &settings.adapters_dir;
-    let (registry, outcomes) = AdapterRegistry::load_dir(dir).map_err(|e| {
+    let private = settings.cache_dir.join("adapters");
+    let (registry, outcomes) = AdapterRegistry::load_dir(dir, &private).map_err(|e| {
         StartupError::Config(format!(
-            "cannot read adapter directory {}: {e}",
-            dir.display()
+            "cannot load the adapter directory {} (private copies in {}): {e}",
+            dir.display(),
+            private.display()
         ))
     })?;
     log_outcomes(outcomes);
@@ -50,10 +52,22 @@ fn load_adapters(settings: &Settings) -> Result<AdapterRegistry, StartupError> {
 pub fn log_outcomes(outcomes: Vec<LoadOutcome>) {
     for outcome in outcomes {
         match outcome {
-            LoadOutcome::Loaded(info) => tracing::info!(
+            LoadOutcome::Loaded {
+                info,
+                replaced: None,
+            } => tracing::info!(
                 adapter = %info.name, version = %info.version, abi_version = %info.abi_version,
                 engines = ?info.engines, path = %info.path.display(), sha256 = %info.sha256,
                 "adapter loaded"
+            ),
+            LoadOutcome::Loaded {
+                info,
+                replaced: Some(old),
+            } => tracing::info!(
+                adapter = %info.name, version = %info.version, replaced = %old,
+                abi_version = %info.abi_version, path = %info.path.display(),
+                sha256 = %info.sha256,
+                "adapter loaded beside the version that served; new work goes to it, started work finishes on the old one (kept mapped until restart)"
             ),
             LoadOutcome::Refused { path, reason } => tracing::error!(
                 path = %path.display(), expected_abi_version = crate::adapters::expected_abi_version(),
@@ -145,7 +159,8 @@ fn build_pools(
                 probe.slots.unwrap_or(0),
                 probe.ready,
             )
-            .with_device_mask(rs.device_mask.clone());
+            .with_device_mask(rs.device_mask.clone())
+            .with_adapter_config(&rs.adapter_config_json);
             let replica = match supervisor {
                 Some(sup) => replica.with_supervisor(sup),
                 None => replica,

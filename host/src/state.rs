@@ -181,6 +181,39 @@ impl AppState {
         ended
     }
 
+    /// Moves the pools on adapter `name` to the version of it that serves now: each
+    /// replica gets a client made from it (new work uses it; started work keeps the client
+    /// it has). A replica whose config the new version refuses keeps its client, and the
+    /// log says why. Blocking (FFI): call off the async workers.
+    pub fn adopt_adapter(&self, name: &str) {
+        let Some(adapter) = self.adapters.get(name) else {
+            return;
+        };
+        let version = adapter.info().version.clone();
+        for pool in self.pools.iter().filter(|p| p.adapter == name) {
+            for replica in &pool.replicas {
+                match adapter.new_client(&replica.adapter_config_json) {
+                    Ok(client) => {
+                        if let Ok(props) = client.props() {
+                            replica.set_engine_version(props.engine_version);
+                        }
+                        replica.set_client(client);
+                        tracing::info!(
+                            adapter = name, version = %version, pool_id = %pool.id,
+                            replica_id = %replica.id, "replica switched to the new adapter version"
+                        );
+                    }
+                    Err(e) => tracing::error!(
+                        adapter = name, version = %version, pool_id = %pool.id,
+                        replica_id = %replica.id, error = %e.message,
+                        "the new adapter version refused this replica's config; it stays on the old one"
+                    ),
+                }
+            }
+            pool.wake.notify_one();
+        }
+    }
+
     /// The live tasks of one session of one key.
     pub fn session_tasks(&self, owner: &str, session_id: &str) -> Vec<Arc<Task>> {
         self.tasks

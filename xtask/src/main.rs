@@ -211,6 +211,25 @@ fn fixtures() -> Result<()> {
         &legacy_target.join("release/liborchd_fixture_abi_0_1_2.so"),
         &out.join("adapters/legacy-0.1.2.so"),
     )?;
+    // A newer build of the mock adapter (version 0.1.1), to upgrade to without a restart.
+    let next_target = target().join("fixture-mock-next");
+    run(
+        "build the mock adapter as version 0.1.1",
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "orchd-adapter-mock",
+                "--target-dir",
+            ])
+            .arg(&next_target)
+            .env("ORCHD_MOCK_VERSION", "0.1.1"),
+    )?;
+    install(
+        &next_target.join("release/liborchd_adapter_mock.so"),
+        &out.join("adapters/mock-0.1.1.so"),
+    )?;
     install(
         &target().join("release/liborchd_fixture_abi_mismatch.so"),
         &out.join("adapters/abi-mismatch.so"),

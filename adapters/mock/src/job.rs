@@ -120,7 +120,7 @@ impl MockJob {
 fn run_chat(config: &MockConfig, flag: &CancelFlag, req: &ChatRequest, sink: &ChatSink) {
     let started = Instant::now();
     if !sink.emit(ChatEvent::Started {
-        engine_version: crate::ENGINE_VERSION.into(),
+        engine_version: crate::engine_version().into(),
     }) {
         return;
     }
@@ -206,7 +206,7 @@ fn run_chat(config: &MockConfig, flag: &CancelFlag, req: &ChatRequest, sink: &Ch
 fn run(config: &MockConfig, flag: &CancelFlag, req: &SubmitRequest, sink: &Sink) {
     let started = Instant::now();
     if !sink.emit(Event::Started {
-        engine_version: crate::ENGINE_VERSION.into(),
+        engine_version: crate::engine_version().into(),
     }) {
         return;
     }

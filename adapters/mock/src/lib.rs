@@ -19,13 +19,22 @@ use orchd_adapter_abi::{
 pub use config::{Failure, MockConfig};
 use job::MockJob;
 
-const ENGINE_VERSION: &str = concat!("mock-", env!("CARGO_PKG_VERSION"));
+/// The version the library reports: the package's, unless the build sets
+/// `ORCHD_MOCK_VERSION` (the test fixtures build a "newer" mock to upgrade to).
+const VERSION: &str = match option_env!("ORCHD_MOCK_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+fn engine_version() -> String {
+    format!("mock-{VERSION}")
+}
 
 pub struct MockAdapter;
 
 impl Adapter for MockAdapter {
     const NAME: &'static str = "mock";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const VERSION: &'static str = VERSION;
     type Client = MockClient;
 
     fn engines() -> Vec<String> {
@@ -107,13 +116,13 @@ impl EngineClient for MockClient {
             slots_total: self.config.slots,
             slots_free: self.config.slots.saturating_sub(active),
             ctx_max: self.config.ctx_max,
-            engine_version: ENGINE_VERSION.into(),
+            engine_version: engine_version().into(),
             model: self.config.model.as_str().into(),
         })
     }
 
     fn engine_version(&self) -> Result<String, AdapterError> {
-        Ok(ENGINE_VERSION.to_owned())
+        Ok(engine_version())
     }
 
     fn submit(&self, req: SubmitRequest, sink: Sink) -> Result<MockJob, AdapterError> {

@@ -1,7 +1,8 @@
 //! Loads adapter libraries through the stable ABI and wraps them in the host's traits.
 //!
-//! The only module that sees `abi_stable` types. Libraries are never unloaded (abi_stable
-//! leaks them on purpose; dlopen of the same path returns the old code).
+//! The only module that sees `abi_stable` types. Libraries are loaded from private copies
+//! named by content hash (so a new build is a new path, and dlopen never returns the old
+//! code for it) and never unloaded (abi_stable leaks them on purpose).
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -29,42 +30,87 @@ use super::{
 /// What happened to one file of the adapter directory.
 #[derive(Debug)]
 pub enum LoadOutcome {
-    Loaded(AdapterInfo),
-    Refused { path: PathBuf, reason: String },
+    /// Loaded and serving its name; `replaced` is the version that served before, if any
+    /// (pools on that adapter switch their new work to this one).
+    Loaded {
+        info: AdapterInfo,
+        replaced: Option<String>,
+    },
+    Refused {
+        path: PathBuf,
+        reason: String,
+    },
 }
 
-/// Every adapter library loaded from the adapter directory, by name. Libraries are never
-/// unloaded: a new file (or a new version of one) is loaded beside the old ones and new
-/// pools use it; clients already made keep the library they came from.
+/// Every adapter library loaded from the adapter directory, by name, every version of it.
+///
+/// The daemon never maps a file someone else may overwrite: each library is copied into a
+/// private directory (0700), named by its content hash, and loaded from there, so a `cp`
+/// over the original cannot touch the code that runs. A new build of an adapter already
+/// loaded (same name, any file name) is loaded beside the old one and serves new work;
+/// work already started finishes on the old one. Libraries are never unloaded: unloading
+/// code that may still run is unsafe (abi_stable leaks them on purpose), so an old version
+/// stays mapped, idle, until the daemon restarts.
 pub struct AdapterRegistry {
-    adapters: RwLock<BTreeMap<String, Arc<dyn Adapter>>>,
+    adapters: RwLock<BTreeMap<String, Versions>>,
     /// The content hash each file had when last looked at (loaded or refused).
     seen: Mutex<HashMap<PathBuf, String>>,
     /// Stamps and hashes: a rescan reads only the files whose stat changed.
     hashes: HashCache,
+    /// Where the private copies live (`None`: load in place, for tools).
+    private: Option<PathBuf>,
 }
 
-impl Default for AdapterRegistry {
-    fn default() -> Self {
-        Self {
-            adapters: RwLock::default(),
-            seen: Mutex::default(),
-            hashes: HashCache::new("adapter"),
-        }
+/// The versions of one adapter, in load order; the last one serves.
+#[derive(Default)]
+struct Versions(Vec<Arc<dyn Adapter>>);
+
+impl Versions {
+    fn serving(&self) -> Option<&Arc<dyn Adapter>> {
+        self.0.last()
     }
 }
 
 impl AdapterRegistry {
-    /// Loads every `*.so` in `dir` (sorted by name). A library that cannot be loaded is
-    /// refused and reported; it never stops the others.
-    pub fn load_dir(dir: &Path) -> std::io::Result<(Self, Vec<LoadOutcome>)> {
-        let registry = Self::default();
+    fn new(private: Option<PathBuf>) -> Self {
+        Self {
+            adapters: RwLock::default(),
+            seen: Mutex::default(),
+            hashes: HashCache::new("adapter"),
+            private,
+        }
+    }
+
+    /// Loads every `*.so` in `dir` (sorted by name) from private copies in a directory of
+    /// this process under `private_root` (`<root>/<pid>`, 0700; the directories of daemons
+    /// no longer running are removed). A library that cannot be loaded is refused and
+    /// reported; it never stops the others.
+    pub fn load_dir(dir: &Path, private_root: &Path) -> std::io::Result<(Self, Vec<LoadOutcome>)> {
+        std::fs::create_dir_all(private_root)?;
+        restrict(private_root, 0o700)?;
+        for entry in std::fs::read_dir(private_root)?.flatten() {
+            let name = entry.file_name();
+            let gone = name
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if gone {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let private = private_root.join(std::process::id().to_string());
+        if private.exists() {
+            std::fs::remove_dir_all(&private)?;
+        }
+        std::fs::create_dir_all(&private)?;
+        restrict(&private, 0o700)?;
+        let registry = Self::new(Some(private));
         let outcomes = registry.rescan(dir)?;
         Ok((registry, outcomes))
     }
 
     /// Loads what is new in `dir`: files not seen before or whose content changed. A new
-    /// version of an adapter already loaded replaces it for new pools.
+    /// version of an adapter already loaded serves new work from now on.
     pub fn rescan(&self, dir: &Path) -> std::io::Result<Vec<LoadOutcome>> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -83,30 +129,77 @@ impl AdapterRegistry {
                 }
                 seen.insert(path.clone(), sha.clone());
             }
-            let outcome = match load_library(&path, sha) {
-                Ok(adapter) => {
+            if self.holds(&sha) {
+                // The same bytes under another name (or again): already loaded.
+                continue;
+            }
+            let mapped = match self.private_copy(&path, &sha) {
+                Ok(Some(mapped)) => mapped,
+                Ok(None) => {
+                    // Changed while being copied: the write's own event brings it back.
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&path);
+                    continue;
+                }
+                Err(e) => {
+                    outcomes.push(LoadOutcome::Refused {
+                        path,
+                        reason: format!("cannot copy it into the daemon's private directory: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let outcome = match load_library(&mapped, sha) {
+                Ok(mut adapter) => {
+                    adapter.info.path = path;
+                    adapter.info.mapped = Some(mapped);
                     let info = adapter.info().clone();
                     let mut adapters = self.adapters.write().unwrap_or_else(|p| p.into_inner());
-                    match adapters.get(&info.name) {
-                        Some(loaded) if loaded.info().path != info.path => LoadOutcome::Refused {
-                            path,
-                            reason: format!(
-                                "an adapter named {:?} is already loaded from {}",
-                                info.name,
-                                loaded.info().path.display()
-                            ),
-                        },
-                        _ => {
-                            adapters.insert(info.name.clone(), Arc::new(adapter));
-                            LoadOutcome::Loaded(info)
-                        }
-                    }
+                    let versions = adapters.entry(info.name.clone()).or_default();
+                    let replaced = versions.serving().map(|a| a.info().version.clone());
+                    versions.0.push(Arc::new(adapter));
+                    LoadOutcome::Loaded { info, replaced }
                 }
-                Err(reason) => LoadOutcome::Refused { path, reason },
+                Err(reason) => LoadOutcome::Refused {
+                    reason: format!("{reason} ({})", path.display()),
+                    path,
+                },
             };
             outcomes.push(outcome);
         }
         Ok(outcomes)
+    }
+
+    /// Whether a library with this content is loaded.
+    fn holds(&self, sha: &str) -> bool {
+        self.read()
+            .values()
+            .flat_map(|v| &v.0)
+            .any(|a| a.info().sha256 == sha)
+    }
+
+    /// Copies `path` to `<private>/<sha>.so` (read-only, owner only) and checks the copy
+    /// has that hash: `None` if the file changed meanwhile. Without a private directory
+    /// the library is loaded where it is.
+    fn private_copy(&self, path: &Path, sha: &str) -> std::io::Result<Option<PathBuf>> {
+        let Some(dir) = &self.private else {
+            return Ok(Some(path.to_path_buf()));
+        };
+        let target = dir.join(format!("{sha}.so"));
+        if target.exists() {
+            return Ok(Some(target));
+        }
+        let partial = dir.join(format!("{sha}.partial"));
+        std::fs::copy(path, &partial)?;
+        if sha256_file(&partial)? != sha {
+            std::fs::remove_file(&partial)?;
+            return Ok(None);
+        }
+        restrict(&partial, 0o500)?;
+        std::fs::rename(&partial, &target)?;
+        Ok(Some(target))
     }
 
     /// Loads one library (the conformance kit and tools); the same checks as `load_dir`.
@@ -115,17 +208,36 @@ impl AdapterRegistry {
         load_library(path, sha256).map(|a| Arc::new(a) as Arc<dyn Adapter>)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<dyn Adapter>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Versions>> {
         self.adapters.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The version of `name` that serves new work.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Adapter>> {
-        self.read().get(name).cloned()
+        self.read().get(name).and_then(Versions::serving).cloned()
     }
 
-    /// Every loaded adapter, by name.
+    /// The serving version of every adapter, by name.
     pub fn all(&self) -> Vec<Arc<dyn Adapter>> {
-        self.read().values().cloned().collect()
+        self.read()
+            .values()
+            .filter_map(Versions::serving)
+            .cloned()
+            .collect()
+    }
+
+    /// Every loaded version of every adapter, by name then load order, and whether it
+    /// serves.
+    pub fn every_version(&self) -> Vec<(Arc<dyn Adapter>, bool)> {
+        self.read()
+            .values()
+            .flat_map(|v| {
+                let last = v.0.len() - 1;
+                v.0.iter()
+                    .enumerate()
+                    .map(move |(i, a)| (Arc::clone(a), i == last))
+            })
+            .collect()
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -136,8 +248,14 @@ impl AdapterRegistry {
     pub fn serves_engine(&self, engine: &str) -> bool {
         self.read()
             .values()
+            .filter_map(Versions::serving)
             .any(|a| a.info().engines.iter().any(|e| e == engine))
     }
+}
+
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 /// The first line of an abi_stable error (some span hundreds of lines).
@@ -150,9 +268,19 @@ fn summarize(err: &LibraryError) -> String {
         } => format!(
             "ABI version mismatch: expected {expected_version} (compatible), found {actual_version}"
         ),
-        LibraryError::AbiInstability(_) => {
-            "ABI layout mismatch: the library's types differ from this host's".to_owned()
-        }
+        LibraryError::AbiInstability(e) => match layout_difference(&e.to_string()) {
+            Some((what, expected, found)) if what == "incompatible package versions" => format!(
+                "ABI layout mismatch: expected ABI {expected} (this host's layout), found {found}"
+            ),
+            Some((what, expected, found)) => format!(
+                "ABI layout mismatch: {what}: expected {expected}, found {found} (the library's types differ from this host's, ABI {})",
+                abi::ABI_VERSION
+            ),
+            None => format!(
+                "ABI layout mismatch: the library's types differ from this host's (ABI {})",
+                abi::ABI_VERSION
+            ),
+        },
         other => other
             .to_string()
             .lines()
@@ -163,7 +291,93 @@ fn summarize(err: &LibraryError) -> String {
     }
 }
 
+/// The most telling difference abi_stable's layout report names (`Error:` what, then
+/// `Expected:` and `Found:` blocks): a package version difference if there is one, else
+/// the first.
+fn layout_difference(report: &str) -> Option<(String, String, String)> {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(what) = line.strip_prefix("Error:") else {
+            continue;
+        };
+        let after = |label: &str| {
+            lines[i..]
+                .iter()
+                .position(|l| *l == label)
+                .and_then(|at| lines[i + at + 1..].iter().find(|l| !l.is_empty()))
+                .map(|l| l.to_string())
+        };
+        if let (Some(expected), Some(got)) = (after("Expected:"), after("Found:")) {
+            found.push((what.trim().to_owned(), expected, got));
+        }
+    }
+    let pick = found
+        .iter()
+        .position(|(what, _, _)| what.contains("package version"))
+        .unwrap_or(0);
+    (!found.is_empty()).then(|| found.swap_remove(pick))
+}
+
+/// Refuses a file that is not a whole 64-bit little-endian ELF shared object: every
+/// segment the loader maps and the section table must lie inside the file. A library cut
+/// short (an interrupted copy) would otherwise load, and crash the daemon (SIGBUS) the
+/// first time code past the cut runs.
+fn check_elf(bytes: &[u8]) -> Result<(), String> {
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    if bytes.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return Err("not a 64-bit little-endian ELF library".to_owned());
+    }
+    let cut = || {
+        format!(
+            "the file is cut short ({} bytes): an interrupted copy?",
+            bytes.len()
+        )
+    };
+    let size = bytes.len() as u64;
+    let (ph_off, ph_size, ph_num) = (
+        u64_at(0x20).ok_or_else(cut)?,
+        u64::from(u16_at(0x36).ok_or_else(cut)?),
+        u64::from(u16_at(0x38).ok_or_else(cut)?),
+    );
+    let (sh_off, sh_size, sh_num) = (
+        u64_at(0x28).ok_or_else(cut)?,
+        u64::from(u16_at(0x3a).ok_or_else(cut)?),
+        u64::from(u16_at(0x3c).ok_or_else(cut)?),
+    );
+    if ph_off.saturating_add(ph_size.saturating_mul(ph_num)) > size
+        || sh_off.saturating_add(sh_size.saturating_mul(sh_num)) > size
+    {
+        return Err(cut());
+    }
+    for i in 0..ph_num {
+        let at = (ph_off + i * ph_size) as usize;
+        let p_type = bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+        let offset = u64_at(at + 8).ok_or_else(cut)?;
+        let file_size = u64_at(at + 32).ok_or_else(cut)?;
+        // PT_LOAD: the loader maps it from the file.
+        if p_type == Some(1) && offset.saturating_add(file_size) > size {
+            return Err(cut());
+        }
+    }
+    Ok(())
+}
+
 fn load_library(path: &Path, sha256: String) -> Result<LoadedAdapter, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    check_elf(&bytes)?;
+    drop(bytes);
     let header = lib_header_from_path(path).map_err(|e| summarize(&e))?;
     // A library built against this ABI, or against 0.1.2 (checked against 0.1.2's own
     // layout: abi_stable refuses a library with fewer prefix fields than the loader's).
@@ -205,6 +419,7 @@ fn load_library(path: &Path, sha256: String) -> Result<LoadedAdapter, String> {
         engines: info.engines.into_iter().map(Into::into).collect(),
         features,
         path: path.to_path_buf(),
+        mapped: None,
         sha256,
     };
     Ok(LoadedAdapter { info, module })
@@ -633,5 +848,32 @@ impl HostSink {
             Ok(Ok(())) => SinkStatus::Continue,
             Ok(Err(_)) | Err(_) => SinkStatus::Stop,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_library_cut_short_is_refused_before_it_is_mapped() {
+        let whole = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(super::check_elf(&whole), Ok(()));
+        let cut = super::check_elf(&whole[..whole.len() / 3]).unwrap_err();
+        assert!(cut.contains("cut short"), "{cut}");
+        assert!(super::check_elf(b"\x7fELF").is_err());
+        assert!(super::check_elf(b"these are not machine instructions").is_err());
+    }
+
+    #[test]
+    fn a_layout_report_names_the_versions() {
+        let report = "Error:incompatible type size\nExpected:\n    8\nFound:\n    16\n\nError:incompatible package versions\nExpected:\n    0.1.3\nFound:\n    0.2.0\n";
+        assert_eq!(
+            super::layout_difference(report),
+            Some((
+                "incompatible package versions".into(),
+                "0.1.3".into(),
+                "0.2.0".into()
+            ))
+        );
+        assert_eq!(super::layout_difference("nothing useful"), None);
     }
 }

@@ -1,6 +1,8 @@
-//! Watches the adapter directory (debounced): a library dropped in, or a new version of
-//! one, is loaded without a restart (`GET /v1/adapters` and `/v1/capabilities` show it;
-//! new pools use it). Nothing is ever unloaded.
+//! Watches the adapter directory (debounced): a library dropped in, or a new build of
+//! one, is loaded without a restart (`GET /v1/adapters` and `/v1/capabilities` show it).
+//! A new build of an adapter that pools use takes their new work at once
+//! (`AppState::adopt_adapter`); started work finishes on the old build. Nothing is ever
+//! unloaded.
 
 use std::path::{Path, PathBuf};
 use std::sync::Weak;
@@ -25,12 +27,31 @@ pub fn spawn(state: Weak<AppState>, dir: &Path) -> Result<AdapterWatcher, String
         while changes.next_burst().await.is_some() {
             let Some(state) = state.upgrade() else { return };
             let scan_dir = dir.clone();
+            let scanning = std::sync::Arc::clone(&state);
             let outcomes =
-                tokio::task::spawn_blocking(move || state.adapters.rescan(&scan_dir)).await;
+                tokio::task::spawn_blocking(move || scanning.adapters.rescan(&scan_dir)).await;
             // Counted once done, so a reader of the metric sees the rescan's hashing too.
             crate::metrics::plugin_rescan("adapter");
             match outcomes {
-                Ok(Ok(outcomes)) => crate::startup::log_outcomes(outcomes),
+                Ok(Ok(outcomes)) => {
+                    let upgraded: Vec<String> = outcomes
+                        .iter()
+                        .filter_map(|o| match o {
+                            crate::adapters::LoadOutcome::Loaded {
+                                info,
+                                replaced: Some(_),
+                            } => Some(info.name.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    crate::startup::log_outcomes(outcomes);
+                    for name in upgraded {
+                        let state = std::sync::Arc::clone(&state);
+                        // New clients are made (and probed) through blocking FFI calls.
+                        let _ =
+                            tokio::task::spawn_blocking(move || state.adopt_adapter(&name)).await;
+                    }
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "adapter rescan failed")
                 }

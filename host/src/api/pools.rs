@@ -172,7 +172,7 @@ pub async fn drain(
 async fn wait_ready(replica: &Replica, within: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let client = Arc::clone(&replica.client);
+        let client = replica.client();
         let probe = tokio::task::spawn_blocking(move || crate::health::probe(client.as_ref()))
             .await
             .map_err(|e| format!("probe did not return: {e}"))?;
@@ -290,12 +290,13 @@ async fn reload_replicas(pool: &Pool, model: &str) -> Result<String, String> {
     ))
 }
 
+/// Every loaded version of every adapter; `serving` marks the one new work goes to.
 fn adapter_views(state: &AppState) -> Vec<AdapterView> {
     state
         .adapters
-        .all()
+        .every_version()
         .into_iter()
-        .map(|a| {
+        .map(|(a, serving)| {
             let i = a.info();
             AdapterView {
                 name: i.name.clone(),
@@ -305,6 +306,8 @@ fn adapter_views(state: &AppState) -> Vec<AdapterView> {
                 features: i.features.clone(),
                 path: i.path.display().to_string(),
                 sha256: i.sha256.clone(),
+                serving,
+                mapped_path: i.mapped.as_ref().map(|p| p.display().to_string()),
             }
         })
         .collect()

@@ -28,9 +28,18 @@ async fn libraries_built_against_another_abi_or_not_libraries_are_refused() {
     let d = b.adapters_dir(&dir).start();
 
     let abi = orchd_host::adapters::expected_abi_version();
-    let refused = d.log_events(&format!(
-        "adapter refused: ABI version mismatch: expected {abi} (compatible), found 0.0.1"
-    ));
+    let refused: Vec<_> = d
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["message"].as_str().is_some_and(|m| {
+                m.starts_with(&format!(
+                    "adapter refused: ABI version mismatch: expected {abi} (compatible), found 0.0.1 ("
+                )) && m.ends_with("old-vendor.so)")
+            })
+        })
+        .collect();
     assert_eq!(refused.len(), 1, "{:#?}", d.logs());
     let line = &refused[0];
     assert!(line["path"].as_str().unwrap().ends_with("old-vendor.so"));
@@ -42,7 +51,15 @@ async fn libraries_built_against_another_abi_or_not_libraries_are_refused() {
             .into_iter()
             .filter(|l| l.contains("adapter refused") && l.contains(file))
             .collect();
-        assert_eq!(refused.len(), 1, "{file} is refused with one line");
+        assert_eq!(
+            refused.len(),
+            1,
+            "{file} is refused with one line: {:#?}",
+            d.logs()
+                .into_iter()
+                .filter(|l| l.contains("adapter"))
+                .collect::<Vec<_>>()
+        );
     }
     assert_eq!(d.log_events("adapter loaded").len(), 1);
 

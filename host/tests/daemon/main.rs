@@ -26,4 +26,5 @@ mod shutdown;
 mod state;
 mod stream;
 mod tasks;
+mod upgrades;
 mod watch;
