@@ -111,6 +111,7 @@ mod tests {
             sha256: Sha256::digest(secret.as_bytes()).into(),
             budget: None,
             rate: None,
+            group: None,
         }
     }
 

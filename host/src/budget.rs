@@ -8,7 +8,7 @@
 //! settles wait in a bounded queue retried by the background task; a reservation whose
 //! daemon dies is settled at its reserved amount when its lease ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{BudgetLimits, BudgetSettings, RateLimits};
@@ -48,6 +48,8 @@ pub enum Refused {
         retry_after_ms: Option<u64>,
     },
     OverRate {
+        /// `key:<name>` or `group:<name>`.
+        subject: String,
         limit: &'static str,
         retry_after_ms: u64,
         rate: RateState,
@@ -64,6 +66,9 @@ pub struct Ledger {
     key_limits: HashMap<String, BudgetLimits>,
     rate: RateLimits,
     key_rates: HashMap<String, RateLimits>,
+    /// Tenant groups' limits, and each key's group.
+    groups: BTreeMap<String, RateLimits>,
+    key_groups: HashMap<String, String>,
     store: Arc<crate::store::Observed>,
     /// Settles the store refused; the ledger's own lock, never held across a store call.
     pending: Mutex<Vec<(Reservation, Amount)>>,
@@ -110,9 +115,23 @@ impl Ledger {
             key_limits,
             rate,
             key_rates,
+            groups: BTreeMap::new(),
+            key_groups: HashMap::new(),
             store,
             pending: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Tenant groups: `groups` by name, and the group of each key that has one. A key's
+    /// requests count against its group's limits as well as its own.
+    pub fn with_groups(
+        mut self,
+        groups: BTreeMap<String, RateLimits>,
+        key_groups: HashMap<String, String>,
+    ) -> Self {
+        self.groups = groups;
+        self.key_groups = key_groups;
+        self
     }
 
     pub fn store_name(&self) -> &'static str {
@@ -167,15 +186,28 @@ impl Ledger {
             .collect()
     }
 
-    fn rate_limit(&self, key: &str) -> Option<RateLimit> {
-        let r = self.key_rates.get(key).copied().unwrap_or(self.rate);
-        (!r.is_unlimited()).then(|| RateLimit {
-            subject: format!("key:{key}"),
-            requests: r.requests,
-            tokens: r.tokens,
-            concurrent: r.concurrent,
-            window_ms: r.window_ms,
-        })
+    /// The rate limits a request of `key` is charged against: the key's own, then its
+    /// tenant group's.
+    fn rate_limits(&self, key: &str) -> Vec<RateLimit> {
+        let limit = |subject: String, r: RateLimits| {
+            (!r.is_unlimited()).then_some(RateLimit {
+                subject,
+                requests: r.requests,
+                tokens: r.tokens,
+                concurrent: r.concurrent,
+                window_ms: r.window_ms,
+            })
+        };
+        let own = limit(
+            format!("key:{key}"),
+            self.key_rates.get(key).copied().unwrap_or(self.rate),
+        );
+        let group = self.key_groups.get(key).and_then(|g| {
+            self.groups
+                .get(g)
+                .and_then(|r| limit(format!("group:{g}"), *r))
+        });
+        own.into_iter().chain(group).collect()
     }
 
     /// What the key and the session have left in their current windows (what the budget
@@ -227,7 +259,7 @@ impl Ledger {
         lease_ms: u64,
     ) -> Result<(Reservation, Headroom, Option<RateState>), Refused> {
         let budgets = self.all_budgets(key, session, model);
-        let rate = self.rate_limit(key);
+        let rates = self.rate_limits(key);
         let mut reservation = Reservation {
             id: id.to_owned(),
             key: key.to_owned(),
@@ -236,14 +268,14 @@ impl Ledger {
             rate_tokens,
             stored: false,
         };
-        if budgets.is_empty() && rate.is_none() {
+        if budgets.is_empty() && rates.is_empty() {
             return Ok((reservation, Headroom::default(), None));
         }
         let op = ReserveOp {
             id,
             budgets: &budgets,
             amount,
-            rate: rate.as_ref(),
+            rates: &rates,
             rate_tokens,
             now_ms: now_ms(),
             lease_ms,
@@ -262,7 +294,7 @@ impl Ledger {
                         (a, b) => a.or(b),
                     };
                 }
-                Ok((reservation, headroom, rate.map(|_| state)))
+                Ok((reservation, headroom, (!rates.is_empty()).then_some(state)))
             }
             Decision::OverBudget {
                 account,
@@ -274,12 +306,14 @@ impl Ledger {
                 retry_after_ms,
             }),
             Decision::OverRate {
+                subject,
                 limit,
                 retry_after_ms,
                 rate,
             } => {
                 crate::metrics::rate_limited(limit);
                 Err(Refused::OverRate {
+                    subject,
                     limit,
                     retry_after_ms,
                     rate,

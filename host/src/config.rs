@@ -138,6 +138,8 @@ pub struct Settings {
     pub allowed_hosts: Vec<String>,
     pub budgets: BudgetSettings,
     pub rate_limits: RateLimits,
+    /// Rate limits of tenant groups, by group name (keys name their group).
+    pub rate_groups: std::collections::BTreeMap<String, RateLimits>,
     pub state: StateBackend,
     /// How long after its task's deadline an unsettled reservation is reaped.
     pub lease_margin: Duration,
@@ -281,6 +283,8 @@ pub struct ApiKeySettings {
     pub sha256: [u8; 32],
     /// Overrides `rate_limits.per_key` for this key.
     pub rate: Option<RateLimits>,
+    /// The tenant group whose rate limits the key shares, if any.
+    pub group: Option<String>,
     /// Overrides `budgets.per_key` for this key.
     pub budget: Option<BudgetLimits>,
 }

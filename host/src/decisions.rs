@@ -439,19 +439,26 @@ fn refused(r: Refused) -> ApiError {
             err
         }
         Refused::OverRate {
+            subject,
             limit,
             retry_after_ms,
             rate,
-        } => ApiError::new(
-            ErrorCode::AdmissionReject,
-            match limit {
-                "concurrent" => "rate limit: too many tasks running for this key".to_owned(),
-                other => format!("rate limit: this key's {other} per window are used up"),
-            },
-        )
-        .policy_label("rate_limit")
-        .retry_after_ms(retry_after_ms)
-        .rate(rate),
+        } => {
+            let whose = match subject.strip_prefix("group:") {
+                Some(group) => format!("tenant group {group:?}"),
+                None => "this key".to_owned(),
+            };
+            ApiError::new(
+                ErrorCode::AdmissionReject,
+                match limit {
+                    "concurrent" => format!("rate limit: too many tasks running for {whose}"),
+                    other => format!("rate limit: {whose}'s {other} per window are used up"),
+                },
+            )
+            .policy_label("rate_limit")
+            .retry_after_ms(retry_after_ms)
+            .rate(rate)
+        }
         Refused::StoreDown(e) => store_down(e),
     }
 }

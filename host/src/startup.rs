@@ -258,6 +258,14 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
                 .filter_map(|k| k.rate.map(|r| (k.name.clone(), r)))
                 .collect(),
             Arc::clone(&store),
+        )
+        .with_groups(
+            settings.rate_groups.clone(),
+            settings
+                .api_keys
+                .iter()
+                .filter_map(|k| k.group.clone().map(|g| (k.name.clone(), g)))
+                .collect(),
         ),
         directory: crate::directory::Directory::new(
             Arc::clone(&store) as Arc<dyn crate::store::Store>,

@@ -150,6 +150,48 @@ pub struct RateLimit {
     pub window_ms: u64,
 }
 
+impl RateState {
+    /// Of two limits' states, the one a client runs into first: fewer requests left, then
+    /// fewer tokens left (what `X-RateLimit-*` report when several limits apply).
+    pub fn tighter(self, other: RateState) -> RateState {
+        let key = |s: &RateState| {
+            (
+                s.requests_left.unwrap_or(u64::MAX),
+                s.tokens_left.unwrap_or(u64::MAX),
+            )
+        };
+        if key(&other) < key(&self) {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// `rate`'s state with `requests` and `tokens` counted in its window, plus this
+    /// request's own if `charged`.
+    pub fn of(
+        rate: &RateLimit,
+        requests: u64,
+        tokens: u64,
+        rate_tokens: u64,
+        charged: bool,
+        reset_ms: u64,
+    ) -> Self {
+        let (req, tok) = if charged {
+            (requests + 1, tokens + rate_tokens)
+        } else {
+            (requests, tokens)
+        };
+        RateState {
+            requests_limit: rate.requests,
+            requests_left: rate.requests.map(|l| l.saturating_sub(req)),
+            tokens_limit: rate.tokens,
+            tokens_left: rate.tokens.map(|l| l.saturating_sub(tok)),
+            reset_ms,
+        }
+    }
+}
+
 /// One atomic reservation.
 #[derive(Debug, Clone)]
 pub struct ReserveOp<'a> {
@@ -157,8 +199,9 @@ pub struct ReserveOp<'a> {
     pub id: &'a str,
     pub budgets: &'a [Budget],
     pub amount: Amount,
-    pub rate: Option<&'a RateLimit>,
-    /// Tokens charged against the tokens-per-window limit (corrected at settle).
+    /// The rate limits that apply (the key's, its tenant group's); each is charged.
+    pub rates: &'a [RateLimit],
+    /// Tokens charged against the tokens-per-window limits (corrected at settle).
     pub rate_tokens: u64,
     pub now_ms: u64,
     /// The reservation is reaped (settled at its reserved amount) after this long.
@@ -188,8 +231,10 @@ pub enum Decision {
         what: &'static str,
         retry_after_ms: Option<u64>,
     },
-    /// A rate limit: `limit` is `requests`, `tokens` or `concurrent`.
+    /// A rate limit: `limit` is `requests`, `tokens` or `concurrent`, of `subject`
+    /// (`key:<name>` or `group:<name>`).
     OverRate {
+        subject: String,
         limit: &'static str,
         retry_after_ms: u64,
         rate: RateState,

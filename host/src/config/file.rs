@@ -165,6 +165,9 @@ struct KeyFile {
     budget: Option<BudgetLimits>,
     #[serde(default)]
     rate: Option<RateLimits>,
+    /// The tenant group whose rate limits (`[rate_limits.groups.<name>]`) the key shares.
+    #[serde(default)]
+    group: Option<String>,
 }
 
 impl std::fmt::Debug for KeyFile {
@@ -222,6 +225,7 @@ fn api_keys(
             sha256,
             budget: k.budget,
             rate: k.rate,
+            group: k.group.clone(),
         });
     }
     let from_file = match keys_file {
@@ -266,6 +270,7 @@ fn api_keys(
             sha256: digest(key),
             budget: None,
             rate: None,
+            group: None,
         });
     }
     let mut names = HashSet::new();
@@ -302,6 +307,10 @@ struct BudgetsFile {
 struct RateLimitsFile {
     #[serde(default)]
     per_key: RateLimits,
+    /// Limits shared by every key of a tenant group (`group = "<name>"` on a key), on top
+    /// of each key's own.
+    #[serde(default)]
+    groups: std::collections::BTreeMap<String, RateLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -778,6 +787,28 @@ impl FileConfig {
             cli.api_keys.as_deref(),
             cli.api_keys_file.as_deref(),
         )?;
+        for (name, group) in &self.rate_limits.groups {
+            if !valid_id(name) {
+                return Err(invalid(format!(
+                    "rate_limits.groups: group name {name:?} must be 1-128 chars of [A-Za-z0-9._:-]"
+                )));
+            }
+            if group.window_ms == 0 {
+                return Err(invalid(format!(
+                    "rate_limits.groups.{name}: window_ms must be at least 1"
+                )));
+            }
+        }
+        for k in &api_keys {
+            if let Some(g) = &k.group
+                && !self.rate_limits.groups.contains_key(g)
+            {
+                return Err(invalid(format!(
+                    "auth.keys {:?}: group {g:?} is not defined; add [rate_limits.groups.{g}]",
+                    k.name
+                )));
+            }
+        }
         if api_keys.is_empty() && !addr.ip().is_loopback() {
             return Err(invalid(format!(
                 "serving on non-loopback {addr} needs API keys ([[auth.keys]] or ORCHD_API_KEYS); open mode is loopback-only"
@@ -878,6 +909,7 @@ impl FileConfig {
                     .settings("error_mapping", &policies_dir)?,
             },
             rate_limits: self.rate_limits.per_key,
+            rate_groups: self.rate_limits.groups.clone(),
             lease_margin: Duration::from_millis(self.state.lease_margin_ms),
             advertise: self
                 .state

@@ -81,6 +81,19 @@ fn bad_configs_are_one_line_naming_the_problem() {
         &DEFAULT_TOML.replace("id = \"mock\"", "id = \"bad id\""),
         "pool id \"bad id\"",
     );
+    let keyed = |group_table: &str| {
+        format!(
+            "[[auth.keys]]\nname = \"a\"\nrole = \"data\"\nkey = \"k\"\ngroup = \"team\"\n\n{group_table}\n{DEFAULT_TOML}"
+        )
+    };
+    check_error(
+        &keyed(""),
+        "auth.keys \"a\": group \"team\" is not defined; add [rate_limits.groups.team]",
+    );
+    let s = load_text(&keyed("[rate_limits.groups.team]\nrequests = 10\n"), &[]).unwrap();
+    assert_eq!(s.rate_groups["team"].requests, Some(10));
+    assert_eq!(s.rate_groups["team"].window_ms, 60_000);
+    assert_eq!(s.api_keys[0].group.as_deref(), Some("team"));
 }
 
 #[test]

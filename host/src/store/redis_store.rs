@@ -34,18 +34,21 @@ for i, b in ipairs(op.budgets) do
   elseif b.c >= 0 and c + op.c > b.c + 1e-9 then what = 'cost' end
   if what then return cjson.encode({d = 'budget', i = i - 1, what = what}) end
 end
-local req, tok, run = 0, 0, 0
-local r = op.rate
-if r == cjson.null then r = nil end
-if r then
-  req = num(redis.call('GET', r.rk))
-  tok = num(redis.call('GET', r.tk))
-  run = num(redis.call('GET', r.ck))
+-- Every rate limit (the key's, its tenant group's) is checked before any is charged.
+local counts = {}
+for i, r in ipairs(op.rates) do
+  local req = num(redis.call('GET', r.rk))
+  local tok = num(redis.call('GET', r.tk))
+  local run = num(redis.call('GET', r.ck))
+  counts[i] = {req, tok}
   local limit = nil
   if r.requests >= 0 and req + 1 > r.requests then limit = 'requests'
   elseif r.tokens >= 0 and tok + op.rt > r.tokens then limit = 'tokens'
   elseif r.concurrent >= 0 and run + 1 > r.concurrent then limit = 'concurrent' end
-  if limit then return cjson.encode({d = 'rate', limit = limit, req = req, tok = tok}) end
+  if limit then return cjson.encode({d = 'rate', i = i - 1, limit = limit, req = req, tok = tok}) end
+end
+local charged = {}
+for i, r in ipairs(op.rates) do
   if r.requests >= 0 then
     redis.call('INCR', r.rk)
     redis.call('PEXPIREAT', r.rk, r.reset + 60000)
@@ -55,6 +58,10 @@ if r then
     redis.call('PEXPIREAT', r.tk, r.reset + 60000)
   end
   if r.concurrent >= 0 then redis.call('INCR', r.ck) end
+  local c = {}
+  if r.tokens >= 0 then c.tk = r.tk; c.rt = op.rt end
+  if r.concurrent >= 0 then c.ck = r.ck end
+  charged[i] = c
 end
 local entries = {}
 for i, b in ipairs(op.budgets) do
@@ -64,14 +71,10 @@ for i, b in ipairs(op.budgets) do
   if b.e >= 0 then redis.call('PEXPIREAT', b.k, b.e + 86400000) end
   entries[i] = {k = b.k, t = op.t, ms = op.ms, c = op.c}
 end
-local rec = {e = entries}
-if r then
-  if r.tokens >= 0 then rec.tk = r.tk; rec.rt = op.rt end
-  if r.concurrent >= 0 then rec.ck = r.ck end
-end
+local rec = {e = entries, rs = charged}
 redis.call('SET', rkey, cjson.encode(rec))
 redis.call('ZADD', p .. 'leases', op.lease_until, op.id)
-return cjson.encode({d = 'ok', spent = spent, req = req, tok = tok})
+return cjson.encode({d = 'ok', spent = spent, counts = counts})
 "#;
 
 const SETTLE: &str = r#"
@@ -96,14 +99,19 @@ for _, e in ipairs(rec.e) do
   adjust(e.k, 'ms', ms - e.ms, false)
   adjust(e.k, 'c', c - e.c, true)
 end
-if rec.tk and redis.call('EXISTS', rec.tk) == 1 then
-  local cur = tonumber(redis.call('GET', rec.tk)) or 0
-  local new = cur + rt - rec.rt
-  if new < 0 then new = 0 end
-  redis.call('SET', rec.tk, string.format('%d', new), 'KEEPTTL')
-end
-if rec.ck then
-  if (tonumber(redis.call('GET', rec.ck)) or 0) > 0 then redis.call('DECR', rec.ck) end
+-- The rate limits charged: a list, or one (a reservation from before tenant groups).
+local charged = rec.rs
+if charged == nil or charged == cjson.null then charged = {{tk = rec.tk, rt = rec.rt, ck = rec.ck}} end
+for _, c in ipairs(charged) do
+  if c.tk and redis.call('EXISTS', c.tk) == 1 then
+    local cur = tonumber(redis.call('GET', c.tk)) or 0
+    local new = cur + rt - c.rt
+    if new < 0 then new = 0 end
+    redis.call('SET', c.tk, string.format('%d', new), 'KEEPTTL')
+  end
+  if c.ck then
+    if (tonumber(redis.call('GET', c.ck)) or 0) > 0 then redis.call('DECR', c.ck) end
+  end
 end
 redis.call('DEL', rkey)
 redis.call('ZREM', p .. 'leases', id)
@@ -118,7 +126,11 @@ for _, id in ipairs(ids) do
   local raw = redis.call('GET', rkey)
   if raw then
     local rec = cjson.decode(raw)
-    if rec.ck and (tonumber(redis.call('GET', rec.ck)) or 0) > 0 then redis.call('DECR', rec.ck) end
+    local charged = rec.rs
+    if charged == nil or charged == cjson.null then charged = {{ck = rec.ck}} end
+    for _, c in ipairs(charged) do
+      if c.ck and (tonumber(redis.call('GET', c.ck)) or 0) > 0 then redis.call('DECR', c.ck) end
+    end
     redis.call('DEL', rkey)
   end
   redis.call('ZREM', p .. 'leases', id)
@@ -267,22 +279,33 @@ impl Store for RedisStore {
                 })
             })
             .collect();
-        let mut reset = 0;
-        let rate = op.rate.map(|r| {
-            let window = r.window_ms.max(1);
-            let start = op.now_ms - op.now_ms % window;
-            reset = start + window;
-            let key = |kind: &str, w: u64| format!("{}q:{kind}:{}:{w}", self.prefix, r.subject);
-            json!({
-                "rk": key("rpm", start),
-                "tk": key("tpm", start),
-                "ck": key("conc", 0),
-                "requests": cap(r.requests),
-                "tokens": cap(r.tokens),
-                "concurrent": cap(r.concurrent),
-                "reset": reset,
+        // Each rate limit's window start and end.
+        let windows: Vec<(u64, u64)> = op
+            .rates
+            .iter()
+            .map(|r| {
+                let window = r.window_ms.max(1);
+                let start = op.now_ms - op.now_ms % window;
+                (start, start + window)
             })
-        });
+            .collect();
+        let rates: Vec<Value> = op
+            .rates
+            .iter()
+            .zip(&windows)
+            .map(|(r, &(start, reset))| {
+                let key = |kind: &str, w: u64| format!("{}q:{kind}:{}:{w}", self.prefix, r.subject);
+                json!({
+                    "rk": key("rpm", start),
+                    "tk": key("tpm", start),
+                    "ck": key("conc", 0),
+                    "requests": cap(r.requests),
+                    "tokens": cap(r.tokens),
+                    "concurrent": cap(r.concurrent),
+                    "reset": reset,
+                })
+            })
+            .collect();
         let arg = json!({
             "prefix": self.prefix,
             "id": op.id,
@@ -290,25 +313,22 @@ impl Store for RedisStore {
             "t": op.amount.tokens,
             "ms": op.amount.time_ms,
             "c": op.amount.cost,
-            "rate": rate,
+            "rates": rates,
             "rt": op.rate_tokens,
             "lease_until": op.now_ms + op.lease_ms,
         });
         let out: String = self.with(|conn| self.reserve.arg(arg.to_string()).invoke(conn))?;
         let out: Value = serde_json::from_str(&out).map_err(err)?;
-        let rate_state = |req: u64, tok: u64, charged: bool| match op.rate {
-            Some(r) => RateState {
-                requests_limit: r.requests,
-                requests_left: r
-                    .requests
-                    .map(|l| l.saturating_sub(req + u64::from(charged))),
-                tokens_limit: r.tokens,
-                tokens_left: r
-                    .tokens
-                    .map(|l| l.saturating_sub(tok + if charged { op.rate_tokens } else { 0 })),
-                reset_ms: reset,
-            },
-            None => RateState::default(),
+        let state = |i: usize, counts: &Value, charged: bool| {
+            let c = |k: usize| counts[k].as_f64().unwrap_or(0.0) as u64;
+            RateState::of(
+                &op.rates[i],
+                c(0),
+                c(1),
+                op.rate_tokens,
+                charged,
+                windows[i].1,
+            )
         };
         let n = |k: &str| out[k].as_f64().unwrap_or(0.0) as u64;
         match out["d"].as_str() {
@@ -322,10 +342,11 @@ impl Store for RedisStore {
                         cost: s[2].as_f64().unwrap_or(0.0) + op.amount.cost,
                     })
                     .collect();
-                Ok(Decision::Reserved {
-                    left,
-                    rate: rate_state(n("req"), n("tok"), true),
-                })
+                let rate = (0..op.rates.len())
+                    .map(|i| state(i, &out["counts"][i], true))
+                    .reduce(RateState::tighter)
+                    .unwrap_or_default();
+                Ok(Decision::Reserved { left, rate })
             }
             Some("budget") => {
                 let b = &op.budgets[n("i") as usize];
@@ -348,14 +369,16 @@ impl Store for RedisStore {
                     Some("tokens") => "tokens",
                     _ => "concurrent",
                 };
+                let i = (n("i") as usize).min(op.rates.len().saturating_sub(1));
                 Ok(Decision::OverRate {
+                    subject: op.rates[i].subject.clone(),
                     limit,
                     retry_after_ms: if limit == "concurrent" {
                         1_000
                     } else {
-                        reset.saturating_sub(op.now_ms).max(1)
+                        windows[i].1.saturating_sub(op.now_ms).max(1)
                     },
-                    rate: rate_state(n("req"), n("tok"), false),
+                    rate: state(i, &json!([n("req"), n("tok")]), false),
                 })
             }
             Some("dup") => Err(StoreError(format!("reservation {} exists", op.id))),
@@ -567,7 +590,7 @@ mod tests {
                 time_ms: 5,
                 cost: 0.25,
             },
-            rate: None,
+            rates: &[],
             rate_tokens: 0,
             now_ms,
             lease_ms: 1_000,
@@ -626,7 +649,7 @@ mod tests {
         let none: [Budget; 0] = [];
         let reserve = |id: &str, now: u64| {
             let mut o = op(id, &none, 0, now);
-            o.rate = Some(&rate);
+            o.rates = std::slice::from_ref(&rate);
             s.reserve(&o).unwrap()
         };
         assert!(matches!(
@@ -662,5 +685,45 @@ mod tests {
             reserve("r5", at(21_200)),
             Decision::Reserved { .. }
         ));
+        // A tenant group's limit is shared by its keys and checked with each key's own;
+        // a refusal charges none of them.
+        let limit = |subject: &str, requests: u64| RateLimit {
+            subject: subject.into(),
+            requests: Some(requests),
+            tokens: None,
+            concurrent: None,
+            window_ms: 60_000,
+        };
+        let group = limit("group:team", 3);
+        let (a, b) = (
+            [limit("key:a", 10), group.clone()],
+            [limit("key:b", 10), group],
+        );
+        let with = |id: &str, rates: &[RateLimit]| {
+            let mut o = op(id, &none, 0, at(30_000));
+            o.rates = rates;
+            s.reserve(&o).unwrap()
+        };
+        for (id, rates) in [("g1", &a), ("g2", &b), ("g3", &a)] {
+            match with(id, rates) {
+                Decision::Reserved { rate, .. } => assert!(rate.requests_left.unwrap() < 3),
+                other => panic!("{other:?}"),
+            }
+        }
+        match with("g4", &b) {
+            Decision::OverRate {
+                subject,
+                limit: "requests",
+                rate,
+                ..
+            } => {
+                assert_eq!(subject, "group:team");
+                assert_eq!(rate.requests_left, Some(0));
+            }
+            other => panic!("{other:?}"),
+        }
+        for id in ["g1", "g2", "g3"] {
+            assert!(s.settle(id, Amount::default(), 0).unwrap());
+        }
     }
 }

@@ -83,6 +83,38 @@ fn rate_account(kind: &str, subject: &str) -> String {
     format!("{kind}:{subject}")
 }
 
+/// A rate limit a reservation charged: subject, window, tokens charged, and whether it
+/// counts a running task.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RateEntry {
+    s: String,
+    w: u64,
+    t: u64,
+    c: bool,
+}
+
+/// The rate limits of a reservation row: the `rates` list, or the one limit of a row
+/// written before tenant groups (`rate_subject`, `rate_window`, `rate_tokens`,
+/// `concurrent`).
+fn rate_entries(
+    rates: Option<String>,
+    subject: Option<String>,
+    window: i64,
+    tokens: i64,
+    concurrent: i64,
+) -> Result<Vec<RateEntry>, StoreError> {
+    match (rates, subject) {
+        (Some(list), _) => serde_json::from_str(&list).map_err(err),
+        (None, Some(s)) => Ok(vec![RateEntry {
+            s,
+            w: window as u64,
+            t: tokens as u64,
+            c: concurrent != 0,
+        }]),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Entry {
     a: String,
@@ -140,6 +172,15 @@ impl SqliteStore {
                 )
             })
             .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        // Files from before tenant groups: reservations charged one rate limit, in the
+        // columns above; now a list of them.
+        if conn
+            .prepare("SELECT rates FROM reservations LIMIT 0")
+            .is_err()
+        {
+            conn.execute_batch("ALTER TABLE reservations ADD COLUMN rates TEXT")
+                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        }
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("orchd-state-sqlite".into())
@@ -230,7 +271,7 @@ impl Store for SqliteStore {
     fn reserve(&self, op: &ReserveOp<'_>) -> Result<Decision, StoreError> {
         let id = op.id.to_owned();
         let budgets = op.budgets.to_vec();
-        let rate = op.rate.cloned();
+        let rates = op.rates.to_vec();
         let (amount, rate_tokens, now_ms, lease_ms) =
             (op.amount, op.rate_tokens, op.now_ms, op.lease_ms);
         self.call(move |tx| {
@@ -240,7 +281,7 @@ impl Store for SqliteStore {
                     id: &id,
                     budgets: &budgets,
                     amount,
-                    rate: rate.as_ref(),
+                    rates: &rates,
                     rate_tokens,
                     now_ms,
                     lease_ms,
@@ -436,13 +477,13 @@ fn reserve_in(tx: &Connection, op: &ReserveOp<'_>) -> Result<Decision, StoreErro
     if let Some(denied) = over_budget(op.budgets, &spent, &op.amount, op.now_ms) {
         return Ok(denied);
     }
-    let mut rate_state = RateState::default();
-    let mut rate_window = 0;
-    if let Some(rate) = op.rate {
+    // Every limit is checked before any is charged.
+    let mut rate_state: Option<RateState> = None;
+    let mut charged = Vec::with_capacity(op.rates.len());
+    for rate in op.rates {
         let window = rate.window_ms.max(1);
-        rate_window = op.now_ms - op.now_ms % window;
+        let rate_window = op.now_ms - op.now_ms % window;
         let reset = rate_window + window;
-        rate_state.reset_ms = reset;
         let requests = read(tx, &rate_account("rpm", &rate.subject), rate_window)
             .map_err(err)?
             .tokens;
@@ -452,10 +493,6 @@ fn reserve_in(tx: &Connection, op: &ReserveOp<'_>) -> Result<Decision, StoreErro
         let running = read(tx, &rate_account("conc", &rate.subject), 0)
             .map_err(err)?
             .tokens;
-        rate_state.requests_limit = rate.requests;
-        rate_state.requests_left = rate.requests.map(|l| l.saturating_sub(requests));
-        rate_state.tokens_limit = rate.tokens;
-        rate_state.tokens_left = rate.tokens.map(|l| l.saturating_sub(tokens));
         let to_reset = reset.saturating_sub(op.now_ms).max(1);
         let over = if rate.requests.is_some_and(|l| requests + 1 > l) {
             Some(("requests", to_reset))
@@ -468,11 +505,18 @@ fn reserve_in(tx: &Connection, op: &ReserveOp<'_>) -> Result<Decision, StoreErro
         };
         if let Some((limit, retry_after_ms)) = over {
             return Ok(Decision::OverRate {
+                subject: rate.subject.clone(),
                 limit,
                 retry_after_ms,
-                rate: rate_state,
+                rate: RateState::of(rate, requests, tokens, op.rate_tokens, false, reset),
             });
         }
+        let state = RateState::of(rate, requests, tokens, op.rate_tokens, true, reset);
+        rate_state = Some(rate_state.map_or(state, |s| s.tighter(state)));
+        charged.push((rate, rate_window, reset));
+    }
+    let mut rate_entries = Vec::with_capacity(charged.len());
+    for (rate, rate_window, reset) in charged {
         let expires = Some(reset);
         if rate.requests.is_some() {
             add(
@@ -485,7 +529,6 @@ fn reserve_in(tx: &Connection, op: &ReserveOp<'_>) -> Result<Decision, StoreErro
                 0.0,
             )
             .map_err(err)?;
-            rate_state.requests_left = rate_state.requests_left.map(|l| l - 1);
         }
         if rate.tokens.is_some() {
             add(
@@ -498,11 +541,20 @@ fn reserve_in(tx: &Connection, op: &ReserveOp<'_>) -> Result<Decision, StoreErro
                 0.0,
             )
             .map_err(err)?;
-            rate_state.tokens_left = rate_state.tokens_left.map(|l| l - op.rate_tokens);
         }
         if rate.concurrent.is_some() {
             add(tx, &rate_account("conc", &rate.subject), 0, None, 1, 0, 0.0).map_err(err)?;
         }
+        rate_entries.push(RateEntry {
+            s: rate.subject.clone(),
+            w: rate_window,
+            t: if rate.tokens.is_some() {
+                op.rate_tokens
+            } else {
+                0
+            },
+            c: rate.concurrent.is_some(),
+        });
     }
     let mut entries = Vec::with_capacity(op.budgets.len());
     let mut left = Vec::with_capacity(op.budgets.len());
@@ -532,27 +584,18 @@ fn reserve_in(tx: &Connection, op: &ReserveOp<'_>) -> Result<Decision, StoreErro
         });
     }
     tx.execute(
-        "INSERT INTO reservations
-                 (id, entries, rate_subject, rate_window, rate_tokens, concurrent, lease_until)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO reservations (id, entries, rates, lease_until) VALUES (?1, ?2, ?3, ?4)",
         params![
             op.id,
             serde_json::to_string(&entries).expect("entries serialize"),
-            op.rate.map(|r| r.subject.as_str()),
-            rate_window as i64,
-            if op.rate.is_some_and(|r| r.tokens.is_some()) {
-                op.rate_tokens as i64
-            } else {
-                0
-            },
-            i64::from(op.rate.is_some_and(|r| r.concurrent.is_some())),
+            serde_json::to_string(&rate_entries).expect("rate entries serialize"),
             (op.now_ms + op.lease_ms) as i64,
         ],
     )
     .map_err(|e| err(format!("reservation {}: {e}", op.id)))?;
     Ok(Decision::Reserved {
         left,
-        rate: rate_state,
+        rate: rate_state.unwrap_or_default(),
     })
 }
 
@@ -564,7 +607,7 @@ fn settle_in(
 ) -> Result<bool, StoreError> {
     let row = tx
         .query_row(
-            "SELECT entries, rate_subject, rate_window, rate_tokens, concurrent
+            "SELECT entries, rate_subject, rate_window, rate_tokens, concurrent, rates
                  FROM reservations WHERE id = ?1",
             params![id],
             |r| {
@@ -574,12 +617,13 @@ fn settle_in(
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             },
         )
         .optional()
         .map_err(err)?;
-    let Some((entries, subject, rate_window, reserved_rate_tokens, concurrent)) = row else {
+    let Some((entries, subject, window, tokens, concurrent, rates)) = row else {
         return Ok(false);
     };
     let entries: Vec<Entry> = serde_json::from_str(&entries).map_err(err)?;
@@ -595,21 +639,21 @@ fn settle_in(
         )
         .map_err(err)?;
     }
-    if let Some(subject) = &subject {
-        if reserved_rate_tokens > 0 {
+    for r in rate_entries(rates, subject, window, tokens, concurrent)? {
+        if r.t > 0 {
             add(
                 tx,
-                &rate_account("tpm", subject),
-                rate_window as u64,
+                &rate_account("tpm", &r.s),
+                r.w,
                 None,
-                rate_tokens as i64 - reserved_rate_tokens,
+                rate_tokens as i64 - r.t as i64,
                 0,
                 0.0,
             )
             .map_err(err)?;
         }
-        if concurrent != 0 {
-            add(tx, &rate_account("conc", subject), 0, None, -1, 0, 0.0).map_err(err)?;
+        if r.c {
+            add(tx, &rate_account("conc", &r.s), 0, None, -1, 0, 0.0).map_err(err)?;
         }
     }
     tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
@@ -618,20 +662,26 @@ fn settle_in(
 }
 
 fn reap_in(tx: &Connection, now_ms: u64) -> Result<usize, StoreError> {
-    let expired: Vec<(String, Option<String>, i64)> = {
+    type Row = (String, Option<String>, i64, Option<String>);
+    let expired: Vec<Row> = {
         let mut q = tx
-            .prepare("SELECT id, rate_subject, concurrent FROM reservations WHERE lease_until < ?1")
+            .prepare(
+                "SELECT id, rate_subject, concurrent, rates FROM reservations WHERE lease_until < ?1",
+            )
             .map_err(err)?;
         let rows = q
             .query_map(params![now_ms as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .map_err(err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(err)?
     };
-    for (id, subject, concurrent) in &expired {
-        if let (Some(subject), 1) = (subject, concurrent) {
-            add(tx, &rate_account("conc", subject), 0, None, -1, 0, 0.0).map_err(err)?;
+    // Spend stays at the reserved amount; only running-task counts are given back.
+    for (id, subject, concurrent, rates) in expired.iter().cloned() {
+        for r in rate_entries(rates, subject, 0, 0, concurrent)? {
+            if r.c {
+                add(tx, &rate_account("conc", &r.s), 0, None, -1, 0, 0.0).map_err(err)?;
+            }
         }
         tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
             .map_err(err)?;
@@ -763,7 +813,7 @@ mod tests {
                 tokens,
                 ..Amount::default()
             },
-            rate: None,
+            rates: &[],
             rate_tokens: 0,
             now_ms,
             lease_ms: 1_000,
@@ -858,13 +908,13 @@ mod tests {
             window_ms: 60_000,
         };
         let mut first = op("t1", &b, 40, 1_000);
-        first.rate = Some(&rate);
+        first.rates = std::slice::from_ref(&rate);
         assert!(matches!(
             s.reserve(&first).unwrap(),
             Decision::Reserved { .. }
         ));
         let mut second = op("t2", &b, 1, 1_100);
-        second.rate = Some(&rate);
+        second.rates = std::slice::from_ref(&rate);
         assert!(matches!(
             s.reserve(&second).unwrap(),
             Decision::OverRate {
@@ -903,7 +953,7 @@ mod tests {
         let b: [Budget; 0] = [];
         let reserve = |id: &str, now: u64, tokens: u64| {
             let mut o = op(id, &b, 0, now);
-            o.rate = Some(&rate);
+            o.rates = std::slice::from_ref(&rate);
             o.rate_tokens = tokens;
             s.reserve(&o).unwrap()
         };
@@ -927,5 +977,69 @@ mod tests {
         // Settled at 20 tokens instead of 95: 75 come back to the window.
         assert!(s.settle("d", Amount::default(), 20).unwrap());
         assert!(matches!(reserve("e", 6_100, 70), Decision::Reserved { .. }));
+    }
+
+    #[test]
+    fn a_tenant_groups_limit_is_shared_by_its_keys_and_checked_with_each_keys_own() {
+        let (_dir, s) = store();
+        let limit = |subject: &str, requests: u64| RateLimit {
+            subject: subject.into(),
+            requests: Some(requests),
+            tokens: None,
+            concurrent: Some(2),
+            window_ms: 1_000,
+        };
+        let group = limit("group:team", 3);
+        let (a, b) = (
+            [limit("key:a", 2), group.clone()],
+            [limit("key:b", 5), group],
+        );
+        let none: [Budget; 0] = [];
+        let reserve = |id: &str, rates: &[RateLimit], now: u64| {
+            let mut o = op(id, &none, 0, now);
+            o.rates = rates;
+            s.reserve(&o).unwrap()
+        };
+        match reserve("a1", &a, 5_100) {
+            // The headers report the limit the client meets first: the key's, 1 left.
+            Decision::Reserved { rate, .. } => assert_eq!(rate.requests_left, Some(1)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            reserve("b1", &b, 5_200),
+            Decision::Reserved { .. }
+        ));
+        // Two running tasks in the group: the group's concurrency refuses b, not b's own.
+        match reserve("b2", &b, 5_300) {
+            Decision::OverRate {
+                subject,
+                limit: "concurrent",
+                ..
+            } => assert_eq!(subject, "group:team"),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.settle("a1", Amount::default(), 0).unwrap());
+        assert!(matches!(
+            reserve("b3", &b, 5_400),
+            Decision::Reserved { .. }
+        ));
+        // Three requests in the group's window: a's next is over the group's limit, and
+        // a refusal charges nothing (b's own count is unchanged).
+        match reserve("a2", &a, 5_500) {
+            Decision::OverRate {
+                subject,
+                limit: "requests",
+                retry_after_ms,
+                ..
+            } => assert_eq!((subject.as_str(), retry_after_ms), ("group:team", 500)),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.settle("b1", Amount::default(), 0).unwrap());
+        assert!(s.settle("b3", Amount::default(), 0).unwrap());
+        // The next window starts from zero for everyone.
+        assert!(matches!(
+            reserve("a3", &a, 6_000),
+            Decision::Reserved { .. }
+        ));
     }
 }

@@ -663,3 +663,80 @@ async fn a_keys_budget_on_one_model_leaves_its_other_models_alone() {
         202
     );
 }
+
+#[tokio::test]
+async fn a_tenant_groups_rate_limit_is_shared_by_its_keys_across_daemons() {
+    let redis = Redis::start();
+    // Two keys of one tenant group, each with room of its own for 5 requests a minute; the
+    // group has room for 4 in all.
+    let head = format!(
+        "[[auth.keys]]\nname = \"alice\"\nrole = \"data\"\nkey = \"{KEY}\"\ngroup = \"team\"\n\n\
+         [[auth.keys]]\nname = \"bob\"\nrole = \"data\"\nkey = \"{KEY}-bob\"\ngroup = \"team\"\n\n\
+         [rate_limits]\nper_key = {{ requests = 5, window_ms = 60000 }}\n\n\
+         [rate_limits.groups.team]\nrequests = 4\nwindow_ms = 60000\n\n\
+         [state]\nbackend = \"redis\"\nurl = \"{}\"\n",
+        redis.url()
+    );
+    let daemons: Vec<Daemon> = (0..2)
+        .map(|_| DaemonBuilder::new(cfg(&head, "slots = 64, tokens_per_s = 2000.0")).start())
+        .collect();
+    let mut admitted = 0;
+    let mut refusals = Vec::new();
+    for i in 0..6 {
+        let key = if i % 2 == 0 {
+            KEY.to_owned()
+        } else {
+            format!("{KEY}-bob")
+        };
+        let resp = daemons[i % 2]
+            .http
+            .post(daemons[i % 2].url("/v1/tasks"))
+            .bearer_auth(key)
+            .json(&task("p", json!({"max_tokens": 1})))
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            202 => admitted += 1,
+            429 => {
+                assert!(resp.headers().get("retry-after").is_some());
+                refusals.push(resp.json::<Value>().await.unwrap());
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        admitted, 4,
+        "the group's 4, shared by both keys and both daemons"
+    );
+    assert_eq!(refusals.len(), 2);
+    for body in &refusals {
+        assert_eq!(body["code"], "ADMISSION_REJECT", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("tenant group \"team\"'s requests per window"),
+            "{body}"
+        );
+    }
+    // A key outside any group is limited by its own limit only.
+    let solo = format!(
+        "[[auth.keys]]\nname = \"carol\"\nrole = \"data\"\nkey = \"{KEY}\"\n\n\
+         [rate_limits]\nper_key = {{ requests = 5, window_ms = 60000 }}\n\n\
+         [rate_limits.groups.team]\nrequests = 4\nwindow_ms = 60000\n\n\
+         [state]\nbackend = \"redis\"\nurl = \"{}\"\n",
+        redis.url()
+    );
+    let d = DaemonBuilder::new(cfg(&solo, "slots = 64, tokens_per_s = 2000.0")).start();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            post(&d, &task("p", json!({"max_tokens": 1})))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [202, 202, 202, 202, 202, 429]);
+}
