@@ -107,6 +107,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// A dispatched task no client attached to within this long is canceled.
     pub attach_timeout: Duration,
+    /// Replicas a task is tried on before its first output (retry-elsewhere).
+    pub max_attempts: u32,
     /// Finished tasks stay streamable this long.
     pub retention: Duration,
     /// Memory finished tasks may hold together (`stream.retained_max_mib`).

@@ -241,14 +241,16 @@ impl Decisions {
     }
 
     /// Maps an engine failure through the error-mapping policy; when the policy fails, the
-    /// built-in table of API.md answers (counted, never hiding the error).
+    /// built-in table of API.md answers (counted, never hiding the error). With the error,
+    /// whether the policy lets another replica take a task that failed before its first
+    /// output (`retry-elsewhere`; the built-in table never does).
     pub fn map_failure(
         &self,
         f: &EngineFailure,
         engine: &str,
         pool_id: &str,
         attempt: u32,
-    ) -> ApiError {
+    ) -> (ApiError, bool) {
         let failure = error_mapping::Failure {
             kind: kind_name(f.kind).to_owned(),
             upstream_status: f.upstream_status,
@@ -276,11 +278,11 @@ impl Decisions {
                 if let Some(ms) = m.retry_after_ms {
                     err = err.retry_after_ms(ms);
                 }
-                err
+                (err, m.retry_elsewhere)
             }
             Err(failure) => {
                 fallback_logged(&failure);
-                errors::engine_failure(f, engine, pool_id)
+                (errors::engine_failure(f, engine, pool_id), false)
             }
         }
     }

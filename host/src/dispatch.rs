@@ -29,6 +29,8 @@ pub struct DispatchConfig {
     pub decode_idle_timeout: Duration,
     /// A started task no client attached to within this long is canceled.
     pub attach_timeout: Duration,
+    /// Replicas a task is tried on before its first output (retry-elsewhere).
+    pub max_attempts: u32,
 }
 
 impl From<&crate::config::Settings> for DispatchConfig {
@@ -36,6 +38,7 @@ impl From<&crate::config::Settings> for DispatchConfig {
         Self {
             decode_idle_timeout: settings.decode_idle_timeout,
             attach_timeout: settings.attach_timeout,
+            max_attempts: settings.max_attempts.max(1),
         }
     }
 }
@@ -200,10 +203,11 @@ async fn cancel_for_slow_reader(task: &Task, engine_version: &str) {
 }
 
 fn fail(task: &Task, err: ApiError) -> Option<Arc<dyn EngineJob>> {
+    let status = err.status().as_u16();
     let mut envelope = *err.envelope;
     envelope.correlation_id = Some(task.spec.correlation_id.clone());
     tracing::warn!(task_id = %task.id, code = %envelope.code, error = %envelope.message, "task failed");
-    task.fail(envelope).flatten()
+    task.fail_with_status(envelope, status).flatten()
 }
 
 async fn run(
@@ -222,14 +226,46 @@ async fn run(
         replica_id: &replica.id,
         priority: task.spec.priority.as_str(),
     };
+    let mut replica_idx = replica_idx;
     if task.start(&replica.id, &engine_version) {
         metrics::task_started(&labels);
-        pool.remember_affinity(&task.spec.session_id, replica_idx);
         if !task.ever_attached() {
             watch_attach(&task, config.attach_timeout, engine_version.to_string());
         }
         tracing::info!(task_id = %task.id, pool_id = %pool.id, replica_id = %replica.id, "task started");
-        relay(&pool, &decisions, replica_idx, &task, config).await;
+        let mut tried = vec![replica_idx];
+        loop {
+            let attempt = tried.len() as u32;
+            let Attempt::RetryElsewhere(err) =
+                relay(&pool, &decisions, replica_idx, &task, config, attempt).await
+            else {
+                break;
+            };
+            // Failed before its first output, and the policy lets another replica take
+            // it: the least loaded replica not tried yet, within the attempts and the
+            // task's deadline. The budget stays reserved once; the client sees nothing.
+            let next = (attempt < config.max_attempts && Instant::now() < task.deadline_at())
+                .then(|| pool.lease_untried(&tried))
+                .flatten();
+            let Some(next) = next else {
+                fail(&task, err);
+                break;
+            };
+            let to = &pool.replicas[next];
+            if !task.retarget(&to.id, &to.engine_version()) {
+                pool.release_quiet(next); // ended meanwhile (canceled, deadline)
+                break;
+            }
+            tracing::info!(
+                task_id = %task.id, pool_id = %pool.id, from = %pool.replicas[replica_idx].id,
+                to = %to.id, attempt = attempt + 1, error = %err.envelope.message,
+                "failed before its first output; retrying on another replica"
+            );
+            pool.release(replica_idx);
+            replica_idx = next;
+            tried.push(next);
+        }
+        pool.remember_affinity(&task.spec.session_id, replica_idx);
         let usage = task.usage();
         let decode_ms = task.first_token_ms().map_or(0.0, |ftt| {
             (task.admitted_at.elapsed().as_secs_f64() * 1000.0 - ftt).max(0.0)
@@ -300,15 +336,37 @@ async fn prompt_tokens(
     task.spec.tokens_in_estimate
 }
 
+/// How one replica's run of a task ended.
+enum Attempt {
+    /// The task ended here (or is ending: canceled, failed, succeeded).
+    Ended,
+    /// It failed before its first output and the error-mapping policy lets another
+    /// replica take it; the error is what the client gets if none can.
+    RetryElsewhere(ApiError),
+}
+
+/// Runs `task` on replica `replica_idx` (try number `attempt`), relaying the adapter's
+/// events into its frame log.
 async fn relay(
     pool: &Pool,
     decisions: &Decisions,
     replica_idx: usize,
     task: &Arc<Task>,
     config: DispatchConfig,
-) {
+    attempt: u32,
+) -> Attempt {
     let replica = &pool.replicas[replica_idx];
-    let map = |f: &EngineFailure| decisions.map_failure(f, &pool.engine, &pool.id, 1);
+    let map = |f: &EngineFailure| decisions.map_failure(f, &pool.engine, &pool.id, attempt).0;
+    // A failure the client has seen nothing of yet: another replica may take it.
+    let end_or_retry = |f: &EngineFailure| {
+        let (err, elsewhere) = decisions.map_failure(f, &pool.engine, &pool.id, attempt);
+        if elsewhere && f.phase != FailurePhase::MidStream && !task.announced() {
+            Attempt::RetryElsewhere(err)
+        } else {
+            fail(task, err);
+            Attempt::Ended
+        }
+    };
     if let Some(inputs) = task.spec.job.inputs.clone() {
         // An embedding task: one blocking call, the vectors ride on the `end` frame.
         let tokens_in = inputs
@@ -335,7 +393,7 @@ async fn relay(
                 );
             }
         }
-        return;
+        return Attempt::Ended;
     }
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
     let client = replica.client();
@@ -353,21 +411,20 @@ async fn relay(
             if failure.kind == FailureKind::Panic {
                 crate::health::take_out(pool, replica, &failure.message);
             }
-            fail(task, map(&failure));
-            return;
+            return end_or_retry(&failure);
         }
         Err(join) => {
             fail(
                 task,
                 ApiError::internal(format!("adapter submit did not return: {join}")),
             );
-            return;
+            return Attempt::Ended;
         }
     };
     if let Some(job) = task.attach_job(Arc::clone(&job)) {
         // Canceled while submitting.
         cancel_job(&task.id, job).await;
-        return;
+        return Attempt::Ended;
     }
     let mut last_metrics: Option<Instant> = None;
     let mut streamed = false;
@@ -388,10 +445,15 @@ async fn relay(
                         config.decode_idle_timeout.as_millis()
                     ),
                 );
+                if !streamed {
+                    // Nothing came: this replica's job goes, the task may go elsewhere.
+                    cancel_job(&task.id, Arc::clone(&job)).await;
+                    return end_or_retry(&stall);
+                }
                 if let Some(job) = fail(task, map(&stall)) {
                     cancel_job(&task.id, job).await;
                 }
-                return;
+                return Attempt::Ended;
             }
         };
         match event {
@@ -399,7 +461,7 @@ async fn relay(
             Some(EngineEvent::Token(text)) => {
                 streamed = true;
                 if !relayed(task, replica, task.push_token(text)).await {
-                    return;
+                    return Attempt::Ended;
                 }
                 if last_metrics.is_none_or(|t| t.elapsed() >= METRICS_EVERY) {
                     last_metrics = Some(Instant::now());
@@ -411,12 +473,12 @@ async fn relay(
                 if !delta.content.is_empty() || !delta.logprobs.is_empty() {
                     let logprobs = (!delta.logprobs.is_empty()).then_some(delta.logprobs);
                     if !relayed(task, replica, task.push_text(delta.content, logprobs)).await {
-                        return;
+                        return Attempt::Ended;
                     }
                 }
                 for fragment in delta.tool_calls {
                     if !relayed(task, replica, task.push_tool_call(fragment)).await {
-                        return;
+                        return Attempt::Ended;
                     }
                 }
                 if last_metrics.is_none_or(|t| t.elapsed() >= METRICS_EVERY) {
@@ -431,14 +493,17 @@ async fn relay(
                     pool.record_on(replica_idx, timing);
                     tracing::info!(task_id = %task.id, tokens_out = timing.tokens_out, "task succeeded");
                 }
-                return;
+                return Attempt::Ended;
             }
             Some(EngineEvent::Error(failure)) => {
                 if failure.kind == FailureKind::Panic {
                     crate::health::take_out(pool, replica, &failure.message);
                 }
-                fail(task, map(&failure));
-                return;
+                if streamed {
+                    fail(task, map(&failure));
+                    return Attempt::Ended;
+                }
+                return end_or_retry(&failure);
             }
             None => {
                 // The adapter dropped the sink without a terminal event: the engine died.
@@ -453,9 +518,12 @@ async fn relay(
                         phase,
                         format!("replica {} stopped mid-task", replica.id),
                     );
+                    if !streamed {
+                        return end_or_retry(&reset);
+                    }
                     fail(task, map(&reset));
                 }
-                return;
+                return Attempt::Ended;
             }
         }
     }

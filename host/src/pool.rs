@@ -438,6 +438,19 @@ impl Pool {
             .map(|(i, _)| i)
     }
 
+    /// Leases a slot on the healthy replica with the most free slots that is not in
+    /// `tried` (a retry elsewhere).
+    pub fn lease_untried(&self, tried: &[usize]) -> Option<usize> {
+        let mut order: Vec<usize> = (0..self.replicas.len())
+            .filter(|i| !tried.contains(i) && self.replicas[*i].is_healthy())
+            .collect();
+        order.sort_by_key(|&i| {
+            let r = &self.replicas[i];
+            std::cmp::Reverse(r.slots_total().saturating_sub(r.leases()))
+        });
+        order.into_iter().find(|&i| self.replicas[i].try_lease())
+    }
+
     /// Leases a slot on the healthy replica with the most free slots.
     #[cfg(test)]
     fn least_loaded_free(&self) -> Option<usize> {

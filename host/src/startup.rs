@@ -237,10 +237,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     for (id, state) in catalog.states() {
         crate::metrics::model_state(&id, Some(state.as_str()));
     }
-    let config = DispatchConfig {
-        decode_idle_timeout: settings.decode_idle_timeout,
-        attach_timeout: settings.attach_timeout,
-    };
+    let config = DispatchConfig::from(&settings);
     let store = open_store(&settings.state)?;
     let decisions = Arc::new(Decisions {
         policies: Arc::clone(&policies),

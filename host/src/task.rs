@@ -118,6 +118,10 @@ struct Inner {
     artifact_id: Option<String>,
     job: Option<Arc<dyn EngineJob>>,
     dispatched_at: Option<Instant>,
+    /// The `started` frame is out (see [`Task::start`]).
+    announced: bool,
+    /// The HTTP status the error-mapping policy gave the task's failure.
+    error_status: Option<u16>,
     first_token_at: Option<Instant>,
     finished_at: Option<Instant>,
     tokens_in: Option<u32>,
@@ -217,6 +221,8 @@ impl Task {
                 artifact_id: None,
                 job: None,
                 dispatched_at: None,
+                announced: false,
+                error_status: None,
                 first_token_at: None,
                 finished_at: None,
                 tokens_in: None,
@@ -328,8 +334,12 @@ impl Task {
             .store(position, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Queued → Running with the `started` frame. `false` if the task already ended
-    /// (canceled or evicted while being dispatched).
+    /// Queued → Running on `replica_id`. `false` if the task already ended (canceled or
+    /// evicted while being dispatched).
+    ///
+    /// The `started` frame follows with the task's first output (or its end), naming the
+    /// replica that produced it: a failure before that, retried on another replica
+    /// ([`Task::retarget`]), is never seen by a client, who sees one `started` frame.
     pub fn start(&self, replica_id: &str, engine_version: &str) -> bool {
         let mut inner = self.lock();
         if inner.state != TaskState::Queued {
@@ -339,18 +349,44 @@ impl Task {
         inner.replica_id = Some(replica_id.to_owned());
         inner.engine_version = Some(engine_version.to_owned());
         inner.dispatched_at = Some(Instant::now());
+        true
+    }
+
+    /// The `started` frame, once, before the first frame that follows dispatch.
+    fn announce(&self, inner: &mut Inner) {
+        if inner.announced || inner.dispatched_at.is_none() {
+            return;
+        }
+        inner.announced = true;
         let frame = StartedFrame {
             queue_position: self
                 .queue_position
                 .load(std::sync::atomic::Ordering::Relaxed),
             predicted_start_ms: self.spec.predicted_start_ms,
             pool_id: self.spec.pool_id.clone(),
-            replica_id: replica_id.to_owned(),
+            replica_id: inner.replica_id.clone().unwrap_or_default(),
             engine: self.spec.engine.clone(),
-            engine_version: engine_version.to_owned(),
+            engine_version: inner.engine_version.clone().unwrap_or_default(),
         };
-        self.push(&mut inner, "started", &frame);
+        self.push(inner, "started", &frame);
+    }
+
+    /// Moves a running task that produced nothing yet to another replica (a retry
+    /// elsewhere). `false` if it ended meanwhile or a client has seen output.
+    pub fn retarget(&self, replica_id: &str, engine_version: &str) -> bool {
+        let mut inner = self.lock();
+        if inner.state != TaskState::Running || inner.announced {
+            return false;
+        }
+        inner.replica_id = Some(replica_id.to_owned());
+        inner.engine_version = Some(engine_version.to_owned());
+        inner.job = None;
         true
+    }
+
+    /// Whether a client may have seen this task's output (its `started` frame is out).
+    pub fn announced(&self) -> bool {
+        self.lock().announced
     }
 
     /// Records the engine job. If the task ended meanwhile, hands the job back so the
@@ -375,6 +411,7 @@ impl Task {
         if inner.state.is_terminal() {
             return Pushed::Ended;
         }
+        self.announce(&mut inner);
         if inner.first_token_at.is_none() {
             inner.first_token_at = Some(Instant::now());
         }
@@ -399,6 +436,7 @@ impl Task {
         if inner.state.is_terminal() {
             return Pushed::Ended;
         }
+        self.announce(&mut inner);
         if inner.first_token_at.is_none() {
             inner.first_token_at = Some(Instant::now());
         }
@@ -422,6 +460,7 @@ impl Task {
         if inner.state.is_terminal() {
             return false;
         }
+        self.announce(&mut inner);
         let elapsed = inner
             .first_token_at
             .map(|t| t.elapsed())
@@ -558,6 +597,7 @@ impl Task {
         if inner.state.is_terminal() {
             return None;
         }
+        self.announce(&mut inner);
         inner.settled_tokens_out = Some(engine.tokens_out.unwrap_or(inner.output_frames));
         let mut frame = Self::end_frame(&inner, tokens_in, false);
         frame.finish_reason = engine.finish_reason.clone();
@@ -588,6 +628,7 @@ impl Task {
         if inner.state.is_terminal() {
             return false;
         }
+        self.announce(&mut inner);
         let mut frame = Self::end_frame(&inner, tokens_in, false);
         frame.embeddings = Some(vectors);
         inner.tokens_in = Some(tokens_in);
@@ -599,6 +640,26 @@ impl Task {
         true
     }
 
+    /// [`Task::fail`], remembering the HTTP status the failure was mapped to (the OpenAI
+    /// door answers with it).
+    pub fn fail_with_status(
+        &self,
+        envelope: ErrorEnvelope,
+        status: u16,
+    ) -> Option<Option<Arc<dyn EngineJob>>> {
+        self.lock().error_status.get_or_insert(status);
+        self.fail(envelope)
+    }
+
+    /// The HTTP status the task's failure was mapped to, if it failed through the
+    /// error-mapping policy.
+    pub fn error_status(&self) -> Option<u16> {
+        let inner = self.lock();
+        (inner.state == TaskState::Failed)
+            .then_some(inner.error_status)
+            .flatten()
+    }
+
     /// Any state → Failed with the `error` frame; returns the engine job to cancel, if any.
     /// `None` when the task had already ended.
     pub fn fail(&self, mut envelope: ErrorEnvelope) -> Option<Option<Arc<dyn EngineJob>>> {
@@ -606,6 +667,7 @@ impl Task {
         if inner.state.is_terminal() {
             return None;
         }
+        self.announce(&mut inner);
         inner.state = TaskState::Failed;
         inner.finished_at = Some(Instant::now());
         inner.error = Some(envelope.clone());
@@ -631,6 +693,7 @@ impl Task {
             0
         };
         inner.tokens_in = Some(tokens_in);
+        self.announce(&mut inner);
         let mut frame = Self::end_frame(&inner, tokens_in, true);
         inner.state = TaskState::Canceled;
         inner.finished_at = Some(Instant::now());

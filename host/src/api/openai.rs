@@ -670,8 +670,9 @@ async fn run(
         .tasks
         .get(&task_id)
         .ok_or_else(|| ApiError::internal("an admitted task is not registered"))?;
-    let items = read_task(&state, task, 0, std::time::Duration::ZERO);
+    let items = read_task(&state, Arc::clone(&task), 0, std::time::Duration::ZERO);
     let reply = Reply {
+        task,
         id: format!("{}-{task_id}", kind.id_prefix()),
         created: now_s(),
         model: job.model,
@@ -767,6 +768,8 @@ struct FunctionDelta<'a> {
 
 /// How one task's frames are told in OpenAI's words.
 struct Reply {
+    /// The task: a failure answers with the HTTP status its error was mapped to.
+    task: Arc<crate::task::Task>,
     id: String,
     created: u64,
     model: String,
@@ -956,7 +959,10 @@ impl Reply {
                             correlation_id: None,
                             artifact_id: None,
                         });
-                    let status = crate::errors::status_of(envelope.code).as_u16();
+                    let status = self
+                        .task
+                        .error_status()
+                        .unwrap_or_else(|| crate::errors::status_of(envelope.code).as_u16());
                     vec![data(error_chunk(&envelope, status))]
                 }
                 Item::Frame(_) => Vec::new(), // started, metrics
@@ -999,7 +1005,15 @@ impl Reply {
             }
             _ => {}
         })
-        .await?;
+        .await
+        .map_err(|e| match self.task.error_status() {
+            // The status the error-mapping policy gave the engine's failure.
+            Some(status) => e.with_status(
+                axum::http::StatusCode::from_u16(status)
+                    .unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
+            ),
+            None => e,
+        })?;
         let reason = self.finish_reason(&end, !calls.is_empty());
         let (object, choice) = match self.kind {
             Kind::Chat => {

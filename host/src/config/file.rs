@@ -453,6 +453,9 @@ struct StreamFile {
     retained_max_mib: NonZeroU32,
     /// Frames a task's replay buffer holds.
     replay_frames: NonZeroU32,
+    /// Replicas a task is tried on when it fails before its first output and the
+    /// error-mapping policy says another replica may take it (1 = never retried).
+    max_attempts: NonZeroU32,
 }
 
 impl Default for StreamFile {
@@ -468,6 +471,7 @@ impl Default for StreamFile {
             retention_ms: 60_000,
             retained_max_mib: NonZeroU32::new(256).expect("non-zero"),
             replay_frames: NonZeroU32::new(4096).expect("non-zero"),
+            max_attempts: NonZeroU32::new(3).expect("non-zero"),
         }
     }
 }
@@ -872,6 +876,7 @@ impl FileConfig {
             max_sessions: self.sessions.max_sessions.get() as usize,
             shutdown_grace: Duration::from_millis(self.stream.shutdown_grace_ms.into()),
             attach_timeout: Duration::from_millis(self.stream.attach_timeout_ms.get().into()),
+            max_attempts: self.stream.max_attempts.get(),
             retention: Duration::from_millis(self.stream.retention_ms.into()),
             retained_max_bytes: self.stream.retained_max_mib.get() as usize * 1024 * 1024,
             replay_frames: self.stream.replay_frames.get().max(16) as usize,

@@ -21,6 +21,7 @@ mod policies;
 mod policy_faults;
 mod pools;
 mod resume;
+mod retry;
 mod sessions;
 mod shutdown;
 mod state;
