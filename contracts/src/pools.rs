@@ -14,6 +14,15 @@ pub struct ReplicaView {
     pub device_mask: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Out of placement for failing (outlier ejection), until its probe task succeeds.
+    #[serde(default)]
+    pub ejected: bool,
+    /// Time left in the current ejection's back-off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected_for_ms: Option<u64>,
+    /// Ejections since the daemon started.
+    #[serde(default)]
+    pub ejections: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -139,6 +139,8 @@ pub struct Settings {
     /// `Host` values accepted in open mode besides loopback names.
     pub allowed_hosts: Vec<String>,
     pub budgets: BudgetSettings,
+    /// When a replica that keeps failing leaves placement.
+    pub outliers: crate::pool::OutlierSettings,
     pub rate_limits: RateLimits,
     /// Rate limits of tenant groups, by group name (keys name their group).
     pub rate_groups: std::collections::BTreeMap<String, RateLimits>,

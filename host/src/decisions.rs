@@ -93,9 +93,11 @@ fn pool_view(pool: &Pool, session_id: &str, queue_depth: u32) -> placement::Pool
                 let (tps, ftt) = pool.replica_rates(i);
                 placement::Replica {
                     replica_id: r.id.clone(),
-                    ready: r.is_healthy(),
+                    // An ejected replica is not ready for placement; once its ejection
+                    // is over it offers one slot, for a probe.
+                    ready: r.is_healthy() && !r.is_ejected(),
                     slots_total: r.slots_total(),
-                    slots_free: r.slots_total().saturating_sub(r.leases()),
+                    slots_free: r.placeable_free(),
                     active_leases: r.leases(),
                     tokens_per_s: tps,
                     first_token_ms: ftt,

@@ -336,6 +336,60 @@ async fn prompt_tokens(
     task.spec.tokens_in_estimate
 }
 
+/// Whether a failure is the replica's (it counts toward ejecting it), not the request's.
+fn replica_at_fault(f: &EngineFailure) -> bool {
+    match f.kind {
+        FailureKind::Config | FailureKind::InvalidRequest => false,
+        FailureKind::Upstream => !matches!(f.upstream_status, Some(400..=499)),
+        _ => true,
+    }
+}
+
+/// Records how a run on replica `idx` ended (`failure`: how it failed), for outlier
+/// ejection and the measured rates; ejects the replica or brings it back.
+fn outcome(pool: &Arc<Pool>, idx: usize, failure: Option<&EngineFailure>, began: Instant) {
+    let replica = &pool.replicas[idx];
+    let failed = match failure {
+        None => false,
+        Some(f) if replica_at_fault(f) => {
+            if f.phase != FailurePhase::MidStream {
+                pool.record_failure_on(idx, began.elapsed().as_secs_f64() * 1000.0);
+            }
+            true
+        }
+        // The request's fault says nothing of the replica.
+        Some(_) => return,
+    };
+    match replica.record_outcome(failed, &pool.outliers) {
+        crate::pool::Ejection::None => {}
+        crate::pool::Ejection::Ejected { for_ms, why } => {
+            tracing::warn!(
+                pool_id = %pool.id, replica_id = %replica.id, reason = why, for_ms,
+                "replica ejected: out of placement for the back-off, then one probe task"
+            );
+            metrics::replica_ejected(&pool.id, &replica.id, true);
+            pool.publish();
+            // Wake the dispatcher when the probe may go (queued tasks may wait for it).
+            let weak = Arc::downgrade(pool);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(for_ms)).await;
+                if let Some(pool) = weak.upgrade() {
+                    pool.wake.notify_one();
+                }
+            });
+        }
+        crate::pool::Ejection::Restored => {
+            tracing::info!(
+                pool_id = %pool.id, replica_id = %replica.id,
+                "replica back in placement: its probe task succeeded"
+            );
+            metrics::replica_ejected(&pool.id, &replica.id, false);
+            pool.publish();
+            pool.wake.notify_one();
+        }
+    }
+}
+
 /// How one replica's run of a task ended.
 enum Attempt {
     /// The task ended here (or is ending: canceled, failed, succeeded).
@@ -348,7 +402,7 @@ enum Attempt {
 /// Runs `task` on replica `replica_idx` (try number `attempt`), relaying the adapter's
 /// events into its frame log.
 async fn relay(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     decisions: &Decisions,
     replica_idx: usize,
     task: &Arc<Task>,
@@ -356,6 +410,8 @@ async fn relay(
     attempt: u32,
 ) -> Attempt {
     let replica = &pool.replicas[replica_idx];
+    let began = Instant::now();
+    let ended = |failure: Option<&EngineFailure>| outcome(pool, replica_idx, failure, began);
     let map = |f: &EngineFailure| decisions.map_failure(f, &pool.engine, &pool.id, attempt).0;
     // A failure the client has seen nothing of yet: another replica may take it.
     let end_or_retry = |f: &EngineFailure| {
@@ -376,11 +432,13 @@ async fn relay(
         let client = replica.client();
         match tokio::task::spawn_blocking(move || client.embed(inputs)).await {
             Ok(Ok(vectors)) => {
+                ended(None);
                 if task.succeed_embedding(vectors, tokens_in) {
                     tracing::info!(task_id = %task.id, "embedding task succeeded");
                 }
             }
             Ok(Err(failure)) => {
+                ended(Some(&failure));
                 if failure.kind == FailureKind::Panic {
                     crate::health::take_out(pool, replica, &failure.message);
                 }
@@ -408,6 +466,7 @@ async fn relay(
     let job: Arc<dyn EngineJob> = match tokio::task::spawn_blocking(submit).await {
         Ok(Ok(job)) => Arc::from(job),
         Ok(Err(failure)) => {
+            ended(Some(&failure));
             if failure.kind == FailureKind::Panic {
                 crate::health::take_out(pool, replica, &failure.message);
             }
@@ -445,6 +504,7 @@ async fn relay(
                         config.decode_idle_timeout.as_millis()
                     ),
                 );
+                ended(Some(&stall));
                 if !streamed {
                     // Nothing came: this replica's job goes, the task may go elsewhere.
                     cancel_job(&task.id, Arc::clone(&job)).await;
@@ -487,6 +547,7 @@ async fn relay(
                 }
             }
             Some(EngineEvent::End(end)) => {
+                ended(None);
                 task.push_metrics(pool.queue_depth(), decisions.headroom(task), pool.rates().0);
                 let tokens_in = prompt_tokens(pool, replica, task, &end).await;
                 if let Some(timing) = task.succeed(tokens_in, &end) {
@@ -496,6 +557,7 @@ async fn relay(
                 return Attempt::Ended;
             }
             Some(EngineEvent::Error(failure)) => {
+                ended(Some(&failure));
                 if failure.kind == FailureKind::Panic {
                     crate::health::take_out(pool, replica, &failure.message);
                 }
@@ -518,6 +580,7 @@ async fn relay(
                         phase,
                         format!("replica {} stopped mid-task", replica.id),
                     );
+                    ended(Some(&reset));
                     if !streamed {
                         return end_or_retry(&reset);
                     }

@@ -37,6 +37,8 @@ struct Metrics {
     plugin_files_hashed_total: IntCounterVec,
     bounded_evictions_total: IntCounterVec,
     rate_limited_total: IntCounterVec,
+    replica_ejections_total: IntCounterVec,
+    replica_ejected: IntGaugeVec,
     state_store_up: IntGaugeVec,
     finished_tasks_retained_bytes: IntGaugeVec,
 }
@@ -284,6 +286,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Requests refused by a rate limit, by limit (requests, tokens, concurrent)",
             &["limit"],
         ),
+        replica_ejections_total: counter(
+            &registry,
+            "replica_ejections_total",
+            "Replicas taken out of placement for failing (outlier ejection), by pool and replica",
+            &["pool_id", "replica_id"],
+        ),
+        replica_ejected: gauge(
+            &registry,
+            "replica_ejected",
+            "1 while a replica is ejected (out of placement, or waiting for its probe)",
+            &["pool_id", "replica_id"],
+        ),
         state_store_up: gauge(
             &registry,
             "state_store_up",
@@ -506,6 +520,20 @@ pub fn bounded_eviction(what: &'static str, n: usize) {
 
 pub fn rate_limited(limit: &'static str) {
     METRICS.rate_limited_total.with_label_values(&[limit]).inc();
+}
+
+/// A replica ejected (`true`, counted) or back in placement (`false`).
+pub fn replica_ejected(pool_id: &str, replica_id: &str, ejected: bool) {
+    if ejected {
+        METRICS
+            .replica_ejections_total
+            .with_label_values(&[pool_id, replica_id])
+            .inc();
+    }
+    METRICS
+        .replica_ejected
+        .with_label_values(&[pool_id, replica_id])
+        .set(i64::from(ejected));
 }
 
 pub fn state_store_up(backend: &'static str, up: bool) {

@@ -17,6 +17,60 @@ use crate::task::RunTiming;
 /// Weight of a new measurement in the moving averages.
 const EWMA_ALPHA: f64 = 0.2;
 
+/// When a replica that keeps failing is taken out of placement (outlier ejection).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierSettings {
+    /// Ejected after this many failures in a row (0: never, by this rule).
+    pub consecutive_failures: u32,
+    /// Ejected when at least `min_requests` ended within `window` and this share of them
+    /// failed (above 1.0: never, by this rule).
+    pub error_rate: f64,
+    pub min_requests: u32,
+    pub window: std::time::Duration,
+    /// The first ejection's length; each ejection that follows a failed probe doubles it,
+    /// up to `max_ejection`.
+    pub base_ejection: std::time::Duration,
+    pub max_ejection: std::time::Duration,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            error_rate: 0.5,
+            min_requests: 20,
+            window: std::time::Duration::from_secs(30),
+            base_ejection: std::time::Duration::from_secs(5),
+            max_ejection: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// A replica's recent outcomes and its ejection state.
+#[derive(Debug, Default)]
+struct Outcomes {
+    consecutive_failures: u32,
+    /// Ends within the window: when, and whether it failed.
+    recent: std::collections::VecDeque<(std::time::Instant, bool)>,
+    /// Out of placement until then; once passed, one probe task at a time (half-open)
+    /// until one succeeds.
+    ejected_until: Option<std::time::Instant>,
+    /// Ejections in a row (a failed probe ejects again, for twice as long).
+    ejections: u32,
+    total_ejections: u64,
+}
+
+/// What recording an outcome did to the replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ejection {
+    /// Nothing changed.
+    None,
+    /// Ejected (again) for this long; `why` says by which rule.
+    Ejected { for_ms: u64, why: &'static str },
+    /// Its half-open probe succeeded: back in placement.
+    Restored,
+}
+
 pub struct Replica {
     pub id: String,
     /// Devices this replica runs on (comma-separated ids), for placement.
@@ -41,6 +95,8 @@ pub struct Replica {
     vram_free: std::sync::atomic::AtomicU64,
     /// Why the replica is not ready, when it is not.
     last_error: Mutex<Option<String>>,
+    /// Recent outcomes and ejection (outlier detection).
+    outcomes: Mutex<Outcomes>,
 }
 
 impl Replica {
@@ -69,6 +125,114 @@ impl Replica {
                 measured: false,
             }),
             last_error: Mutex::new(None),
+            outcomes: Mutex::new(Outcomes::default()),
+        }
+    }
+
+    fn outcomes(&self) -> std::sync::MutexGuard<'_, Outcomes> {
+        self.outcomes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Out of placement now (ejected, its back-off not over).
+    pub fn is_ejected(&self) -> bool {
+        self.outcomes()
+            .ejected_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    /// When the current ejection ends (or ended, while its probe runs).
+    pub fn ejected_until(&self) -> Option<std::time::Instant> {
+        self.outcomes().ejected_until
+    }
+
+    /// Ejections so far.
+    pub fn ejections(&self) -> u64 {
+        self.outcomes().total_ejections
+    }
+
+    /// Slots placement may use: none while ejected, one probe at a time once the ejection
+    /// is over and until a probe succeeds.
+    pub fn placeable_free(&self) -> u32 {
+        if !self.is_healthy() {
+            return 0;
+        }
+        let free = self.slots_total().saturating_sub(self.leases());
+        match self.outcomes().ejected_until {
+            Some(t) if std::time::Instant::now() < t => 0,
+            Some(_) => u32::from(self.leases() == 0).min(free),
+            None => free,
+        }
+    }
+
+    /// Records how a task's run on this replica ended (`failed`: the replica's fault, not
+    /// the request's) and ejects it, or brings it back, per `settings`.
+    pub fn record_outcome(&self, failed: bool, settings: &OutlierSettings) -> Ejection {
+        let now = std::time::Instant::now();
+        let mut o = self.outcomes();
+        if let Some(until) = o.ejected_until {
+            if now < until {
+                // A task that started before the ejection: it says nothing new.
+                return Ejection::None;
+            }
+            // The half-open probe's outcome.
+            if failed {
+                o.ejections += 1;
+                return Self::eject(&mut o, now, settings, "its probe failed");
+            }
+            *o = Outcomes {
+                total_ejections: o.total_ejections,
+                ..Outcomes::default()
+            };
+            return Ejection::Restored;
+        }
+        o.recent.push_back((now, failed));
+        while o
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > settings.window)
+            || o.recent.len() > 10_000
+        {
+            o.recent.pop_front();
+        }
+        if !failed {
+            o.consecutive_failures = 0;
+            return Ejection::None;
+        }
+        o.consecutive_failures += 1;
+        let failures = o.recent.iter().filter(|(_, f)| *f).count();
+        if settings.consecutive_failures > 0
+            && o.consecutive_failures >= settings.consecutive_failures
+        {
+            o.ejections = 1;
+            return Self::eject(&mut o, now, settings, "consecutive failures");
+        }
+        if o.recent.len() >= settings.min_requests.max(1) as usize
+            && failures as f64 / o.recent.len() as f64 >= settings.error_rate
+        {
+            o.ejections = 1;
+            return Self::eject(&mut o, now, settings, "error rate over the window");
+        }
+        Ejection::None
+    }
+
+    fn eject(
+        o: &mut Outcomes,
+        now: std::time::Instant,
+        settings: &OutlierSettings,
+        why: &'static str,
+    ) -> Ejection {
+        let factor = 1u32 << o.ejections.saturating_sub(1).min(16);
+        let length = settings
+            .base_ejection
+            .saturating_mul(factor)
+            .min(settings.max_ejection);
+        o.ejected_until = Some(now + length);
+        o.consecutive_failures = 0;
+        o.recent.clear();
+        o.total_ejections += 1;
+        Ejection::Ejected {
+            for_ms: length.as_millis() as u64,
+            why,
         }
     }
 
@@ -175,6 +339,9 @@ impl Replica {
     }
 
     fn try_lease(&self) -> bool {
+        if self.placeable_free() == 0 {
+            return false;
+        }
         let total = self.slots_total();
         self.leases
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -218,6 +385,8 @@ pub struct Pool {
     /// Prompt token counts from the engine's tokenizer, by prompt hash (bounded), for
     /// billing engines that report no counts.
     token_counts: Mutex<HashMap<u64, u32>>,
+    /// When a replica that keeps failing is ejected.
+    pub outliers: OutlierSettings,
 }
 
 /// Prompt token counts remembered per pool; the map is cleared when it is full.
@@ -250,12 +419,18 @@ impl Pool {
             wake: Notify::new(),
             affinity: Mutex::new(HashMap::new()),
             token_counts: Mutex::new(HashMap::new()),
+            outliers: OutlierSettings::default(),
             stats: Mutex::new(ServiceStats {
                 tokens_per_s: settings.nominal_tokens_per_s,
                 first_token_ms: settings.nominal_first_token_ms as f64,
                 measured: false,
             }),
         }
+    }
+
+    pub fn with_outliers(mut self, outliers: OutlierSettings) -> Self {
+        self.outliers = outliers;
+        self
     }
 
     /// The features of the pool's adapter library (`streaming`, `tokenize`, `chat`, …).
@@ -348,12 +523,9 @@ impl Pool {
             .sum()
     }
 
+    /// Slots placement may use now (healthy replicas, not ejected).
     pub fn slots_free(&self) -> u32 {
-        self.replicas
-            .iter()
-            .filter(|r| r.is_healthy())
-            .map(|r| r.slots_total().saturating_sub(r.leases()))
-            .sum()
+        self.replicas.iter().map(Replica::placeable_free).sum()
     }
 
     /// The engine version metrics report for the pool (its first replica's).
@@ -424,15 +596,7 @@ impl Pool {
     /// the most free slots, if any has one. Does not lease.
     pub fn least_loaded_replica(&self) -> Option<usize> {
         (0..self.replicas.len())
-            .filter(|&i| self.replicas[i].is_healthy())
-            .map(|i| {
-                (
-                    i,
-                    self.replicas[i]
-                        .slots_total()
-                        .saturating_sub(self.replicas[i].leases()),
-                )
-            })
+            .map(|i| (i, self.replicas[i].placeable_free()))
             .filter(|&(_, free)| free > 0)
             .max_by_key(|&(i, free)| (free, std::cmp::Reverse(i)))
             .map(|(i, _)| i)
@@ -442,12 +606,9 @@ impl Pool {
     /// `tried` (a retry elsewhere).
     pub fn lease_untried(&self, tried: &[usize]) -> Option<usize> {
         let mut order: Vec<usize> = (0..self.replicas.len())
-            .filter(|i| !tried.contains(i) && self.replicas[*i].is_healthy())
+            .filter(|i| !tried.contains(i) && self.replicas[*i].placeable_free() > 0)
             .collect();
-        order.sort_by_key(|&i| {
-            let r = &self.replicas[i];
-            std::cmp::Reverse(r.slots_total().saturating_sub(r.leases()))
-        });
+        order.sort_by_key(|&i| std::cmp::Reverse(self.replicas[i].placeable_free()));
         order.into_iter().find(|&i| self.replicas[i].try_lease())
     }
 
@@ -490,6 +651,23 @@ impl Pool {
         self.record(run);
         if let Some(r) = self.replicas.get(replica) {
             blend_into(&mut r.stats.lock().unwrap_or_else(|p| p.into_inner()), run);
+        }
+    }
+
+    /// Feeds a failed run into the measured first-token time (pool and replica): the time
+    /// it took to fail counts as a first token that never came, so ETAs do not stay
+    /// optimistic while an engine degrades into errors and timeouts.
+    pub fn record_failure_on(&self, replica: usize, waited_ms: f64) {
+        let blend = |s: &mut ServiceStats| {
+            s.first_token_ms = if s.measured {
+                s.first_token_ms * (1.0 - EWMA_ALPHA) + waited_ms * EWMA_ALPHA
+            } else {
+                s.first_token_ms.max(waited_ms)
+            };
+        };
+        blend(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(r) = self.replicas.get(replica) {
+            blend(&mut r.stats.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
 
@@ -600,6 +778,75 @@ mod tests {
             .map(|(i, &n)| Replica::new(format!("r{i}"), Arc::new(NoEngine), "v".into(), n, true))
             .collect();
         Pool::new(&settings, "mock".into(), 100, replicas)
+    }
+
+    #[test]
+    fn a_failing_replica_is_ejected_probed_once_and_ejected_longer_or_restored() {
+        let p = pool(&[4, 4]);
+        let settings = OutlierSettings {
+            consecutive_failures: 3,
+            error_rate: 2.0,
+            min_requests: 1,
+            window: std::time::Duration::from_secs(60),
+            base_ejection: std::time::Duration::from_millis(40),
+            max_ejection: std::time::Duration::from_millis(100),
+        };
+        let r = &p.replicas[0];
+        assert_eq!(r.record_outcome(true, &settings), Ejection::None);
+        assert_eq!(r.record_outcome(false, &settings), Ejection::None, "a success resets");
+        assert_eq!(r.record_outcome(true, &settings), Ejection::None);
+        assert_eq!(r.record_outcome(true, &settings), Ejection::None);
+        assert_eq!(
+            r.record_outcome(true, &settings),
+            Ejection::Ejected {
+                for_ms: 40,
+                why: "consecutive failures"
+            }
+        );
+        assert!(r.is_ejected());
+        assert_eq!(r.placeable_free(), 0);
+        assert_eq!(p.slots_free(), 4, "only the other replica's");
+        assert!(!p.try_lease(0));
+        // A task that started before the ejection says nothing new.
+        assert_eq!(r.record_outcome(true, &settings), Ejection::None);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Half-open: one probe at a time.
+        assert_eq!(r.placeable_free(), 1);
+        assert!(p.try_lease(0));
+        assert!(!p.try_lease(0), "one probe at a time");
+        // The probe fails: ejected again, for twice as long.
+        assert_eq!(
+            r.record_outcome(true, &settings),
+            Ejection::Ejected {
+                for_ms: 80,
+                why: "its probe failed"
+            }
+        );
+        p.release_quiet(0);
+        std::thread::sleep(std::time::Duration::from_millis(90));
+        assert!(p.try_lease(0));
+        assert_eq!(r.record_outcome(false, &settings), Ejection::Restored);
+        assert!(!r.is_ejected());
+        assert_eq!(r.placeable_free(), 3, "all its slots again");
+        assert_eq!(r.ejections(), 2);
+        // The error-rate rule: half of the runs in the window failed.
+        let rate = OutlierSettings {
+            consecutive_failures: 0,
+            error_rate: 0.5,
+            min_requests: 4,
+            ..settings
+        };
+        let r1 = &p.replicas[1];
+        assert_eq!(r1.record_outcome(true, &rate), Ejection::None);
+        assert_eq!(r1.record_outcome(false, &rate), Ejection::None);
+        assert_eq!(r1.record_outcome(false, &rate), Ejection::None);
+        assert_eq!(
+            r1.record_outcome(true, &rate),
+            Ejection::Ejected {
+                for_ms: 40,
+                why: "error rate over the window"
+            }
+        );
     }
 
     #[test]

@@ -175,7 +175,9 @@ fn build_pools(
             .ctx_max
             .unwrap_or(if reported_ctx > 0 { reported_ctx } else { 4096 });
         pools.push(Arc::new(
-            Pool::new(ps, engine, ctx_max, replicas).with_features(&adapter.info().features),
+            Pool::new(ps, engine, ctx_max, replicas)
+                .with_features(&adapter.info().features)
+                .with_outliers(settings.outliers),
         ));
     }
     Ok(pools)

@@ -19,6 +19,9 @@ pub struct MockConfig {
     /// `false`: the engine reports no token counts (as Triton and some OpenAI-compatible
     /// servers), so the host must count or estimate.
     pub report_usage: bool,
+    /// With a `failure`: only this many tasks (the first ones) fail, later ones run
+    /// normally, as an engine that recovers. 0: every task fails.
+    pub failing_tasks: u32,
 }
 
 impl Default for MockConfig {
@@ -33,6 +36,7 @@ impl Default for MockConfig {
             fail_after_tokens: 0,
             ready: true,
             report_usage: true,
+            failing_tasks: 0,
         }
     }
 }

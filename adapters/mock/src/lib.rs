@@ -61,6 +61,7 @@ impl Adapter for MockAdapter {
         Ok(MockClient {
             config: Arc::new(config),
             active: Arc::new(AtomicU32::new(0)),
+            submitted: AtomicU32::new(0),
         })
     }
 }
@@ -70,6 +71,23 @@ orchd_adapter_abi::export_adapter!(MockAdapter);
 pub struct MockClient {
     config: Arc<MockConfig>,
     active: Arc<AtomicU32>,
+    /// Tasks submitted so far (for `failing_tasks`).
+    submitted: AtomicU32,
+}
+
+impl MockClient {
+    /// The config this task runs with: without its failure once `failing_tasks` failed.
+    fn for_next_task(&self) -> Arc<MockConfig> {
+        let n = self.submitted.fetch_add(1, Ordering::Relaxed);
+        if self.config.failing_tasks == 0 || n < self.config.failing_tasks {
+            Arc::clone(&self.config)
+        } else {
+            Arc::new(MockConfig {
+                failure: Failure::None,
+                ..(*self.config).clone()
+            })
+        }
+    }
 }
 
 /// Dimensions of the mock's embeddings.
@@ -126,7 +144,8 @@ impl EngineClient for MockClient {
     }
 
     fn submit(&self, req: SubmitRequest, sink: Sink) -> Result<MockJob, AdapterError> {
-        match self.config.failure {
+        let config = self.for_next_task();
+        match config.failure {
             Failure::PanicOnSubmit => panic!("injected panic in submit"),
             Failure::RejectSubmit => {
                 return Err(AdapterError::new(
@@ -137,17 +156,12 @@ impl EngineClient for MockClient {
             }
             _ => {}
         }
-        Ok(MockJob::spawn(
-            Arc::clone(&self.config),
-            Arc::clone(&self.active),
-            req,
-            sink,
-        ))
+        Ok(MockJob::spawn(config, Arc::clone(&self.active), req, sink))
     }
 
     fn submit_chat(&self, req: ChatRequest, sink: ChatSink) -> Result<MockJob, AdapterError> {
         Ok(MockJob::spawn_chat(
-            Arc::clone(&self.config),
+            self.for_next_task(),
             Arc::clone(&self.active),
             req,
             sink,

@@ -34,6 +34,12 @@ fn replica_view(r: &Replica) -> ReplicaView {
         active_leases: r.leases(),
         device_mask: r.device_mask.clone(),
         last_error: r.last_error(),
+        ejected: r.ejected_until().is_some(),
+        ejected_for_ms: r
+            .ejected_until()
+            .and_then(|t| t.checked_duration_since(std::time::Instant::now()))
+            .map(|d| d.as_millis() as u64),
+        ejections: r.ejections(),
     }
 }
 

@@ -34,6 +34,8 @@ pub(super) struct FileConfig {
     #[serde(default)]
     rate_limits: RateLimitsFile,
     #[serde(default)]
+    outliers: OutliersFile,
+    #[serde(default)]
     state: StateFile,
     #[serde(default)]
     auth: AuthFile,
@@ -300,6 +302,37 @@ struct BudgetsFile {
     per_session: BudgetLimits,
     #[serde(default)]
     per_key_model: Vec<crate::config::KeyModelBudget>,
+}
+
+/// Outlier ejection: when a replica that keeps failing leaves placement.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct OutliersFile {
+    /// Failures in a row that eject a replica (0: this rule is off).
+    consecutive_failures: u32,
+    /// Share of failed runs within `window_ms` that ejects a replica, once at least
+    /// `min_requests` ended in it (above 1: this rule is off).
+    error_rate: f64,
+    min_requests: u32,
+    window_ms: NonZeroU32,
+    /// The first ejection's length; each failed probe doubles it, up to `max_ejection_ms`.
+    base_ejection_ms: NonZeroU32,
+    max_ejection_ms: NonZeroU32,
+}
+
+impl Default for OutliersFile {
+    fn default() -> Self {
+        let d = crate::pool::OutlierSettings::default();
+        let ms = |d: Duration| NonZeroU32::new(d.as_millis() as u32).expect("non-zero");
+        Self {
+            consecutive_failures: d.consecutive_failures,
+            error_rate: d.error_rate,
+            min_requests: d.min_requests,
+            window_ms: ms(d.window),
+            base_ejection_ms: ms(d.base_ejection),
+            max_ejection_ms: ms(d.max_ejection),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -912,6 +945,14 @@ impl FileConfig {
                     .policies
                     .error_mapping
                     .settings("error_mapping", &policies_dir)?,
+            },
+            outliers: crate::pool::OutlierSettings {
+                consecutive_failures: self.outliers.consecutive_failures,
+                error_rate: self.outliers.error_rate,
+                min_requests: self.outliers.min_requests,
+                window: Duration::from_millis(self.outliers.window_ms.get().into()),
+                base_ejection: Duration::from_millis(self.outliers.base_ejection_ms.get().into()),
+                max_ejection: Duration::from_millis(self.outliers.max_ejection_ms.get().into()),
             },
             rate_limits: self.rate_limits.per_key,
             rate_groups: self.rate_limits.groups.clone(),

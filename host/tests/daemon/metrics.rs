@@ -150,6 +150,9 @@ async fn the_exposition_has_every_name_and_label_set_of_the_contract() {
         ),
         ("model_state", &["model_id", "state"]),
         ("policy_fallbacks_total", &["policy"]),
+        // The repo's additions: only once a replica was ejected.
+        ("replica_ejections_total", &["pool_id", "replica_id"]),
+        ("replica_ejected", &["pool_id", "replica_id"]),
     ];
     // In METRICS.md but not emitted by this daemon: adapters report no KV-cache usage
     // through the ABI yet (README, "Metrics not emitted"). Held absent here so the gap is

@@ -1,7 +1,8 @@
 //! Retry elsewhere: a task that fails before its first output, where the error-mapping
 //! policy says another replica may take it, runs on another replica of its pool. The
 //! client sees one `started` frame, for the replica that served it; its budget is reserved
-//! and settled once; the attempts are bounded.
+//! and settled once; the attempts are bounded. Outlier ejection: a replica that keeps
+//! failing leaves placement, then one probe task brings it back.
 
 use orchd_testkit::{Daemon, DaemonBuilder, config, default_admission, task};
 use serde_json::{Value, json};
@@ -114,4 +115,94 @@ async fn attempts_are_bounded_and_the_last_error_is_the_clients() {
     assert_eq!(frames.last().unwrap().event, "error", "{frames:?}");
     assert_eq!(frames[0].data["replica_id"], "r-bad");
     assert_eq!(d.log_events(RETRY).len(), 0);
+}
+
+#[tokio::test]
+async fn a_failing_replica_is_ejected_then_probed_back() {
+    // r-bad fails its first two tasks (then recovers); two failures in a row eject it.
+    let pools = r#"
+[[pools]]
+id = "r"
+engine = "mock"
+adapter = "mock"
+model_ref = "r-model"
+ctx_max = 4096
+
+[[pools.replicas]]
+id = "r-bad"
+config = { slots = 8, failure = "reject_submit", failing_tasks = 2 }
+
+[[pools.replicas]]
+id = "r-good"
+config = { slots = 1, tokens_per_s = 40.0 }
+"#;
+    let d = DaemonBuilder::new(format!(
+        "[outliers]\nconsecutive_failures = 2\nbase_ejection_ms = 1500\n\n{}",
+        config(&default_admission("reject"), 64, &[pools.to_owned()])
+    ))
+    .start();
+    let bad = |body: &Value| {
+        body["pools"][0]["metrics"]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["replica_id"] == "r-bad")
+            .cloned()
+            .unwrap()
+    };
+    // Two tasks placed on r-bad (it has the most free slots) fail there and finish on r-good.
+    for _ in 0..2 {
+        let id = d.submit_ok(&task("r", json!({"max_tokens": 2}))).await;
+        let frames = d.stream(&id).await;
+        assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+    }
+    assert_eq!(retries(&d, 2).await, 2);
+    let ejected = d
+        .log_events_at_least(
+            "replica ejected: out of placement for the back-off, then one probe task",
+            1,
+        )
+        .await;
+    assert_eq!(ejected.len(), 1, "{:#?}", d.logs());
+    assert_eq!(ejected[0]["replica_id"], "r-bad");
+    assert_eq!(ejected[0]["reason"], "consecutive failures");
+    let (_, pools) = d.get_json("/v1/pools").await;
+    assert_eq!(bad(&pools)["ejected"], true, "{pools}");
+    assert_eq!(bad(&pools)["ejections"], 1);
+    assert!(bad(&pools)["ejected_for_ms"].as_u64().unwrap() <= 1500);
+    let metrics = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("replica_ejections_total{pool_id=\"r\",replica_id=\"r-bad\"} 1"),
+        "{metrics}"
+    );
+    // While ejected, tasks go straight to r-good: no more retries.
+    let id = d.submit_ok(&task("r", json!({"max_tokens": 2}))).await;
+    let frames = d.stream(&id).await;
+    assert_eq!(frames[0].data["replica_id"], "r-good");
+    assert_eq!(d.log_events(RETRY).len(), 2);
+    // After the back-off, one probe task goes to r-bad (r-good's one slot is busy): it has
+    // recovered, so it is back.
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let bodies: Vec<Value> = (0..3)
+        .map(|_| task("r", json!({"max_tokens": 8})))
+        .collect();
+    let ids = futures_util::future::join_all(bodies.iter().map(|b| d.submit_ok(b))).await;
+    for id in &ids {
+        let frames = d.stream(id).await;
+        assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+    }
+    let back = d
+        .log_events_at_least("replica back in placement: its probe task succeeded", 1)
+        .await;
+    assert_eq!(back.len(), 1, "{:#?}", d.logs());
+    let (_, pools) = d.get_json("/v1/pools").await;
+    assert_eq!(bad(&pools)["ejected"], false, "{pools}");
 }
