@@ -793,7 +793,11 @@ mod tests {
         };
         let r = &p.replicas[0];
         assert_eq!(r.record_outcome(true, &settings), Ejection::None);
-        assert_eq!(r.record_outcome(false, &settings), Ejection::None, "a success resets");
+        assert_eq!(
+            r.record_outcome(false, &settings),
+            Ejection::None,
+            "a success resets"
+        );
         assert_eq!(r.record_outcome(true, &settings), Ejection::None);
         assert_eq!(r.record_outcome(true, &settings), Ejection::None);
         assert_eq!(

@@ -14,6 +14,8 @@
 //! - `lint`  clippy, warnings denied, on the workspace and the policy components
 //! - `fuzz TARGET [SECONDS]` runs one cargo-fuzz target of `fuzz/` (not in CI; the seed
 //!   corpora are replayed by `test`)
+//! - `new-adapter NAME [--dir PARENT]` creates an engine adapter crate (its own workspace) from
+//!   `adapters/template`
 //! - `new-policy NAME [--out DIR]` creates a policy crate from `plugins/template`
 
 use std::path::{Path, PathBuf};
@@ -141,6 +143,8 @@ fn dist(scope: Scope) -> Result<PathBuf> {
                 "orchd-adapter-tgi",
                 "-p",
                 "orchd-adapter-triton",
+                "-p",
+                "orchd-adapter-conformance",
             ]),
         )?,
         Scope::Everything => run(
@@ -166,6 +170,11 @@ fn dist(scope: Scope) -> Result<PathBuf> {
     install(
         &release.join("orchestratord"),
         &dist.join("bin/orchestratord"),
+    )?;
+    // The adapter conformance kit ships beside the daemon: vendors check a .so with it.
+    install(
+        &release.join("orchd-adapter-conformance"),
+        &dist.join("bin/orchd-adapter-conformance"),
     )?;
     for (lib, file) in ADAPTERS {
         install(
@@ -322,6 +331,9 @@ fn test() -> Result<()> {
     setup("tools/schemathesis/setup.sh", "schemathesis")?;
     // The state-store tests start their own redis-server instances.
     setup("tools/redis/setup.sh", "redis-server")?;
+    // An outsider's adapter: generated outside the repository, tested and built there; the
+    // workspace tests check it with the kit and serve a task with it.
+    let outsider = check_adapter_template()?;
     run(
         "workspace tests (unit, integration, BDD)",
         cargo()
@@ -336,6 +348,7 @@ fn test() -> Result<()> {
             ])
             .env("ORCHD_DIST", &dist)
             .env("ORCHD_FIXTURES", target().join("fixtures"))
+            .env("ORCHD_OUTSIDER_ADAPTER", &outsider)
             .env("ORCHD_OPENAI_PYTHON", openai_python()?)
             .env(
                 "ORCHD_BROWSER",
@@ -561,6 +574,91 @@ fn lint() -> Result<()> {
 }
 
 /// Creates a standalone admission-policy crate from `plugins/template` at `out`.
+/// `cargo xtask new-adapter NAME`: an adapter crate (its own workspace) that builds
+/// against `adapters/abi`, passes the conformance kit and serves a stand-in engine until its
+/// author replaces it. Returns the library file its release build makes.
+fn new_adapter(name: &str, out: &Path) -> Result<PathBuf> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.as_bytes()[0].is_ascii_lowercase();
+    if !valid {
+        bail!(
+            "adapter name {name:?}: use lowercase letters, digits and '-', starting with a letter"
+        );
+    }
+    if out.exists() {
+        bail!("{} already exists", out.display());
+    }
+    let template = root().join("adapters/template");
+    let lib = name.replace('-', "_");
+    let abi = root().join("adapters/abi");
+    let fill = |text: String| {
+        text.replace("{{name}}", name)
+            .replace("{{lib}}", &lib)
+            .replace("{{abi}}", &abi.display().to_string())
+    };
+    std::fs::create_dir_all(out.join("src"))?;
+    for (from, to) in [
+        ("Cargo.toml.tmpl", "Cargo.toml"),
+        ("README.md.tmpl", "README.md"),
+        ("src/lib.rs.tmpl", "src/lib.rs"),
+    ] {
+        let text = std::fs::read_to_string(template.join(from))?;
+        std::fs::write(out.join(to), fill(text))?;
+    }
+    eprintln!(
+        "created {}\nbuild it:  cargo build --release --manifest-path {}/Cargo.toml\ncheck it:  target/dist/bin/orchd-adapter-conformance <its target>/release/liborchd_adapter_{lib}.so --config '{{}}'\nthen copy the .so into the adapter directory and name it in a pool (adapter = \"{name}\")",
+        out.display(),
+        out.display()
+    );
+    Ok(PathBuf::from(format!("release/liborchd_adapter_{lib}.so")))
+}
+
+/// Generates an adapter with `new-adapter` in a directory outside the repository, runs its
+/// unit tests and builds it; returns the library (the workspace tests run the kit on it
+/// and serve a task with it).
+fn check_adapter_template() -> Result<PathBuf> {
+    // The ABI crate stands alone: packaged as it would be published, and built from the
+    // package (nothing inherited from this workspace).
+    run(
+        "package the ABI crate and build it from the package",
+        cargo().args(["package", "-p", "orchd-adapter-abi", "--allow-dirty"]),
+    )?;
+    let out = std::env::temp_dir().join(format!("orchd-new-adapter-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let crate_dir = out.join("outsider");
+    let lib = new_adapter("outsider", &crate_dir)?;
+    // Built outside the repository; its target directory is cached under ours.
+    let target_dir = target().join("new-adapter-check");
+    for (what, args) in [
+        (
+            "unit tests of an adapter generated by new-adapter",
+            &["test", "--release"][..],
+        ),
+        (
+            "build an adapter generated by new-adapter",
+            &["build", "--release"][..],
+        ),
+    ] {
+        run(
+            what,
+            cargo()
+                .args(args)
+                .arg("--manifest-path")
+                .arg(crate_dir.join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target_dir),
+        )?;
+    }
+    let built = target_dir.join(lib);
+    let kept = target().join("fixtures/outsider/outsider.so");
+    install(&built, &kept)?;
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(kept)
+}
+
 fn new_policy(name: &str, out: &Path) -> Result<()> {
     let valid = !name.is_empty()
         && name
@@ -704,6 +802,16 @@ fn main() -> Result<()> {
         Some("lint") => lint(),
         Some("fuzz") => fuzz(&args.collect::<Vec<_>>()),
         Some("bench") => bench(&args.collect::<Vec<_>>()),
+        Some("new-adapter") => {
+            let usage = "usage: cargo xtask new-adapter <name> [--dir PARENT]";
+            let name = args.next().context(usage)?;
+            let parent = match (args.next().as_deref(), args.next()) {
+                (Some("--dir"), Some(dir)) => PathBuf::from(dir),
+                (None, _) => root().join("adapters"),
+                _ => bail!("{usage}"),
+            };
+            new_adapter(&name, &parent.join(&name)).map(|_| ())
+        }
         Some("new-policy") => {
             let name = args
                 .next()
@@ -717,7 +825,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <dist|run|test|e2e|fixtures|bench|lint|fuzz|new-policy> [args]"
+                "usage: cargo xtask <dist|run|test|e2e|fixtures|bench|lint|fuzz|new-policy|new-adapter> [args]"
             );
             std::process::exit(2);
         }

@@ -18,6 +18,7 @@
 pub mod ffi;
 pub mod legacy;
 pub mod plugin;
+pub mod testing;
 pub mod types;
 
 pub use abi_stable;

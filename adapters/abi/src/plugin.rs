@@ -86,6 +86,10 @@ pub trait EngineJob: Send + Sync + 'static {
 pub struct Sink(FfiEventSinkBox);
 
 impl Sink {
+    pub(crate) fn from_ffi(sink: FfiEventSinkBox) -> Self {
+        Self(sink)
+    }
+
     /// Delivers one event; blocks while the host's buffer is full. Returns `false` when the
     /// host wants no more events (the task was canceled or its consumer is gone).
     pub fn emit(&self, event: Event) -> bool {
@@ -97,6 +101,10 @@ impl Sink {
 pub struct ChatSink(FfiEventSinkBox);
 
 impl ChatSink {
+    pub(crate) fn from_ffi(sink: FfiEventSinkBox) -> Self {
+        Self(sink)
+    }
+
     /// Delivers one event; blocks while the host's buffer is full. Returns `false` when the
     /// host wants no more events.
     pub fn emit(&self, event: ChatEvent) -> bool {

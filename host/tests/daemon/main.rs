@@ -17,6 +17,7 @@ mod errors;
 mod hardening;
 mod metrics;
 mod openai;
+mod outsider;
 mod policies;
 mod policy_faults;
 mod pools;
