@@ -1035,18 +1035,60 @@ pub(crate) mod tests {
         let slow = t.attach(0);
         let mut outcome = Pushed::Ok;
         for _ in 0..20 {
-            let taken = read_all(&t, fast, 0);
-            assert!(!taken.is_empty());
             outcome = t.push_token("x".into());
             if outcome != Pushed::Ok {
                 break;
             }
+            let taken = read_all(&t, fast, 0);
+            assert!(!taken.is_empty());
         }
         assert_eq!(outcome, Pushed::ReaderFellBehind);
         assert!(matches!(t.read(slow, 0, 10), Read::Gone { .. }));
         t.detach(slow);
         t.detach(fast);
         assert!(t.ever_attached());
+    }
+
+    #[test]
+    fn started_comes_with_the_first_output_and_names_the_replica_that_produced_it() {
+        let t = task("a");
+        assert!(t.start("r0", "v1"));
+        assert_eq!(t.frames_written(), 0, "nothing before the first output");
+        // A failure before any output moves the task; the client saw nothing of r0.
+        assert!(t.retarget("r1", "v2"));
+        assert!(!t.announced());
+        assert_eq!(t.push_token("x".into()), Pushed::Ok);
+        assert_eq!(events(&t), ["started", "token"]);
+        let (frames, _) = t.frames();
+        assert!(
+            frames[0].data.contains("\"replica_id\":\"r1\""),
+            "{}",
+            frames[0].data
+        );
+        assert!(!t.retarget("r2", "v3"), "output was seen: no more moves");
+        assert_eq!(t.replica_id().as_deref(), Some("r1"));
+        // A task that fails before any output still shows started, then the error.
+        let f = task("b");
+        assert!(f.start("r0", "v1"));
+        assert!(
+            f.fail_with_status(
+                ErrorEnvelope {
+                    code: orchd_contracts::ErrorCode::WorkerReset,
+                    message: "gone".into(),
+                    engine: None,
+                    pool_id: None,
+                    retriable: None,
+                    retry_after_ms: None,
+                    policy_label: None,
+                    correlation_id: None,
+                    artifact_id: None,
+                },
+                502
+            )
+            .is_some()
+        );
+        assert_eq!(events(&f), ["started", "error"]);
+        assert_eq!(f.error_status(), Some(502));
     }
 
     #[test]
