@@ -37,6 +37,7 @@ const ADAPTERS: &[(&str, &str)] = &[
     ("orchd_adapter_mock", "mock.so"),
     ("orchd_adapter_llamacpp", "llamacpp.so"),
     ("orchd_adapter_openai", "openai.so"),
+    ("orchd_adapter_ollama", "ollama.so"),
     ("orchd_adapter_tgi", "tgi.so"),
     ("orchd_adapter_triton", "triton.so"),
 ];
@@ -143,6 +144,8 @@ fn dist(scope: Scope) -> Result<PathBuf> {
                 "orchd-adapter-tgi",
                 "-p",
                 "orchd-adapter-triton",
+                "-p",
+                "orchd-adapter-ollama",
                 "-p",
                 "orchd-adapter-conformance",
             ]),

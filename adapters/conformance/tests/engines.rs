@@ -1,5 +1,5 @@
-//! The TGI and Triton adapters against local fixture servers that speak those engines'
-//! documented streaming formats: the conformance kit passes against a well-behaved
+//! The TGI, Triton and Ollama adapters against local fixture servers that speak those
+//! engines' documented streaming formats: the conformance kit passes against a well-behaved
 //! server, and malformed frames, oversized lines and mid-stream resets become classified
 //! failures (never a hang, never a crash).
 
@@ -168,6 +168,62 @@ async fn triton(mode: Mode) -> String {
     serve(app).await
 }
 
+/// Ollama's native API: `/api/version`, `/api/tags`, `/api/generate` and `/api/chat`
+/// (newline-delimited JSON, the `done` line last, with counts), `/api/embed`. The last
+/// request body is kept for the tests to read.
+async fn ollama(mode: Mode) -> (String, std::sync::Arc<std::sync::Mutex<Value>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    let (chat_seen, generate_seen) = (seen.clone(), seen.clone());
+    let app = Router::new()
+        .route("/api/version", get(|| async { Json(json!({"version": "0.6.2"})) }))
+        .route(
+            "/api/tags",
+            get(|| async { Json(json!({"models": [{"name": "fixture:latest", "model": "fixture:latest"}]})) }),
+        )
+        .route(
+            "/api/generate",
+            post(move |Json(req): Json<Value>| async move {
+                *generate_seen.lock().unwrap() = req.clone();
+                let n = req["options"]["num_predict"].as_u64().unwrap_or(4);
+                let mut frames: Vec<String> = (0..n)
+                    .map(|i| format!("{{\"model\":\"fixture\",\"response\":\"t{i} \",\"done\":false}}\n"))
+                    .collect();
+                frames.push(format!(
+                    "{{\"model\":\"fixture\",\"response\":\"\",\"done\":true,\"done_reason\":\"length\",\"prompt_eval_count\":5,\"eval_count\":{n}}}\n"
+                ));
+                Ok::<_, Infallible>(([("content-type", "application/x-ndjson")], body(frames, mode)))
+            }),
+        )
+        .route(
+            "/api/chat",
+            post(move |Json(req): Json<Value>| async move {
+                *chat_seen.lock().unwrap() = req.clone();
+                let frames = if req["tools"].as_array().is_some_and(|t| !t.is_empty()) {
+                    vec![
+                        "{\"message\":{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"function\":{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}}]},\"done\":false}\n".to_owned(),
+                        "{\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":31,\"eval_count\":12}\n".to_owned(),
+                    ]
+                } else {
+                    let mut frames: Vec<String> = ["Hello", " from", " ollama"]
+                        .iter()
+                        .map(|t| format!("{{\"message\":{{\"role\":\"assistant\",\"content\":\"{t}\"}},\"done\":false}}\n"))
+                        .collect();
+                    frames.push("{\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":9,\"eval_count\":3}\n".to_owned());
+                    frames
+                };
+                Ok::<_, Infallible>(([("content-type", "application/x-ndjson")], body(frames, mode)))
+            }),
+        )
+        .route(
+            "/api/embed",
+            post(|Json(req): Json<Value>| async move {
+                let n = req["input"].as_array().map_or(1, Vec::len);
+                Json(json!({"model": "fixture", "embeddings": (0..n).map(|i| vec![i as f32, 0.5, -1.0]).collect::<Vec<_>>()}))
+            }),
+        );
+    (serve(app).await, seen)
+}
+
 fn closed_url() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
@@ -181,6 +237,7 @@ fn config(engine: &str, url: &str) -> String {
     let bounds = r#""http": {"max_line_bytes": 4096, "max_attempts": 2, "idle_timeout_ms": 5000}"#;
     match engine {
         "tgi.so" => format!(r#"{{"url": "{url}", {bounds}}}"#),
+        "ollama.so" => format!(r#"{{"url": "{url}", "model": "fixture", {bounds}}}"#),
         _ => format!(r#"{{"url": "{url}", "model": "ensemble", {bounds}}}"#),
     }
 }
@@ -188,13 +245,14 @@ fn config(engine: &str, url: &str) -> String {
 async fn server(engine: &str, mode: Mode) -> String {
     match engine {
         "tgi.so" => tgi(mode).await,
+        "ollama.so" => ollama(mode).await.0,
         _ => triton(mode).await,
     }
 }
 
 #[tokio::test]
-async fn tgi_and_triton_adapters_pass_the_kit_against_their_fixture_servers() {
-    for engine in ["tgi.so", "triton.so"] {
+async fn tgi_triton_and_ollama_adapters_pass_the_kit_against_their_fixture_servers() {
+    for engine in ["tgi.so", "triton.so", "ollama.so"] {
         let url = server(engine, Mode::Good).await;
         let mut plan = Plan::new(config(engine, &url));
         plan.unreachable_config = Some(config(engine, &closed_url()));
@@ -207,17 +265,17 @@ async fn tgi_and_triton_adapters_pass_the_kit_against_their_fixture_servers() {
             .iter()
             .find(|c| c.name == "health and props")
             .unwrap();
-        assert!(version.detail.contains(if engine == "tgi.so" {
-            "tgi-2.4.1"
-        } else {
-            "triton-2.50.0"
+        assert!(version.detail.contains(match engine {
+            "tgi.so" => "tgi-2.4.1",
+            "ollama.so" => "ollama-0.6.2",
+            _ => "triton-2.50.0",
         }));
     }
 }
 
 #[tokio::test]
 async fn malformed_frames_oversized_lines_and_resets_are_classified() {
-    for engine in ["tgi.so", "triton.so"] {
+    for engine in ["tgi.so", "triton.so", "ollama.so"] {
         for (mode, kind) in [
             (Mode::Malformed, FailureKind::Protocol),
             (Mode::Oversized, FailureKind::Protocol),
@@ -523,4 +581,62 @@ async fn triton_refuses_chat_clearly() {
     .await
     .unwrap_err();
     assert!(err.contains("does not serve chat"), "{err}");
+}
+
+#[tokio::test]
+async fn ollama_chat_tool_calls_counts_and_embeddings_on_the_native_api() {
+    let (url, seen) = ollama(Mode::Good).await;
+    let cfg = format!(
+        r#"{{"url": "{url}", "model": "fixture", "keep_alive": "10m", "params": {{"temperature": 0.2}}}}"#
+    );
+    // A chat with a tool: Ollama's whole tool call becomes one fragment with an id.
+    let events = orchd_adapter_conformance::chat_events_of(
+        &lib("ollama.so"),
+        &cfg,
+        weather_chat(),
+        64,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let calls = assembled_calls(&events);
+    assert_eq!(calls.len(), 1, "{events:?}");
+    assert_eq!(calls[0].1, "get_weather");
+    assert_eq!(
+        serde_json::from_str::<Value>(&calls[0].2).unwrap(),
+        json!({"city": "Oslo"})
+    );
+    match events.last() {
+        Some(EngineEvent::End(end)) => {
+            assert_eq!(end.finish_reason.as_deref(), Some("tool_calls"));
+            assert_eq!((end.tokens_in, end.tokens_out), (Some(31), Some(12)));
+        }
+        other => panic!("{other:?}"),
+    }
+    let req = seen.lock().unwrap().clone();
+    assert_eq!(req["model"], "fixture");
+    assert_eq!(req["stream"], true);
+    assert_eq!(req["keep_alive"], "10m");
+    assert_eq!(req["options"]["num_predict"], 64);
+    assert_eq!(req["options"]["temperature"], 0.2);
+    assert_eq!(req["messages"][1]["content"], "Weather in Oslo?");
+    assert_eq!(req["tools"][0]["function"]["name"], "get_weather");
+    // A completion's counts are the engine's.
+    let events = events_of(&lib("ollama.so"), &cfg, 3, Duration::from_secs(20))
+        .await
+        .unwrap();
+    match events.last() {
+        Some(EngineEvent::End(end)) => {
+            assert_eq!((end.tokens_in, end.tokens_out), (Some(5), Some(3)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Embeddings: one vector per input, in order.
+    let adapter = orchd_host::adapters::AdapterRegistry::load_file(&lib("ollama.so")).unwrap();
+    let client = adapter.new_client(&cfg).unwrap();
+    let vectors = tokio::task::spawn_blocking(move || client.embed(vec!["a".into(), "b".into()]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(vectors, vec![vec![0.0, 0.5, -1.0], vec![1.0, 0.5, -1.0]]);
 }
