@@ -315,7 +315,11 @@ pub struct EngineExtras {
 
 /// The pools serving the request's engine and model (routing), after request validation:
 /// an unknown engine, an unknown pin target or a context no candidate can hold is a 400.
-fn candidates<'a>(state: &'a AppState, req: &TaskRequest) -> Result<Vec<&'a Arc<Pool>>, ApiError> {
+fn candidates<'a>(
+    state: &AppState,
+    pools: &'a [Arc<Pool>],
+    req: &TaskRequest,
+) -> Result<Vec<&'a Arc<Pool>>, ApiError> {
     if !state.adapters.serves_engine(&req.engine) {
         let known = state.adapters.names();
         return Err(ApiError::invalid(
@@ -329,15 +333,14 @@ fn candidates<'a>(state: &'a AppState, req: &TaskRequest) -> Result<Vec<&'a Arc<
     if let Some(p) = &req.placement
         && p.mode == PlacementMode::Pin
         && let Some(pin) = &p.pin_pool_id
-        && !state.pools.iter().any(|pool| &pool.id == pin)
+        && !pools.iter().any(|pool| &pool.id == pin)
     {
         return Err(ApiError::invalid(
             "placement.pin_pool_id",
             format!("unknown pool {pin:?}"),
         ));
     }
-    let serving: Vec<&Arc<Pool>> = state
-        .pools
+    let serving: Vec<&Arc<Pool>> = pools
         .iter()
         .filter(|p| p.engine == req.engine && p.model_ref == req.model_ref)
         .collect();
@@ -648,7 +651,9 @@ fn admit_checked(
         )
         .engine(&req.engine));
     }
-    let candidates = candidates(state, &req)?;
+    // The pools now: one snapshot for the whole admission.
+    let pools = state.pools();
+    let candidates = candidates(state, &pools, &req)?;
     let chat = (req.workload == Workload::Chat).then(|| {
         Arc::new(ChatJob {
             messages: req.messages.clone().unwrap_or_default(),

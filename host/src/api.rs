@@ -6,7 +6,7 @@ mod extract;
 mod middleware;
 mod openai;
 mod policies;
-mod pools;
+pub(crate) mod pools;
 mod sessions;
 mod tasks;
 
@@ -48,6 +48,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/embeddings"),
     ("GET", "/v1/models"),
     ("GET", "/v1/pools"),
+    ("POST", "/v1/pools"),
+    ("DELETE", "/v1/pools/{id}"),
     ("GET", "/v1/pools/{id}/health"),
     ("POST", "/v1/pools/{id}/drain"),
     ("POST", "/v1/pools/{id}/undrain"),
@@ -81,6 +83,8 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("POST", "/v1/embeddings") => post(openai::embeddings),
         ("GET", "/v1/models") => get(openai::models),
         ("GET", "/v1/pools") => get(pools::list),
+        ("POST", "/v1/pools") => post(pools::create),
+        ("DELETE", "/v1/pools/{id}") => delete(pools::remove),
         ("GET", "/v1/pools/{id}/health") => get(pools::health),
         ("POST", "/v1/pools/{id}/drain") => post(pools::drain),
         ("POST", "/v1/pools/{id}/undrain") => post(pools::undrain),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-pub use file::valid_id;
+pub use file::{pool_from_json, valid_id};
 
 /// The embedded default configuration.
 pub const DEFAULT_TOML: &str = include_str!("config/default.toml");

@@ -49,6 +49,9 @@ pub fn spawn_dispatcher(pool: Arc<Pool>, decisions: Arc<Decisions>, config: Disp
     tokio::spawn(async move {
         loop {
             let woken = pool.wake.notified();
+            if pool.is_removed() {
+                return;
+            }
             pump(&pool, &decisions, config);
             woken.await;
         }

@@ -387,6 +387,10 @@ pub struct Pool {
     token_counts: Mutex<HashMap<u64, u32>>,
     /// When a replica that keeps failing is ejected.
     pub outliers: OutlierSettings,
+    /// How often every replica is probed.
+    pub health_interval: std::time::Duration,
+    /// Removed from the daemon (`DELETE /v1/pools/{id}`): its dispatcher stops.
+    removed: AtomicBool,
 }
 
 /// Prompt token counts remembered per pool; the map is cleared when it is full.
@@ -420,12 +424,24 @@ impl Pool {
             affinity: Mutex::new(HashMap::new()),
             token_counts: Mutex::new(HashMap::new()),
             outliers: OutlierSettings::default(),
+            health_interval: settings.health_interval,
+            removed: AtomicBool::new(false),
             stats: Mutex::new(ServiceStats {
                 tokens_per_s: settings.nominal_tokens_per_s,
                 first_token_ms: settings.nominal_first_token_ms as f64,
                 measured: false,
             }),
         }
+    }
+
+    /// Marks the pool removed and wakes its dispatcher, which then stops.
+    pub fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     pub fn with_outliers(mut self, outliers: OutlierSettings) -> Self {

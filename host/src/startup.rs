@@ -88,41 +88,54 @@ fn build_pools(
     settings: &Settings,
     adapters: &AdapterRegistry,
 ) -> Result<Vec<Arc<Pool>>, StartupError> {
-    let mut pools = Vec::with_capacity(settings.pools.len());
-    for ps in &settings.pools {
+    settings
+        .pools
+        .iter()
+        .map(|ps| build_pool(settings, ps, adapters).map_err(StartupError::Config))
+        .collect()
+}
+
+/// One pool: its adapter's clients for every replica (launching engines where the config
+/// says), probed once. The error is one line for the log or the API.
+pub fn build_pool(
+    settings: &Settings,
+    ps: &crate::config::PoolSettings,
+    adapters: &AdapterRegistry,
+) -> Result<Arc<Pool>, String> {
+    {
         let adapter = adapters.get(&ps.adapter).ok_or_else(|| {
             let loaded = adapters.names();
-            StartupError::Config(format!(
+            format!(
                 "pool {:?} names adapter {:?}, which is not loaded from {} (loaded: {loaded:?})",
                 ps.id,
                 ps.adapter,
                 settings.adapters_dir.display()
-            ))
+            )
         })?;
         let served = &adapter.info().engines;
         let engine = match &ps.engine {
             Some(engine) if served.iter().any(|e| e == engine) => engine.clone(),
             Some(engine) => {
-                return Err(StartupError::Config(format!(
+                return Err(format!(
                     "pool {:?}: adapter {:?} does not serve engine {engine:?} (it serves {served:?})",
                     ps.id, ps.adapter
-                )));
+                ));
             }
             None => served.first().cloned().ok_or_else(|| {
-                StartupError::Config(format!(
+                format!(
                     "pool {:?}: adapter {:?} declares no engine",
                     ps.id, ps.adapter
-                ))
+                )
             })?,
         };
         let mut replicas = Vec::with_capacity(ps.replicas.len());
         let mut reported_ctx = 0;
         for rs in &ps.replicas {
             let client = adapter.new_client(&rs.adapter_config_json).map_err(|e| {
-                StartupError::Config(format!(
+                format!(
                     "pool {:?} replica {:?}: adapter {:?} refused its config: {}",
                     ps.id, rs.id, ps.adapter, e.message
-                ))
+                )
             })?;
             // A launched engine is started here and becomes ready through the probes.
             let supervisor = rs.launch.clone().map(|launch| {
@@ -174,22 +187,54 @@ fn build_pools(
         let ctx_max = ps
             .ctx_max
             .unwrap_or(if reported_ctx > 0 { reported_ctx } else { 4096 });
-        pools.push(Arc::new(
+        Ok(Arc::new(
             Pool::new(ps, engine, ctx_max, replicas)
                 .with_features(&adapter.info().features)
                 .with_outliers(settings.outliers),
-        ));
+        ))
     }
-    Ok(pools)
 }
 
-fn pool_interval(settings: &Settings, pool_id: &str) -> Duration {
-    settings
-        .pools
-        .iter()
-        .find(|p| p.id == pool_id)
-        .map(|p| p.health_interval)
-        .unwrap_or(Duration::from_secs(2))
+/// Starts a pool's dispatcher and health poller (at start, and for a pool created through
+/// the API).
+pub fn start_pool(state: &AppState, pool: &Arc<Pool>) {
+    pool.publish();
+    dispatch::spawn_dispatcher(
+        Arc::clone(pool),
+        Arc::clone(&state.decisions),
+        DispatchConfig::from(&state.settings),
+    );
+    spawn_health_poller(Arc::downgrade(pool), pool.health_interval);
+}
+
+/// The pools created through the API before this start, from the state store. One whose
+/// id the config file now uses is left out (the file wins, and the log says so); one that
+/// no longer builds (its adapter is gone) is reported and kept in the store.
+fn restore_api_pools(state: &Arc<AppState>) {
+    let stored = match crate::budget::blocking(|| state.store().list_pools()) {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(error = %e, "the pools created through the API could not be read from the state store; they are not served until a restart finds it");
+            return;
+        }
+    };
+    for (id, definition) in stored {
+        if state.pool(&id).is_some() {
+            tracing::warn!(pool_id = %id, "a pool created through the API has the id of a pool in the config file; the config file's is served");
+            continue;
+        }
+        match crate::api::pools::pool_of_definition(state, &definition) {
+            Ok(pool) => {
+                if state.add_pool(Arc::clone(&pool)) {
+                    start_pool(state, &pool);
+                    tracing::info!(pool_id = %id, adapter = %pool.adapter, "pool created through the API restored");
+                }
+            }
+            Err(e) => {
+                tracing::error!(pool_id = %id, error = %e.envelope.message, "a pool created through the API cannot be built now; it stays stored")
+            }
+        }
+    }
 }
 
 /// Loads everything and starts the background tasks (dispatchers, retention sweeper).
@@ -239,7 +284,6 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
     for (id, state) in catalog.states() {
         crate::metrics::model_state(&id, Some(state.as_str()));
     }
-    let config = DispatchConfig::from(&settings);
     let store = open_store(&settings.state)?;
     let decisions = Arc::new(Decisions {
         policies: Arc::clone(&policies),
@@ -290,16 +334,12 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
             tracing::warn!(error = %e, "new adapter libraries will not be picked up without a restart")
         }
     }
-    for pool in &state.pools {
-        pool.publish();
-        dispatch::spawn_dispatcher(Arc::clone(pool), Arc::clone(&decisions), config);
-        spawn_health_poller(
-            Arc::downgrade(pool),
-            pool_interval(&state.settings, &pool.id),
-        );
+    for pool in state.pools().iter() {
+        start_pool(&state, pool);
     }
+    restore_api_pools(&state);
     if let Some(gpus) = crate::gpu::Gpus::init() {
-        crate::gpu::spawn_poller(gpus, state.pools.iter().map(Arc::downgrade).collect());
+        crate::gpu::spawn_poller(gpus, state.pools().iter().map(Arc::downgrade).collect());
     }
     // The state store's upkeep: deferred settles, expired leases, reachability.
     let keeper = Arc::downgrade(&decisions);

@@ -21,7 +21,9 @@ pub struct AppState {
     pub adapters: AdapterRegistry,
     /// The policies in force (each swapped whole on reload) and the budget ledger.
     pub decisions: Arc<Decisions>,
-    pub pools: Vec<Arc<Pool>>,
+    /// The pools now: from the config at start, plus those created through the API (a
+    /// snapshot is swapped whole on every change; readers never wait).
+    pools: arc_swap::ArcSwap<Vec<Arc<Pool>>>,
     pub tasks: Tasks,
     pub sessions: Sessions,
     pub artifacts: Arc<ArtifactStore>,
@@ -32,6 +34,8 @@ pub struct AppState {
     pub stream_tokens: crate::streamtoken::StreamTokens,
     /// Relays requests for tasks another daemon runs (several daemons, one store).
     pub relay: reqwest::Client,
+    /// The state store (pools created through the API are kept there).
+    store: Arc<dyn crate::store::Store>,
     shutting_down: AtomicBool,
     watcher: std::sync::Mutex<Option<Watcher>>,
     adapter_watcher: std::sync::Mutex<Option<crate::adapters::watch::AdapterWatcher>>,
@@ -60,12 +64,13 @@ impl AppState {
                 settings.session_ttl,
                 settings.session_max_turns,
                 settings.max_sessions,
-                store,
+                Arc::clone(&store),
             ),
+            store,
             settings,
             adapters,
             decisions,
-            pools,
+            pools: arc_swap::ArcSwap::from_pointee(pools),
             tasks: Tasks::default(),
             relay: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(2))
@@ -91,12 +96,52 @@ impl AppState {
         *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
     }
 
-    pub fn pool(&self, id: &str) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| p.id == id)
+    pub fn pool(&self, id: &str) -> Option<Arc<Pool>> {
+        self.pools.load().iter().find(|p| p.id == id).cloned()
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Arc<dyn crate::store::Store> {
+        &self.store
+    }
+
+    /// Every pool now (a snapshot).
+    pub fn pools(&self) -> Arc<Vec<Arc<Pool>>> {
+        self.pools.load_full()
+    }
+
+    /// Adds a pool; `false` if one with its id exists.
+    pub fn add_pool(&self, pool: Arc<Pool>) -> bool {
+        let mut added = false;
+        self.pools.rcu(|pools| {
+            added = !pools.iter().any(|p| p.id == pool.id);
+            let mut next = (**pools).clone();
+            if added {
+                next.push(Arc::clone(&pool));
+            }
+            next
+        });
+        added
+    }
+
+    /// Removes the pool `id` from the set (new work no longer finds it); the pool itself
+    /// lives on while its tasks hold it.
+    pub fn remove_pool(&self, id: &str) -> Option<Arc<Pool>> {
+        let mut removed = None;
+        self.pools.rcu(|pools| {
+            removed = pools.iter().find(|p| p.id == id).cloned();
+            pools
+                .iter()
+                .filter(|p| p.id != id)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        removed
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Acquire) && self.pools.iter().any(|p| p.is_ready())
+        !self.shutting_down.load(Ordering::Acquire)
+            && self.pools.load().iter().any(|p| p.is_ready())
     }
 
     pub fn begin_shutdown(&self) {
@@ -125,7 +170,7 @@ impl AppState {
         let mut aborted = 0;
         for task in self.tasks.live() {
             let pool = self.pool(&task.spec.pool_id);
-            if let Some(pool) = pool
+            if let Some(pool) = &pool
                 && pool.queue.remove_task(&task)
             {
                 pool.publish();
@@ -190,7 +235,7 @@ impl AppState {
             return;
         };
         let version = adapter.info().version.clone();
-        for pool in self.pools.iter().filter(|p| p.adapter == name) {
+        for pool in self.pools().iter().filter(|p| p.adapter == name) {
             for replica in &pool.replicas {
                 match adapter.new_client(&replica.adapter_config_json) {
                     Ok(client) => {
@@ -228,7 +273,7 @@ impl AppState {
     /// Returns `false` if the task had already ended.
     pub async fn cancel(&self, task: &Task, reason: &str) -> bool {
         let pool = self.pool(&task.spec.pool_id);
-        if let Some(pool) = pool
+        if let Some(pool) = &pool
             && pool.queue.remove(&task.id).is_some()
         {
             pool.publish();

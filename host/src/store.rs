@@ -333,6 +333,10 @@ pub trait Store: Send + Sync {
     }
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError>;
     /// Says daemon `id` (at `addr`) is alive until `until_ms`.
+    /// Pools created through the API: their definitions (JSON), by id.
+    fn put_pool(&self, id: &str, definition: &str) -> Result<(), StoreError>;
+    fn delete_pool(&self, id: &str) -> Result<bool, StoreError>;
+    fn list_pools(&self) -> Result<Vec<(String, String)>, StoreError>;
     fn heartbeat(&self, id: &str, addr: &str, until_ms: u64) -> Result<(), StoreError>;
     /// Whether daemon `id` has said it is alive past `now_ms`.
     fn daemon_alive(&self, id: &str, now_ms: u64) -> Result<bool, StoreError>;
@@ -485,6 +489,18 @@ impl Store for Observed {
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {
         self.seen(self.inner.get_task(id, now_ms))
     }
+    fn put_pool(&self, id: &str, definition: &str) -> Result<(), StoreError> {
+        self.seen(self.inner.put_pool(id, definition))
+    }
+
+    fn delete_pool(&self, id: &str) -> Result<bool, StoreError> {
+        self.seen(self.inner.delete_pool(id))
+    }
+
+    fn list_pools(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.seen(self.inner.list_pools())
+    }
+
     fn heartbeat(&self, id: &str, addr: &str, until_ms: u64) -> Result<(), StoreError> {
         self.seen(self.inner.heartbeat(id, addr, until_ms))
     }

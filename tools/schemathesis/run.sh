@@ -27,6 +27,8 @@
 #   24 h) never takes the data plane's pool `mock` out of service and the rest of the run
 #   keeps exercising real admissions (a task for `spare` while it drains is the documented
 #   503);
+# - DELETE /v1/pools/{id} removes only pools created through the API (this run's own, on the
+#   mock adapter); `mock` and `spare` come from orchd.toml and answer 409;
 # - POST /v1/pools/{id}/reload: orchd.toml has no launched replicas, so no engine is ever
 #   restarted (a schema-valid reload is the documented 400);
 # - POST /v1/policies/reload rescans the dist policy directory, which nothing changes during

@@ -135,7 +135,7 @@ pub async fn verify(
         .await?
         .ok_or_else(|| ApiError::not_found("model", &id))?;
     let engine = state
-        .pools
+        .pools()
         .iter()
         .find(|p| p.model_ref == id)
         .map_or_else(|| "unknown".to_owned(), |p| p.engine.clone());
@@ -171,7 +171,7 @@ pub async fn set_state(
     if req.state == ModelState::Retired
         && let Some(deadline_ms) = req.deadline_ms
     {
-        for pool in state.pools.iter().filter(|p| p.model_ref == id) {
+        for pool in state.pools().iter().filter(|p| p.model_ref == id) {
             if let Some(this_drain) =
                 pool.begin_drain(std::time::Duration::from_millis(deadline_ms))
             {

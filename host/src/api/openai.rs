@@ -98,7 +98,7 @@ fn now_s() -> u64 {
 /// `GET /v1/models`: what the ready pools serve now, one entry per model.
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     let mut data: Vec<Model> = Vec::new();
-    for pool in state.pools.iter().filter(|p| p.is_ready()) {
+    for pool in state.pools().iter().filter(|p| p.is_ready()) {
         if data.iter().any(|m| m.id == pool.model_ref) {
             continue;
         }
@@ -397,15 +397,13 @@ const MODEL_NOT_FOUND: &str = "The model `";
 /// The pool serving `model`: a ready one if there is one, else any (whose readiness the
 /// admission path then reports). No pool at all is OpenAI's 404 `model_not_found`, which
 /// the official clients do not retry.
-fn pool_for_model<'a>(
-    state: &'a AppState,
-    model: &str,
-) -> Result<&'a Arc<crate::pool::Pool>, ApiError> {
-    state
-        .pools
+fn pool_for_model(state: &AppState, model: &str) -> Result<Arc<crate::pool::Pool>, ApiError> {
+    let pools = state.pools();
+    pools
         .iter()
         .find(|p| p.model_ref == model && p.is_ready())
-        .or_else(|| state.pools.iter().find(|p| p.model_ref == model))
+        .or_else(|| pools.iter().find(|p| p.model_ref == model))
+        .cloned()
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NotFound,

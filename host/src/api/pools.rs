@@ -63,7 +63,7 @@ fn health_of(pool: &Pool) -> PoolHealth {
     }
 }
 
-fn find<'a>(state: &'a AppState, id: &str) -> Result<&'a Arc<Pool>, ApiError> {
+fn find(state: &AppState, id: &str) -> Result<Arc<Pool>, ApiError> {
     state
         .pool(id)
         .ok_or_else(|| ApiError::not_found("pool", id))
@@ -72,7 +72,7 @@ fn find<'a>(state: &'a AppState, id: &str) -> Result<&'a Arc<Pool>, ApiError> {
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<PoolList> {
     Json(PoolList {
         pools: state
-            .pools
+            .pools()
             .iter()
             .map(|p| PoolView {
                 pool_id: p.id.clone(),
@@ -90,7 +90,8 @@ pub async fn health(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<PoolHealth>, ApiError> {
-    Ok(Json(health_of(find(&state, &id)?)))
+    let pool = find(&state, &id)?;
+    Ok(Json(health_of(&pool)))
 }
 
 /// Longest drain deadline accepted.
@@ -127,12 +128,142 @@ pub async fn undrain(
     }))
 }
 
+fn view(p: &Pool) -> PoolView {
+    PoolView {
+        pool_id: p.id.clone(),
+        engine: p.engine.clone(),
+        adapter: p.adapter.clone(),
+        model_ref: p.model_ref.clone(),
+        ctx_max: p.ctx_max,
+        health: health_of(p),
+    }
+}
+
+/// A pool from its definition (one `[[pools]]` entry as JSON), built on the loaded adapter
+/// it names: its replicas' clients made and probed. Blocking (FFI): call off the workers.
+pub fn pool_of_definition(state: &AppState, definition: &str) -> Result<Arc<Pool>, ApiError> {
+    let body: Value = serde_json::from_str(definition)
+        .map_err(|e| ApiError::invalid("body", format!("not JSON: {e}")))?;
+    let pools = state.pools();
+    let pool_ids = pools.iter().map(|p| p.id.clone()).collect();
+    let replica_ids = pools
+        .iter()
+        .flat_map(|p| p.replicas.iter().map(|r| r.id.clone()))
+        .collect();
+    let settings =
+        crate::config::pool_from_json(body, state.settings.queue_capacity, pool_ids, replica_ids)
+            .map_err(|e| ApiError::invalid("body", e))?;
+    crate::startup::build_pool(&state.settings, &settings, &state.adapters)
+        .map_err(|e| ApiError::invalid("body", e))
+}
+
+/// `POST /v1/pools` (admin): a pool on any loaded adapter, served at once, without a
+/// restart. The body is one `[[pools]]` entry of the config file as JSON (no `launch`:
+/// the API never starts a process). It is kept in the state store, so it survives a
+/// restart. 409 if the id is taken; 400 naming what is wrong (unknown adapter, bad replica
+/// config, an id taken by a replica).
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<PoolView>), ApiError> {
+    state.accepting_tasks()?;
+    let id = body["id"].as_str().unwrap_or("").to_owned();
+    if state.pool(&id).is_some() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("pool {id:?} exists; DELETE it first to change it"),
+        )
+        .pool(&id));
+    }
+    let definition = body.to_string();
+    let pool = {
+        let (state, definition) = (Arc::clone(&state), definition.clone());
+        tokio::task::spawn_blocking(move || pool_of_definition(&state, &definition))
+            .await
+            .map_err(|e| ApiError::internal(format!("building the pool panicked: {e}")))??
+    };
+    let store = Arc::clone(state.store());
+    let (pool_id, stored) = (pool.id.clone(), definition);
+    tokio::task::spawn_blocking(move || store.put_pool(&pool_id, &stored))
+        .await
+        .map_err(|e| ApiError::internal(format!("the store write panicked: {e}")))?
+        .map_err(|e| ApiError::store_down("pools", e))?;
+    if !state.add_pool(Arc::clone(&pool)) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("pool {:?} was created meanwhile", pool.id),
+        )
+        .pool(&pool.id));
+    }
+    crate::startup::start_pool(&state, &pool);
+    tracing::info!(
+        pool_id = %pool.id, adapter = %pool.adapter, model_ref = %pool.model_ref,
+        replicas = pool.replicas.len(), "pool created through the API"
+    );
+    Ok((StatusCode::CREATED, Json(view(&pool))))
+}
+
+/// `DELETE /v1/pools/{id}` (admin): removes a pool created through the API. New work no
+/// longer finds it at once; work it holds drains within the shutdown grace (then ends with
+/// `POOL_UNAVAILABLE`), and it is gone from the state store (a restart does not bring it
+/// back). A pool of the config file is removed there, not here (409).
+pub async fn remove(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let pool = find(&state, &id)?;
+    if state.settings.pools.iter().any(|p| p.id == id) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("pool {id:?} is defined in the config file; remove it there (and restart)"),
+        )
+        .pool(&id));
+    }
+    let store = Arc::clone(state.store());
+    let key = id.clone();
+    tokio::task::spawn_blocking(move || store.delete_pool(&key))
+        .await
+        .map_err(|e| ApiError::internal(format!("the store write panicked: {e}")))?
+        .map_err(|e| ApiError::store_down("pools", e))?;
+    state.remove_pool(&id);
+    let grace = state.settings.shutdown_grace;
+    pool.begin_drain(grace);
+    pool.publish();
+    let in_flight = state
+        .tasks
+        .live()
+        .iter()
+        .filter(|t| t.spec.pool_id == id)
+        .count() as u32;
+    tracing::info!(pool_id = %id, in_flight, grace_ms = grace.as_millis() as u64, "pool removed; draining what it holds");
+    let remover = Arc::clone(&state);
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < until
+            && remover
+                .tasks
+                .live()
+                .iter()
+                .any(|t| t.spec.pool_id == pool.id)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ended = remover.end_pool_tasks(&pool, "drain").await;
+        pool.mark_removed();
+        tracing::info!(pool_id = %pool.id, ended, "pool gone");
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"pool_id": id, "removed": true, "in_flight": in_flight})),
+    ))
+}
+
 pub async fn drain(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<DrainRequest>,
 ) -> Result<(StatusCode, Json<DrainAccepted>), ApiError> {
-    let pool = Arc::clone(find(&state, &id)?);
+    let pool = find(&state, &id)?;
     if req.deadline_ms > MAX_DRAIN_MS {
         return Err(ApiError::invalid(
             "deadline_ms",
@@ -211,7 +342,7 @@ pub async fn reload(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<orchd_contracts::pools::ReloadRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let pool = Arc::clone(find(&state, &id)?);
+    let pool = find(&state, &id)?;
     if req.new_model_ref.trim().is_empty() {
         return Err(ApiError::invalid("new_model_ref", "must not be empty"));
     }
@@ -331,8 +462,8 @@ pub async fn capabilities(State(state): State<Arc<AppState>>) -> Json<Value> {
     for adapter in &state.adapters.all() {
         let info = adapter.info();
         for engine in &info.engines {
-            let pools: Vec<&Arc<Pool>> =
-                state.pools.iter().filter(|p| &p.engine == engine).collect();
+            let all = state.pools();
+            let pools: Vec<&Arc<Pool>> = all.iter().filter(|p| &p.engine == engine).collect();
             let workloads = if info.features.iter().any(|f| f == "embeddings") {
                 json!(["completion", "embedding"])
             } else {

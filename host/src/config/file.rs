@@ -594,6 +594,108 @@ pub struct PoolFile {
     pub replicas: Vec<ReplicaFile>,
 }
 
+/// One `[[pools]]` entry, validated: ids (unique among `pool_ids` and `replica_ids`, which
+/// it extends), replicas, rates; relative launch paths resolve against `base`.
+fn pool_settings(
+    pool: PoolFile,
+    base: &Path,
+    default_capacity: NonZeroU32,
+    pool_ids: &mut HashSet<String>,
+    replica_ids: &mut HashSet<String>,
+) -> Result<PoolSettings, ConfigError> {
+    let invalid = |m: String| ConfigError::Invalid(m);
+    if !valid_id(&pool.id) {
+        return Err(invalid(format!(
+            "pool id {:?} must be 1-128 chars of [A-Za-z0-9._:-]",
+            pool.id
+        )));
+    }
+    if !pool_ids.insert(pool.id.clone()) {
+        return Err(invalid(format!("pool id {:?} is declared twice", pool.id)));
+    }
+    if pool.replicas.is_empty() {
+        return Err(invalid(format!("pool {:?} has no replicas", pool.id)));
+    }
+    if !(pool.nominal_tokens_per_s.is_finite() && pool.nominal_tokens_per_s > 0.0) {
+        return Err(invalid(format!(
+            "pool {:?}: nominal_tokens_per_s must be > 0",
+            pool.id
+        )));
+    }
+    let mut replicas = Vec::with_capacity(pool.replicas.len());
+    for r in pool.replicas {
+        if !valid_id(&r.id) {
+            return Err(invalid(format!(
+                "pool {:?}: replica id {:?} must be 1-128 chars of [A-Za-z0-9._:-]",
+                pool.id, r.id
+            )));
+        }
+        if !replica_ids.insert(r.id.clone()) {
+            return Err(invalid(format!("replica id {:?} is declared twice", r.id)));
+        }
+        let launch = r.launch.map(|l| LaunchSettings {
+            cmd: resolve(base, &l.cmd),
+            args: l.args,
+            env: l
+                .env
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = match v {
+                        toml::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (k, value)
+                })
+                .collect(),
+            model: l.model,
+            ready_timeout: Duration::from_millis(l.ready_timeout_ms.get().into()),
+        });
+        replicas.push(ReplicaSettings {
+            id: r.id,
+            device_mask: r.device_mask,
+            adapter_config_json: table_to_json(&r.config),
+            launch,
+        });
+    }
+    Ok(PoolSettings {
+        queue_capacity: pool.queue_capacity.unwrap_or(default_capacity),
+        model_ref: pool.model_ref.unwrap_or_else(|| pool.id.clone()),
+        id: pool.id,
+        engine: pool.engine,
+        adapter: pool.adapter,
+        ctx_max: pool.ctx_max,
+        health_interval: Duration::from_millis(pool.health_interval_ms.get().into()),
+        nominal_tokens_per_s: pool.nominal_tokens_per_s,
+        nominal_first_token_ms: pool.nominal_first_token_ms,
+        replicas,
+    })
+}
+
+/// A pool created through the API (`POST /v1/pools`): the body is one `[[pools]]` entry as
+/// JSON. Launching engine processes is for the config file only (the API never runs a
+/// command). `pool_ids` and `replica_ids` are the ids in use.
+pub fn pool_from_json(
+    body: serde_json::Value,
+    default_capacity: NonZeroU32,
+    mut pool_ids: HashSet<String>,
+    mut replica_ids: HashSet<String>,
+) -> Result<PoolSettings, String> {
+    let pool: PoolFile = serde_json::from_value(body).map_err(|e| e.to_string())?;
+    if pool.replicas.iter().any(|r| r.launch.is_some()) {
+        return Err(
+            "replicas[].launch: engine processes are launched from the config file only".into(),
+        );
+    }
+    pool_settings(
+        pool,
+        Path::new("/"),
+        default_capacity,
+        &mut pool_ids,
+        &mut replica_ids,
+    )
+    .map_err(|e| e.to_string())
+}
+
 fn default_health_interval() -> NonZeroU32 {
     NonZeroU32::new(2_000).expect("non-zero")
 }
@@ -752,71 +854,13 @@ impl FileConfig {
         let mut replica_ids = HashSet::new();
         let mut pools = Vec::with_capacity(file_pools.len());
         for pool in file_pools {
-            if !valid_id(&pool.id) {
-                return Err(invalid(format!(
-                    "pool id {:?} must be 1-128 chars of [A-Za-z0-9._:-]",
-                    pool.id
-                )));
-            }
-            if !pool_ids.insert(pool.id.clone()) {
-                return Err(invalid(format!("pool id {:?} is declared twice", pool.id)));
-            }
-            if pool.replicas.is_empty() {
-                return Err(invalid(format!("pool {:?} has no replicas", pool.id)));
-            }
-            if !(pool.nominal_tokens_per_s.is_finite() && pool.nominal_tokens_per_s > 0.0) {
-                return Err(invalid(format!(
-                    "pool {:?}: nominal_tokens_per_s must be > 0",
-                    pool.id
-                )));
-            }
-            let mut replicas = Vec::with_capacity(pool.replicas.len());
-            for r in pool.replicas {
-                if !valid_id(&r.id) {
-                    return Err(invalid(format!(
-                        "pool {:?}: replica id {:?} must be 1-128 chars of [A-Za-z0-9._:-]",
-                        pool.id, r.id
-                    )));
-                }
-                if !replica_ids.insert(r.id.clone()) {
-                    return Err(invalid(format!("replica id {:?} is declared twice", r.id)));
-                }
-                let launch = r.launch.map(|l| LaunchSettings {
-                    cmd: resolve(base, &l.cmd),
-                    args: l.args,
-                    env: l
-                        .env
-                        .into_iter()
-                        .map(|(k, v)| {
-                            let value = match v {
-                                toml::Value::String(s) => s,
-                                other => other.to_string(),
-                            };
-                            (k, value)
-                        })
-                        .collect(),
-                    model: l.model,
-                    ready_timeout: Duration::from_millis(l.ready_timeout_ms.get().into()),
-                });
-                replicas.push(ReplicaSettings {
-                    id: r.id,
-                    device_mask: r.device_mask,
-                    adapter_config_json: table_to_json(&r.config),
-                    launch,
-                });
-            }
-            pools.push(PoolSettings {
-                queue_capacity: pool.queue_capacity.unwrap_or(self.queue.capacity),
-                model_ref: pool.model_ref.unwrap_or_else(|| pool.id.clone()),
-                id: pool.id,
-                engine: pool.engine,
-                adapter: pool.adapter,
-                ctx_max: pool.ctx_max,
-                health_interval: Duration::from_millis(pool.health_interval_ms.get().into()),
-                nominal_tokens_per_s: pool.nominal_tokens_per_s,
-                nominal_first_token_ms: pool.nominal_first_token_ms,
-                replicas,
-            });
+            pools.push(pool_settings(
+                pool,
+                base,
+                self.queue.capacity,
+                &mut pool_ids,
+                &mut replica_ids,
+            )?);
         }
         let addr = cli.addr.unwrap_or(self.server.addr);
         let api_keys = api_keys(

@@ -547,6 +547,31 @@ impl Store for RedisStore {
         }))
     }
 
+    fn put_pool(&self, id: &str, definition: &str) -> Result<(), StoreError> {
+        let key = format!("{}pools", self.prefix);
+        self.with(|conn| {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(id)
+                .arg(definition)
+                .query::<()>(conn)
+        })
+    }
+
+    fn delete_pool(&self, id: &str) -> Result<bool, StoreError> {
+        let key = format!("{}pools", self.prefix);
+        let n: i64 = self.with(|conn| redis::cmd("HDEL").arg(&key).arg(id).query(conn))?;
+        Ok(n > 0)
+    }
+
+    fn list_pools(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let key = format!("{}pools", self.prefix);
+        let mut all: Vec<(String, String)> =
+            self.with(|conn| redis::cmd("HGETALL").arg(&key).query(conn))?;
+        all.sort();
+        Ok(all)
+    }
+
     fn heartbeat(&self, id: &str, addr: &str, until_ms: u64) -> Result<(), StoreError> {
         let key = format!("{}d:{}", self.prefix, id);
         self.with(|conn| {

@@ -166,6 +166,8 @@ impl SqliteStore {
                          BEGIN UPDATE session_rows SET n = n + 1; END;
                      CREATE TRIGGER IF NOT EXISTS session_gone AFTER DELETE ON sessions
                          BEGIN UPDATE session_rows SET n = n - 1; END;
+                     CREATE TABLE IF NOT EXISTS pools (
+                         id TEXT PRIMARY KEY, definition TEXT NOT NULL);
                      CREATE TABLE IF NOT EXISTS daemons (
                          id TEXT PRIMARY KEY, addr TEXT NOT NULL,
                          alive_until INTEGER NOT NULL);",
@@ -437,6 +439,39 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(err)
+        })
+    }
+
+    fn put_pool(&self, id: &str, definition: &str) -> Result<(), StoreError> {
+        let (id, definition) = (id.to_owned(), definition.to_owned());
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO pools (id, definition) VALUES (?1, ?2)",
+                params![id, definition],
+            )
+            .map(|_| ())
+            .map_err(err)
+        })
+    }
+
+    fn delete_pool(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            conn.execute("DELETE FROM pools WHERE id = ?1", params![id])
+                .map(|n| n > 0)
+                .map_err(err)
+        })
+    }
+
+    fn list_pools(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(|conn| {
+            let mut q = conn
+                .prepare("SELECT id, definition FROM pools ORDER BY id")
+                .map_err(err)?;
+            let rows = q
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(err)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(err)
         })
     }
 

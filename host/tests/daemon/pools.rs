@@ -334,3 +334,107 @@ async fn a_library_dropped_into_the_adapter_directory_is_loaded_without_a_restar
     let id = submit(&d, &task("p", json!({"max_tokens": 2}))).await;
     wait_state(&d, &id, "succeeded").await;
 }
+
+#[tokio::test]
+async fn pools_are_created_and_removed_at_runtime_and_a_created_one_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[state]\npath = \"{}\"\n\n{}",
+        dir.path().join("state.sqlite").display(),
+        config(
+            &default_admission("reject"),
+            8,
+            &[mock_pool("p", "slots = 1")]
+        )
+    );
+    let mut d = DaemonBuilder::new(cfg.clone()).start();
+    let create = |d: &Daemon, body: Value| {
+        let req = d.http.post(d.url("/v1/pools")).json(&body);
+        async move { req.send().await.unwrap() }
+    };
+    let extra = json!({
+        "id": "extra",
+        "adapter": "mock",
+        "model_ref": "extra-model",
+        "replicas": [{"id": "extra-0", "config": {"slots": 2, "tokens_per_s": 500.0}}]
+    });
+    // No pool serves the model yet: 404, not a retriable 503.
+    let resp = d.submit(&task("extra", json!({}))).await;
+    assert_eq!(resp.status().as_u16(), 404);
+    let resp = create(&d, extra.clone()).await;
+    assert_eq!(resp.status().as_u16(), 201);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["pool_id"], "extra");
+    assert_eq!(body["ready"], true, "{body}");
+    // Served at once, without a restart.
+    let id = d.submit_ok(&task("extra", json!({"max_tokens": 2}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+    // What the API refuses, each with its reason.
+    let resp = create(&d, extra.clone()).await;
+    assert_eq!(resp.status().as_u16(), 409);
+    for (body, needle) in [
+        (
+            json!({"id": "x1", "adapter": "nope", "replicas": [{"id": "x1-0"}]}),
+            "not loaded",
+        ),
+        (
+            json!({"id": "x2", "adapter": "mock", "replicas": [{"id": "p-0"}]}),
+            "declared twice",
+        ),
+        (
+            json!({"id": "x3", "adapter": "mock", "replicas": [{"id": "x3-0", "config": {"slots": 0}}]}),
+            "slots",
+        ),
+        (
+            json!({"id": "x4", "adapter": "mock", "replicas": [{"id": "x4-0", "launch": {"cmd": "/bin/true", "model": "m"}}]}),
+            "config file only",
+        ),
+    ] {
+        let resp = create(&d, body.clone()).await;
+        assert_eq!(resp.status().as_u16(), 400, "{body}");
+        let err: Value = resp.json().await.unwrap();
+        assert!(err["message"].as_str().unwrap().contains(needle), "{err}");
+    }
+    let (_, pools) = d.get_json("/v1/pools").await;
+    assert_eq!(pools["pools"].as_array().unwrap().len(), 2, "{pools}");
+    // A pool of the config file is removed there.
+    let resp = d.http.delete(d.url("/v1/pools/p")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 409);
+
+    // kill -9 and start again: the created pool is back, and serves.
+    d.kill9();
+    let d = DaemonBuilder::new(cfg.clone()).start();
+    let (_, pools) = d.get_json("/v1/pools").await;
+    let ids: Vec<&str> = pools["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pool_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"extra"), "{pools}");
+    let id = d.submit_ok(&task("extra", json!({"max_tokens": 2}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+
+    // Removed: new work no longer finds it, and a restart does not bring it back.
+    let resp = d
+        .http
+        .delete(d.url("/v1/pools/extra"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let resp = d.submit(&task("extra", json!({}))).await;
+    assert_eq!(resp.status().as_u16(), 404);
+    let resp = d
+        .http
+        .delete(d.url("/v1/pools/extra"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let mut d = d;
+    d.kill9();
+    let d = DaemonBuilder::new(cfg).start();
+    let (_, pools) = d.get_json("/v1/pools").await;
+    assert_eq!(pools["pools"].as_array().unwrap().len(), 1, "{pools}");
+}
