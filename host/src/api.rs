@@ -23,7 +23,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use orchd_contracts::ErrorCode;
 
 use crate::errors::ApiError;
@@ -49,7 +49,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/models"),
     ("GET", "/v1/pools"),
     ("POST", "/v1/pools"),
+    ("PUT", "/v1/pools/{id}"),
     ("DELETE", "/v1/pools/{id}"),
+    ("POST", "/v1/pools/{id}/replicas"),
+    ("DELETE", "/v1/pools/{id}/replicas/{replica_id}"),
     ("GET", "/v1/pools/{id}/health"),
     ("POST", "/v1/pools/{id}/drain"),
     ("POST", "/v1/pools/{id}/undrain"),
@@ -84,7 +87,10 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("GET", "/v1/models") => get(openai::models),
         ("GET", "/v1/pools") => get(pools::list),
         ("POST", "/v1/pools") => post(pools::create),
+        ("PUT", "/v1/pools/{id}") => put(pools::replace),
         ("DELETE", "/v1/pools/{id}") => delete(pools::remove),
+        ("POST", "/v1/pools/{id}/replicas") => post(pools::add_replica),
+        ("DELETE", "/v1/pools/{id}/replicas/{replica_id}") => delete(pools::remove_replica),
         ("GET", "/v1/pools/{id}/health") => get(pools::health),
         ("POST", "/v1/pools/{id}/drain") => post(pools::drain),
         ("POST", "/v1/pools/{id}/undrain") => post(pools::undrain),

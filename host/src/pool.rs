@@ -391,6 +391,8 @@ pub struct Pool {
     pub health_interval: std::time::Duration,
     /// Removed from the daemon (`DELETE /v1/pools/{id}`): its dispatcher stops.
     removed: AtomicBool,
+    /// Its definition (JSON), when it was created through the API.
+    pub definition: std::sync::OnceLock<String>,
 }
 
 /// Prompt token counts remembered per pool; the map is cleared when it is full.
@@ -426,6 +428,7 @@ impl Pool {
             outliers: OutlierSettings::default(),
             health_interval: settings.health_interval,
             removed: AtomicBool::new(false),
+            definition: std::sync::OnceLock::new(),
             stats: Mutex::new(ServiceStats {
                 tokens_per_s: settings.nominal_tokens_per_s,
                 first_token_ms: settings.nominal_first_token_ms as f64,

@@ -223,7 +223,7 @@ fn restore_api_pools(state: &Arc<AppState>) {
             tracing::warn!(pool_id = %id, "a pool created through the API has the id of a pool in the config file; the config file's is served");
             continue;
         }
-        match crate::api::pools::pool_of_definition(state, &definition) {
+        match crate::api::pools::pool_of_definition(state, &definition, None) {
             Ok(pool) => {
                 if state.add_pool(Arc::clone(&pool)) {
                     start_pool(state, &pool);

@@ -124,6 +124,60 @@ impl AppState {
         added
     }
 
+    /// Puts `pool` in place of the pool with its id (or adds it); the one it replaced.
+    pub fn replace_pool(&self, pool: Arc<Pool>) -> Option<Arc<Pool>> {
+        let mut old = None;
+        self.pools.rcu(|pools| {
+            old = pools.iter().find(|p| p.id == pool.id).cloned();
+            let mut next: Vec<Arc<Pool>> =
+                pools.iter().filter(|p| p.id != pool.id).cloned().collect();
+            next.push(Arc::clone(&pool));
+            next
+        });
+        old
+    }
+
+    /// Retires a pool taken out of the set (removed, or replaced by a new definition): new
+    /// work no longer finds it; what it queued dispatches on its own replicas and what runs
+    /// finishes, within `grace`. Then what is still queued ends with `POOL_UNAVAILABLE`, and
+    /// its dispatcher stops. Running tasks are canceled at the grace only when no pool has
+    /// taken its id (a replaced pool's running tasks keep their replicas until they end).
+    pub fn retire_pool(self: &Arc<Self>, pool: Arc<Pool>, grace: std::time::Duration) {
+        pool.begin_drain(grace);
+        pool.publish();
+        let state = Arc::clone(self);
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + grace;
+            let busy = |p: &Pool| p.queue.depth() > 0 || p.replicas.iter().any(|r| r.leases() > 0);
+            while tokio::time::Instant::now() < until && busy(&pool) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let mut ended = 0;
+            while let Some((task, _)) = pool.queue.head() {
+                if pool.queue.remove_task(&task) {
+                    let mut envelope = *crate::errors::ApiError::new(
+                        orchd_contracts::ErrorCode::PoolUnavailable,
+                        format!("pool {} was removed before the task started", pool.id),
+                    )
+                    .pool(&pool.id)
+                    .retry_after_ms(1000)
+                    .envelope;
+                    envelope.correlation_id = Some(task.spec.correlation_id.clone());
+                    if task.fail(envelope).is_some() {
+                        ended += 1;
+                        state.decisions.settle(&task);
+                    }
+                }
+            }
+            if state.pool(&pool.id).is_none() {
+                ended += state.end_pool_tasks(&pool, "drain").await;
+            }
+            pool.mark_removed();
+            pool.publish();
+            tracing::info!(pool_id = %pool.id, ended, "pool retired");
+        });
+    }
+
     /// Removes the pool `id` from the set (new work no longer finds it); the pool itself
     /// lives on while its tasks hold it.
     pub fn remove_pool(&self, id: &str) -> Option<Arc<Pool>> {

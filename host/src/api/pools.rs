@@ -140,21 +140,89 @@ fn view(p: &Pool) -> PoolView {
 }
 
 /// A pool from its definition (one `[[pools]]` entry as JSON), built on the loaded adapter
-/// it names: its replicas' clients made and probed. Blocking (FFI): call off the workers.
-pub fn pool_of_definition(state: &AppState, definition: &str) -> Result<Arc<Pool>, ApiError> {
+/// it names: its replicas' clients made and probed. The ids of pool `replacing` (and its
+/// replicas) are free for it. Blocking (FFI): call off the workers.
+pub fn pool_of_definition(
+    state: &AppState,
+    definition: &str,
+    replacing: Option<&str>,
+) -> Result<Arc<Pool>, ApiError> {
     let body: Value = serde_json::from_str(definition)
         .map_err(|e| ApiError::invalid("body", format!("not JSON: {e}")))?;
     let pools = state.pools();
-    let pool_ids = pools.iter().map(|p| p.id.clone()).collect();
-    let replica_ids = pools
-        .iter()
+    let others = pools.iter().filter(|p| Some(p.id.as_str()) != replacing);
+    let pool_ids = others.clone().map(|p| p.id.clone()).collect();
+    let replica_ids = others
         .flat_map(|p| p.replicas.iter().map(|r| r.id.clone()))
         .collect();
     let settings =
         crate::config::pool_from_json(body, state.settings.queue_capacity, pool_ids, replica_ids)
             .map_err(|e| ApiError::invalid("body", e))?;
-    crate::startup::build_pool(&state.settings, &settings, &state.adapters)
-        .map_err(|e| ApiError::invalid("body", e))
+    let pool = crate::startup::build_pool(&state.settings, &settings, &state.adapters)
+        .map_err(|e| ApiError::invalid("body", e))?;
+    let _ = pool.definition.set(definition.to_owned());
+    Ok(pool)
+}
+
+/// A pool of the config file is changed there, not through the API.
+fn not_from_config(state: &AppState, id: &str) -> Result<(), ApiError> {
+    if state.settings.pools.iter().any(|p| p.id == id) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("pool {id:?} is defined in the config file; change it there (and restart)"),
+        )
+        .pool(id));
+    }
+    Ok(())
+}
+
+/// Builds (off the workers) and stores a pool definition, then puts it in the set in
+/// place of the pool with its id, retiring that one; starts it. `201` when new, `200` when
+/// it replaced one.
+async fn install(
+    state: &Arc<AppState>,
+    definition: String,
+    replacing: Option<String>,
+) -> Result<(StatusCode, Json<PoolView>), ApiError> {
+    let pool = {
+        let (state, definition, replacing) =
+            (Arc::clone(state), definition.clone(), replacing.clone());
+        tokio::task::spawn_blocking(move || {
+            pool_of_definition(&state, &definition, replacing.as_deref())
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("building the pool panicked: {e}")))??
+    };
+    let store = Arc::clone(state.store());
+    let (pool_id, stored) = (pool.id.clone(), definition);
+    tokio::task::spawn_blocking(move || store.put_pool(&pool_id, &stored))
+        .await
+        .map_err(|e| ApiError::internal(format!("the store write panicked: {e}")))?
+        .map_err(|e| ApiError::store_down("pools", e))?;
+    let old = if replacing.is_some() {
+        state.replace_pool(Arc::clone(&pool))
+    } else if state.add_pool(Arc::clone(&pool)) {
+        None
+    } else {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("pool {:?} was created meanwhile", pool.id),
+        )
+        .pool(&pool.id));
+    };
+    crate::startup::start_pool(state, &pool);
+    tracing::info!(
+        pool_id = %pool.id, adapter = %pool.adapter, model_ref = %pool.model_ref,
+        replicas = pool.replicas.len(), replaced = old.is_some(), "pool set through the API"
+    );
+    let status = match old {
+        Some(old) => {
+            state.retire_pool(old, state.settings.shutdown_grace);
+            StatusCode::OK
+        }
+        None => StatusCode::CREATED,
+    };
+    Ok((status, Json(view(&pool))))
 }
 
 /// `POST /v1/pools` (admin): a pool on any loaded adapter, served at once, without a
@@ -171,87 +239,121 @@ pub async fn create(
     if state.pool(&id).is_some() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
-            format!("pool {id:?} exists; DELETE it first to change it"),
+            format!("pool {id:?} exists; PUT /v1/pools/{id} changes it"),
         )
         .pool(&id));
     }
-    let definition = body.to_string();
-    let pool = {
-        let (state, definition) = (Arc::clone(&state), definition.clone());
-        tokio::task::spawn_blocking(move || pool_of_definition(&state, &definition))
-            .await
-            .map_err(|e| ApiError::internal(format!("building the pool panicked: {e}")))??
-    };
-    let store = Arc::clone(state.store());
-    let (pool_id, stored) = (pool.id.clone(), definition);
-    tokio::task::spawn_blocking(move || store.put_pool(&pool_id, &stored))
-        .await
-        .map_err(|e| ApiError::internal(format!("the store write panicked: {e}")))?
-        .map_err(|e| ApiError::store_down("pools", e))?;
-    if !state.add_pool(Arc::clone(&pool)) {
+    install(&state, body.to_string(), None).await
+}
+
+/// `PUT /v1/pools/{id}` (admin): the pool's new definition (the body's `id`, if any, must
+/// be the path's). New work goes to the new pool at once; the old one drains what it holds
+/// (its running tasks finish on its replicas). Creates the pool if there is none (201).
+pub async fn replace(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(mut body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<PoolView>), ApiError> {
+    state.accepting_tasks()?;
+    not_from_config(&state, &id)?;
+    match body.get("id") {
+        Some(Value::String(b)) if *b != id => {
+            return Err(ApiError::invalid(
+                "id",
+                format!("{b:?} is not the path's {id:?}"),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("id".into(), json!(id));
+    }
+    let replacing = state.pool(&id).map(|_| id.clone());
+    install(&state, body.to_string(), replacing).await
+}
+
+/// The stored definition of a pool created through the API, as JSON.
+fn definition_of(state: &AppState, id: &str) -> Result<Value, ApiError> {
+    let pool = find(state, id)?;
+    not_from_config(state, id)?;
+    let text = pool
+        .definition
+        .get()
+        .ok_or_else(|| ApiError::internal(format!("pool {id:?} has no stored definition")))?;
+    serde_json::from_str(text).map_err(|e| ApiError::internal(format!("pool {id:?}: {e}")))
+}
+
+/// `POST /v1/pools/{id}/replicas` (admin): adds a replica (`{id, config, device_mask}`) to
+/// a pool created through the API; the pool is re-made with it (as a `PUT`).
+pub async fn add_replica(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(replica): ApiJson<Value>,
+) -> Result<(StatusCode, Json<PoolView>), ApiError> {
+    state.accepting_tasks()?;
+    let mut definition = definition_of(&state, &id)?;
+    match definition["replicas"].as_array_mut() {
+        Some(list) => list.push(replica),
+        None => return Err(ApiError::internal(format!("pool {id:?}: replicas missing"))),
+    }
+    let (_, view) = install(&state, definition.to_string(), Some(id)).await?;
+    Ok((StatusCode::CREATED, view))
+}
+
+/// `DELETE /v1/pools/{id}/replicas/{replica_id}` (admin): removes a replica from a pool
+/// created through the API (its running tasks finish on it). A pool keeps at least one
+/// replica: removing the last one is 409 (DELETE the pool instead).
+pub async fn remove_replica(
+    State(state): State<Arc<AppState>>,
+    Path((id, replica_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<PoolView>), ApiError> {
+    let mut definition = definition_of(&state, &id)?;
+    let list = definition["replicas"]
+        .as_array_mut()
+        .ok_or_else(|| ApiError::internal(format!("pool {id:?}: replicas missing")))?;
+    let before = list.len();
+    list.retain(|r| r["id"] != replica_id.as_str());
+    if list.len() == before {
+        return Err(ApiError::not_found("replica", &replica_id));
+    }
+    if list.is_empty() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
-            format!("pool {:?} was created meanwhile", pool.id),
+            format!("{replica_id:?} is pool {id:?}'s last replica; DELETE the pool instead"),
         )
-        .pool(&pool.id));
+        .pool(&id));
     }
-    crate::startup::start_pool(&state, &pool);
-    tracing::info!(
-        pool_id = %pool.id, adapter = %pool.adapter, model_ref = %pool.model_ref,
-        replicas = pool.replicas.len(), "pool created through the API"
-    );
-    Ok((StatusCode::CREATED, Json(view(&pool))))
+    install(&state, definition.to_string(), Some(id)).await
 }
 
 /// `DELETE /v1/pools/{id}` (admin): removes a pool created through the API. New work no
-/// longer finds it at once; work it holds drains within the shutdown grace (then ends with
+/// longer finds it at once; what it holds drains within the shutdown grace (then ends with
 /// `POOL_UNAVAILABLE`), and it is gone from the state store (a restart does not bring it
 /// back). A pool of the config file is removed there, not here (409).
 pub async fn remove(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let pool = find(&state, &id)?;
-    if state.settings.pools.iter().any(|p| p.id == id) {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!("pool {id:?} is defined in the config file; remove it there (and restart)"),
-        )
-        .pool(&id));
-    }
+    find(&state, &id)?;
+    not_from_config(&state, &id)?;
     let store = Arc::clone(state.store());
     let key = id.clone();
     tokio::task::spawn_blocking(move || store.delete_pool(&key))
         .await
         .map_err(|e| ApiError::internal(format!("the store write panicked: {e}")))?
         .map_err(|e| ApiError::store_down("pools", e))?;
-    state.remove_pool(&id);
-    let grace = state.settings.shutdown_grace;
-    pool.begin_drain(grace);
-    pool.publish();
+    let Some(pool) = state.remove_pool(&id) else {
+        return Err(ApiError::not_found("pool", &id));
+    };
     let in_flight = state
         .tasks
         .live()
         .iter()
         .filter(|t| t.spec.pool_id == id)
         .count() as u32;
+    let grace = state.settings.shutdown_grace;
     tracing::info!(pool_id = %id, in_flight, grace_ms = grace.as_millis() as u64, "pool removed; draining what it holds");
-    let remover = Arc::clone(&state);
-    tokio::spawn(async move {
-        let until = tokio::time::Instant::now() + grace;
-        while tokio::time::Instant::now() < until
-            && remover
-                .tasks
-                .live()
-                .iter()
-                .any(|t| t.spec.pool_id == pool.id)
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let ended = remover.end_pool_tasks(&pool, "drain").await;
-        pool.mark_removed();
-        tracing::info!(pool_id = %pool.id, ended, "pool gone");
-    });
+    state.retire_pool(pool, grace);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"pool_id": id, "removed": true, "in_flight": in_flight})),

@@ -680,6 +680,24 @@ pub fn pool_from_json(
     mut pool_ids: HashSet<String>,
     mut replica_ids: HashSet<String>,
 ) -> Result<PoolSettings, String> {
+    // An optional field is left out, never `null` (as everywhere in the API).
+    let nulls = |v: &serde_json::Value, at: &str| -> Result<(), String> {
+        for (k, x) in v.as_object().into_iter().flatten() {
+            if x.is_null() {
+                return Err(format!("{at}{k}: null is not a value; leave the field out"));
+            }
+        }
+        Ok(())
+    };
+    nulls(&body, "")?;
+    for (i, r) in body["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        nulls(r, &format!("replicas[{i}]."))?;
+    }
     let pool: PoolFile = serde_json::from_value(body).map_err(|e| e.to_string())?;
     if pool.replicas.iter().any(|r| r.launch.is_some()) {
         return Err(

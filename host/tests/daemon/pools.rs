@@ -415,6 +415,104 @@ async fn pools_are_created_and_removed_at_runtime_and_a_created_one_survives_a_r
     let id = d.submit_ok(&task("extra", json!({"max_tokens": 2}))).await;
     assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
 
+    // Replicas added and removed; the definition replaced. Each change re-makes the pool:
+    // new work goes to the new one, what runs finishes where it started.
+    let put = |d: &Daemon, path: &str, body: Value| {
+        let req = d.http.put(d.url(path)).json(&body);
+        async move { req.send().await.unwrap() }
+    };
+    let replicas_of = |pools: &Value| -> Vec<String> {
+        pools["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pool_id"] == "extra")
+            .map(|p| {
+                p["metrics"]["replicas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["replica_id"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let resp = d
+        .http
+        .post(d.url("/v1/pools/extra/replicas"))
+        .json(&json!({"id": "extra-1", "config": {"slots": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(
+        replicas_of(&d.get_json("/v1/pools").await.1),
+        ["extra-0", "extra-1"]
+    );
+    let resp = d
+        .http
+        .delete(d.url("/v1/pools/extra/replicas/extra-0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(replicas_of(&d.get_json("/v1/pools").await.1), ["extra-1"]);
+    let resp = d
+        .http
+        .delete(d.url("/v1/pools/extra/replicas/extra-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 409, "a pool keeps a replica");
+    assert_eq!(
+        put(
+            &d,
+            "/v1/pools/p",
+            json!({"adapter": "mock", "replicas": [{"id": "z"}]})
+        )
+        .await
+        .status()
+        .as_u16(),
+        409,
+        "a pool of the config file is changed there"
+    );
+    assert_eq!(
+        put(
+            &d,
+            "/v1/pools/extra",
+            json!({"id": "other", "adapter": "mock", "replicas": [{"id": "z"}]})
+        )
+        .await
+        .status()
+        .as_u16(),
+        400
+    );
+    let slow = json!({"adapter": "mock", "model_ref": "extra-model",
+        "replicas": [{"id": "extra-slow", "config": {"slots": 2, "tokens_per_s": 20.0}}]});
+    assert_eq!(
+        put(&d, "/v1/pools/extra", slow).await.status().as_u16(),
+        200
+    );
+    let running = d.submit_ok(&task("extra", json!({"max_tokens": 20}))).await;
+    d.wait_state(&running, "running").await;
+    let fast = json!({"adapter": "mock", "model_ref": "extra-model",
+        "replicas": [{"id": "extra-fast", "config": {"slots": 2, "tokens_per_s": 500.0}}]});
+    assert_eq!(
+        put(&d, "/v1/pools/extra", fast).await.status().as_u16(),
+        200
+    );
+    let next = d.submit_ok(&task("extra", json!({"max_tokens": 2}))).await;
+    let frames = d.stream(&next).await;
+    assert_eq!(frames[0].data["replica_id"], "extra-fast");
+    let frames = d.stream(&running).await;
+    assert_eq!(frames[0].data["replica_id"], "extra-slow");
+    let end = frames.last().unwrap();
+    assert_eq!(
+        (end.event.as_str(), end.data["tokens_out"].as_u64()),
+        ("end", Some(20)),
+        "the task running on the replaced pool finishes there"
+    );
+
     // Removed: new work no longer finds it, and a restart does not bring it back.
     let resp = d
         .http
