@@ -4,8 +4,14 @@
 //!
 //! Checks: identity; a bad config is refused with a `Config` error; health and props;
 //! stream order (`Started`, tokens, exactly one `End`, nothing after it, `tokens_out`
-//! consistent); cancel stops the stream promptly; and, when the caller gives the configs
-//! that provoke them, a contained panic and classified failures of an unreachable engine.
+//! consistent); cancel before the first token, mid-stream and after the end; for an HTTP
+//! engine (a config with a `url`), through the kit's fault proxy ([`faults`]): an engine 5xx
+//! before the first token, a malformed line, an oversized line, a connection cut mid-stream
+//! and a stall past the idle timeout, each a classified failure; and, when the caller gives
+//! the configs that provoke them, a contained panic and classified failures of an
+//! unreachable engine.
+
+pub mod faults;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -201,7 +207,16 @@ pub async fn run(lib: &Path, plan: &Plan) -> Report {
     } else {
         report.skip("chat", "the adapter does not declare the feature");
     }
+    report.record(
+        "cancel before the first token",
+        cancel_before_first_token(&client, plan).await,
+    );
     report.record("cancel", cancel(&client, plan).await);
+    report.record(
+        "cancel after the end",
+        cancel_after_end(&client, plan).await,
+    );
+    faults_checks(&mut report, &adapter, plan).await;
     match &plan.panic_config {
         Some(config) => report.record(
             "contained panic",
@@ -490,4 +505,225 @@ async fn unreachable(adapter: &dyn Adapter, config: &str, plan: &Plan) -> Result
             "submit failure classified {other:?}, want Transport"
         )),
     }
+}
+
+/// An HTTP engine config's `url` (the fault checks need one).
+fn engine_url(config: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(config).ok()?;
+    v["url"]
+        .as_str()
+        .filter(|u| u.starts_with("http://"))
+        .map(str::to_owned)
+}
+
+/// `config` with `url` replaced, and `extra` fields merged over it.
+fn rewritten(config: &str, url: &str, extra: serde_json::Value) -> Result<String, String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(config).map_err(|e| format!("the config is not JSON: {e}"))?;
+    v["url"] = serde_json::json!(url);
+    if let (Some(obj), Some(more)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, x) in more {
+            match (obj.get_mut(k), x) {
+                (Some(serde_json::Value::Object(inner)), serde_json::Value::Object(add)) => {
+                    inner.extend(add.clone())
+                }
+                _ => {
+                    obj.insert(k.clone(), x.clone());
+                }
+            }
+        }
+    }
+    Ok(v.to_string())
+}
+
+/// One job through the fault proxy: the stream must end with an error of one of `want`
+/// (classified, not a hang and not a crash), with nothing after it.
+async fn fault(
+    adapter: &Arc<dyn Adapter>,
+    plan: &Plan,
+    upstream: &str,
+    fault: faults::Fault,
+    extra: serde_json::Value,
+    want: &[FailureKind],
+) -> Result<String, String> {
+    let proxy = faults::start(upstream, fault).await?;
+    let config = rewritten(&plan.config, &proxy, extra)?;
+    let client = {
+        let adapter = Arc::clone(adapter);
+        blocking(move || adapter.new_client(&config))
+            .await?
+            .map_err(|e| format!("config refused: {e}"))?
+    };
+    let (tx, mut rx) = mpsc::channel(256);
+    let spec = job(plan, plan.max_tokens.max(8), 21);
+    let c = Arc::clone(&client);
+    let events = match blocking(move || c.submit(spec, tx)).await? {
+        // Refused at submit: the failure is the answer.
+        Err(f) => vec![EngineEvent::Error(f)],
+        Ok(_job) => collect(&mut rx, plan.timeout).await?,
+    };
+    let tokens = events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::Token(_) | EngineEvent::Delta(_)))
+        .count();
+    match events.last() {
+        Some(EngineEvent::Error(f)) if want.contains(&f.kind) => Ok(format!(
+            "{:?} in phase {:?} after {tokens} tokens: {}",
+            f.kind,
+            f.phase,
+            f.message.chars().take(80).collect::<String>()
+        )),
+        Some(EngineEvent::Error(f)) => Err(format!(
+            "classified as {:?} (want one of {want:?}): {}",
+            f.kind, f.message
+        )),
+        other => Err(format!("the stream ended with {other:?}, not an error")),
+    }
+}
+
+/// The fault checks, run through the kit's fault proxy when the config names an HTTP
+/// engine (`url`).
+async fn faults_checks(report: &mut Report, adapter: &Arc<dyn Adapter>, plan: &Plan) {
+    const NAMES: [&str; 5] = [
+        "engine 5xx before the first token",
+        "malformed line",
+        "oversized line",
+        "connection cut mid-stream",
+        "stall past the idle timeout",
+    ];
+    let Some(upstream) = engine_url(&plan.config) else {
+        for name in NAMES {
+            report.skip(
+                name,
+                "the config has no http:// url to put the fault proxy on",
+            );
+        }
+        return;
+    };
+    use faults::Fault;
+    let none = serde_json::json!({});
+    report.record(
+        NAMES[0],
+        fault(
+            adapter,
+            plan,
+            &upstream,
+            Fault::Status500,
+            none.clone(),
+            &[FailureKind::Upstream, FailureKind::Transport],
+        )
+        .await,
+    );
+    report.record(
+        NAMES[1],
+        fault(
+            adapter,
+            plan,
+            &upstream,
+            Fault::Malformed,
+            none.clone(),
+            &[FailureKind::Protocol],
+        )
+        .await,
+    );
+    report.record(
+        NAMES[2],
+        fault(
+            adapter,
+            plan,
+            &upstream,
+            Fault::Oversized,
+            none.clone(),
+            &[FailureKind::Protocol],
+        )
+        .await,
+    );
+    report.record(
+        NAMES[3],
+        fault(
+            adapter,
+            plan,
+            &upstream,
+            Fault::Reset,
+            none,
+            &[FailureKind::Transport, FailureKind::Protocol],
+        )
+        .await,
+    );
+    // The stall needs an idle timeout shorter than the kit's: adapters on the HTTP helper
+    // take `http.idle_timeout_ms`; one that refuses it is skipped.
+    let short = serde_json::json!({"http": {"idle_timeout_ms": 1500}});
+    let accepts = rewritten(&plan.config, &upstream, short.clone())
+        .ok()
+        .is_some_and(|c| adapter.new_client(&c).is_ok());
+    if accepts {
+        report.record(
+            NAMES[4],
+            fault(
+                adapter,
+                plan,
+                &upstream,
+                Fault::Stall,
+                short,
+                &[
+                    FailureKind::Timeout,
+                    FailureKind::Stall,
+                    FailureKind::Transport,
+                ],
+            )
+            .await,
+        );
+    } else {
+        report.skip(
+            NAMES[4],
+            "the adapter takes no http.idle_timeout_ms to shorten its idle timeout",
+        );
+    }
+}
+
+/// Cancel right after submit, before any token: the adapter lets go of the stream
+/// promptly, without an `End`.
+async fn cancel_before_first_token(
+    client: &Arc<dyn EngineClient>,
+    plan: &Plan,
+) -> Result<String, String> {
+    let (tx, mut rx) = mpsc::channel(256);
+    let (c, spec) = (Arc::clone(client), job(plan, 100_000, 12));
+    let job: Arc<dyn orchd_host::adapters::EngineJob> = Arc::from(
+        blocking(move || c.submit(spec, tx))
+            .await?
+            .map_err(|e| format!("submit failed: {e}"))?,
+    );
+    let j = Arc::clone(&job);
+    blocking(move || j.cancel())
+        .await?
+        .map_err(|e| format!("cancel failed: {e}"))?;
+    let events = collect(&mut rx, Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("after an early cancel: {e}"))?;
+    if events.iter().any(|e| matches!(e, EngineEvent::End { .. })) {
+        return Err("an End followed the cancel".into());
+    }
+    Ok(format!("stream released after {} events", events.len()))
+}
+
+/// Cancel after the job ended: harmless (no panic, prompt), as when a client cancels a
+/// task that just finished.
+async fn cancel_after_end(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result<String, String> {
+    let (tx, mut rx) = mpsc::channel(256);
+    let (c, spec) = (Arc::clone(client), job(plan, 2, 13));
+    let job: Arc<dyn orchd_host::adapters::EngineJob> = Arc::from(
+        blocking(move || c.submit(spec, tx))
+            .await?
+            .map_err(|e| format!("submit failed: {e}"))?,
+    );
+    let events = collect(&mut rx, plan.timeout).await?;
+    if !matches!(events.last(), Some(EngineEvent::End(_))) {
+        return Err(format!("the job did not end: {:?}", events.last()));
+    }
+    let started = Instant::now();
+    blocking(move || job.cancel())
+        .await?
+        .map_err(|e| format!("cancel after the end failed: {e}"))?;
+    Ok(format!("returned in {} ms", started.elapsed().as_millis()))
 }
