@@ -5,6 +5,8 @@
 //! - `Status500`: the engine answers 500 before anything streams;
 //! - `Malformed`, `Oversized`: after the engine's first two chunks, a line that is not
 //!   JSON (an SSE `data:` line for an event stream), or a line of 4 MiB, then the end;
+//! - `EngineError`: after the first two chunks, an error frame as most engines write one
+//!   (`{"error": …}`), then the end;
 //! - `Reset`: after the first two chunks, the connection is cut;
 //! - `Stall`: after the first two chunks, nothing more, the connection held open.
 //!
@@ -24,6 +26,7 @@ pub enum Fault {
     Status500,
     Malformed,
     Oversized,
+    EngineError,
     Reset,
     Stall,
 }
@@ -115,6 +118,14 @@ async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
                     b"data: {\"injected by the conformance kit\": {broken\n\n"
                 } else {
                     b"{\"injected by the conformance kit\": {broken\n"
+                }))])
+                .boxed()
+            }
+            Fault::EngineError => {
+                futures_util::stream::iter([Ok(bytes::Bytes::from_static(if sse {
+                    b"data: {\"error\": \"injected by the conformance kit: out of memory\"}\n\n"
+                } else {
+                    b"{\"error\": \"injected by the conformance kit: out of memory\"}\n"
                 }))])
                 .boxed()
             }

@@ -34,6 +34,10 @@ pub struct Plan {
     pub panic_config: Option<String>,
     /// A config pointing at an engine that is not there (skipped without one).
     pub unreachable_config: Option<String>,
+    /// A config under which the adapter panics mid-stream, inside its own thread (skipped
+    /// without one): the stream must end (the sink dropped) without an `End`, and the
+    /// library keep serving.
+    pub panic_mid_stream_config: Option<String>,
     /// How long a stream may take.
     pub timeout: Duration,
 }
@@ -46,6 +50,7 @@ impl Plan {
             max_tokens: 8,
             panic_config: None,
             unreachable_config: None,
+            panic_mid_stream_config: None,
             timeout: Duration::from_secs(30),
         }
     }
@@ -223,6 +228,13 @@ pub async fn run(lib: &Path, plan: &Plan) -> Report {
             panic(adapter.as_ref(), config, plan).await,
         ),
         None => report.skip("contained panic", "no panic config in the plan"),
+    }
+    match &plan.panic_mid_stream_config {
+        Some(config) => report.record(
+            "panic mid-stream",
+            panic_mid_stream(adapter.as_ref(), config, &client, plan).await,
+        ),
+        None => report.skip("panic mid-stream", "no panic-mid-stream config in the plan"),
     }
     match &plan.unreachable_config {
         Some(config) => report.record(
@@ -584,12 +596,13 @@ async fn fault(
 /// The fault checks, run through the kit's fault proxy when the config names an HTTP
 /// engine (`url`).
 async fn faults_checks(report: &mut Report, adapter: &Arc<dyn Adapter>, plan: &Plan) {
-    const NAMES: [&str; 5] = [
+    const NAMES: [&str; 6] = [
         "engine 5xx before the first token",
         "malformed line",
         "oversized line",
         "connection cut mid-stream",
         "stall past the idle timeout",
+        "engine error mid-stream",
     ];
     let Some(upstream) = engine_url(&plan.config) else {
         for name in NAMES {
@@ -647,6 +660,19 @@ async fn faults_checks(report: &mut Report, adapter: &Arc<dyn Adapter>, plan: &P
             Fault::Reset,
             none,
             &[FailureKind::Transport, FailureKind::Protocol],
+        )
+        .await,
+    );
+    // An adapter that does not know the engine's error frames still fails it, as Protocol.
+    report.record(
+        NAMES[5],
+        fault(
+            adapter,
+            plan,
+            &upstream,
+            Fault::EngineError,
+            serde_json::json!({}),
+            &[FailureKind::Upstream, FailureKind::Protocol],
         )
         .await,
     );
@@ -726,4 +752,32 @@ async fn cancel_after_end(client: &Arc<dyn EngineClient>, plan: &Plan) -> Result
         .await?
         .map_err(|e| format!("cancel after the end failed: {e}"))?;
     Ok(format!("returned in {} ms", started.elapsed().as_millis()))
+}
+
+/// A panic inside the adapter's own thread mid-stream: the stream ends (the sink is
+/// dropped) without an `End` instead of hanging, and the library serves the next job.
+async fn panic_mid_stream(
+    adapter: &dyn Adapter,
+    config: &str,
+    healthy: &Arc<dyn EngineClient>,
+    plan: &Plan,
+) -> Result<String, String> {
+    let client = adapter
+        .new_client(config)
+        .map_err(|e| format!("the panic-mid-stream config was refused: {e}"))?;
+    let events = run_job(client, job(plan, plan.max_tokens.max(8), 14), plan.timeout).await?;
+    if events.iter().any(|e| matches!(e, EngineEvent::End(_))) {
+        return Err("an End arrived: the adapter did not panic mid-stream".into());
+    }
+    let tokens = events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::Token(_)))
+        .count();
+    let after = run_job(Arc::clone(healthy), job(plan, 2, 15), plan.timeout).await?;
+    if !matches!(after.last(), Some(EngineEvent::End(_))) {
+        return Err(format!("the next job did not end: {:?}", after.last()));
+    }
+    Ok(format!(
+        "the stream ended after {tokens} tokens without an End; the next job ran"
+    ))
 }

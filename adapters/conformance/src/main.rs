@@ -22,6 +22,9 @@ struct Args {
     /// A config pointing at an engine that is not there (checks classified failures).
     #[arg(long)]
     unreachable_config: Option<String>,
+    /// A config under which the adapter panics mid-stream in its own thread.
+    #[arg(long)]
+    panic_mid_stream_config: Option<String>,
     #[arg(long, default_value = "The quick brown fox")]
     prompt: String,
     #[arg(long, default_value_t = 8)]
@@ -40,6 +43,7 @@ async fn main() -> ExitCode {
         max_tokens: args.max_tokens,
         panic_config: args.panic_config,
         unreachable_config: args.unreachable_config,
+        panic_mid_stream_config: args.panic_mid_stream_config,
         timeout: Duration::from_secs(args.timeout_s),
     };
     let report = run(&args.lib, &plan).await;

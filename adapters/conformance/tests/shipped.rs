@@ -15,15 +15,21 @@ fn closed_port() -> u16 {
 async fn the_mock_adapter_is_conformant() {
     let mut plan = Plan::new(r#"{"slots": 2, "first_token_delay_ms": 5, "tokens_per_s": 500.0}"#);
     plan.panic_config = Some(r#"{"failure": "panic_on_submit"}"#.into());
+    plan.panic_mid_stream_config = Some(
+        r#"{"failure": "panic_mid_stream", "fail_after_tokens": 2, "tokens_per_s": 500.0}"#.into(),
+    );
     let report = run(&dist_dir().join("adapters/mock.so"), &plan).await;
     print!("{}", report.render());
     assert!(report.passed());
-    let panic = report
-        .checks
-        .iter()
-        .find(|c| c.name == "contained panic")
-        .unwrap();
-    assert_eq!(panic.passed, Some(true));
+    for check in [
+        "contained panic",
+        "panic mid-stream",
+        "cancel before the first token",
+        "cancel after the end",
+    ] {
+        let c = report.checks.iter().find(|c| c.name == check).unwrap();
+        assert_eq!(c.passed, Some(true), "{check}");
+    }
 }
 
 #[tokio::test]
