@@ -198,7 +198,14 @@ fn dist(scope: Scope) -> Result<PathBuf> {
 fn fixtures() -> Result<()> {
     run(
         "build fixture adapters",
-        cargo().args(["build", "--release", "-p", "orchd-fixture-abi-mismatch"]),
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "orchd-fixture-abi-mismatch",
+            "-p",
+            "orchd-fixture-abi-layout",
+        ]),
     )?;
     build_wasm(&[
         "placement-fastest",
@@ -245,6 +252,10 @@ fn fixtures() -> Result<()> {
     install(
         &target().join("release/liborchd_fixture_abi_mismatch.so"),
         &out.join("adapters/abi-mismatch.so"),
+    )?;
+    install(
+        &target().join("release/liborchd_fixture_abi_layout.so"),
+        &out.join("adapters/abi-layout.so"),
     )?;
     // A policy in a second language, built from source (componentize-py from PyPI).
     run(

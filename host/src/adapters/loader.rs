@@ -379,6 +379,8 @@ fn load_library(path: &Path, sha256: String) -> Result<LoadedAdapter, String> {
     check_elf(&bytes)?;
     drop(bytes);
     let header = lib_header_from_path(path).map_err(|e| summarize(&e))?;
+    // What the library says it was built against, for a layout mismatch's message.
+    let declared = header.version_strings().version;
     // A library built against this ABI, or against 0.1.2 (checked against 0.1.2's own
     // layout: abi_stable refuses a library with fewer prefix fields than the loader's).
     let module = match header.init_root_module::<AdapterModRef>() {
@@ -386,7 +388,12 @@ fn load_library(path: &Path, sha256: String) -> Result<LoadedAdapter, String> {
         Err(current @ LibraryError::AbiInstability(_)) => {
             match header.init_root_module::<v0_1_2::AdapterModRef>() {
                 Ok(m) => Module::V012(m),
-                Err(_) => return Err(summarize(&current)),
+                Err(_) => {
+                    return Err(format!(
+                        "{} (the library declares ABI {declared})",
+                        summarize(&current)
+                    ));
+                }
             }
         }
         Err(e) => return Err(summarize(&e)),

@@ -21,6 +21,12 @@ async fn libraries_built_against_another_abi_or_not_libraries_are_refused() {
         dir.join("old-vendor.so"),
     )
     .unwrap();
+    // A compatible version whose types changed (as a crate with an added enum variant).
+    std::fs::copy(
+        fixtures_dir().join("adapters/abi-layout.so"),
+        dir.join("changed-vendor.so"),
+    )
+    .unwrap();
     // A real library cut short (as by an interrupted copy), and a file that is no library.
     let real = std::fs::read(dist_dir().join("adapters/mock.so")).unwrap();
     std::fs::write(dir.join("truncated.so"), &real[..real.len() / 3]).unwrap();
@@ -45,6 +51,21 @@ async fn libraries_built_against_another_abi_or_not_libraries_are_refused() {
     assert!(line["path"].as_str().unwrap().ends_with("old-vendor.so"));
     assert_eq!(line["expected_abi_version"], abi);
     assert_eq!(line["level"], "ERROR");
+    let layout: Vec<String> = d
+        .logs()
+        .into_iter()
+        .filter(|l| {
+            l.contains("adapter refused: ABI layout mismatch") && l.contains("changed-vendor.so")
+        })
+        .collect();
+    assert_eq!(layout.len(), 1, "{:#?}", d.logs());
+    for needle in [
+        "expected AdapterMod, found ChangedAdapterMod".to_owned(),
+        format!("ABI {abi}"),
+        "the library declares ABI 0.1.3".to_owned(),
+    ] {
+        assert!(layout[0].contains(&needle), "{needle}: {}", layout[0]);
+    }
     for file in ["truncated.so", "notes.so"] {
         let refused: Vec<_> = d
             .logs()
