@@ -165,9 +165,14 @@ async fn serve(settings: Settings) -> ExitCode {
             .abort_all(ErrorCode::PoolUnavailable, "the daemon is shutting down")
             .await;
         tracing::info!(aborted = n, "drained; stopping");
-        // Every transcript recorded so far reaches the disk before the process ends.
+        // Every transcript recorded so far reaches the disk before the process ends, and
+        // every state-store write queued without waiting (final task records) is done.
         let artifacts = std::sync::Arc::clone(&drain_state.artifacts);
         let _ = tokio::task::spawn_blocking(move || artifacts.close()).await;
+        let store = std::sync::Arc::clone(drain_state.store());
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {
+            tracing::warn!(error = %e, "the state store's queued writes were not confirmed");
+        }
     };
     orchd_host::server::serve(listener, orchd_host::app(state), limits, shutdown).await;
     tracing::info!("stopped");

@@ -324,6 +324,10 @@ pub trait Store: Send + Sync {
         keep_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError>;
+    /// Waits until every write queued without waiting (`*_detached`) is done.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// [`put_task`](Self::put_task) without waiting for it: a backend that can queue the
     /// write answers at once (a failure is logged). For writes nobody waits on.
     fn put_task_detached(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64) {
@@ -482,6 +486,10 @@ impl Store for Observed {
     ) -> Result<(), StoreError> {
         self.seen(self.inner.put_task(rec, keep_ms, now_ms))
     }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+
     fn put_task_detached(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64) {
         self.inner.put_task_detached(rec, keep_ms, now_ms);
     }
