@@ -44,6 +44,8 @@ pub struct PolicyRuntime {
     limits: PolicyLimits,
     /// `None` when the cache directory or its key cannot be used: every load compiles.
     cache: Option<SealedCache>,
+    /// Cache files this daemon loaded or wrote (never collected while it runs).
+    in_use: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The epoch ticker's state: it ticks only while a guest runs, so an idle daemon has no
@@ -220,6 +222,7 @@ impl PolicyRuntime {
             ticker,
             limits,
             cache,
+            in_use: std::sync::Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
@@ -301,7 +304,14 @@ impl PolicyRuntime {
         })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let cache_name = self.cache_name(&sha256);
+        self.in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cache_name.clone());
         if let Some(component) = self.load_cached(&cache_name) {
+            if let Some(cache) = &self.cache {
+                cache.touch(&cache_name);
+            }
             return Ok(Compiled {
                 component,
                 sha256,
@@ -322,6 +332,7 @@ impl PolicyRuntime {
         {
             tracing::warn!(path = %cache.path(&cache_name).display(), error = %e, "cannot cache a compiled policy; it will be compiled again next start");
         }
+        self.collect_cache();
         let component = deserialize(&self.engine, &artifact)
             .map_err(|e| refuse(format!("loading compiled code: {e:#}")))?;
         Ok(Compiled {
@@ -330,6 +341,22 @@ impl PolicyRuntime {
             cached: false,
             load_ms: started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Keeps the precompiled cache bounded: after it grew, files no component of this
+    /// daemon uses go once unused for [`CACHE_MAX_AGE`], and the least recently used go
+    /// while the cache holds more than [`CACHE_MAX_BYTES`].
+    fn collect_cache(&self) {
+        let Some(cache) = &self.cache else { return };
+        let keep = self
+            .in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (files, bytes) = cache.collect(&keep, CACHE_MAX_BYTES, CACHE_MAX_AGE);
+        if files > 0 {
+            tracing::info!(files, bytes, "precompiled-policy cache collected");
+        }
     }
 
     /// Cache key: content hash plus the engine's compatibility hash (wasmtime version,
@@ -361,6 +388,11 @@ impl PolicyRuntime {
         }
     }
 }
+
+/// The precompiled cache is collected down to this size (least recently used first).
+pub const CACHE_MAX_BYTES: u64 = 512 << 20;
+/// A precompiled file unused this long is collected.
+pub const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 
 pub struct Compiled {
     pub component: Component,

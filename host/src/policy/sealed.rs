@@ -88,6 +88,67 @@ impl SealedCache {
     }
 }
 
+impl SealedCache {
+    /// Marks `name` as just used (its mtime), so collection keeps what is used.
+    pub fn touch(&self, name: &str) {
+        if let Ok(f) = std::fs::File::options().write(true).open(self.path(name)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// Garbage-collects the precompiled files (`*.cwasm`; nothing else in the directory is
+    /// touched): a file not in `keep` goes once unused for `max_age`, and while the files
+    /// take more than `max_bytes`, the least recently used of those not in `keep` go.
+    /// Leftover temporary files of an interrupted write go after an hour. Returns the
+    /// files removed and their bytes.
+    pub fn collect(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        max_bytes: u64,
+        max_age: std::time::Duration,
+    ) -> (usize, u64) {
+        let now = std::time::SystemTime::now();
+        let age = |m: &std::fs::Metadata| {
+            m.modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default()
+        };
+        let mut files: Vec<(String, u64, std::time::Duration)> = Vec::new();
+        let mut removed = (0, 0);
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let stale_tmp = name.starts_with('.')
+                && name.ends_with(".tmp")
+                && age(&meta) > std::time::Duration::from_secs(3600);
+            if stale_tmp && std::fs::remove_file(entry.path()).is_ok() {
+                removed = (removed.0 + 1, removed.1 + meta.len());
+                continue;
+            }
+            if name.ends_with(".cwasm") {
+                files.push((name, meta.len(), age(&meta)));
+            }
+        }
+        // Oldest use first.
+        files.sort_by_key(|f| std::cmp::Reverse(f.2));
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        for (name, len, unused_for) in files {
+            if keep.contains(&name) || (unused_for <= max_age && total <= max_bytes) {
+                continue;
+            }
+            if std::fs::remove_file(self.path(&name)).is_ok() {
+                total -= len;
+                removed = (removed.0 + 1, removed.1 + len);
+            }
+        }
+        removed
+    }
+}
+
 /// `<dir>.key`: beside the cache directory, never inside it.
 pub fn key_path(dir: &Path) -> PathBuf {
     let name = dir
@@ -149,6 +210,43 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("orchd-sealed-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn collection_keeps_what_is_in_use_and_drops_the_old_and_the_least_recently_used() {
+        let root = scratch();
+        let dir = root.join("cache");
+        let c = SealedCache::open(&dir).unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let aged = |name: &str, days: u64| {
+            c.write(name, &[0u8; 1000]).unwrap();
+            let f = std::fs::File::options()
+                .write(true)
+                .open(c.path(name))
+                .unwrap();
+            f.set_modified(std::time::SystemTime::now() - day * days as u32)
+                .unwrap();
+        };
+        aged("in-use.cwasm", 90);
+        aged("ancient.cwasm", 90);
+        aged("older.cwasm", 3);
+        aged("newer.cwasm", 1);
+        std::fs::create_dir_all(dir.join("adapters")).unwrap();
+        std::fs::write(dir.join("notes.txt"), b"not ours").unwrap();
+        let keep = std::collections::HashSet::from(["in-use.cwasm".to_owned()]);
+        // Past the age, unless in use.
+        assert_eq!(c.collect(&keep, u64::MAX, day * 30).0, 1);
+        assert!(!c.path("ancient.cwasm").exists());
+        assert!(c.path("in-use.cwasm").exists());
+        // Over the size: the least recently used goes first, until it fits.
+        let removed = c.collect(&keep, 2 * 1032 + 100, day * 30);
+        assert_eq!(removed.0, 1);
+        assert!(!c.path("older.cwasm").exists());
+        assert!(c.path("newer.cwasm").exists() && c.path("in-use.cwasm").exists());
+        // Using a file makes it recent.
+        c.touch("in-use.cwasm");
+        assert!(dir.join("notes.txt").exists() && dir.join("adapters").exists());
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
