@@ -104,7 +104,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .buckets(vec![
             1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 5e-3, 1e-2,
         ]),
-        &["policy"],
+        &["policy", "name", "version"],
     )
     .expect("valid metric");
     registry
@@ -240,8 +240,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         policy_calls_total: counter(
             &registry,
             "policy_calls_total",
-            "Policy calls by outcome",
-            &["policy", "outcome"],
+            "Policy calls by policy slot, component name and version, and outcome",
+            &["policy", "name", "version", "outcome"],
         ),
         policy_call_duration_seconds,
         policy_reloads_total: counter(
@@ -330,14 +330,31 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     m
 });
 
-pub fn policy_call(policy: &'static str, outcome: &'static str, took: Duration) {
+/// One policy call of the component `name` `version` (as it reports itself; cut to 64
+/// characters) filling slot `policy`.
+pub fn policy_call(
+    policy: &'static str,
+    name: &str,
+    version: &str,
+    outcome: &'static str,
+    took: Duration,
+) {
     let m = &*METRICS;
+    let (name, version) = (bounded(name), bounded(version));
     m.policy_calls_total
-        .with_label_values(&[policy, outcome])
+        .with_label_values(&[policy, name, version, outcome])
         .inc();
     m.policy_call_duration_seconds
-        .with_label_values(&[policy])
+        .with_label_values(&[policy, name, version])
         .observe(took.as_secs_f64());
+}
+
+/// A label value from a component's own words: at most 64 characters.
+fn bounded(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
 }
 
 pub fn policy_reload(policy: &'static str, result: &'static str) {

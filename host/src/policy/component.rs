@@ -190,7 +190,13 @@ impl<W: World> Loaded<W> {
                 failure.kind.as_str()
             }
         };
-        metrics::policy_call(W::KIND, outcome, started.elapsed());
+        metrics::policy_call(
+            W::KIND,
+            &self.meta.name,
+            &self.meta.version,
+            outcome,
+            started.elapsed(),
+        );
         result
     }
 

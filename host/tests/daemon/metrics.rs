@@ -100,8 +100,14 @@ async fn the_exposition_has_every_name_and_label_set_of_the_contract() {
             "placement_decisions_total",
             &["outcome", "pinned", "fallback"],
         ),
-        ("policy_calls_total", &["policy", "outcome"]),
-        ("policy_call_duration_seconds", &["policy"]),
+        (
+            "policy_calls_total",
+            &["policy", "name", "version", "outcome"],
+        ),
+        (
+            "policy_call_duration_seconds",
+            &["policy", "name", "version"],
+        ),
         ("policy_reloads_total", &["policy", "result"]),
         ("sse_backpressure_drops_total", &[]),
         ("pool_ready", &["pool_id"]),

@@ -198,12 +198,24 @@ async fn hot_swaps_under_load_fail_no_request() {
         "swaps took effect"
     );
     // Every decision was made by exactly one loaded version: calls add up.
+    // The series are per component name and version: their ok calls add up.
     let metrics = d.metrics().await;
-    let ok = format!(
-        "policy_calls_total{{outcome=\"ok\",policy=\"admission\"}} {}",
-        statuses.len()
-    );
-    assert!(metrics.contains(&ok), "{ok}");
+    let ok: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("policy_calls_total{")
+                && l.contains("outcome=\"ok\"")
+                && l.contains("policy=\"admission\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(ok, statuses.len() as u64, "{metrics}");
+    let versions = metrics
+        .lines()
+        .filter(|l| l.starts_with("policy_calls_total{") && l.contains("policy=\"admission\""))
+        .filter(|l| l.contains("name=\"admission-default\"") && l.contains("version=\""))
+        .count();
+    assert!(versions >= 1, "labelled with name and version: {metrics}");
 }
 
 #[tokio::test]

@@ -37,8 +37,16 @@ async fn check_fault(fault: &str, kind: &str) {
     assert_eq!(admission["timeouts"], if kind == "timeout" { 2 } else { 0 });
     assert!(admission["last_error"].is_string());
     let metrics = d.metrics().await;
-    let line = format!("policy_calls_total{{outcome=\"{kind}\",policy=\"admission\"}} 2");
-    assert!(metrics.contains(&line), "{line} not in metrics");
+    // Labelled with the component's name and version.
+    let prefix = format!(
+        "policy_calls_total{{name=\"admission-faulty\",outcome=\"{kind}\",policy=\"admission\",version=\""
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.ends_with(" 2")),
+        "{prefix}… 2 not in metrics"
+    );
     let (status, _) = d.get_json("/readyz").await;
     assert_eq!(status, 200);
 }
