@@ -31,6 +31,7 @@
 #   mock adapter); `mock` and `spare` come from orchd.toml and answer 409;
 # - POST /v1/pools/{id}/reload: orchd.toml has no launched replicas, so no engine is ever
 #   restarted (a schema-valid reload is the documented 400);
+# - POST /v1/policies/{kind}/config only names error_mapping (the mock pools never fail);
 # - POST /v1/policies/reload rescans the dist policy directory, which nothing changes during
 #   the run (every result is `unchanged`);
 # - DELETE /v1/sessions/{id}, POST /v1/tasks/{id}/cancel, DELETE /v1/catalog/models/{id} and

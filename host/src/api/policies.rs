@@ -91,6 +91,37 @@ pub async fn reload(State(state): State<Arc<AppState>>) -> Json<ReloadResponse> 
     })
 }
 
+/// `POST /v1/policies/{kind}/config` (admin): the policy's config (a JSON object, what
+/// `[policies.<kind>] config` holds), without a restart. The component in force is
+/// re-initialized with it (init, self-test) and swapped in; later reloads of its file keep
+/// it. A config its `init` refuses is a 400 naming why, and the config in force stays. It
+/// lasts until the daemon restarts (then the config file's applies).
+pub async fn set_config(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+    crate::api::extract::ApiJson(config): crate::api::extract::ApiJson<serde_json::Value>,
+) -> Result<Json<PoliciesResponse>, crate::errors::ApiError> {
+    if !config.is_object() {
+        return Err(crate::errors::ApiError::invalid(
+            "body",
+            "the config is a JSON object",
+        ));
+    }
+    let policies = Arc::clone(&state.decisions.policies);
+    let text = config.to_string();
+    let kind_for = kind.clone();
+    let result = tokio::task::spawn_blocking(move || policies.reconfigure(&kind_for, &text))
+        .await
+        .map_err(|e| crate::errors::ApiError::internal(format!("reconfiguring panicked: {e}")))?;
+    match result {
+        None => Err(crate::errors::ApiError::not_found("policy", &kind)),
+        Some(Err(reason)) => Err(crate::errors::ApiError::invalid("body", reason)),
+        Some(Ok(_)) => Ok(Json(PoliciesResponse {
+            policies: statuses(&state.decisions.policies),
+        })),
+    }
+}
+
 pub async fn metrics() -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -19,6 +19,9 @@ use crate::metrics;
 pub struct Slot<W: World> {
     current: ArcSwap<Loaded<W>>,
     settings: PolicySettings,
+    /// The config in force (the file's, until `POST /v1/policies/{kind}/config` sets
+    /// another); a reloaded component file is initialized with it.
+    config_json: Mutex<String>,
     refusal: Mutex<Option<Refusal>>,
 }
 
@@ -61,6 +64,7 @@ impl<W: World> Slot<W> {
         Ok(Self {
             current: ArcSwap::from_pointee(loaded),
             settings: settings.clone(),
+            config_json: Mutex::new(settings.config_json.clone()),
             refusal: Mutex::new(None),
         })
     }
@@ -72,6 +76,45 @@ impl<W: World> Slot<W> {
 
     pub fn settings(&self) -> &PolicySettings {
         &self.settings
+    }
+
+    /// The config in force (JSON).
+    pub fn config(&self) -> String {
+        self.config_json
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-initializes the component in force with `config_json`: a fresh load (init with
+    /// the new config, self-test), swapped in atomically; the config then stays for later
+    /// reloads. A config `init` refuses leaves the version in force, with its config,
+    /// serving. Blocking: call from a blocking thread.
+    pub fn reconfigure(
+        &self,
+        runtime: &Arc<PolicyRuntime>,
+        config_json: &str,
+    ) -> Result<PolicyMeta, String> {
+        let path = self.get().meta().path.clone();
+        match Loaded::<W>::load(runtime, &path, config_json) {
+            Ok(loaded) => {
+                let meta = loaded.meta().clone();
+                self.current.store(Arc::new(loaded));
+                *self.config_json.lock().unwrap_or_else(|p| p.into_inner()) =
+                    config_json.to_owned();
+                tracing::info!(
+                    policy = W::KIND, name = %meta.name, version = %meta.version,
+                    "policy config changed; the component was re-initialized with it"
+                );
+                metrics::policy_reload(W::KIND, "loaded");
+                Ok(meta)
+            }
+            Err(e) => {
+                tracing::warn!(policy = W::KIND, error = %e, "policy config refused; the config in force stays");
+                metrics::policy_reload(W::KIND, "refused");
+                Err(e.to_string())
+            }
+        }
     }
 
     pub fn refusal(&self) -> Option<Refusal> {
@@ -94,7 +137,8 @@ impl<W: World> Slot<W> {
         if sha.is_some() && sha == last_refused {
             return ReloadOutcome::Unchanged { kind: W::KIND };
         }
-        match Loaded::<W>::load(runtime, path, &self.settings.config_json) {
+        let config = self.config();
+        match Loaded::<W>::load(runtime, path, &config) {
             Ok(loaded) => {
                 log_loaded(loaded.meta(), true);
                 metrics::policy_reload(W::KIND, "loaded");
@@ -180,6 +224,19 @@ impl PolicySet {
             self.placement.reload(&self.runtime, &hashes),
             self.error_mapping.reload(&self.runtime, &hashes),
         ]
+    }
+
+    /// Sets the config of policy `kind` (see [`Slot::reconfigure`]); `None` for an
+    /// unknown kind. Serialized with reloads. Blocking.
+    pub fn reconfigure(&self, kind: &str, config_json: &str) -> Option<Result<PolicyMeta, String>> {
+        let _reloads = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        Some(match kind {
+            "admission" => self.admission.reconfigure(&self.runtime, config_json),
+            "budget" => self.budget.reconfigure(&self.runtime, config_json),
+            "placement" => self.placement.reconfigure(&self.runtime, config_json),
+            "error_mapping" => self.error_mapping.reconfigure(&self.runtime, config_json),
+            _ => return None,
+        })
     }
 
     /// The four configured component files.
