@@ -59,7 +59,22 @@ impl AppState {
             }),
             artifacts,
             keys: Keys::new(&settings.api_keys),
-            stream_tokens: crate::streamtoken::StreamTokens::new(settings.stream_token_ttl),
+            stream_tokens: {
+                let fresh = crate::streamtoken::fresh_secret();
+                match crate::budget::blocking(|| store.shared_secret("stream-tokens", &fresh)) {
+                    Ok(secret) => crate::streamtoken::StreamTokens::with_secret(
+                        &secret,
+                        settings.stream_token_ttl,
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the state store is unreachable: stream tokens are this daemon's own until a restart finds it (EventSource clients behind a load balancer may get 401 from the other daemons)");
+                        crate::streamtoken::StreamTokens::with_secret(
+                            &fresh,
+                            settings.stream_token_ttl,
+                        )
+                    }
+                }
+            },
             sessions: Sessions::new(
                 settings.session_ttl,
                 settings.session_max_turns,

@@ -337,6 +337,9 @@ pub trait Store: Send + Sync {
     }
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError>;
     /// Says daemon `id` (at `addr`) is alive until `until_ms`.
+    /// A secret every daemon sharing the store uses (`name`): the stored one, or `fresh`
+    /// stored now if there is none (the first daemon's wins).
+    fn shared_secret(&self, name: &str, fresh: &str) -> Result<String, StoreError>;
     /// Pools created through the API: their definitions (JSON), by id.
     fn put_pool(&self, id: &str, definition: &str) -> Result<(), StoreError>;
     fn delete_pool(&self, id: &str) -> Result<bool, StoreError>;
@@ -497,6 +500,10 @@ impl Store for Observed {
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {
         self.seen(self.inner.get_task(id, now_ms))
     }
+    fn shared_secret(&self, name: &str, fresh: &str) -> Result<String, StoreError> {
+        self.seen(self.inner.shared_secret(name, fresh))
+    }
+
     fn put_pool(&self, id: &str, definition: &str) -> Result<(), StoreError> {
         self.seen(self.inner.put_pool(id, definition))
     }

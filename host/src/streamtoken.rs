@@ -2,7 +2,9 @@
 //! key on `GET /v1/tasks/{id}/stream`. The 202 (and the task's status) carries a short-lived
 //! token bound to that one task, read-only: `?token=` on that task's stream URL, and
 //! nowhere else, stands in for the key. A token is `<expiry ms>.<HMAC-SHA256(secret,
-//! task id, expiry)>`, with a secret drawn at start: a restart invalidates every token.
+//! task id, expiry)>`. The secret is shared through the state store by every daemon using
+//! it (so a token works on whichever daemon a load balancer picks, which relays the stream
+//! to the one running the task), and drawn at start when the store cannot be reached.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +18,15 @@ pub struct StreamTokens {
     ttl: Duration,
 }
 
+/// 32 random bytes, hex.
+pub fn fresh_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -25,10 +36,19 @@ fn now_ms() -> u64 {
 impl StreamTokens {
     /// A fresh random secret; tokens live `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        let mut secret = [0u8; 32];
-        secret[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        secret[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        Self { secret, ttl }
+        Self::with_secret(&fresh_secret(), ttl)
+    }
+
+    /// The secret (hex) shared by the daemons of one state store.
+    pub fn with_secret(secret_hex: &str, ttl: Duration) -> Self {
+        let digest: [u8; 32] = {
+            use sha2::Digest;
+            Sha256::digest(secret_hex.as_bytes()).into()
+        };
+        Self {
+            secret: digest,
+            ttl,
+        }
     }
 
     fn mac(&self, task_id: &str, expires_ms: u64) -> String {

@@ -287,7 +287,19 @@ fn stream_token_owner(state: &crate::state::AppState, req: &Request) -> Option<S
     if !state.stream_tokens.verify(id, token) {
         return None;
     }
-    state.tasks.get(id).map(|t| t.spec.owner.clone())
+    match state.tasks.get(id) {
+        Some(t) => Some(t.spec.owner.clone()),
+        // Another daemon sharing the store runs it (the token is theirs too): its owner
+        // from the task directory; the stream is relayed there.
+        None => crate::budget::blocking(|| {
+            state
+                .store()
+                .get_task(id, crate::store::now_ms())
+                .ok()
+                .flatten()
+                .map(|rec| rec.owner)
+        }),
+    }
 }
 
 /// 401 without a key, 403 for an unknown key or a role too low; otherwise the caller's

@@ -105,7 +105,7 @@ async fn locate(
     if headers.contains_key(RELAYED) {
         return Err(not_here);
     }
-    let is_stream = suffix == "/stream";
+    let is_stream = suffix.starts_with("/stream");
     let found = state
         .decisions
         .directory
@@ -373,14 +373,21 @@ pub async fn stream(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // A stream token (`?token=`) travels with a relayed stream: the daemon running the task
+    // checks it as this one did.
+    let suffix = match uri.query() {
+        Some(q) => format!("/stream?{q}"),
+        None => "/stream".to_owned(),
+    };
     let task = match locate(
         &state,
         &principal,
         &id,
         reqwest::Method::GET,
-        "/stream",
+        &suffix,
         &headers,
     )
     .await?

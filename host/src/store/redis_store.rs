@@ -547,6 +547,18 @@ impl Store for RedisStore {
         }))
     }
 
+    fn shared_secret(&self, name: &str, fresh: &str) -> Result<String, StoreError> {
+        let key = format!("{}secret:{name}", self.prefix);
+        self.with(|conn| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(fresh)
+                .arg("NX")
+                .query::<()>(conn)?;
+            redis::cmd("GET").arg(&key).query(conn)
+        })
+    }
+
     fn put_pool(&self, id: &str, definition: &str) -> Result<(), StoreError> {
         let key = format!("{}pools", self.prefix);
         self.with(|conn| {

@@ -166,6 +166,8 @@ impl SqliteStore {
                          BEGIN UPDATE session_rows SET n = n + 1; END;
                      CREATE TRIGGER IF NOT EXISTS session_gone AFTER DELETE ON sessions
                          BEGIN UPDATE session_rows SET n = n - 1; END;
+                     CREATE TABLE IF NOT EXISTS secrets (
+                         name TEXT PRIMARY KEY, value TEXT NOT NULL);
                      CREATE TABLE IF NOT EXISTS pools (
                          id TEXT PRIMARY KEY, definition TEXT NOT NULL);
                      CREATE TABLE IF NOT EXISTS daemons (
@@ -444,6 +446,23 @@ impl Store for SqliteStore {
                 },
             )
             .optional()
+            .map_err(err)
+        })
+    }
+
+    fn shared_secret(&self, name: &str, fresh: &str) -> Result<String, StoreError> {
+        let (name, fresh) = (name.to_owned(), fresh.to_owned());
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+                params![name, fresh],
+            )
+            .map_err(err)?;
+            conn.query_row(
+                "SELECT value FROM secrets WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
             .map_err(err)
         })
     }

@@ -748,3 +748,42 @@ async fn a_tenant_groups_rate_limit_is_shared_by_its_keys_across_daemons() {
     }
     assert_eq!(statuses, [202, 202, 202, 202, 202, 429]);
 }
+
+#[tokio::test]
+async fn a_stream_token_works_on_any_daemon_of_the_store() {
+    // An EventSource behind a load balancer: the token from one daemon's 202, the stream
+    // asked of another, which relays it to the daemon running the task.
+    let redis = Redis::start();
+    let head = format!(
+        "{}[state]\nbackend = \"redis\"\nurl = \"{}\"\n",
+        keys(""),
+        redis.url()
+    );
+    let a = DaemonBuilder::new(cfg(&head, "tokens_per_s = 200.0")).start();
+    let b = DaemonBuilder::new(cfg(&head, "tokens_per_s = 200.0")).start();
+    let resp = post(&a, &task("p", json!({"max_tokens": 4}))).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let accepted: Value = resp.json().await.unwrap();
+    let id = accepted["task_id"].as_str().unwrap().to_owned();
+    let token = accepted["streams"]["token"].as_str().unwrap().to_owned();
+    // No key at all: the token alone, on the other daemon.
+    let resp = b
+        .http
+        .get(b.url(&format!("/v1/tasks/{id}/stream?token={token}")))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("event: started"), "{body}");
+    assert!(body.contains("event: end"), "{body}");
+    // Bound to its task: not a key for anything else.
+    let resp = b
+        .http
+        .get(b.url(&format!("/v1/tasks/other/stream?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+}
