@@ -634,19 +634,7 @@ impl Pool {
     /// Leases a slot on the healthy replica with the most free slots.
     #[cfg(test)]
     fn least_loaded_free(&self) -> Option<usize> {
-        self.lease_least_loaded()
-    }
-
-    #[cfg(test)]
-    fn lease_least_loaded(&self) -> Option<usize> {
-        let mut order: Vec<usize> = (0..self.replicas.len())
-            .filter(|&i| self.replicas[i].is_healthy())
-            .collect();
-        order.sort_by_key(|&i| {
-            let r = &self.replicas[i];
-            std::cmp::Reverse(r.slots_total().saturating_sub(r.leases()))
-        });
-        order.into_iter().find(|&i| self.replicas[i].try_lease())
+        self.lease_untried(&[])
     }
 
     /// Frees a slot and wakes the dispatcher.

@@ -587,11 +587,16 @@ fn lint() -> Result<()> {
     )
 }
 
-/// Creates a standalone admission-policy crate from `plugins/template` at `out`.
-/// `cargo xtask new-adapter NAME`: an adapter crate (its own workspace) that builds
-/// against `adapters/abi`, passes the conformance kit and serves a stand-in engine until its
-/// author replaces it. Returns the library file its release build makes.
-fn new_adapter(name: &str, out: &Path) -> Result<PathBuf> {
+/// Fills the crate template in `template` (its `*.tmpl` files, `{{name}}` and the other
+/// `vars` replaced) into a new crate at `out`; `what` names the kind of crate in errors.
+fn new_crate(
+    what: &str,
+    name: &str,
+    template: &Path,
+    out: &Path,
+    files: &[(&str, &str)],
+    vars: &[(&str, String)],
+) -> Result<()> {
     let valid = !name.is_empty()
         && name
             .bytes()
@@ -599,29 +604,43 @@ fn new_adapter(name: &str, out: &Path) -> Result<PathBuf> {
         && name.as_bytes()[0].is_ascii_lowercase();
     if !valid {
         bail!(
-            "adapter name {name:?}: use lowercase letters, digits and '-', starting with a letter"
+            "{what} name {name:?}: use lowercase letters, digits and '-', starting with a letter"
         );
     }
     if out.exists() {
         bail!("{} already exists", out.display());
     }
-    let template = root().join("adapters/template");
-    let lib = name.replace('-', "_");
-    let abi = root().join("adapters/abi");
-    let fill = |text: String| {
-        text.replace("{{name}}", name)
-            .replace("{{lib}}", &lib)
-            .replace("{{abi}}", &abi.display().to_string())
-    };
     std::fs::create_dir_all(out.join("src"))?;
-    for (from, to) in [
-        ("Cargo.toml.tmpl", "Cargo.toml"),
-        ("README.md.tmpl", "README.md"),
-        ("src/lib.rs.tmpl", "src/lib.rs"),
-    ] {
-        let text = std::fs::read_to_string(template.join(from))?;
-        std::fs::write(out.join(to), fill(text))?;
+    for (from, to) in files {
+        let mut text = std::fs::read_to_string(template.join(from))?.replace("{{name}}", name);
+        for (var, value) in vars {
+            text = text.replace(&format!("{{{{{var}}}}}"), value);
+        }
+        std::fs::write(out.join(to), text)?;
     }
+    Ok(())
+}
+
+/// `cargo xtask new-adapter NAME`: an adapter crate (its own workspace) that builds
+/// against `adapters/abi`, passes the conformance kit and serves a stand-in engine until its
+/// author replaces it. Returns the library file its release build makes.
+fn new_adapter(name: &str, out: &Path) -> Result<PathBuf> {
+    let lib = name.replace('-', "_");
+    new_crate(
+        "adapter",
+        name,
+        &root().join("adapters/template"),
+        out,
+        &[
+            ("Cargo.toml.tmpl", "Cargo.toml"),
+            ("README.md.tmpl", "README.md"),
+            ("src/lib.rs.tmpl", "src/lib.rs"),
+        ],
+        &[
+            ("lib", lib.clone()),
+            ("abi", root().join("adapters/abi").display().to_string()),
+        ],
+    )?;
     eprintln!(
         "created {}\nbuild it:  cargo build --release --manifest-path {}/Cargo.toml\ncheck it:  target/dist/bin/orchd-adapter-conformance <its target>/release/liborchd_adapter_{lib}.so --config '{{}}'\nthen copy the .so into the adapter directory and name it in a pool (adapter = \"{name}\")",
         out.display(),
@@ -673,35 +692,22 @@ fn check_adapter_template() -> Result<PathBuf> {
     Ok(kept)
 }
 
+/// Creates a standalone admission-policy crate from `plugins/template` at `out`.
 fn new_policy(name: &str, out: &Path) -> Result<()> {
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.as_bytes()[0].is_ascii_lowercase();
-    if !valid {
-        bail!(
-            "policy name {name:?}: use lowercase letters, digits and '-', starting with a letter"
-        );
-    }
-    if out.exists() {
-        bail!("{} already exists", out.display());
-    }
-    let template = root().join("plugins/template");
-    let wit = root().join("wit");
-    let fill = |text: String| {
-        text.replace("{{name}}", name)
-            .replace("{{lib}}", &name.replace('-', "_"))
-            .replace("{{wit}}", &wit.display().to_string())
-    };
-    std::fs::create_dir_all(out.join("src"))?;
-    for (from, to) in [
-        ("Cargo.toml.tmpl", "Cargo.toml"),
-        ("src/lib.rs.tmpl", "src/lib.rs"),
-    ] {
-        let text = std::fs::read_to_string(template.join(from))?;
-        std::fs::write(out.join(to), fill(text))?;
-    }
+    new_crate(
+        "policy",
+        name,
+        &root().join("plugins/template"),
+        out,
+        &[
+            ("Cargo.toml.tmpl", "Cargo.toml"),
+            ("src/lib.rs.tmpl", "src/lib.rs"),
+        ],
+        &[
+            ("lib", name.replace('-', "_")),
+            ("wit", root().join("wit").display().to_string()),
+        ],
+    )?;
     eprintln!(
         "created {}\nbuild it:  cargo build --release --target {WASM_TARGET} --manifest-path {}/Cargo.toml\nthen copy target/{WASM_TARGET}/release/{}.wasm into the policy directory",
         out.display(),

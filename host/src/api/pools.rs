@@ -164,6 +164,16 @@ pub fn pool_of_definition(
     Ok(pool)
 }
 
+/// Tasks running or queued on pool `id`.
+fn in_flight(state: &AppState, id: &str) -> u32 {
+    state
+        .tasks
+        .live()
+        .iter()
+        .filter(|t| t.spec.pool_id == id)
+        .count() as u32
+}
+
 /// A pool of the config file is changed there, not through the API.
 fn not_from_config(state: &AppState, id: &str) -> Result<(), ApiError> {
     if state.settings.pools.iter().any(|p| p.id == id) {
@@ -345,12 +355,7 @@ pub async fn remove(
     let Some(pool) = state.remove_pool(&id) else {
         return Err(ApiError::not_found("pool", &id));
     };
-    let in_flight = state
-        .tasks
-        .live()
-        .iter()
-        .filter(|t| t.spec.pool_id == id)
-        .count() as u32;
+    let in_flight = in_flight(&state, &id);
     let grace = state.settings.shutdown_grace;
     tracing::info!(pool_id = %id, in_flight, grace_ms = grace.as_millis() as u64, "pool removed; draining what it holds");
     state.retire_pool(pool, grace);
@@ -380,12 +385,7 @@ pub async fn drain(
         .pool(&id));
     };
     pool.publish();
-    let in_flight = state
-        .tasks
-        .live()
-        .iter()
-        .filter(|t| t.spec.pool_id == id)
-        .count() as u32;
+    let in_flight = in_flight(&state, &id);
     tracing::info!(pool_id = %id, deadline_ms = req.deadline_ms, in_flight, "pool draining");
     let deadline = Duration::from_millis(req.deadline_ms);
     let drainer = Arc::clone(&state);
