@@ -102,97 +102,95 @@ pub fn build_pool(
     ps: &crate::config::PoolSettings,
     adapters: &AdapterRegistry,
 ) -> Result<Arc<Pool>, String> {
-    {
-        let adapter = adapters.get(&ps.adapter).ok_or_else(|| {
-            let loaded = adapters.names();
+    let adapter = adapters.get(&ps.adapter).ok_or_else(|| {
+        let loaded = adapters.names();
+        format!(
+            "pool {:?} names adapter {:?}, which is not loaded from {} (loaded: {loaded:?})",
+            ps.id,
+            ps.adapter,
+            settings.adapters_dir.display()
+        )
+    })?;
+    let served = &adapter.info().engines;
+    let engine = match &ps.engine {
+        Some(engine) if served.iter().any(|e| e == engine) => engine.clone(),
+        Some(engine) => {
+            return Err(format!(
+                "pool {:?}: adapter {:?} does not serve engine {engine:?} (it serves {served:?})",
+                ps.id, ps.adapter
+            ));
+        }
+        None => served.first().cloned().ok_or_else(|| {
             format!(
-                "pool {:?} names adapter {:?}, which is not loaded from {} (loaded: {loaded:?})",
-                ps.id,
-                ps.adapter,
-                settings.adapters_dir.display()
+                "pool {:?}: adapter {:?} declares no engine",
+                ps.id, ps.adapter
+            )
+        })?,
+    };
+    let mut replicas = Vec::with_capacity(ps.replicas.len());
+    let mut reported_ctx = 0;
+    for rs in &ps.replicas {
+        let client = adapter.new_client(&rs.adapter_config_json).map_err(|e| {
+            format!(
+                "pool {:?} replica {:?}: adapter {:?} refused its config: {}",
+                ps.id, rs.id, ps.adapter, e.message
             )
         })?;
-        let served = &adapter.info().engines;
-        let engine = match &ps.engine {
-            Some(engine) if served.iter().any(|e| e == engine) => engine.clone(),
-            Some(engine) => {
-                return Err(format!(
-                    "pool {:?}: adapter {:?} does not serve engine {engine:?} (it serves {served:?})",
-                    ps.id, ps.adapter
-                ));
+        // A launched engine is started here and becomes ready through the probes.
+        let supervisor = rs.launch.clone().map(|launch| {
+            let logs = settings
+                .artifacts_dir
+                .parent()
+                .map(|p| p.join("logs"))
+                .unwrap_or_else(|| std::path::PathBuf::from("logs"));
+            let sup = crate::supervisor::Supervisor::new(&rs.id, launch, &logs);
+            if let Err(e) = sup.start() {
+                tracing::error!(replica_id = %sup.replica_id, error = %e, "engine launch failed");
             }
-            None => served.first().cloned().ok_or_else(|| {
-                format!(
-                    "pool {:?}: adapter {:?} declares no engine",
-                    ps.id, ps.adapter
-                )
-            })?,
+            sup
+        });
+        let probe = if supervisor.is_some() {
+            crate::health::Probe {
+                why: Some("starting the engine".to_owned()),
+                ..Default::default()
+            }
+        } else {
+            probe(client.as_ref())
         };
-        let mut replicas = Vec::with_capacity(ps.replicas.len());
-        let mut reported_ctx = 0;
-        for rs in &ps.replicas {
-            let client = adapter.new_client(&rs.adapter_config_json).map_err(|e| {
-                format!(
-                    "pool {:?} replica {:?}: adapter {:?} refused its config: {}",
-                    ps.id, rs.id, ps.adapter, e.message
-                )
-            })?;
-            // A launched engine is started here and becomes ready through the probes.
-            let supervisor = rs.launch.clone().map(|launch| {
-                let logs = settings
-                    .artifacts_dir
-                    .parent()
-                    .map(|p| p.join("logs"))
-                    .unwrap_or_else(|| std::path::PathBuf::from("logs"));
-                let sup = crate::supervisor::Supervisor::new(&rs.id, launch, &logs);
-                if let Err(e) = sup.start() {
-                    tracing::error!(replica_id = %sup.replica_id, error = %e, "engine launch failed");
-                }
-                sup
-            });
-            let probe = if supervisor.is_some() {
-                crate::health::Probe {
-                    why: Some("starting the engine".to_owned()),
-                    ..Default::default()
-                }
-            } else {
-                probe(client.as_ref())
-            };
-            reported_ctx = reported_ctx.max(probe.ctx_max.unwrap_or(0));
-            tracing::info!(
-                pool_id = %ps.id, replica_id = %rs.id, engine = %engine,
-                engine_version = probe.engine_version.as_deref().unwrap_or(""),
-                slots = probe.slots.unwrap_or(0), ready = probe.ready,
-                reason = probe.why.as_deref().unwrap_or(""), "replica configured"
-            );
-            let replica = Replica::new(
-                rs.id.clone(),
-                client,
-                probe.engine_version.clone().unwrap_or_default(),
-                probe.slots.unwrap_or(0),
-                probe.ready,
-            )
-            .with_device_mask(rs.device_mask.clone())
-            .with_adapter_config(&rs.adapter_config_json);
-            let replica = match supervisor {
-                Some(sup) => replica.with_supervisor(sup),
-                None => replica,
-            };
-            replica.set_live(probe.live);
-            if !probe.ready {
-                replica.observe(false, None, None, probe.why.clone());
-            }
-            replicas.push(replica);
+        reported_ctx = reported_ctx.max(probe.ctx_max.unwrap_or(0));
+        tracing::info!(
+            pool_id = %ps.id, replica_id = %rs.id, engine = %engine,
+            engine_version = probe.engine_version.as_deref().unwrap_or(""),
+            slots = probe.slots.unwrap_or(0), ready = probe.ready,
+            reason = probe.why.as_deref().unwrap_or(""), "replica configured"
+        );
+        let replica = Replica::new(
+            rs.id.clone(),
+            client,
+            probe.engine_version.clone().unwrap_or_default(),
+            probe.slots.unwrap_or(0),
+            probe.ready,
+        )
+        .with_device_mask(rs.device_mask.clone())
+        .with_adapter_config(&rs.adapter_config_json);
+        let replica = match supervisor {
+            Some(sup) => replica.with_supervisor(sup),
+            None => replica,
+        };
+        replica.set_live(probe.live);
+        if !probe.ready {
+            replica.observe(false, None, None, probe.why.clone());
         }
-        let ctx_max = ps
-            .ctx_max
-            .unwrap_or(if reported_ctx > 0 { reported_ctx } else { 4096 });
-        Ok(Arc::new(
-            Pool::new(ps, engine, ctx_max, replicas)
-                .with_features(&adapter.info().features)
-                .with_outliers(settings.outliers),
-        ))
+        replicas.push(replica);
     }
+    let ctx_max = ps
+        .ctx_max
+        .unwrap_or(if reported_ctx > 0 { reported_ctx } else { 4096 });
+    Ok(Arc::new(
+        Pool::new(ps, engine, ctx_max, replicas)
+            .with_features(&adapter.info().features)
+            .with_outliers(settings.outliers),
+    ))
 }
 
 /// Starts a pool's dispatcher and health poller (at start, and for a pool created through

@@ -324,10 +324,12 @@ pub trait Store: Send + Sync {
         keep_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError>;
+
     /// Waits until every write queued without waiting (`*_detached`) is done.
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
     /// [`put_task`](Self::put_task) without waiting for it: a backend that can queue the
     /// write answers at once (a failure is logged). For writes nobody waits on.
     fn put_task_detached(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64) {
