@@ -19,6 +19,9 @@ pub struct PolicyStatus {
     pub name: String,
     pub version: String,
     pub sha256: String,
+    /// The `orchd:policy` WIT version the component was built against (`0.2.0`, or the
+    /// frozen `0.1.0`).
+    pub wit_version: String,
     pub path: String,
     /// Unix time in ms.
     pub loaded_at: u64,

@@ -123,6 +123,7 @@ fn main() {
             task_id: "3f2a9d1e-6c1b-4a43-9d0e-2b7d8f1c5a60".into(),
             session_id: "session-42".into(),
             tenant: "a1b2c3".into(),
+            group: None,
             priority: WitPriority::Interactive,
             engine: "llamacpp".into(),
             model_ref: "hf:org/repo/model.gguf".into(),
@@ -130,6 +131,7 @@ fn main() {
             max_tokens: 256,
             expected_tokens: Some(200),
             deadline_ms: 30_000,
+            expected_service_ms: 2_200,
         },
         queue,
         session: admission::SessionInfo {
@@ -141,6 +143,7 @@ fn main() {
         now_ms: 0,
         task_id: "t".into(),
         tenant: "a1b2c3".into(),
+        group: None,
         session_id: "session-42".into(),
         priority: WitPriority::Interactive,
         engine: "llamacpp".into(),
@@ -148,6 +151,7 @@ fn main() {
         prompt_tokens_estimate: 300,
         max_tokens: 256,
         deadline_ms: 30_000,
+        expected_service_ms: 2_200,
         key_left: BudgetLeft {
             tokens: Some(1_000_000),
             time_ms: None,
@@ -159,10 +163,13 @@ fn main() {
         task_id: "t".into(),
         engine: "llamacpp".into(),
         model_ref: "hf:org/repo/model.gguf".into(),
-        reserved: budget::Usage {
-            tokens: 556,
-            time_ms: 30_000,
-            cost: 0.001,
+        reserved: budget::Charge {
+            usage: budget::Usage {
+                tokens: 556,
+                time_ms: 2_200,
+                cost: 0.001,
+            },
+            rate_tokens: 556,
         },
         tokens_in: 300,
         tokens_out: 180,
@@ -188,6 +195,8 @@ fn main() {
                 vram_free_bytes: Some(8 << 30),
                 device_mask: Some("0".into()),
                 session_affinity: r == 1,
+                prefix_blocks: if r == 0 { 6 } else { 0 },
+                ejected: false,
             })
             .collect(),
     };
@@ -204,6 +213,7 @@ fn main() {
         avoid_pools: Vec::new(),
         require_device_mask: None,
         allow_fallback: true,
+        prompt_blocks: 8,
     };
     let place_admission = placement::Snapshot {
         now_ms: 0,
@@ -223,8 +233,10 @@ fn main() {
         message: "connection reset by peer".into(),
         engine: "llamacpp".into(),
         pool_id: "gpu0".into(),
+        replica_id: "gpu0-0".into(),
         phase: error_mapping::Phase::BeforeFirstToken,
         attempt: 1,
+        attempts_left: 2,
     };
 
     const N: usize = 20_000;

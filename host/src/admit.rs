@@ -409,15 +409,22 @@ fn host_priority(p: WitPriority) -> Priority {
     }
 }
 
+/// Who is asking, as policies see it: the key's fingerprint and its tenant group.
+struct Tenant<'a> {
+    fingerprint: &'a str,
+    group: Option<&'a str>,
+}
+
 fn snapshot(
     pool: &Pool,
     queue: &View,
     task_id: &str,
-    tenant: &str,
+    tenant: Tenant<'_>,
     turns: u32,
     req: &TaskRequest,
     now: Instant,
 ) -> admission::Snapshot {
+    let service_ms = pool.service_ms(req.expected_tokens.unwrap_or(req.max_tokens));
     let classes = [Priority::Interactive, Priority::Batch]
         .into_iter()
         .map(|p| ClassSnapshot {
@@ -438,7 +445,8 @@ fn snapshot(
         request: admission::Request {
             task_id: task_id.to_owned(),
             session_id: req.session_id.clone(),
-            tenant: tenant.to_owned(),
+            tenant: tenant.fingerprint.to_owned(),
+            group: tenant.group.map(str::to_owned),
             priority: wit_priority(req.priority),
             engine: req.engine.clone(),
             model_ref: req.model_ref.clone(),
@@ -446,6 +454,7 @@ fn snapshot(
             max_tokens: req.max_tokens,
             expected_tokens: req.expected_tokens,
             deadline_ms: req.deadline_ms,
+            expected_service_ms: service_ms,
         },
         queue: QueueSnapshot {
             pool_id: pool.id.clone(),
@@ -454,7 +463,7 @@ fn snapshot(
             classes,
             slots_total: pool.slots_total(),
             slots_free: pool.slots_free(),
-            service_ms: pool.service_ms(req.expected_tokens.unwrap_or(req.max_tokens)),
+            service_ms,
         },
         session: admission::SessionInfo {
             turns,
@@ -686,12 +695,24 @@ fn admit_checked(
     let lease_ms = req
         .deadline_ms
         .saturating_add(state.settings.lease_margin.as_millis() as u64);
-    let rate_tokens = u64::from(tokens_in_estimate) + u64::from(req.max_tokens);
+    // What the task is expected to hold a slot for: on the slowest pool that may serve it
+    // (placement has not chosen yet), never more than its deadline.
+    let expected_service_ms = candidates
+        .iter()
+        .map(|p| p.service_ms(req.max_tokens))
+        .max()
+        .unwrap_or(req.deadline_ms)
+        .min(req.deadline_ms);
     let (reservation, headroom, rate) = state.decisions.reserve(
         budget::ReserveRequest {
             now_ms: now_ms(),
             task_id: task_id.clone(),
             tenant: principal.fingerprint.clone(),
+            group: state
+                .decisions
+                .ledger
+                .group_of(&principal.name)
+                .map(str::to_owned),
             session_id: req.session_id.clone(),
             priority: wit_priority(req.priority),
             engine: req.engine.clone(),
@@ -699,15 +720,20 @@ fn admit_checked(
             prompt_tokens_estimate: tokens_in_estimate,
             max_tokens: req.max_tokens,
             deadline_ms: req.deadline_ms,
+            expected_service_ms,
             key_left: unlimited(),
             session_left: unlimited(),
         },
         &principal.name,
         &Sessions::account(&principal.name, &req.session_id),
         &uuid::Uuid::new_v4().to_string(),
-        rate_tokens,
         lease_ms,
     )?;
+    let prefix = match (&req.workload, &chat) {
+        (Workload::Embedding | Workload::Rerank, _) => crate::prefix::Blocks::default(),
+        (_, Some(c)) => crate::prefix::Blocks::of_chat(&c.messages, &c.tools),
+        (_, None) => crate::prefix::Blocks::of_text(&prompt),
+    };
     let facts = Facts {
         owner: principal,
         turns,
@@ -715,6 +741,7 @@ fn admit_checked(
         correlation_id,
         tokens_in_estimate,
         prompt,
+        prefix,
         engine_params: extras.params_json,
         chat,
     };
@@ -764,6 +791,8 @@ struct Facts<'a> {
     correlation_id: &'a str,
     tokens_in_estimate: u32,
     prompt: String,
+    /// The prompt's blocks, for prefix-aware placement.
+    prefix: crate::prefix::Blocks,
     engine_params: String,
     chat: Option<Arc<ChatJob>>,
 }
@@ -785,6 +814,7 @@ fn enqueue(
         ctx: req.ctx,
         priority: req.priority,
         placement: &placement_req,
+        prefix: &facts.prefix,
     };
     let pool = state.decisions.place_at_admission(&job, candidates)?;
     let tokens = req
@@ -823,7 +853,10 @@ fn enqueue(
                 pool,
                 &queue,
                 task_id,
-                &facts.owner.fingerprint,
+                Tenant {
+                    fingerprint: &facts.owner.fingerprint,
+                    group: state.decisions.ledger.group_of(&facts.owner.name),
+                },
                 turns,
                 req,
                 now,
@@ -868,6 +901,7 @@ fn enqueue(
                                 ctx: req.ctx,
                                 placement: placement_req.clone(),
                                 tokens_in_estimate: facts.tokens_in_estimate,
+                                prefix: facts.prefix.clone(),
                                 pool_id: pool.id.clone(),
                                 engine: req.engine.clone(),
                                 correlation_id: facts.correlation_id.to_owned(),

@@ -122,6 +122,11 @@ impl Ledger {
         }
     }
 
+    /// The tenant group of `key`, if it has one.
+    pub fn group_of(&self, key: &str) -> Option<&str> {
+        self.key_groups.get(key).map(String::as_str)
+    }
+
     /// Tenant groups: `groups` by name, and the group of each key that has one. A key's
     /// requests count against its group's limits as well as its own.
     pub fn with_groups(

@@ -16,6 +16,7 @@ use crate::metrics;
 use crate::policy::bindings::{WitPriority, budget, error_mapping, placement};
 use crate::policy::{PolicyFailure, PolicySet};
 use crate::pool::Pool;
+use crate::prefix::Blocks;
 use crate::task::Task;
 
 /// Policies plus the ledger: what admission and dispatch consult.
@@ -48,6 +49,8 @@ pub struct JobFacts<'a> {
     pub ctx: u32,
     pub priority: Priority,
     pub placement: &'a PlacementRequest,
+    /// The prompt's blocks, for prefix-aware placement.
+    pub prefix: &'a Blocks,
 }
 
 fn job(f: &JobFacts<'_>) -> placement::Job {
@@ -69,11 +72,12 @@ fn job(f: &JobFacts<'_>) -> placement::Job {
         avoid_pools: p.avoid_pools.clone(),
         require_device_mask: p.require_device_mask.clone(),
         allow_fallback: p.allow_fallback.unwrap_or(true),
+        prompt_blocks: f.prefix.len(),
     }
 }
 
 /// `queue_depth` is passed in: the dispatcher read it with the head it places.
-fn pool_view(pool: &Pool, session_id: &str, queue_depth: u32) -> placement::Pool {
+fn pool_view(pool: &Pool, session_id: &str, prefix: &Blocks, queue_depth: u32) -> placement::Pool {
     let affinity = pool.affinity(session_id);
     placement::Pool {
         pool_id: pool.id.clone(),
@@ -104,6 +108,8 @@ fn pool_view(pool: &Pool, session_id: &str, queue_depth: u32) -> placement::Pool
                     vram_free_bytes: r.vram_free(),
                     device_mask: r.device_mask.clone(),
                     session_affinity: affinity == Some(i),
+                    prefix_blocks: r.prefix_matched(prefix),
+                    ejected: r.ejected_until().is_some(),
                 }
             })
             .collect(),
@@ -134,7 +140,7 @@ impl Decisions {
             job: job(facts),
             candidates: candidates
                 .iter()
-                .map(|p| pool_view(p, facts.session_id, p.queue_depth()))
+                .map(|p| pool_view(p, facts.session_id, facts.prefix, p.queue_depth()))
                 .collect(),
         };
         let decision = policy.place(&snapshot, |d| match d {
@@ -195,12 +201,13 @@ impl Decisions {
             ctx: spec.ctx,
             priority: spec.priority,
             placement: &spec.placement,
+            prefix: &spec.prefix,
         };
         let snapshot = placement::Snapshot {
             now_ms: now_ms(),
             stage: placement::Stage::Dispatch,
             job: job(&facts),
-            candidates: vec![pool_view(pool, &spec.session_id, queue_depth)],
+            candidates: vec![pool_view(pool, &spec.session_id, &spec.prefix, queue_depth)],
         };
         let decision = slot.get().place(&snapshot, |d| match d {
             placement::Decision::Assign(a) => {
@@ -246,25 +253,28 @@ impl Decisions {
     /// built-in table of API.md answers (counted, never hiding the error). With the error,
     /// whether the policy lets another replica take a task that failed before its first
     /// output (`retry-elsewhere`; the built-in table never does).
-    pub fn map_failure(
-        &self,
-        f: &EngineFailure,
-        engine: &str,
-        pool_id: &str,
-        attempt: u32,
-    ) -> (ApiError, bool) {
+    pub fn map_failure(&self, f: &EngineFailure, at: &FailureSite<'_>) -> (ApiError, bool) {
+        let FailureSite {
+            engine,
+            pool_id,
+            replica_id,
+            attempt,
+            attempts_left,
+        } = *at;
         let failure = error_mapping::Failure {
             kind: kind_name(f.kind).to_owned(),
             upstream_status: f.upstream_status,
             message: f.message.clone(),
             engine: engine.to_owned(),
             pool_id: pool_id.to_owned(),
+            replica_id: replica_id.to_owned(),
             phase: match f.phase {
                 FailurePhase::Control => error_mapping::Phase::BeforeDispatch,
                 FailurePhase::BeforeFirstToken => error_mapping::Phase::BeforeFirstToken,
                 FailurePhase::MidStream => error_mapping::Phase::MidStream,
             },
             attempt,
+            attempts_left,
         };
         match self.policies.error_mapping.get().map(&failure) {
             Ok(m) => {
@@ -301,7 +311,6 @@ impl Decisions {
         key: &str,
         session: &str,
         id: &str,
-        rate_tokens: u64,
         lease_ms: u64,
     ) -> Result<(Reservation, crate::budget::Headroom, Option<RateState>), ApiError> {
         let model = req.model_ref.clone();
@@ -313,14 +322,23 @@ impl Decisions {
             ..req
         };
         match self.policies.budget.get().reserve(&req) {
-            Ok(budget::Reservation::Reserve(u)) => {
+            Ok(budget::Reservation::Reserve(charge)) => {
+                let u = &charge.usage;
                 let amount = Amount {
                     tokens: u.tokens,
                     time_ms: u.time_ms,
                     cost: u.cost,
                 };
                 self.ledger
-                    .reserve(id, key, session, &model, amount, rate_tokens, lease_ms)
+                    .reserve(
+                        id,
+                        key,
+                        session,
+                        &model,
+                        amount,
+                        charge.rate_tokens,
+                        lease_ms,
+                    )
                     .map_err(refused)
             }
             Ok(budget::Reservation::Deny(d)) => {
@@ -365,30 +383,45 @@ impl Decisions {
             task_id: task.id.clone(),
             engine: task.spec.engine.clone(),
             model_ref: task.spec.job.model.clone(),
-            reserved: budget::Usage {
-                tokens: reservation.amount.tokens,
-                time_ms: reservation.amount.time_ms,
-                cost: reservation.amount.cost,
+            reserved: budget::Charge {
+                usage: budget::Usage {
+                    tokens: reservation.amount.tokens,
+                    time_ms: reservation.amount.time_ms,
+                    cost: reservation.amount.cost,
+                },
+                rate_tokens: reservation.rate_tokens,
             },
             tokens_in: usage.tokens_in,
             tokens_out: usage.tokens_out,
             time_ms: usage.time_ms,
         };
         match self.policies.budget.get().settle(&req) {
-            Ok(u) => self.ledger.settle(
+            Ok(charge) => self.ledger.settle(
                 &reservation,
                 Amount {
-                    tokens: u.tokens,
-                    time_ms: u.time_ms,
-                    cost: u.cost,
+                    tokens: charge.usage.tokens,
+                    time_ms: charge.usage.time_ms,
+                    cost: charge.usage.cost,
                 },
-                u64::from(usage.tokens_in) + u64::from(usage.tokens_out),
+                charge.rate_tokens,
             ),
             Err(failure) => {
                 tracing::error!(task_id = %task.id, error = %failure, "budget settle failed; the reservation stays charged");
             }
         }
     }
+}
+
+/// Where a failure happened, for the error-mapping policy.
+#[derive(Clone, Copy)]
+pub struct FailureSite<'a> {
+    pub engine: &'a str,
+    pub pool_id: &'a str,
+    pub replica_id: &'a str,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// Further tries the host would make if the policy says retry elsewhere.
+    pub attempts_left: u32,
 }
 
 fn kind_name(k: FailureKind) -> &'static str {

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use orchd_contracts::ErrorCode;
 
 use crate::adapters::{EngineEvent, EngineFailure, EngineJob, FailureKind, FailurePhase};
-use crate::decisions::Decisions;
+use crate::decisions::{Decisions, FailureSite};
 use crate::errors::ApiError;
 use crate::metrics;
 use crate::pool::Pool;
@@ -236,6 +236,7 @@ async fn run(
             watch_attach(&task, config.attach_timeout, engine_version.to_string());
         }
         tracing::info!(task_id = %task.id, pool_id = %pool.id, replica_id = %replica.id, "task started");
+        replica.remember_prefix(&task.spec.prefix);
         let mut tried = vec![replica_idx];
         loop {
             let attempt = tried.len() as u32;
@@ -265,6 +266,7 @@ async fn run(
                 "failed before its first output; retrying on another replica"
             );
             pool.release(replica_idx);
+            to.remember_prefix(&task.spec.prefix);
             replica_idx = next;
             tried.push(next);
         }
@@ -415,10 +417,17 @@ async fn relay(
     let replica = &pool.replicas[replica_idx];
     let began = Instant::now();
     let ended = |failure: Option<&EngineFailure>| outcome(pool, replica_idx, failure, began);
-    let map = |f: &EngineFailure| decisions.map_failure(f, &pool.engine, &pool.id, attempt).0;
+    let site = FailureSite {
+        engine: &pool.engine,
+        pool_id: &pool.id,
+        replica_id: &replica.id,
+        attempt,
+        attempts_left: config.max_attempts.saturating_sub(attempt),
+    };
+    let map = |f: &EngineFailure| decisions.map_failure(f, &site).0;
     // A failure the client has seen nothing of yet: another replica may take it.
     let end_or_retry = |f: &EngineFailure| {
-        let (err, elsewhere) = decisions.map_failure(f, &pool.engine, &pool.id, attempt);
+        let (err, elsewhere) = decisions.map_failure(f, &site);
         if elsewhere && f.phase != FailurePhase::MidStream && !task.announced() {
             Attempt::RetryElsewhere(err)
         } else {

@@ -26,6 +26,7 @@ pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
+pub mod prefix;
 pub mod queue;
 pub mod server;
 pub mod sessions;

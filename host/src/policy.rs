@@ -1,7 +1,9 @@
-//! Policy components: WebAssembly components behind the WIT interfaces of `wit/`, run by
-//! wasmtime under an epoch deadline, a memory cap and a stack limit.
+//! Policy components: WebAssembly components behind the WIT interfaces of `wit/` (the
+//! current `orchd:policy@0.2.0`, and the frozen 0.1.0 that older components were built
+//! against), run by wasmtime under an epoch deadline, a memory cap and a stack limit.
 //!
 //! - [`bindings`] holds the generated code, behind a wall;
+//! - [`legacy`] converts between 0.2.0 (what the host decides with) and 0.1.0;
 //! - [`runtime`] is the shared engine, its epoch ticker, compilation with a
 //!   precompiled-artifact cache, and the sandbox (limits, imports);
 //! - [`component`] is one loaded version of any policy, generic over its world;
@@ -14,6 +16,7 @@
 
 pub mod bindings;
 mod component;
+mod legacy;
 mod runtime;
 mod sealed;
 mod set;

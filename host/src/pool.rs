@@ -97,6 +97,8 @@ pub struct Replica {
     last_error: Mutex<Option<String>>,
     /// Recent outcomes and ejection (outlier detection).
     outcomes: Mutex<Outcomes>,
+    /// Prompt blocks this replica was sent recently (prefix-aware placement).
+    prefix: Mutex<crate::prefix::PrefixCache>,
 }
 
 impl Replica {
@@ -126,11 +128,35 @@ impl Replica {
             }),
             last_error: Mutex::new(None),
             outcomes: Mutex::new(Outcomes::default()),
+            prefix: Mutex::new(crate::prefix::PrefixCache::new(
+                crate::prefix::DEFAULT_CACHE_BLOCKS,
+            )),
         }
     }
 
     fn outcomes(&self) -> std::sync::MutexGuard<'_, Outcomes> {
         self.outcomes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leading blocks of `blocks` this replica was sent recently.
+    pub fn prefix_matched(&self, blocks: &crate::prefix::Blocks) -> u32 {
+        if blocks.is_empty() {
+            return 0;
+        }
+        self.prefix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .matched(blocks)
+    }
+
+    /// Remembers that this replica was sent a prompt of `blocks`.
+    pub fn remember_prefix(&self, blocks: &crate::prefix::Blocks) {
+        if !blocks.is_empty() {
+            self.prefix
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remember(blocks);
+        }
     }
 
     /// Out of placement now (ejected, its back-off not over).

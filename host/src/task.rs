@@ -45,6 +45,8 @@ pub struct TaskSpec {
     pub placement: PlacementRequest,
     /// Prompt tokens as estimated at admission (until the engine reports its count).
     pub tokens_in_estimate: u32,
+    /// The prompt's blocks (prefix-aware placement).
+    pub prefix: crate::prefix::Blocks,
     pub pool_id: String,
     pub engine: String,
     pub correlation_id: String,
@@ -926,6 +928,7 @@ pub(crate) mod tests {
             ctx: 0,
             placement: PlacementRequest::default(),
             tokens_in_estimate: 1,
+            prefix: Default::default(),
             pool_id: "p".into(),
             engine: "mock".into(),
             correlation_id: "c".into(),

@@ -212,6 +212,7 @@ fn fixtures() -> Result<()> {
         "admission-faulty",
         "admission-accept-all",
         "placement-faulty",
+        "placement-v010",
         "error-mapping-faulty",
     ])?;
     // An adapter built against the released ABI 0.1.2, in its own workspace (it carries
@@ -269,6 +270,7 @@ fn fixtures() -> Result<()> {
         "admission_faulty",
         "admission_accept_all",
         "placement_faulty",
+        "placement_v010",
         "error_mapping_faulty",
     ] {
         install(
@@ -705,7 +707,7 @@ fn new_policy(name: &str, out: &Path) -> Result<()> {
         ],
         &[
             ("lib", name.replace('-', "_")),
-            ("wit", root().join("wit").display().to_string()),
+            ("wit", root().join("wit/0.2.0").display().to_string()),
         ],
     )?;
     eprintln!(

@@ -30,6 +30,7 @@ fn status<W: crate::policy::component_world::World>(slot: &Slot<W>) -> PolicySta
         name: meta.name.clone(),
         version: meta.version.clone(),
         sha256: meta.sha256.clone(),
+        wit_version: meta.wit_version.to_owned(),
         path: meta.path.display().to_string(),
         loaded_at: unix_ms(meta.loaded_at),
         calls: stats.calls.load(Ordering::Relaxed),

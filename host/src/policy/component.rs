@@ -26,7 +26,11 @@ pub trait World: Send + Sync + 'static {
     type Bindings: Send;
 
     fn add_imports(linker: &mut Linker<PolicyState>) -> wasmtime::Result<()>;
-    fn pre(pre: InstancePre<PolicyState>) -> wasmtime::Result<Self::Pre>;
+    /// The typed pre-instance for whichever `orchd:policy` version the component exports;
+    /// `Err` says what each version found missing.
+    fn pre(pre: InstancePre<PolicyState>) -> Result<Self::Pre, String>;
+    /// The `orchd:policy` version `pre` was built against.
+    fn wit_version(pre: &Self::Pre) -> &'static str;
     fn instantiate(
         pre: &Self::Pre,
         store: &mut Store<PolicyState>,
@@ -86,13 +90,14 @@ impl<W: World> Loaded<W> {
             .instantiate_pre(&compiled.component)
             .map_err(|e| refuse(format!("does not fit the {} world: {e:#}", W::KIND)))?;
         let pre = W::pre(pre)
-            .map_err(|e| refuse(format!("does not export the {} world: {e:#}", W::KIND)))?;
+            .map_err(|e| refuse(format!("does not export the {} world: {e}", W::KIND)))?;
         let mut loaded = Self {
             meta: PolicyMeta {
                 kind: W::KIND,
                 name: String::new(),
                 version: String::new(),
                 sha256: compiled.sha256,
+                wit_version: W::wit_version(&pre),
                 path: path.to_path_buf(),
                 loaded_at: SystemTime::now(),
                 cached: compiled.cached,

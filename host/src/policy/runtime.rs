@@ -12,7 +12,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
 use super::LoadError;
-use super::bindings::{HostImports, LogLevel, TypesHost};
+use super::bindings::{HostImports, LogLevel, TypesHost, v1};
 use super::sealed::{SealedCache, Unsealed};
 use crate::config::PolicyLimits;
 
@@ -30,6 +30,8 @@ pub struct PolicyMeta {
     pub name: String,
     pub version: String,
     pub sha256: String,
+    /// The `orchd:policy` WIT version the component was built against.
+    pub wit_version: &'static str,
     pub path: PathBuf,
     pub loaded_at: SystemTime,
     /// Whether the compiled code came from the precompiled cache.
@@ -178,6 +180,21 @@ impl HostImports for PolicyState {
 }
 
 impl TypesHost for PolicyState {}
+
+/// Components built against 0.1.0 log through the same host.
+impl v1::HostImports for PolicyState {
+    fn log(&mut self, level: v1::LogLevel, message: String) {
+        let level = match level {
+            v1::LogLevel::Debug => LogLevel::Debug,
+            v1::LogLevel::Info => LogLevel::Info,
+            v1::LogLevel::Warn => LogLevel::Warn,
+            v1::LogLevel::Error => LogLevel::Error,
+        };
+        HostImports::log(self, level, message);
+    }
+}
+
+impl v1::TypesHost for PolicyState {}
 
 impl PolicyRuntime {
     /// Builds the engine and starts the epoch ticker (a thread that lives as long as the

@@ -7,13 +7,31 @@ use wasmtime::component::{HasSelf, InstancePre, Linker};
 use super::PolicyFailure;
 use super::bindings::{
     BudgetLeft, ClassSnapshot, PolicyInfo, QueueSnapshot, WitPriority, admission, budget,
-    error_mapping, placement,
+    error_mapping, placement, v1,
 };
 use super::component::{Loaded, World};
+use super::legacy;
 use super::runtime::PolicyState;
 
 /// Longest retry hint a policy may give (1 hour).
 pub const MAX_RETRY_AFTER_MS: u64 = 3_600_000;
+
+/// A component of the current WIT version, or of the frozen 0.1.0 (converted at the
+/// boundary by `legacy.rs`).
+pub enum Versioned<Current, V1> {
+    Current(Current),
+    V1(V1),
+}
+
+impl<C, V> Versioned<C, V> {
+    /// The `orchd:policy` version the component was built against.
+    pub fn wit_version(&self) -> &'static str {
+        match self {
+            Self::Current(_) => "0.2.0",
+            Self::V1(_) => "0.1.0",
+        }
+    }
+}
 
 macro_rules! world {
     ($name:ident, $kind:literal, $module:ident) => {
@@ -21,29 +39,55 @@ macro_rules! world {
 
         impl World for $name {
             const KIND: &'static str = $kind;
-            type Pre = $module::Pre<PolicyState>;
-            type Bindings = $module::Bindings;
+            type Pre = Versioned<$module::Pre<PolicyState>, v1::$module::Pre<PolicyState>>;
+            type Bindings = Versioned<$module::Bindings, v1::$module::Bindings>;
 
             fn add_imports(linker: &mut Linker<PolicyState>) -> wasmtime::Result<()> {
-                $module::Bindings::add_to_linker::<PolicyState, HasSelf<PolicyState>>(linker, |s| s)
+                $module::Bindings::add_to_linker::<PolicyState, HasSelf<PolicyState>>(
+                    linker,
+                    |s| s,
+                )?;
+                v1::$module::Bindings::add_to_linker::<PolicyState, HasSelf<PolicyState>>(
+                    linker,
+                    |s| s,
+                )
             }
 
-            fn pre(pre: InstancePre<PolicyState>) -> wasmtime::Result<Self::Pre> {
-                $module::Pre::new(pre)
+            fn pre(pre: InstancePre<PolicyState>) -> Result<Self::Pre, String> {
+                let current = match $module::Pre::new(pre.clone()) {
+                    Ok(p) => return Ok(Versioned::Current(p)),
+                    Err(e) => e,
+                };
+                match v1::$module::Pre::new(pre) {
+                    Ok(p) => Ok(Versioned::V1(p)),
+                    Err(old) => Err(format!(
+                        "orchd:policy@0.2.0: {current:#}; orchd:policy@0.1.0: {old:#}"
+                    )),
+                }
+            }
+
+            fn wit_version(pre: &Self::Pre) -> &'static str {
+                pre.wit_version()
             }
 
             fn instantiate(
                 pre: &Self::Pre,
                 store: &mut Store<PolicyState>,
             ) -> wasmtime::Result<Self::Bindings> {
-                pre.instantiate(store)
+                Ok(match pre {
+                    Versioned::Current(p) => Versioned::Current(p.instantiate(store)?),
+                    Versioned::V1(p) => Versioned::V1(p.instantiate(store)?),
+                })
             }
 
             fn info(
                 b: &Self::Bindings,
                 store: &mut Store<PolicyState>,
             ) -> wasmtime::Result<PolicyInfo> {
-                b.call_info(store)
+                match b {
+                    Versioned::Current(b) => b.orchd_policy_lifecycle().call_info(store),
+                    Versioned::V1(b) => b.call_info(store).map(legacy::info),
+                }
             }
 
             fn init(
@@ -51,7 +95,10 @@ macro_rules! world {
                 store: &mut Store<PolicyState>,
                 config: &str,
             ) -> wasmtime::Result<Result<(), String>> {
-                b.call_init(store, config)
+                match b {
+                    Versioned::Current(b) => b.orchd_policy_lifecycle().call_init(store, config),
+                    Versioned::V1(b) => b.call_init(store, config),
+                }
             }
 
             fn self_test(loaded: &Loaded<Self>) -> Result<(), String> {
@@ -73,15 +120,22 @@ impl Loaded<Admission> {
         validate: impl FnOnce(admission::Decision) -> Result<T, String>,
     ) -> Result<T, PolicyFailure> {
         self.call(
-            |b, s| b.orchd_policy_admission().call_decide(s, snapshot),
+            |b, s| match b {
+                Versioned::Current(b) => b.orchd_policy_admission().call_decide(s, snapshot),
+                Versioned::V1(b) => b
+                    .orchd_policy_admission()
+                    .call_decide(s, &legacy::admission_snapshot(snapshot))
+                    .map(legacy::admission_decision),
+            },
             validate,
         )
     }
 }
 
-fn valid_usage(u: budget::Usage) -> Result<budget::Usage, String> {
+fn valid_charge(c: budget::Charge) -> Result<budget::Charge, String> {
+    let u = &c.usage;
     if u.cost.is_finite() && u.cost >= 0.0 {
-        Ok(u)
+        Ok(c)
     } else {
         Err(format!("cost {} is negative or not a number", u.cost))
     }
@@ -93,9 +147,17 @@ impl Loaded<Budget> {
         req: &budget::ReserveRequest,
     ) -> Result<budget::Reservation, PolicyFailure> {
         self.call(
-            |b, s| b.orchd_policy_budget().call_reserve(s, req),
+            |b, s| match b {
+                Versioned::Current(b) => b.orchd_policy_budget().call_reserve(s, req),
+                Versioned::V1(b) => b
+                    .orchd_policy_budget()
+                    .call_reserve(s, &legacy::reserve_request(req))
+                    .map(|r| legacy::reservation(r, legacy::rate_tokens_estimate(req))),
+            },
             |r| match r {
-                budget::Reservation::Reserve(u) => valid_usage(u).map(budget::Reservation::Reserve),
+                budget::Reservation::Reserve(c) => {
+                    valid_charge(c).map(budget::Reservation::Reserve)
+                }
                 budget::Reservation::Deny(d)
                     if d.retry_after_ms.is_some_and(|ms| ms > MAX_RETRY_AFTER_MS) =>
                 {
@@ -109,10 +171,16 @@ impl Loaded<Budget> {
         )
     }
 
-    pub fn settle(&self, req: &budget::SettleRequest) -> Result<budget::Usage, PolicyFailure> {
+    pub fn settle(&self, req: &budget::SettleRequest) -> Result<budget::Charge, PolicyFailure> {
         self.call(
-            |b, s| b.orchd_policy_budget().call_settle(s, req),
-            valid_usage,
+            |b, s| match b {
+                Versioned::Current(b) => b.orchd_policy_budget().call_settle(s, req),
+                Versioned::V1(b) => b
+                    .orchd_policy_budget()
+                    .call_settle(s, &legacy::settle_request(req))
+                    .map(|u| legacy::settled(u, req)),
+            },
+            valid_charge,
         )
     }
 }
@@ -124,7 +192,13 @@ impl Loaded<Placement> {
         validate: impl FnOnce(placement::Decision) -> Result<T, String>,
     ) -> Result<T, PolicyFailure> {
         self.call(
-            |b, s| b.orchd_policy_placement().call_place(s, snapshot),
+            |b, s| match b {
+                Versioned::Current(b) => b.orchd_policy_placement().call_place(s, snapshot),
+                Versioned::V1(b) => b
+                    .orchd_policy_placement()
+                    .call_place(s, &legacy::placement_snapshot(snapshot))
+                    .map(legacy::placement_decision),
+            },
             validate,
         )
     }
@@ -136,7 +210,15 @@ impl Loaded<ErrorMapping> {
         failure: &error_mapping::Failure,
     ) -> Result<error_mapping::Mapped, PolicyFailure> {
         self.call(
-            |b, s| b.orchd_policy_error_mapping().call_map_failure(s, failure),
+            |b, s| match b {
+                Versioned::Current(b) => {
+                    b.orchd_policy_error_mapping().call_map_failure(s, failure)
+                }
+                Versioned::V1(b) => b
+                    .orchd_policy_error_mapping()
+                    .call_map_failure(s, &legacy::failure(failure))
+                    .map(legacy::mapped),
+            },
             |m| {
                 if orchd_contracts::ErrorCode::parse(&m.code).is_none() {
                     return Err(format!("code {:?} is not a public error code", m.code));
@@ -197,6 +279,7 @@ mod self_test {
                 task_id: "self-test".into(),
                 session_id: "self-test".into(),
                 tenant: "self-test".into(),
+                group: None,
                 priority: WitPriority::Interactive,
                 engine: "mock".into(),
                 model_ref: "mock".into(),
@@ -204,6 +287,7 @@ mod self_test {
                 max_tokens: 16,
                 expected_tokens: None,
                 deadline_ms: 60_000,
+                expected_service_ms: 100,
             },
             queue: queue(),
             session: admission::SessionInfo {
@@ -224,6 +308,7 @@ mod self_test {
             now_ms: 0,
             task_id: "self-test".into(),
             tenant: "self-test".into(),
+            group: None,
             session_id: "self-test".into(),
             priority: WitPriority::Interactive,
             engine: "mock".into(),
@@ -231,6 +316,7 @@ mod self_test {
             prompt_tokens_estimate: 4,
             max_tokens: 16,
             deadline_ms: 60_000,
+            expected_service_ms: 100,
             key_left: unlimited(),
             session_left: unlimited(),
         };
@@ -272,6 +358,7 @@ mod self_test {
                 avoid_pools: Vec::new(),
                 require_device_mask: None,
                 allow_fallback: true,
+                prompt_blocks: 1,
             },
             candidates: vec![placement::Pool {
                 pool_id: "self-test".into(),
@@ -292,6 +379,8 @@ mod self_test {
                     vram_free_bytes: None,
                     device_mask: None,
                     session_affinity: false,
+                    prefix_blocks: 0,
+                    ejected: false,
                 }],
             }],
         };
@@ -316,8 +405,10 @@ mod self_test {
             message: "connection reset".into(),
             engine: "mock".into(),
             pool_id: "self-test".into(),
+            replica_id: "self-test-0".into(),
             phase: error_mapping::Phase::MidStream,
             attempt: 1,
+            attempts_left: 0,
         };
         loaded.map(&failure).map(|_| ()).map_err(|f| f.message)
     }

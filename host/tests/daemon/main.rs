@@ -21,6 +21,7 @@ mod outsider;
 mod policies;
 mod policy_faults;
 mod pools;
+mod prefix;
 mod resume;
 mod retry;
 mod sessions;

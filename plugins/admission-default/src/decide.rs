@@ -159,6 +159,7 @@ mod tests {
                 task_id: "new".into(),
                 session_id: "s".into(),
                 tenant: "open".into(),
+                group: None,
                 priority: class,
                 engine: "mock".into(),
                 model_ref: "mock".into(),
@@ -166,6 +167,7 @@ mod tests {
                 max_tokens: 8,
                 expected_tokens: None,
                 deadline_ms: 1000,
+                expected_service_ms: 100,
             },
             queue: QueueSnapshot {
                 pool_id: "p".into(),

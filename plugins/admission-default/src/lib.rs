@@ -17,10 +17,12 @@ use std::cell::RefCell;
 
 wit_bindgen::generate!({
     world: "admission-policy",
-    path: "../../wit",
+    path: "../../wit/0.2.0",
 });
 
 use exports::orchd::policy::admission::{Decision, Guest as AdmissionGuest, Snapshot};
+use exports::orchd::policy::lifecycle::Guest as LifecycleGuest;
+use orchd::policy::types::PolicyInfo;
 
 pub use decide::{Config, Mode};
 
@@ -30,7 +32,7 @@ thread_local! {
 
 struct Policy;
 
-impl Guest for Policy {
+impl LifecycleGuest for Policy {
     fn info() -> PolicyInfo {
         PolicyInfo {
             name: env!("CARGO_PKG_NAME").to_owned(),

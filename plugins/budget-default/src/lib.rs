@@ -1,10 +1,14 @@
 //! The default budget policy (API.md, POLICIES.md): reserve-then-settle.
 //!
 //! At admission a request reserves `tokens = prompt estimate + max_tokens`, `time = its
-//! deadline` and `cost = tokens × price`; it is denied when the key's or the session's
-//! remaining budget cannot cover any of the three. At task end the charge is the actual
-//! usage (`tokens in + tokens out`, elapsed time, their cost); the host returns the rest
-//! of the reservation. Budgets here have no window, so a denial carries no retry hint.
+//! expected service time` (measured first-token time plus `max_tokens` at the measured
+//! rate, as the host computes it; not the deadline, which would let one request hold a
+//! whole session's time budget) and `cost = tokens × price`; it is denied when the key's
+//! or the session's remaining budget cannot cover any of the three. The same tokens count
+//! against the tokens-per-minute rate limits. At task end the charge is the actual usage
+//! (`tokens in + tokens out`, elapsed time, their cost), and the rate limits are corrected
+//! to the tokens used; the host returns the rest of the reservation. A denial carries no
+//! retry hint: the host adds the budget window's reset when it has one.
 
 use std::cell::RefCell;
 
@@ -12,13 +16,15 @@ use serde::Deserialize;
 
 wit_bindgen::generate!({
     world: "budget-policy",
-    path: "../../wit",
+    path: "../../wit/0.2.0",
 });
 
 use exports::orchd::policy::budget::{
-    Denial, Guest as BudgetGuest, Reservation, ReserveRequest, SettleRequest, Usage,
+    Charge, Denial, Guest as BudgetGuest, Reservation, ReserveRequest, SettleRequest, Usage,
 };
+use exports::orchd::policy::lifecycle::Guest as LifecycleGuest;
 use orchd::policy::types::BudgetLeft;
+use orchd::policy::types::PolicyInfo;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,7 +74,7 @@ fn shortfall(who: &str, need: &Usage, left: &BudgetLeft) -> Option<String> {
         && need.time_ms > ms
     {
         return Some(format!(
-            "{who} budget has {ms} ms left; the request's deadline needs {}",
+            "{who} budget has {ms} ms left; the request is expected to need {}",
             need.time_ms
         ));
     }
@@ -87,7 +93,7 @@ pub fn reserve(config: &Config, req: &ReserveRequest) -> Reservation {
     let tokens = u64::from(req.prompt_tokens_estimate) + u64::from(req.max_tokens);
     let need = Usage {
         tokens,
-        time_ms: req.deadline_ms,
+        time_ms: req.expected_service_ms.min(req.deadline_ms),
         cost: tokens as f64 * config.price_per_token,
     };
     match shortfall("key", &need, &req.key_left)
@@ -97,22 +103,28 @@ pub fn reserve(config: &Config, req: &ReserveRequest) -> Reservation {
             message,
             retry_after_ms: None,
         }),
-        None => Reservation::Reserve(need),
+        None => Reservation::Reserve(Charge {
+            usage: need,
+            rate_tokens: tokens,
+        }),
     }
 }
 
-pub fn settle(config: &Config, req: &SettleRequest) -> Usage {
+pub fn settle(config: &Config, req: &SettleRequest) -> Charge {
     let tokens = u64::from(req.tokens_in) + u64::from(req.tokens_out);
-    Usage {
-        tokens,
-        time_ms: req.time_ms,
-        cost: tokens as f64 * config.price_per_token,
+    Charge {
+        usage: Usage {
+            tokens,
+            time_ms: req.time_ms,
+            cost: tokens as f64 * config.price_per_token,
+        },
+        rate_tokens: tokens,
     }
 }
 
 struct Policy;
 
-impl Guest for Policy {
+impl LifecycleGuest for Policy {
     fn info() -> PolicyInfo {
         PolicyInfo {
             name: env!("CARGO_PKG_NAME").to_owned(),
@@ -132,7 +144,7 @@ impl BudgetGuest for Policy {
         CONFIG.with(|c| reserve(&c.borrow(), &request))
     }
 
-    fn settle(request: SettleRequest) -> Usage {
+    fn settle(request: SettleRequest) -> Charge {
         CONFIG.with(|c| settle(&c.borrow(), &request))
     }
 }
@@ -157,6 +169,7 @@ mod tests {
             now_ms: 0,
             task_id: "t".into(),
             tenant: "open".into(),
+            group: None,
             session_id: "s".into(),
             priority: Priority::Interactive,
             engine: "mock".into(),
@@ -164,6 +177,7 @@ mod tests {
             prompt_tokens_estimate: 10,
             max_tokens: 90,
             deadline_ms: 5000,
+            expected_service_ms: 1200,
             key_left: key,
             session_left: session,
         }
@@ -174,7 +188,11 @@ mod tests {
             price_per_token: 0.01,
         };
         let got = match reserve(&config, &request(key, session)) {
-            Reservation::Reserve(u) => format!("reserve {} {} {:.2}", u.tokens, u.time_ms, u.cost),
+            Reservation::Reserve(c) => {
+                let u = c.usage;
+                assert_eq!(c.rate_tokens, u.tokens);
+                format!("reserve {} {} {:.2}", u.tokens, u.time_ms, u.cost)
+            }
             Reservation::Deny(d) => format!("deny {}", d.message),
         };
         assert!(
@@ -186,7 +204,8 @@ mod tests {
     #[test]
     fn reservations_and_denials() {
         let none = left(None, None, None);
-        check(none.clone(), none.clone(), "reserve 100 5000 1.00");
+        // Time is the expected service time, not the deadline.
+        check(none.clone(), none.clone(), "reserve 100 1200 1.00");
         check(left(Some(100), None, None), none.clone(), "reserve 100");
         check(
             left(Some(99), None, None),
@@ -195,8 +214,8 @@ mod tests {
         );
         check(
             none.clone(),
-            left(None, Some(4999), None),
-            "deny session budget has 4999 ms left",
+            left(None, Some(1199), None),
+            "deny session budget has 1199 ms left",
         );
         check(
             none.clone(),
@@ -216,17 +235,23 @@ mod tests {
                 task_id: "t".into(),
                 engine: "mock".into(),
                 model_ref: "m".into(),
-                reserved: Usage {
-                    tokens: 100,
-                    time_ms: 5000,
-                    cost: 50.0,
+                reserved: Charge {
+                    usage: Usage {
+                        tokens: 100,
+                        time_ms: 1200,
+                        cost: 50.0,
+                    },
+                    rate_tokens: 100,
                 },
                 tokens_in: 3,
                 tokens_out: 4,
                 time_ms: 120,
             },
         );
-        assert_eq!((u.tokens, u.time_ms, u.cost), (7, 120, 3.5));
+        assert_eq!(
+            (u.usage.tokens, u.usage.time_ms, u.usage.cost, u.rate_tokens),
+            (7, 120, 3.5, 7)
+        );
         assert!(Config::parse(r#"{"price_per_token":-1}"#).is_err());
         assert!(Config::parse(r#"{"price":1}"#).is_err());
     }

@@ -8,10 +8,12 @@ use serde::Deserialize;
 
 wit_bindgen::generate!({
     world: "error-mapping-policy",
-    path: "../../wit",
+    path: "../../wit/0.2.0",
 });
 
 use exports::orchd::policy::error_mapping::{Failure, Guest as ErrorMappingGuest, Mapped, Phase};
+use exports::orchd::policy::lifecycle::Guest as LifecycleGuest;
+use orchd::policy::types::PolicyInfo;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,7 +66,7 @@ pub fn map(config: &Config, f: &Failure) -> Mapped {
 
 struct Policy;
 
-impl Guest for Policy {
+impl LifecycleGuest for Policy {
     fn info() -> PolicyInfo {
         PolicyInfo {
             name: env!("CARGO_PKG_NAME").to_owned(),
@@ -103,8 +105,10 @@ mod tests {
             message: "boom".into(),
             engine: "llamacpp".into(),
             pool_id: "p".into(),
+            replica_id: "p-0".into(),
             phase,
             attempt: 1,
+            attempts_left: 2,
         };
         let m = map(&Config::default(), &f);
         let got = format!(

@@ -1,13 +1,13 @@
 """python-admission: an admission policy for orchestratord, written in Python.
 
 Built into a WebAssembly component for the `admission-policy` world of
-`wit/policy.wit` by componentize-py (see build.sh). componentize-py generates the
-`wit_world` package at build time; this module supplies the implementations:
+`wit/0.2.0/policy.wit` (`orchd:policy@0.2.0`) by componentize-py (see build.sh).
+componentize-py generates the `wit_world` package at build time; this module
+supplies the implementations of the two exported interfaces (module
+`wit_world.exports`):
 
-* class `WitWorld` (module `wit_world`): the world's freestanding exports
-  `info` and `init`;
-* class `Admission` (module `wit_world.exports`): the exported `admission`
-  interface, i.e. `decide`.
+* class `Lifecycle`: `info` and `init`;
+* class `Admission`: `decide`.
 
 A WIT `result<_, string>` error is produced by raising
 `componentize_py_types.Err("message")`; returning normally is `ok`.
@@ -21,7 +21,6 @@ import json
 
 from componentize_py_types import Err
 
-import wit_world
 from wit_world import exports
 from wit_world.exports.admission import (
     Decision,
@@ -42,7 +41,7 @@ MAX_RETRY_AFTER_MS = 3_600_000
 MAX_MESSAGE_BYTES = 1024
 
 # Configuration lives at module level: `init` and `decide` are called on
-# different objects (`WitWorld` vs `Admission`), but in the same instance.
+# different objects (`Lifecycle` vs `Admission`), but in the same instance.
 _max_batch_share = 1.0
 
 
@@ -73,7 +72,7 @@ def parse_config(text: str) -> float:
     return share
 
 
-class WitWorld(wit_world.WitWorld):
+class Lifecycle(exports.Lifecycle):
     def info(self) -> PolicyInfo:
         return PolicyInfo(name=NAME, version=VERSION)
 

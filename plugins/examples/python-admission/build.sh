@@ -5,7 +5,7 @@
 #
 # componentize-py 0.25.1 is installed (once) into a venv under
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/orchd/componentize-py-0.25.1
-# and run against <repo>/wit, world `admission-policy`, with --stub-wasi
+# and run against <repo>/wit/0.2.0, world `admission-policy`, with --stub-wasi
 # (the host gives policies no WASI; every WASI import becomes a trap).
 set -euo pipefail
 
@@ -17,7 +17,7 @@ trap 'echo "build.sh: FAILED (line $LINENO)" >&2' ERR
 CPY_VERSION=0.25.1
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$HERE/../../.." && pwd)
-WIT="$REPO/wit"
+WIT="$REPO/wit/0.2.0"
 [[ -f "$WIT/policy.wit" ]] || die "no WIT at $WIT/policy.wit"
 
 # Resolve OUT_WASM against the caller's cwd before we cd anywhere.

@@ -1,10 +1,46 @@
 //! The placement decision as plain Rust.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::exports::orchd::policy::placement::{
     Assignment, Decision, Job, Mode, Pool, Replica, Snapshot, Stage,
 };
+
+/// The operator's options (`[policies.placement] config`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Prefer replicas that hold the prompt's prefix at all.
+    pub prefix_aware: bool,
+    /// A replica holding the prefix is preferred only while its load (busy slots over
+    /// slots; at admission, the pool's queued and running tasks over its slots) is below
+    /// this.
+    pub prefix_load_cap: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            prefix_aware: true,
+            prefix_load_cap: 0.75,
+        }
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let c: Config = if text.is_empty() {
+            Config::default()
+        } else {
+            serde_json::from_str(text).map_err(|e| format!("placement-default config: {e}"))?
+        };
+        if !(c.prefix_load_cap.is_finite() && c.prefix_load_cap >= 0.0) {
+            return Err("placement-default config: prefix_load_cap must be a number >= 0".into());
+        }
+        Ok(c)
+    }
+}
 
 #[derive(Serialize, Default)]
 struct Log {
@@ -15,6 +51,8 @@ struct Log {
     pinned: bool,
     fallback: bool,
     chosen: Option<(String, String)>,
+    /// Prompt blocks the chosen replica holds, when prefix affinity chose it.
+    prefix_blocks: Option<u32>,
 }
 
 fn feasible_pool(job: &Job, pool: &Pool) -> Result<(), &'static str> {
@@ -69,14 +107,33 @@ fn replica_load(r: &Replica) -> f64 {
     f64::from(r.active_leases) / f64::from(r.slots_total.max(1))
 }
 
-/// Chooses among `pools` (already filtered) by load, affinity, then id.
+/// Chooses among `pools` (already filtered): a replica holding the prompt's prefix below
+/// the load cap (longest match first), else by load, affinity, then id.
 fn best<'a>(
+    config: &Config,
     job: &Job,
     pools: &[&'a Pool],
     log: &mut Log,
     stage: Stage,
 ) -> Option<(&'a Pool, &'a Replica)> {
-    log.tie_breakers = vec!["least_loaded", "session_affinity", "lexicographic_id"];
+    log.tie_breakers = vec![
+        "prefix_under_load_cap",
+        "least_loaded",
+        "session_affinity",
+        "lexicographic_id",
+    ];
+    let load = |p: &Pool, r: &Replica| match stage {
+        Stage::Admission => pool_load(p, job),
+        Stage::Dispatch => replica_load(r),
+    };
+    // The matched prefix, counted only below the load cap.
+    let warm = |p: &Pool, r: &Replica| {
+        if config.prefix_aware && r.prefix_blocks > 0 && load(p, r) < config.prefix_load_cap {
+            r.prefix_blocks
+        } else {
+            0
+        }
+    };
     let mut options: Vec<(&Pool, &Replica)> = pools
         .iter()
         .flat_map(|p| p.replicas.iter().map(move |r| (*p, r)))
@@ -84,20 +141,21 @@ fn best<'a>(
         .filter(|(_, r)| stage == Stage::Admission || r.slots_free > 0)
         .collect();
     options.sort_by(|(pa, ra), (pb, rb)| {
-        let load = |p: &Pool, r: &Replica| match stage {
-            Stage::Admission => pool_load(p, job),
-            Stage::Dispatch => replica_load(r),
-        };
-        load(pa, ra)
-            .total_cmp(&load(pb, rb))
+        warm(pb, rb)
+            .cmp(&warm(pa, ra))
+            .then(load(pa, ra).total_cmp(&load(pb, rb)))
             .then(rb.session_affinity.cmp(&ra.session_affinity))
             .then(pa.pool_id.cmp(&pb.pool_id))
             .then(ra.replica_id.cmp(&rb.replica_id))
     });
-    options.into_iter().next()
+    let chosen = options.into_iter().next();
+    if let Some((p, r)) = chosen {
+        log.prefix_blocks = Some(warm(p, r)).filter(|&b| b > 0);
+    }
+    chosen
 }
 
-pub fn place(snapshot: &Snapshot) -> Decision {
+pub fn place(config: &Config, snapshot: &Snapshot) -> Decision {
     let job = &snapshot.job;
     let mut log = Log {
         stage: match snapshot.stage {
@@ -137,20 +195,20 @@ pub fn place(snapshot: &Snapshot) -> Decision {
     let choice = match job.mode {
         Mode::Pin => {
             log.pinned = true;
-            best(job, &pinned, &mut log, snapshot.stage).or_else(|| {
+            best(config, job, &pinned, &mut log, snapshot.stage).or_else(|| {
                 if job.allow_fallback {
                     log.fallback = true;
-                    best(job, &usable, &mut log, snapshot.stage)
+                    best(config, job, &usable, &mut log, snapshot.stage)
                 } else {
                     None
                 }
             })
         }
-        Mode::Prefer => best(job, &preferred, &mut log, snapshot.stage).or_else(|| {
+        Mode::Prefer => best(config, job, &preferred, &mut log, snapshot.stage).or_else(|| {
             log.fallback = !preferred.is_empty() || !job.prefer_pools.is_empty();
-            best(job, &usable, &mut log, snapshot.stage)
+            best(config, job, &usable, &mut log, snapshot.stage)
         }),
-        Mode::Auto => best(job, &usable, &mut log, snapshot.stage),
+        Mode::Auto => best(config, job, &usable, &mut log, snapshot.stage),
     };
     match choice {
         Some((pool, replica)) => {
@@ -186,6 +244,8 @@ mod tests {
             vram_free_bytes: None,
             device_mask: Some("0,1".into()),
             session_affinity: affinity,
+            prefix_blocks: 0,
+            ejected: false,
         }
     }
 
@@ -216,16 +276,24 @@ mod tests {
             avoid_pools: vec![],
             require_device_mask: None,
             allow_fallback: true,
+            prompt_blocks: 0,
         }
     }
 
     fn check(stage: Stage, job: Job, pools: Vec<Pool>, expected: &str) {
-        let got = match place(&Snapshot {
-            now_ms: 0,
-            stage,
-            job,
-            candidates: pools,
-        }) {
+        check_with(&Config::default(), stage, job, pools, expected);
+    }
+
+    fn check_with(config: &Config, stage: Stage, job: Job, pools: Vec<Pool>, expected: &str) {
+        let got = match place(
+            config,
+            &Snapshot {
+                now_ms: 0,
+                stage,
+                job,
+                candidates: pools,
+            },
+        ) {
             Decision::Assign(a) => format!("{}/{}", a.pool_id, a.replica_id),
             Decision::Wait => "wait".into(),
             Decision::NoCapacity(_) => "none".into(),
@@ -296,5 +364,92 @@ mod tests {
         check(Stage::Dispatch, job(Mode::Auto), busy, "b/b1");
         let full = vec![pool("b", 0, vec![replica("b0", 0, 2, false)])];
         check(Stage::Dispatch, job(Mode::Auto), full, "wait");
+    }
+
+    /// Two replicas of 4 slots; r0 holds `prefix` blocks of the prompt and runs `busy`
+    /// tasks, r1 runs `other` and holds nothing.
+    fn warm_pool(busy: u32, other: u32, prefix: u32) -> Vec<Pool> {
+        let mut r0 = replica("r0", 4 - busy, busy, false);
+        r0.slots_total = 4;
+        r0.prefix_blocks = prefix;
+        let mut r1 = replica("r1", 4 - other, other, false);
+        r1.slots_total = 4;
+        vec![pool("p", 0, vec![r0, r1])]
+    }
+
+    fn prompt(blocks: u32) -> Job {
+        let mut j = job(Mode::Auto);
+        j.prompt_blocks = blocks;
+        j
+    }
+
+    #[test]
+    fn shared_prefixes_stay_on_the_warm_replica_until_its_load_cap_then_spread() {
+        // Below the cap (0.75 of 4 slots: up to 3 running), the warm replica wins even
+        // when the other is idle.
+        check(Stage::Dispatch, prompt(8), warm_pool(0, 0, 8), "p/r0");
+        check(Stage::Dispatch, prompt(8), warm_pool(2, 0, 8), "p/r0");
+        // At the cap, requests spread by load.
+        check(Stage::Dispatch, prompt(8), warm_pool(3, 0, 8), "p/r1");
+        check(Stage::Dispatch, prompt(8), warm_pool(3, 2, 8), "p/r1");
+        // With no prefix held anywhere, least loaded as before.
+        check(Stage::Dispatch, prompt(8), warm_pool(1, 0, 0), "p/r1");
+        // The longer match wins among warm replicas.
+        let mut both = warm_pool(1, 1, 3);
+        both[0].replicas[1].prefix_blocks = 6;
+        check(Stage::Dispatch, prompt(8), both, "p/r1");
+        // Switched off, or with a cap of 0, it is least loaded.
+        let off = Config {
+            prefix_aware: false,
+            ..Config::default()
+        };
+        check_with(&off, Stage::Dispatch, prompt(8), warm_pool(1, 0, 8), "p/r1");
+        let cap0 = Config {
+            prefix_load_cap: 0.0,
+            ..Config::default()
+        };
+        check_with(
+            &cap0,
+            Stage::Dispatch,
+            prompt(8),
+            warm_pool(0, 0, 8),
+            "p/r0",
+        );
+        check_with(
+            &cap0,
+            Stage::Dispatch,
+            prompt(8),
+            warm_pool(1, 0, 8),
+            "p/r1",
+        );
+    }
+
+    #[test]
+    fn at_admission_the_pool_holding_the_prefix_wins_below_its_cap() {
+        let mut cold = replica("c0", 4, 0, false);
+        cold.slots_total = 4;
+        let mut hot = replica("h0", 3, 1, false);
+        hot.slots_total = 4;
+        hot.prefix_blocks = 5;
+        let pools = vec![pool("cold", 0, vec![cold]), pool("hot", 0, vec![hot])];
+        check(Stage::Admission, prompt(5), pools.clone(), "hot/h0");
+        // The hot pool's queue puts it over the cap: least loaded.
+        let mut busy = pools;
+        busy[1].queue_depth = 3;
+        check(Stage::Admission, prompt(5), busy, "cold/c0");
+    }
+
+    #[test]
+    fn config_is_checked() {
+        assert!(Config::parse("").is_ok());
+        assert!(Config::parse("{}").is_ok());
+        assert_eq!(
+            Config::parse(r#"{"prefix_load_cap": 0.5}"#)
+                .unwrap()
+                .prefix_load_cap,
+            0.5
+        );
+        assert!(Config::parse(r#"{"prefix_load_cap": -1}"#).is_err());
+        assert!(Config::parse(r#"{"typo": 1}"#).is_err());
     }
 }

@@ -8,12 +8,14 @@
 
 wit_bindgen::generate!({
     world: "placement-policy",
-    path: "../../../wit",
+    path: "../../../wit/0.2.0",
 });
 
+use exports::orchd::policy::lifecycle::Guest as LifecycleGuest;
 use exports::orchd::policy::placement::{
     Assignment, Decision, Guest as PlacementGuest, Mode, Pool, Replica, Snapshot, Stage,
 };
+use orchd::policy::types::PolicyInfo;
 
 /// Tokens assumed per task when estimating service time.
 const TOKENS: f64 = 256.0;
@@ -63,7 +65,7 @@ pub fn place(s: &Snapshot) -> Decision {
 
 struct Policy;
 
-impl Guest for Policy {
+impl LifecycleGuest for Policy {
     fn info() -> PolicyInfo {
         PolicyInfo {
             name: env!("CARGO_PKG_NAME").to_owned(),
@@ -113,6 +115,8 @@ mod tests {
                 vram_free_bytes: None,
                 device_mask: None,
                 session_affinity: false,
+                prefix_blocks: 0,
+                ejected: false,
             }],
         }
     }
@@ -134,6 +138,7 @@ mod tests {
                 avoid_pools: vec![],
                 require_device_mask: None,
                 allow_fallback: true,
+                prompt_blocks: 0,
             },
             candidates,
         }
