@@ -182,6 +182,74 @@ async fn a_killed_engine_gives_worker_reset_and_the_daemon_keeps_serving() {
     assert_eq!(d.stream(&ok).await.last().unwrap().event, "end");
 }
 
+/// A pool of two llama-server replicas, `duo-a` and `duo-b`, probed rarely: a replica
+/// killed after its last probe still looks ready to placement.
+fn duo_pool(a: &str, b: &str) -> String {
+    format!(
+        "\n[[pools]]\nid = \"duo\"\nadapter = \"llamacpp\"\nmodel_ref = \"{ALIAS}\"\nhealth_interval_ms = 600000\nnominal_tokens_per_s = 100.0\nnominal_first_token_ms = 100\n\n[[pools.replicas]]\nid = \"duo-a\"\nconfig = {{ url = \"{a}\" }}\n\n[[pools.replicas]]\nid = \"duo-b\"\nconfig = {{ url = \"{b}\" }}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_replica_killed_before_the_first_token_hands_its_task_to_the_other_charged_once() {
+    let mut a = LlamaServer::start(&model_a(), 2);
+    let b = LlamaServer::start(&model_a(), 2);
+    let d = DaemonBuilder::new(format!(
+        "[sessions]\nmax_turns = 100\n\n[budgets]\nper_session = {{ tokens = 100000 }}\n\n{}",
+        config(&duo_pool(&a.url(), &b.url()))
+    ))
+    .start();
+    let session = "duo-kill";
+    let body = llama_task(json!({"max_tokens": 8, "session_id": session}));
+    // Both replicas up: with both idle, placement takes duo-a (lexicographic tie-break).
+    let warm = wait_until_ready(&d, &body).await;
+    let frames = d.stream(&warm).await;
+    assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+    assert_eq!(frames[0].data["replica_id"], "duo-a", "{frames:?}");
+    let used_before = used(&d, session).await;
+    // duo-a dies (SIGKILL) after its last probe: the next task is placed on it, fails
+    // before its first token, and completes on duo-b.
+    a.kill();
+    let id = d.submit_ok(&body).await;
+    let frames = d.stream(&id).await;
+    let started: Vec<&SseFrame> = frames.iter().filter(|f| f.event == "started").collect();
+    assert_eq!(started.len(), 1, "one started frame: {frames:?}");
+    assert_eq!(started[0].data["replica_id"], "duo-b", "{frames:?}");
+    let end = frames.last().unwrap();
+    assert_eq!(end.event, "end", "{frames:?}");
+    assert!(!tokens(&frames).is_empty());
+    assert_eq!(
+        d.log_events_at_least(
+            "failed before its first output; retrying on another replica",
+            1
+        )
+        .await
+        .len(),
+        1
+    );
+    // Charged once, for what duo-b did.
+    let charge = end.data["tokens_in"].as_u64().unwrap() + end.data["tokens_out"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let spent = used(&d, session).await - used_before;
+        if spent == charge {
+            break;
+        }
+        assert!(Instant::now() < deadline, "charged {spent}, not {charge}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(b);
+}
+
+/// Tokens the session has spent of its 100 000.
+async fn used(d: &Daemon, session: &str) -> u64 {
+    let (_, s) = d.get_json(&format!("/v1/sessions/{session}")).await;
+    100_000
+        - s["tokens_budget_remaining"]
+            .as_u64()
+            .expect("a token budget")
+}
+
 #[tokio::test]
 async fn an_engine_that_is_not_up_leaves_its_pool_unready_until_it_comes_up() {
     let port = free_port();

@@ -19,11 +19,15 @@ use crate::pool::Pool;
 use crate::prefix::Blocks;
 use crate::task::Task;
 
-/// Policies plus the ledger: what admission and dispatch consult.
+/// Policies plus the ledger and the pools: what admission and dispatch consult.
 pub struct Decisions {
     pub policies: Arc<PolicySet>,
     pub ledger: Ledger,
     pub directory: crate::directory::Directory,
+    /// The pools now: from the config at start, plus those created through the API (a
+    /// snapshot is swapped whole on every change; readers never wait). `AppState` changes
+    /// it; a task retried in another pool finds that pool here.
+    pub pools: arc_swap::ArcSwap<Vec<Arc<Pool>>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -246,6 +250,56 @@ impl Decisions {
                 }
                 OnError::Fail => Err(policy_failed(&failure)),
             },
+        }
+    }
+
+    /// A slot in another pool serving `task`'s model, for a retry elsewhere once its own
+    /// pool has no untried replica: placement picks the pool (admission stage, among the
+    /// ready pools not `tried`) and its replica (dispatch stage, a free slot now; a retry
+    /// does not queue). `None` when placement allows no other pool: a pin without
+    /// fallback, no candidate, no free slot, or a policy failure (logged).
+    pub fn lease_in_another_pool(
+        &self,
+        task: &Task,
+        tried: &[String],
+    ) -> Option<(Arc<Pool>, usize)> {
+        let spec = &task.spec;
+        if spec.placement.mode == PlacementMode::Pin && spec.placement.allow_fallback == Some(false)
+        {
+            return None;
+        }
+        let pools = self.pools.load();
+        let chat = spec.job.chat.is_some();
+        let candidates: Vec<&Arc<Pool>> = pools
+            .iter()
+            .filter(|p| !tried.contains(&p.id))
+            .filter(|p| p.engine == spec.engine && p.model_ref == spec.job.model)
+            .filter(|p| !chat || p.has_feature(crate::admit::FEATURE_CHAT))
+            .filter(|p| p.is_ready() && !p.is_draining() && !p.is_removed())
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let facts = JobFacts {
+            task_id: &task.id,
+            session_id: &spec.session_id,
+            engine: &spec.engine,
+            model_ref: &spec.job.model,
+            ctx: spec.ctx,
+            priority: spec.priority,
+            placement: &spec.placement,
+            prefix: &spec.prefix,
+        };
+        let pool = match self.place_at_admission(&facts, &candidates) {
+            Ok(pool) => Arc::clone(pool),
+            Err(err) => {
+                tracing::info!(task_id = %task.id, error = %err.envelope.message, "no other pool may take the task");
+                return None;
+            }
+        };
+        match self.place_at_dispatch(&pool, task, pool.queue_depth()) {
+            Ok(Some(idx)) if pool.try_lease(idx) => Some((pool, idx)),
+            _ => None,
         }
     }
 

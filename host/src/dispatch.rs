@@ -213,6 +213,21 @@ fn fail(task: &Task, err: ApiError) -> Option<Arc<dyn EngineJob>> {
     task.fail_with_status(envelope, status).flatten()
 }
 
+fn labels<'a>(
+    task: &'a Task,
+    pool: &'a Pool,
+    replica: usize,
+    engine_version: &'a str,
+) -> metrics::TaskLabels<'a> {
+    metrics::TaskLabels {
+        engine: &task.spec.engine,
+        engine_version,
+        pool_id: &pool.id,
+        replica_id: &pool.replicas[replica].id,
+        priority: task.spec.priority.as_str(),
+    }
+}
+
 async fn run(
     pool: Arc<Pool>,
     decisions: Arc<Decisions>,
@@ -220,63 +235,75 @@ async fn run(
     task: Arc<Task>,
     config: DispatchConfig,
 ) {
+    let mut pool = pool;
+    let mut replica_idx = replica_idx;
     let replica = &pool.replicas[replica_idx];
     let engine_version = replica.engine_version();
-    let labels = metrics::TaskLabels {
-        engine: &task.spec.engine,
-        engine_version: &engine_version,
-        pool_id: &pool.id,
-        replica_id: &replica.id,
-        priority: task.spec.priority.as_str(),
-    };
-    let mut replica_idx = replica_idx;
     if task.start(&replica.id, &engine_version) {
-        metrics::task_started(&labels);
+        metrics::task_started(&labels(&task, &pool, replica_idx, &engine_version));
         if !task.ever_attached() {
             watch_attach(&task, config.attach_timeout, engine_version.to_string());
         }
         tracing::info!(task_id = %task.id, pool_id = %pool.id, replica_id = %replica.id, "task started");
         replica.remember_prefix(&task.spec.prefix);
+        // Replicas tried in the pool serving now, and the pools tried before it.
         let mut tried = vec![replica_idx];
+        let mut tried_pools = vec![pool.id.clone()];
+        let mut attempt = 1;
         loop {
-            let attempt = tried.len() as u32;
             let Attempt::RetryElsewhere(err) =
                 relay(&pool, &decisions, replica_idx, &task, config, attempt).await
             else {
                 break;
             };
             // Failed before its first output, and the policy lets another replica take
-            // it: the least loaded replica not tried yet, within the attempts and the
-            // task's deadline. The budget stays reserved once; the client sees nothing.
-            let next = (attempt < config.max_attempts && Instant::now() < task.deadline_at())
-                .then(|| pool.lease_untried(&tried))
-                .flatten();
-            let Some(next) = next else {
+            // it: the least loaded replica of its pool not tried yet, else a free slot in
+            // another pool serving its model (as placement chooses), within the attempts
+            // and the task's deadline. The budget stays reserved once; the client sees
+            // nothing of the failed attempts.
+            let next = if attempt < config.max_attempts && Instant::now() < task.deadline_at() {
+                match pool.lease_untried(&tried) {
+                    Some(i) => Some((Arc::clone(&pool), i)),
+                    None => decisions.lease_in_another_pool(&task, &tried_pools),
+                }
+            } else {
+                None
+            };
+            let Some((to_pool, next)) = next else {
                 fail(&task, err);
                 break;
             };
-            let to = &pool.replicas[next];
-            if !task.retarget(&to.id, &to.engine_version()) {
-                pool.release_quiet(next); // ended meanwhile (canceled, deadline)
+            let to = &to_pool.replicas[next];
+            if !task.retarget(&to_pool.id, &to.id, &to.engine_version()) {
+                to_pool.release_quiet(next); // ended meanwhile (canceled, deadline)
                 break;
             }
             tracing::info!(
                 task_id = %task.id, pool_id = %pool.id, from = %pool.replicas[replica_idx].id,
-                to = %to.id, attempt = attempt + 1, error = %err.envelope.message,
+                to_pool = %to_pool.id, to = %to.id, attempt = attempt + 1,
+                error = %err.envelope.message,
                 "failed before its first output; retrying on another replica"
             );
-            pool.release(replica_idx);
             to.remember_prefix(&task.spec.prefix);
+            pool.release(replica_idx);
+            if to_pool.id == pool.id {
+                tried.push(next);
+            } else {
+                tried_pools.push(to_pool.id.clone());
+                tried = vec![next];
+                pool = to_pool;
+            }
             replica_idx = next;
-            tried.push(next);
+            attempt += 1;
         }
         pool.remember_affinity(&task.spec.session_id, replica_idx);
         let usage = task.usage();
         let decode_ms = task.first_token_ms().map_or(0.0, |ftt| {
             (task.admitted_at.elapsed().as_secs_f64() * 1000.0 - ftt).max(0.0)
         });
+        let engine_version = pool.replicas[replica_idx].engine_version();
         metrics::task_finished(
-            &labels,
+            &labels(&task, &pool, replica_idx, &engine_version),
             task.first_token_ms(),
             decode_ms,
             usage.tokens_in,

@@ -312,6 +312,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
             Arc::clone(&store) as Arc<dyn crate::store::Store>,
             settings.retention,
         ),
+        pools: arc_swap::ArcSwap::from_pointee(Vec::new()),
     });
     // Reported now (and on /readyz); a Redis that is down does not stop the start.
     decisions.ledger.check();

@@ -21,9 +21,6 @@ pub struct AppState {
     pub adapters: AdapterRegistry,
     /// The policies in force (each swapped whole on reload) and the budget ledger.
     pub decisions: Arc<Decisions>,
-    /// The pools now: from the config at start, plus those created through the API (a
-    /// snapshot is swapped whole on every change; readers never wait).
-    pools: arc_swap::ArcSwap<Vec<Arc<Pool>>>,
     pub tasks: Tasks,
     pub sessions: Sessions,
     pub artifacts: Arc<ArtifactStore>,
@@ -84,8 +81,10 @@ impl AppState {
             store,
             settings,
             adapters,
-            decisions,
-            pools: arc_swap::ArcSwap::from_pointee(pools),
+            decisions: {
+                decisions.pools.store(Arc::new(pools));
+                decisions
+            },
             tasks: Tasks::default(),
             relay: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(2))
@@ -112,7 +111,12 @@ impl AppState {
     }
 
     pub fn pool(&self, id: &str) -> Option<Arc<Pool>> {
-        self.pools.load().iter().find(|p| p.id == id).cloned()
+        self.decisions
+            .pools
+            .load()
+            .iter()
+            .find(|p| p.id == id)
+            .cloned()
     }
 
     /// The state store.
@@ -122,13 +126,13 @@ impl AppState {
 
     /// Every pool now (a snapshot).
     pub fn pools(&self) -> Arc<Vec<Arc<Pool>>> {
-        self.pools.load_full()
+        self.decisions.pools.load_full()
     }
 
     /// Adds a pool; `false` if one with its id exists.
     pub fn add_pool(&self, pool: Arc<Pool>) -> bool {
         let mut added = false;
-        self.pools.rcu(|pools| {
+        self.decisions.pools.rcu(|pools| {
             added = !pools.iter().any(|p| p.id == pool.id);
             let mut next = (**pools).clone();
             if added {
@@ -142,7 +146,7 @@ impl AppState {
     /// Puts `pool` in place of the pool with its id (or adds it); the one it replaced.
     pub fn replace_pool(&self, pool: Arc<Pool>) -> Option<Arc<Pool>> {
         let mut old = None;
-        self.pools.rcu(|pools| {
+        self.decisions.pools.rcu(|pools| {
             old = pools.iter().find(|p| p.id == pool.id).cloned();
             let mut next: Vec<Arc<Pool>> =
                 pools.iter().filter(|p| p.id != pool.id).cloned().collect();
@@ -197,7 +201,7 @@ impl AppState {
     /// lives on while its tasks hold it.
     pub fn remove_pool(&self, id: &str) -> Option<Arc<Pool>> {
         let mut removed = None;
-        self.pools.rcu(|pools| {
+        self.decisions.pools.rcu(|pools| {
             removed = pools.iter().find(|p| p.id == id).cloned();
             pools
                 .iter()
@@ -210,7 +214,7 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::Acquire)
-            && self.pools.load().iter().any(|p| p.is_ready())
+            && self.decisions.pools.load().iter().any(|p| p.is_ready())
     }
 
     pub fn begin_shutdown(&self) {
@@ -269,7 +273,7 @@ impl AppState {
             .tasks
             .live()
             .into_iter()
-            .filter(|t| t.spec.pool_id == pool.id)
+            .filter(|t| t.pool_id() == pool.id)
         {
             if pool.queue.remove_task(&task) {
                 pool.publish();

@@ -109,6 +109,9 @@ struct Inner {
     reader_fell_behind: bool,
     replica_id: Option<String>,
     engine_version: Option<String>,
+    /// The pool serving the task, when a retry moved it out of the one it was admitted to
+    /// (`spec.pool_id`).
+    moved_to_pool: Option<String>,
     /// Text frames sent so far (the `i` of the next `token` frame).
     tokens_out: u32,
     /// Output frames so far, text and tool-call fragments (an engine sends about one token
@@ -216,6 +219,7 @@ impl Task {
                 reader_fell_behind: false,
                 replica_id: None,
                 engine_version: None,
+                moved_to_pool: None,
                 tokens_out: 0,
                 output_frames: 0,
                 settled_tokens_out: None,
@@ -318,11 +322,12 @@ impl Task {
     /// Counts a cancellation in `tasks_canceled_total`.
     pub fn count_cancel(&self, engine_version: &str, reason: &str) {
         let replica = self.replica_id().unwrap_or_default();
+        let pool_id = self.pool_id();
         crate::metrics::task_canceled(
             &crate::metrics::TaskLabels {
                 engine: &self.spec.engine,
                 engine_version,
-                pool_id: &self.spec.pool_id,
+                pool_id: &pool_id,
                 replica_id: &replica,
                 priority: self.spec.priority.as_str(),
             },
@@ -365,7 +370,10 @@ impl Task {
                 .queue_position
                 .load(std::sync::atomic::Ordering::Relaxed),
             predicted_start_ms: self.spec.predicted_start_ms,
-            pool_id: self.spec.pool_id.clone(),
+            pool_id: inner
+                .moved_to_pool
+                .clone()
+                .unwrap_or_else(|| self.spec.pool_id.clone()),
             replica_id: inner.replica_id.clone().unwrap_or_default(),
             engine: self.spec.engine.clone(),
             engine_version: inner.engine_version.clone().unwrap_or_default(),
@@ -373,17 +381,29 @@ impl Task {
         self.push(inner, "started", &frame);
     }
 
-    /// Moves a running task that produced nothing yet to another replica (a retry
-    /// elsewhere). `false` if it ended meanwhile or a client has seen output.
-    pub fn retarget(&self, replica_id: &str, engine_version: &str) -> bool {
+    /// Moves a running task that produced nothing yet to another replica, of its pool or
+    /// of another pool serving its model (a retry elsewhere). `false` if it ended
+    /// meanwhile or a client has seen output.
+    pub fn retarget(&self, pool_id: &str, replica_id: &str, engine_version: &str) -> bool {
         let mut inner = self.lock();
         if inner.state != TaskState::Running || inner.announced {
             return false;
         }
+        inner.moved_to_pool = (pool_id != self.spec.pool_id).then(|| pool_id.to_owned());
         inner.replica_id = Some(replica_id.to_owned());
         inner.engine_version = Some(engine_version.to_owned());
         inner.job = None;
         true
+    }
+
+    /// The pool serving (or that served) the task: the one it was admitted to, unless a
+    /// retry moved it.
+    pub fn pool_id(&self) -> String {
+        let inner = self.lock();
+        inner
+            .moved_to_pool
+            .clone()
+            .unwrap_or_else(|| self.spec.pool_id.clone())
     }
 
     /// Whether a client may have seen this task's output (its `started` frame is out).
@@ -559,7 +579,7 @@ impl Task {
             model_ref: &self.spec.job.model,
             engine: &self.spec.engine,
             engine_version: inner.engine_version.as_deref(),
-            pool_id: &self.spec.pool_id,
+            pool_id: inner.moved_to_pool.as_deref().unwrap_or(&self.spec.pool_id),
             replica_id: inner.replica_id.as_deref(),
             correlation_id: &self.spec.correlation_id,
             prompt: if recorder.include_prompt {
@@ -817,7 +837,12 @@ impl Task {
             queue_position: (inner.state == TaskState::Queued)
                 .then_some(queue_position)
                 .flatten(),
-            pool_id: Some(self.spec.pool_id.clone()),
+            pool_id: Some(
+                inner
+                    .moved_to_pool
+                    .clone()
+                    .unwrap_or_else(|| self.spec.pool_id.clone()),
+            ),
             replica_id: inner.replica_id.clone(),
             tokens_out: inner.settled_tokens_out.unwrap_or(inner.tokens_out),
             error: inner.error.clone(),
@@ -1057,18 +1082,24 @@ pub(crate) mod tests {
         let t = task("a");
         assert!(t.start("r0", "v1"));
         assert_eq!(t.frames_written(), 0, "nothing before the first output");
-        // A failure before any output moves the task; the client saw nothing of r0.
-        assert!(t.retarget("r1", "v2"));
+        // A failure before any output moves the task, here to another pool; the client saw
+        // nothing of r0.
+        assert!(t.retarget("q", "r1", "v2"));
         assert!(!t.announced());
+        assert_eq!(t.pool_id(), "q");
         assert_eq!(t.push_token("x".into()), Pushed::Ok);
         assert_eq!(events(&t), ["started", "token"]);
         let (frames, _) = t.frames();
         assert!(
-            frames[0].data.contains("\"replica_id\":\"r1\""),
+            frames[0].data.contains("\"replica_id\":\"r1\"")
+                && frames[0].data.contains("\"pool_id\":\"q\""),
             "{}",
             frames[0].data
         );
-        assert!(!t.retarget("r2", "v3"), "output was seen: no more moves");
+        assert!(
+            !t.retarget("p", "r2", "v3"),
+            "output was seen: no more moves"
+        );
         assert_eq!(t.replica_id().as_deref(), Some("r1"));
         // A task that fails before any output still shows started, then the error.
         let f = task("b");

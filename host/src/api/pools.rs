@@ -170,7 +170,7 @@ fn in_flight(state: &AppState, id: &str) -> u32 {
         .tasks
         .live()
         .iter()
-        .filter(|t| t.spec.pool_id == id)
+        .filter(|t| t.pool_id() == id)
         .count() as u32
 }
 

@@ -487,7 +487,8 @@ struct StreamFile {
     /// Frames a task's replay buffer holds.
     replay_frames: NonZeroU32,
     /// Replicas a task is tried on when it fails before its first output and the
-    /// error-mapping policy says another replica may take it (1 = never retried).
+    /// error-mapping policy says another replica may take it: its pool's first, then a
+    /// free one of another pool serving its model (1 = never retried).
     max_attempts: NonZeroU32,
 }
 

@@ -206,3 +206,82 @@ config = { slots = 1, tokens_per_s = 40.0 }
     let (_, pools) = d.get_json("/v1/pools").await;
     assert_eq!(bad(&pools)["ejected"], false, "{pools}");
 }
+
+#[tokio::test]
+async fn when_its_pool_has_no_other_replica_the_task_moves_to_another_pool_of_its_model() {
+    // Two pools serve model "shared": x1's only replica fails every task before its first
+    // output, x2's works. Tasks pinned to x1 (with fallback allowed) move to x2.
+    let pool = |id: &str, extra: &str| {
+        format!(
+            r#"
+[[pools]]
+id = "{id}"
+engine = "mock"
+adapter = "mock"
+model_ref = "shared"
+ctx_max = 4096
+
+[[pools.replicas]]
+id = "{id}-0"
+config = {{ slots = 2, tokens_per_s = 500.0 {extra} }}
+"#
+        )
+    };
+    let d = DaemonBuilder::new(format!(
+        "[sessions]\nmax_turns = 100\n\n[budgets]\nper_session = {{ tokens = 100000 }}\n\n{}",
+        config(
+            &default_admission("reject"),
+            64,
+            &[pool("x1", ", failure = \"reject_submit\""), pool("x2", ""),]
+        )
+    ))
+    .start();
+    let pinned = |fallback: bool, session: &str| {
+        task(
+            "x1",
+            json!({
+                "model_ref": "shared",
+                "max_tokens": 4,
+                "session_id": session,
+                "placement": {"mode": "pin", "pin_pool_id": "x1", "allow_fallback": fallback},
+            }),
+        )
+    };
+    let id = d.submit_ok(&pinned(true, "moved")).await;
+    let frames = d.stream(&id).await;
+    let started: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f.event == "started")
+        .map(|f| &f.data)
+        .collect();
+    assert_eq!(started.len(), 1, "one started frame: {frames:?}");
+    assert_eq!(started[0]["pool_id"], "x2", "{frames:?}");
+    assert_eq!(started[0]["replica_id"], "x2-0", "{frames:?}");
+    let end = frames.last().unwrap();
+    assert_eq!(end.event, "end", "{frames:?}");
+    let (_, status) = d.get_json(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(status["pool_id"], "x2", "{status}");
+    let moved = d.log_events_at_least(RETRY, 1).await;
+    assert_eq!(moved[0]["to_pool"], "x2", "{moved:?}");
+    // Charged once, for what x2 did.
+    let charge = end.data["tokens_in"].as_u64().unwrap() + 4;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, s) = d.get_json("/v1/sessions/moved").await;
+        let used = 100_000 - s["tokens_budget_remaining"].as_u64().unwrap();
+        if used == charge {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "charged {used}, not {charge}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A pin without fallback keeps the task in its pool: the client gets the error.
+    let id = d.submit_ok(&pinned(false, "stays")).await;
+    let frames = d.stream(&id).await;
+    assert_eq!(frames.last().unwrap().event, "error", "{frames:?}");
+    assert_eq!(frames[0].data["pool_id"], "x1", "{frames:?}");
+    assert_eq!(d.log_events(RETRY).len(), 1);
+}
