@@ -65,7 +65,38 @@ impl LlamaServer {
         Self::start_with(free_port(), model, slots, &["--jinja"])
     }
 
+    /// A server for benchmarks: `slots` slots of `ctx_per_slot` tokens each, `/metrics` on
+    /// (`llamacpp:prompt_tokens_total` counts the prompt tokens it evaluated, cached ones
+    /// not included).
+    pub fn start_bench(
+        model: &std::path::Path,
+        slots: u32,
+        ctx_per_slot: u32,
+        extra: &[&str],
+    ) -> Self {
+        // One thread each: two replicas share this machine's two cores.
+        let args: Vec<&str> = ["--metrics", "-t", "1"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Self::start_sized(free_port(), model, slots, slots * ctx_per_slot, &args)
+    }
+
     fn start_with(port: u16, model: &std::path::Path, slots: u32, extra: &[&str]) -> Self {
+        let args: Vec<&str> = ["-t", "2"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Self::start_sized(port, model, slots, 4096, &args)
+    }
+
+    fn start_sized(
+        port: u16,
+        model: &std::path::Path,
+        slots: u32,
+        ctx: u32,
+        extra: &[&str],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("orchd-e2e-llama-{port}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(env_path("ORCHD_LLAMA_SERVER"));
@@ -79,7 +110,7 @@ impl LlamaServer {
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("-m")
             .arg(model)
-            .args(["-c", "4096", "-np", &slots.to_string(), "-t", "2"])
+            .args(["-c", &ctx.to_string(), "-np", &slots.to_string()])
             .args(["--alias", ALIAS, "--no-webui"])
             .args(extra)
             .stdin(Stdio::null())
@@ -137,6 +168,21 @@ impl LlamaServer {
             .iter()
             .filter(|s| s["is_processing"].as_bool().unwrap_or(false))
             .count()
+    }
+
+    /// `/metrics`' `llamacpp:prompt_tokens_total`: prompt tokens evaluated (not served
+    /// from its prompt cache). Needs a server from [`LlamaServer::start_bench`].
+    pub async fn prompt_tokens_evaluated(&self) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url()))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("llamacpp:prompt_tokens_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("llamacpp:prompt_tokens_total in /metrics")
     }
 
     /// Kills the engine the hard way (as a crash would).

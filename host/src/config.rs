@@ -351,6 +351,8 @@ pub struct PoolSettings {
     pub queue_capacity: NonZeroU32,
     pub nominal_tokens_per_s: f64,
     pub nominal_first_token_ms: u64,
+    /// Prompt tokens each replica's engine caches (`None`: slots × ctx_max).
+    pub prefix_cache_tokens: Option<u32>,
     pub replicas: Vec<ReplicaSettings>,
 }
 

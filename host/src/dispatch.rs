@@ -245,7 +245,7 @@ async fn run(
             watch_attach(&task, config.attach_timeout, engine_version.to_string());
         }
         tracing::info!(task_id = %task.id, pool_id = %pool.id, replica_id = %replica.id, "task started");
-        replica.remember_prefix(&task.spec.prefix);
+        pool.remember_prefix(replica_idx, &task.spec.prefix);
         // Replicas tried in the pool serving now, and the pools tried before it.
         let mut tried = vec![replica_idx];
         let mut tried_pools = vec![pool.id.clone()];
@@ -284,7 +284,7 @@ async fn run(
                 error = %err.envelope.message,
                 "failed before its first output; retrying on another replica"
             );
-            to.remember_prefix(&task.spec.prefix);
+            to_pool.remember_prefix(next, &task.spec.prefix);
             pool.release(replica_idx);
             if to_pool.id == pool.id {
                 tried.push(next);

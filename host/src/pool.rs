@@ -128,9 +128,7 @@ impl Replica {
             }),
             last_error: Mutex::new(None),
             outcomes: Mutex::new(Outcomes::default()),
-            prefix: Mutex::new(crate::prefix::PrefixCache::new(
-                crate::prefix::DEFAULT_CACHE_BLOCKS,
-            )),
+            prefix: Mutex::new(crate::prefix::PrefixCache::default()),
         }
     }
 
@@ -149,13 +147,14 @@ impl Replica {
             .matched(blocks)
     }
 
-    /// Remembers that this replica was sent a prompt of `blocks`.
-    pub fn remember_prefix(&self, blocks: &crate::prefix::Blocks) {
+    /// Remembers that this replica was sent a prompt of `blocks`, keeping at most
+    /// `capacity` blocks (see [`Pool::remember_prefix`]).
+    fn remember_prefix(&self, blocks: &crate::prefix::Blocks, capacity: usize) {
         if !blocks.is_empty() {
             self.prefix
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remember(blocks);
+                .remember(blocks, capacity);
         }
     }
 
@@ -415,6 +414,8 @@ pub struct Pool {
     pub outliers: OutlierSettings,
     /// How often every replica is probed.
     pub health_interval: std::time::Duration,
+    /// Prompt tokens each replica's engine caches, when configured.
+    prefix_cache_tokens: Option<u32>,
     /// Removed from the daemon (`DELETE /v1/pools/{id}`): its dispatcher stops.
     removed: AtomicBool,
     /// Its definition (JSON), when it was created through the API.
@@ -453,6 +454,7 @@ impl Pool {
             token_counts: Mutex::new(HashMap::new()),
             outliers: OutlierSettings::default(),
             health_interval: settings.health_interval,
+            prefix_cache_tokens: settings.prefix_cache_tokens,
             removed: AtomicBool::new(false),
             definition: std::sync::OnceLock::new(),
             stats: Mutex::new(ServiceStats {
@@ -461,6 +463,20 @@ impl Pool {
                 measured: false,
             }),
         }
+    }
+
+    /// Remembers that replica `idx` was sent a prompt of `blocks`, within what its engine
+    /// caches: `prefix_cache_tokens`, else its slots × `ctx_max` (a prompt's text is about
+    /// 4 bytes a token).
+    pub fn remember_prefix(&self, idx: usize, blocks: &crate::prefix::Blocks) {
+        let replica = &self.replicas[idx];
+        let tokens = u64::from(
+            self.prefix_cache_tokens
+                .unwrap_or_else(|| replica.slots_total().max(1).saturating_mul(self.ctx_max)),
+        );
+        let capacity = (tokens * 4 / crate::prefix::BLOCK_BYTES as u64)
+            .clamp(1, crate::prefix::MAX_CACHE_BLOCKS as u64) as usize;
+        replica.remember_prefix(blocks, capacity);
     }
 
     /// Marks the pool removed and wakes its dispatcher, which then stops.
@@ -803,6 +819,7 @@ mod tests {
             queue_capacity: NonZeroU32::new(8).unwrap(),
             nominal_tokens_per_s: 100.0,
             nominal_first_token_ms: 50,
+            prefix_cache_tokens: None,
             replicas: Vec::new(),
         };
         let replicas = slots

@@ -18,9 +18,9 @@ use orchd_contracts::chat::{ChatMessage, Content, Tool};
 pub const BLOCK_BYTES: usize = 256;
 /// Blocks hashed at most per prompt (the first 128 KiB); longer prompts match on these.
 pub const MAX_BLOCKS: usize = 512;
-/// Blocks remembered per replica unless configured (`[placement] prefix_cache_blocks`):
-/// 16 384 blocks, 4 MiB of prompt text, about a million tokens of KV cache.
-pub const DEFAULT_CACHE_BLOCKS: usize = 16_384;
+/// Blocks remembered per replica at most, whatever its engine caches: 65 536 blocks,
+/// 16 MiB of prompt text, about 4 million tokens of KV cache (a few MiB of memory).
+pub const MAX_CACHE_BLOCKS: usize = 65_536;
 
 /// A prompt's chained block hashes, from its start; a last partial block is not counted
 /// (an engine caches whole blocks, and a prompt ending mid-block still matches up to it).
@@ -119,11 +119,11 @@ impl Chainer {
     }
 }
 
-/// The blocks one replica served recently, least recently used out first. Owned by its
-/// replica, behind the replica's own lock; it holds no other lock and makes no call.
-#[derive(Debug)]
+/// The blocks one replica served recently, least recently used out first, as many as its
+/// engine caches. Owned by its replica, behind the replica's own lock; it holds no other
+/// lock and makes no call.
+#[derive(Debug, Default)]
 pub struct PrefixCache {
-    capacity: usize,
     /// Block hash → the stamp it was last used at.
     used: HashMap<u64, u64>,
     /// (hash, stamp) in use order; an entry whose stamp is not the map's is stale.
@@ -132,15 +132,6 @@ pub struct PrefixCache {
 }
 
 impl PrefixCache {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            used: HashMap::new(),
-            order: VecDeque::new(),
-            clock: 0,
-        }
-    }
-
     /// How many leading blocks of `blocks` this replica served recently.
     pub fn matched(&self, blocks: &Blocks) -> u32 {
         blocks
@@ -150,10 +141,11 @@ impl PrefixCache {
             .count() as u32
     }
 
-    /// Remembers that the replica was sent `blocks`. The first block gets the newest stamp:
-    /// a prefix's tail is forgotten before its head, as engines evict.
-    pub fn remember(&mut self, blocks: &Blocks) {
-        if self.capacity == 0 {
+    /// Remembers that the replica was sent `blocks`, keeping at most `capacity` blocks
+    /// (what its engine caches). The first block gets the newest stamp: a prefix's tail is
+    /// forgotten before its head, as engines evict.
+    pub fn remember(&mut self, blocks: &Blocks, capacity: usize) {
+        if capacity == 0 {
             return;
         }
         for &h in blocks.hashes().iter().rev() {
@@ -161,8 +153,7 @@ impl PrefixCache {
             self.used.insert(h, self.clock);
             self.order.push_back((h, self.clock));
         }
-        while self.used.len() > self.capacity || self.order.len() > self.capacity.saturating_mul(2)
-        {
+        while self.used.len() > capacity || self.order.len() > capacity.saturating_mul(2) {
             let Some((h, stamp)) = self.order.pop_front() else {
                 break;
             };
@@ -185,6 +176,8 @@ impl PrefixCache {
 mod tests {
     use super::*;
 
+    const CAP: usize = 100;
+
     fn text(system: &str, question: &str) -> String {
         format!("{}{question}", system.repeat(8))
     }
@@ -195,9 +188,9 @@ mod tests {
         let a = Blocks::of_text(&text(system, "What is the capital of France?"));
         let b = Blocks::of_text(&text(system, "How tall is Mont Blanc?"));
         assert!(a.len() >= 2, "{}", a.len());
-        let mut cache = PrefixCache::new(100);
+        let mut cache = PrefixCache::default();
         assert_eq!(cache.matched(&b), 0);
-        cache.remember(&a);
+        cache.remember(&a, CAP);
         // Both prompts share 8 × 63 = 504 bytes: the first block matches, the second
         // (bytes 256..512) holds the start of the question, which differs.
         assert_eq!(cache.matched(&b), 1);
@@ -210,8 +203,8 @@ mod tests {
         let x = "x".repeat(BLOCK_BYTES);
         let y = "y".repeat(BLOCK_BYTES);
         let z = "z".repeat(BLOCK_BYTES);
-        let mut cache = PrefixCache::new(100);
-        cache.remember(&Blocks::of_text(&format!("{x}{z}")));
+        let mut cache = PrefixCache::default();
+        cache.remember(&Blocks::of_text(&format!("{x}{z}")), CAP);
         assert_eq!(cache.matched(&Blocks::of_text(&format!("{y}{z}"))), 0);
         assert_eq!(cache.matched(&Blocks::of_text(&format!("{x}{y}"))), 1);
     }
@@ -226,19 +219,20 @@ mod tests {
     #[test]
     fn the_cache_is_bounded_and_forgets_the_least_recently_used_tail_first() {
         let prompt = |c: char| Blocks::of_text(&c.to_string().repeat(BLOCK_BYTES * 4));
-        let mut cache = PrefixCache::new(6);
-        cache.remember(&prompt('a'));
-        cache.remember(&prompt('b'));
+        let mut cache = PrefixCache::default();
+        const CAP: usize = 6;
+        cache.remember(&prompt('a'), CAP);
+        cache.remember(&prompt('b'), CAP);
         assert_eq!(cache.len(), 6);
         // 'a' lost its two tail blocks, its head stays.
         assert_eq!(cache.matched(&prompt('a')), 2);
         assert_eq!(cache.matched(&prompt('b')), 4);
         // Used again, 'a' is the newest.
-        cache.remember(&prompt('a'));
+        cache.remember(&prompt('a'), CAP);
         assert_eq!(cache.matched(&prompt('a')), 4);
         assert_eq!(cache.matched(&prompt('b')), 2);
         for _ in 0..1000 {
-            cache.remember(&prompt('a'));
+            cache.remember(&prompt('a'), CAP);
         }
         assert!(cache.order.len() <= 12, "{}", cache.order.len());
     }
@@ -252,8 +246,8 @@ mod tests {
         let a = Blocks::of_chat(&[msg("system", &system), msg("user", "hi")], &[]);
         let b = Blocks::of_chat(&[msg("system", &system), msg("user", "bye")], &[]);
         let c = Blocks::of_chat(&[msg("user", &system), msg("user", "hi")], &[]);
-        let mut cache = PrefixCache::new(100);
-        cache.remember(&a);
+        let mut cache = PrefixCache::default();
+        cache.remember(&a, CAP);
         assert!(cache.matched(&b) >= 2, "{}", cache.matched(&b));
         assert_eq!(cache.matched(&c), 0, "another role is another prompt");
     }

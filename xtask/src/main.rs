@@ -11,6 +11,8 @@
 //!   (nginx, installed by `tools/nginx/setup.sh`, is the floor they are measured against)
 //!   of `tools/loadgen` against `tools/engine-sim`; results in `target/bench/`
 //!   (`--quick`: every scenario scaled down, a smoke run)
+//! - `bench-prefix [--quick]` prefix-aware placement against least-loaded on two real
+//!   llama-server replicas; results in `target/bench/prefix.{json,md}`
 //! - `lint`  clippy, warnings denied, on the workspace and the policy components
 //! - `fuzz TARGET [SECONDS]` runs one cargo-fuzz target of `fuzz/` (not in CI; the seed
 //!   corpora are replayed by `test`)
@@ -337,6 +339,40 @@ fn bench(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Prefix-aware placement against least-loaded on two real llama-server replicas
+/// (`e2e/src/bin/prefix-bench.rs`); results in `target/bench/prefix.{json,md}`.
+fn bench_prefix(extra: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let dist = dist(Scope::Product)?;
+    let env = e2e_environment_with(true)?;
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "orchd-e2e",
+        "--bin",
+        "prefix-bench",
+        "--",
+    ])
+    .args(extra)
+    .env("ORCHD_DIST", &dist)
+    .env("ORCHD_BENCH_OUT", target().join("bench"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(
+        "prefix-aware placement against least-loaded (llama-server)",
+        &mut cmd,
+    )?;
+    eprintln!(
+        "bench-prefix done in {:.1}s; results in {}",
+        started.elapsed().as_secs_f64(),
+        target().join("bench/prefix.md").display()
+    );
+    Ok(())
+}
+
 fn test() -> Result<()> {
     let started = Instant::now();
     let dist = dist(Scope::Everything)?;
@@ -412,6 +448,12 @@ fn cache_dir() -> PathBuf {
 /// Installs llama-server (cached) and generates the models; returns the environment the
 /// real-engine tests need.
 fn e2e_environment() -> Result<Vec<(String, String)>> {
+    e2e_environment_with(false)
+}
+
+/// The real-engine environment; with `bench`, also `ORCHD_BENCH_MODEL`: a larger model
+/// (33 M parameters, 8 192 context) whose prompt evaluation takes measurable time.
+fn e2e_environment_with(bench: bool) -> Result<Vec<(String, String)>> {
     let started = Instant::now();
     eprintln!(
         "==> install llama-server (cached under {})",
@@ -464,12 +506,20 @@ fn e2e_environment() -> Result<Vec<(String, String)>> {
         "--template".to_owned(),
         template.display().to_string(),
     ];
-    for (var, name, seed, extra) in [
+    let bench_args = [
+        "--dim", "384", "--layers", "6", "--heads", "6", "--ctx", "8192",
+    ]
+    .map(str::to_owned);
+    let mut wanted = vec![
         ("ORCHD_E2E_MODEL", "a", "1", &[][..]),
         ("ORCHD_E2E_MODEL_B", "b", "2", &[][..]),
         // Tool calls and structured output (tools/e2e/tool-template.jinja).
         ("ORCHD_E2E_TOOL_MODEL", "tools", "3", &tool_args[..]),
-    ] {
+    ];
+    if bench {
+        wanted.push(("ORCHD_BENCH_MODEL", "bench", "4", &bench_args[..]));
+    }
+    for (var, name, seed, extra) in wanted {
         let path = models.join(format!("tiny-{name}-{digest}.gguf"));
         if !path.exists() {
             run(
@@ -824,6 +874,7 @@ fn main() -> Result<()> {
         Some("lint") => lint(),
         Some("fuzz") => fuzz(&args.collect::<Vec<_>>()),
         Some("bench") => bench(&args.collect::<Vec<_>>()),
+        Some("bench-prefix") => bench_prefix(&args.collect::<Vec<_>>()),
         Some("new-adapter") => {
             let usage = "usage: cargo xtask new-adapter <name> [--dir PARENT]";
             let name = args.next().context(usage)?;
@@ -847,7 +898,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <dist|run|test|e2e|fixtures|bench|lint|fuzz|new-policy|new-adapter> [args]"
+                "usage: cargo xtask <dist|run|test|e2e|fixtures|bench|bench-prefix|lint|fuzz|new-policy|new-adapter> [args]"
             );
             std::process::exit(2);
         }

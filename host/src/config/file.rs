@@ -592,6 +592,10 @@ pub struct PoolFile {
     pub nominal_tokens_per_s: f64,
     #[serde(default = "default_nominal_ftt")]
     pub nominal_first_token_ms: u64,
+    /// Prompt tokens each replica's engine keeps cached, for prefix-aware placement's
+    /// memory of what it sent where. Default: slots × ctx_max (the KV cache of its slots).
+    #[serde(default)]
+    pub prefix_cache_tokens: Option<NonZeroU32>,
     pub replicas: Vec<ReplicaFile>,
 }
 
@@ -668,6 +672,7 @@ fn pool_settings(
         health_interval: Duration::from_millis(pool.health_interval_ms.get().into()),
         nominal_tokens_per_s: pool.nominal_tokens_per_s,
         nominal_first_token_ms: pool.nominal_first_token_ms,
+        prefix_cache_tokens: pool.prefix_cache_tokens.map(NonZeroU32::get),
         replicas,
     })
 }
@@ -746,6 +751,7 @@ pub(super) fn quick_pool(spec: &str) -> Result<PoolFile, String> {
         queue_capacity: None,
         nominal_tokens_per_s: default_nominal_tps(),
         nominal_first_token_ms: default_nominal_ftt(),
+        prefix_cache_tokens: None,
         replicas: vec![ReplicaFile {
             id: format!("{id}-0"),
             device_mask: None,
