@@ -255,8 +255,8 @@ async fn main() {
         },
     ];
     let mut rows = Vec::new();
-    let mut md = format!(
-        "| engines | placement | requests | failed | first token p50 (ms) | p99 (ms) | prompt tokens evaluated | wall (s) | per replica |\n|---|---|---|---|---|---|---|---|---|\n"
+    let mut md = String::from(
+        "| engines | placement | requests | failed | first token p50 (ms) | p99 (ms) | prompt tokens evaluated | wall (s) | per replica |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for (engines, flags, pool_extra) in ENGINES {
         for mode in &modes {
