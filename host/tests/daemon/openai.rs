@@ -368,3 +368,38 @@ async fn embeddings_reserve_their_inputs_tokens() {
     let resp = embed(json!("hi")).await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn a_time_budget_reserves_the_expected_service_time_not_the_deadline() {
+    // The OpenAI door's default deadline is 600 s. A session time budget of 600 s used to
+    // be reserved whole by the first request, so the second one got 429.
+    let d = DaemonBuilder::new(format!(
+        "[sessions]\nmax_turns = 100\n\n[budgets]\nper_session = {{ time_ms = 600000 }}\n\n{}",
+        config(
+            &default_admission("reject"),
+            16,
+            &[mock_pool("p", "slots = 2, tokens_per_s = 1000.0")]
+        )
+    ))
+    .start();
+    for n in 0..5 {
+        let resp = d
+            .http
+            .post(d.url("/v1/chat/completions"))
+            .header("x-session-id", "timed")
+            .json(&json!({
+                "model": "p-model",
+                "messages": [{"role": "user", "content": format!("turn {n}")}],
+                "max_tokens": 5,
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert_eq!(status, 200, "turn {n}: {}", resp.text().await.unwrap());
+    }
+    // What the session spent is the time its tasks took, far from one deadline each.
+    let (_, s) = d.get_json("/v1/sessions/timed").await;
+    let left = s["time_budget_remaining_ms"].as_u64().expect("a time budget");
+    assert!(left > 590_000, "{s}");
+}
