@@ -146,8 +146,8 @@ impl<W: World> Loaded<W> {
     fn instantiate(&self) -> Result<Warm<W>, PolicyFailure> {
         let mut store = self.runtime.new_store(W::KIND);
         arm_deadline(&mut store, self.runtime.setup_deadline_ticks());
-        let bindings =
-            W::instantiate(&self.pre, &mut store).map_err(|e| failure::<W>(&e, "instantiate"))?;
+        let bindings = W::instantiate(&self.pre, &mut store)
+            .map_err(|e| failure::<W>(&e, "instantiate", &mut store))?;
         arm_deadline(&mut store, self.runtime.setup_deadline_ticks());
         match W::init(&bindings, &mut store, &self.config_json) {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
@@ -156,7 +156,7 @@ impl<W: World> Loaded<W> {
                 kind: FailureKind::Invalid,
                 message: format!("init rejected its config: {msg}"),
             }),
-            Err(e) => Err(failure::<W>(&e, "init")),
+            Err(e) => Err(failure::<W>(&e, "init", &mut store)),
         }
     }
 
@@ -232,19 +232,33 @@ impl<W: World> Loaded<W> {
                 Ok(r)
             }
             // The instance may be poisoned: drop it (the store goes with it).
-            Err(e) => Err(failure::<W>(&e, "call")),
+            Err(e) => Err(failure::<W>(&e, "call", &mut warm.store)),
         }
     }
 }
 
-fn failure<W: World>(err: &wasmtime::Error, during: &str) -> PolicyFailure {
-    let kind = match err.downcast_ref::<wasmtime::Trap>() {
+/// A failed guest execution, with what the guest said before it failed (its last
+/// error-level log line of the call, if any) ahead of wasmtime's account.
+fn failure<W: World>(
+    err: &wasmtime::Error,
+    during: &str,
+    store: &mut Store<PolicyState>,
+) -> PolicyFailure {
+    let trap = err.downcast_ref::<wasmtime::Trap>();
+    let kind = match trap {
         Some(wasmtime::Trap::Interrupt) | Some(wasmtime::Trap::OutOfFuel) => FailureKind::Timeout,
         _ => FailureKind::Trap,
+    };
+    let message = match store.data_mut().take_guest_error() {
+        Some(said) => match trap {
+            Some(trap) => format!("{during}: {said} (wasm trap: {trap})"),
+            None => format!("{during}: {said} ({err:#})"),
+        },
+        None => format!("{during}: {err:#}"),
     };
     PolicyFailure {
         policy: W::KIND,
         kind,
-        message: format!("{during}: {err:#}"),
+        message,
     }
 }

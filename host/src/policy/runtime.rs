@@ -85,7 +85,21 @@ pub struct PolicyState {
     limits: StoreLimits,
     kind: &'static str,
     deadline: Deadline,
+    /// The last error-level line the guest logged during the current call: a guest that
+    /// is about to trap (a Rust panic hook, a JavaScript catch) says why this way, and
+    /// the host puts it on the failure.
+    guest_error: Option<String>,
 }
+
+impl PolicyState {
+    /// What the guest said before failing, if it said anything at error level.
+    pub fn take_guest_error(&mut self) -> Option<String> {
+        self.guest_error.take()
+    }
+}
+
+/// Longest guest error kept for a failure (the rest is cut).
+const MAX_GUEST_ERROR: usize = 1024;
 
 /// A call's time limit, counted in CPU time of the thread running it. The epoch ticker
 /// wakes the check: first one tick after the call starts (a call of a few µs never sees
@@ -158,6 +172,7 @@ fn ticks(d: Duration) -> u64 {
 
 /// Starts a call's deadline of `budget_ticks` ticks on `store`.
 pub fn arm_deadline(store: &mut Store<PolicyState>, budget_ticks: u64) {
+    store.data_mut().guest_error = None;
     store.data_mut().deadline = Deadline {
         budget: TICK * budget_ticks as u32,
         wall_ticks: 0,
@@ -174,7 +189,19 @@ impl HostImports for PolicyState {
             LogLevel::Debug => tracing::debug!(policy, guest = true, "{message}"),
             LogLevel::Info => tracing::info!(policy, guest = true, "{message}"),
             LogLevel::Warn => tracing::warn!(policy, guest = true, "{message}"),
-            LogLevel::Error => tracing::error!(policy, guest = true, "{message}"),
+            LogLevel::Error => {
+                tracing::error!(policy, guest = true, "{message}");
+                let mut kept = message;
+                if kept.len() > MAX_GUEST_ERROR {
+                    let mut end = MAX_GUEST_ERROR;
+                    while !kept.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    kept.truncate(end);
+                    kept.push('…');
+                }
+                self.guest_error = Some(kept);
+            }
         }
     }
 }
@@ -276,6 +303,7 @@ impl PolicyRuntime {
                 limits,
                 kind,
                 deadline: Deadline::default(),
+                guest_error: None,
             },
         );
         store.limiter(|s| &mut s.limits);

@@ -400,6 +400,8 @@ async fn a_time_budget_reserves_the_expected_service_time_not_the_deadline() {
     }
     // What the session spent is the time its tasks took, far from one deadline each.
     let (_, s) = d.get_json("/v1/sessions/timed").await;
-    let left = s["time_budget_remaining_ms"].as_u64().expect("a time budget");
+    let left = s["time_budget_remaining_ms"]
+        .as_u64()
+        .expect("a time budget");
     assert!(left > 590_000, "{s}");
 }

@@ -5,7 +5,9 @@
 use orchd_testkit::{DaemonBuilder, config, fixture_policy, mock_pool, task};
 use serde_json::{Value, json};
 
-async fn check_fault(fault: &str, kind: &str) {
+/// Runs the fault; returns the policy's `last_error` and the error its failure was
+/// logged with.
+async fn check_fault(fault: &str, kind: &str) -> (String, String) {
     let admission = format!(
         "component = \"{}\"\nconfig = {{ fault = \"{fault}\" }}\n",
         fixture_policy("admission-faulty.wasm")
@@ -49,6 +51,21 @@ async fn check_fault(fault: &str, kind: &str) {
     );
     let (status, _) = d.get_json("/readyz").await;
     assert_eq!(status, 200);
+    (
+        admission["last_error"].as_str().unwrap().to_owned(),
+        failures[0]["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_panicking_policy_says_why_in_last_error_and_in_the_log() {
+    // The guest's panic hook reports the panic through the host's log before the trap;
+    // the failure carries the guest's own words, not a bare wasm backtrace.
+    let (last_error, logged) = check_fault("panic", "trap").await;
+    let said = "batch work is refused today (queue p)";
+    assert!(last_error.contains(said), "{last_error}");
+    assert!(last_error.contains("wasm trap"), "{last_error}");
+    assert!(logged.contains(said), "{logged}");
 }
 
 #[tokio::test]

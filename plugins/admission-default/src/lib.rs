@@ -41,6 +41,7 @@ impl LifecycleGuest for Policy {
     }
 
     fn init(config: String) -> Result<(), String> {
+        report_panics();
         let config = Config::parse(&config)?;
         CONFIG.with(|c| *c.borrow_mut() = config);
         Ok(())
@@ -51,6 +52,14 @@ impl AdmissionGuest for Policy {
     fn decide(snapshot: Snapshot) -> Decision {
         CONFIG.with(|c| decide::decide(&c.borrow(), &snapshot))
     }
+}
+
+/// Reports a panic through the host's log before the trap, so the host can say why the
+/// call failed (in `last_error` and its own log) instead of showing a bare wasm trap.
+fn report_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        orchd::policy::host::log(orchd::policy::host::Level::Error, &info.to_string());
+    }));
 }
 
 export!(Policy);

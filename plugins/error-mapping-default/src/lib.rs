@@ -75,6 +75,7 @@ impl LifecycleGuest for Policy {
     }
 
     fn init(config: String) -> Result<(), String> {
+        report_panics();
         let text = config.trim();
         let config: Config = if text.is_empty() {
             Config::default()
@@ -90,6 +91,14 @@ impl ErrorMappingGuest for Policy {
     fn map_failure(failure: Failure) -> Mapped {
         CONFIG.with(|c| map(&c.borrow(), &failure))
     }
+}
+
+/// Reports a panic through the host's log before the trap, so the host can say why the
+/// call failed (in `last_error` and its own log) instead of showing a bare wasm trap.
+fn report_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        orchd::policy::host::log(orchd::policy::host::Level::Error, &info.to_string());
+    }));
 }
 
 export!(Policy);

@@ -39,6 +39,7 @@ impl LifecycleGuest for Policy {
     }
 
     fn init(config: String) -> Result<(), String> {
+        report_panics();
         let config = Config::parse(&config)?;
         CONFIG.with(|c| *c.borrow_mut() = config);
         Ok(())
@@ -49,6 +50,14 @@ impl PlacementGuest for Policy {
     fn place(snapshot: Snapshot) -> Decision {
         CONFIG.with(|c| decide::place(&c.borrow(), &snapshot))
     }
+}
+
+/// Reports a panic through the host's log before the trap, so the host can say why the
+/// call failed (in `last_error` and its own log) instead of showing a bare wasm trap.
+fn report_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        orchd::policy::host::log(orchd::policy::host::Level::Error, &info.to_string());
+    }));
 }
 
 export!(Policy);

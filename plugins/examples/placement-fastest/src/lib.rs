@@ -74,6 +74,7 @@ impl LifecycleGuest for Policy {
     }
 
     fn init(config: String) -> Result<(), String> {
+        report_panics();
         match config.trim() {
             "" | "{}" => Ok(()),
             other => Err(format!("placement-fastest takes no options, got {other}")),
@@ -85,6 +86,14 @@ impl PlacementGuest for Policy {
     fn place(snapshot: Snapshot) -> Decision {
         place(&snapshot)
     }
+}
+
+/// Reports a panic through the host's log before the trap, so the host can say why the
+/// call failed (in `last_error` and its own log) instead of showing a bare wasm trap.
+fn report_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        orchd::policy::host::log(orchd::policy::host::Level::Error, &info.to_string());
+    }));
 }
 
 export!(Policy);
