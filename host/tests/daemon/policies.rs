@@ -351,6 +351,74 @@ async fn a_policy_written_in_python_is_built_from_source_and_decides() {
 }
 
 #[tokio::test]
+async fn a_policy_written_in_javascript_is_built_from_source_decides_and_says_why_it_fails() {
+    // plugins/examples/js-admission, built by componentize-qjs (npm) against WIT 0.2.0.
+    let cfg = format!(
+        "[queue]\ncapacity = 3\n\n[policies]\ntimeout_ms = 100\n\n[policies.admission]\ncomponent = \"{}\"\nconfig = {{ max_batch_share = 0.3 }}\n{}",
+        fixture_policy("js-admission.wasm"),
+        mock_pool("p", "slots = 1, tokens_per_s = 20.0")
+    );
+    let d = DaemonBuilder::new(cfg).start();
+    let p = policy(&d, "admission").await;
+    assert_eq!(p["name"], "js-admission");
+    assert_eq!(p["wit_version"], "0.2.0");
+    let run = d.submit_ok(&task("p", json!({"max_tokens": 1000}))).await;
+    d.wait_state(&run, "running").await;
+    d.submit_ok(&task("p", json!({"priority": "batch"}))).await;
+    // A second batch task would exceed 30% of the queue for batch work: the policy says no.
+    let resp = d.submit(&task("p", json!({"priority": "batch"}))).await;
+    assert_eq!(
+        resp.status().as_u16(),
+        429,
+        "{:?}",
+        policy(&d, "admission").await
+    );
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "ADMISSION_REJECT", "{body}");
+    assert_eq!(body["policy_label"], "js-share");
+    assert!(
+        body["message"].as_str().unwrap().contains("batch share"),
+        "{body}"
+    );
+    assert_eq!(policy(&d, "admission").await["errors"], 0);
+    let set = |body: Value| {
+        let req = d
+            .http
+            .post(d.url("/v1/policies/admission/config"))
+            .json(&body);
+        async move { req.send().await.unwrap() }
+    };
+    // A config its init throws on: 400 with the JavaScript message.
+    let resp = set(json!({"max_batch_share": 2})).await;
+    assert_eq!(resp.status().as_u16(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_batch_share must be a number in (0, 1], got 2"),
+        "{err}"
+    );
+    // A JavaScript exception in decide: 503, and last_error has the exception's message.
+    assert_eq!(
+        set(json!({"fail_on_tenant": "open"}))
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    let resp = d.submit(&task("p", json!({}))).await;
+    assert_eq!(resp.status().as_u16(), 503);
+    let p = policy(&d, "admission").await;
+    let last = p["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last.contains("decide: tenant open hit a bug in js-admission"),
+        "{p}"
+    );
+}
+
+#[tokio::test]
 async fn an_example_placement_policy_routes_by_expected_finish_time() {
     let shared = |p: String, id: &str| {
         p.replace(
