@@ -16,7 +16,9 @@ pub mod task;
 pub use artifacts::{ArtifactCreated, ArtifactKind, ArtifactRequest};
 pub use chat::{ChatMessage, ToolCallFrame};
 pub use error::{ErrorCode, ErrorEnvelope};
-pub use policies::{PoliciesResponse, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult};
+pub use policies::{
+    PoliciesResponse, PolicyLoading, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult,
+};
 pub use stream::{EndFrame, MetricsFrame, StartedFrame, TokenFrame};
 pub use task::{
     Determinism, KvHint, PlacementMode, PlacementRequest, Priority, SessionStatus, TaskAccepted,

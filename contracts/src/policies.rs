@@ -31,6 +31,20 @@ pub struct PolicyStatus {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<PolicyRefusal>,
+    /// A new component file being compiled, initialized and self-tested in the background
+    /// while this version serves; absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loading: Option<PolicyLoading>,
+}
+
+/// A component file the host is loading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyLoading {
+    pub sha256: String,
+    /// Always `compiling` (compile, link, init and self-test).
+    pub state: String,
+    /// Unix time in ms when it started.
+    pub since: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

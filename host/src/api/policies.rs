@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use orchd_contracts::{
-    PoliciesResponse, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult,
+    PoliciesResponse, PolicyLoading, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult,
 };
 
 use crate::policy::{Loaded, PolicySet, ReloadOutcome, Slot, watch};
@@ -45,6 +45,11 @@ fn status<W: crate::policy::component_world::World>(slot: &Slot<W>) -> PolicySta
             sha256: r.sha256,
             at: unix_ms(r.at),
             reason: r.reason,
+        }),
+        loading: slot.loading().map(|l| PolicyLoading {
+            sha256: l.sha256,
+            state: "compiling".to_owned(),
+            since: unix_ms(l.since),
         }),
     }
 }

@@ -23,6 +23,24 @@ pub struct Slot<W: World> {
     /// another); a reloaded component file is initialized with it.
     config_json: Mutex<String>,
     refusal: Mutex<Option<Refusal>>,
+    /// A new file being compiled and tested, while the version in force serves.
+    loading: Mutex<Option<Loading>>,
+}
+
+/// A component file being loaded in the background.
+#[derive(Debug, Clone)]
+pub struct Loading {
+    pub sha256: String,
+    pub since: SystemTime,
+}
+
+/// Clears a slot's `loading` when the load ends, however it ends.
+struct LoadingGuard<'a>(&'a Mutex<Option<Loading>>);
+
+impl Drop for LoadingGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +84,7 @@ impl<W: World> Slot<W> {
             settings: settings.clone(),
             config_json: Mutex::new(settings.config_json.clone()),
             refusal: Mutex::new(None),
+            loading: Mutex::new(None),
         })
     }
 
@@ -117,6 +136,15 @@ impl<W: World> Slot<W> {
         }
     }
 
+    /// The file being compiled and tested now, if any (the version in force serves
+    /// meanwhile).
+    pub fn loading(&self) -> Option<Loading> {
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn refusal(&self) -> Option<Refusal> {
         self.refusal
             .lock()
@@ -138,6 +166,11 @@ impl<W: World> Slot<W> {
             return ReloadOutcome::Unchanged { kind: W::KIND };
         }
         let config = self.config();
+        *self.loading.lock().unwrap_or_else(|p| p.into_inner()) = Some(Loading {
+            sha256: sha.clone().unwrap_or_default(),
+            since: SystemTime::now(),
+        });
+        let _loaded = LoadingGuard(&self.loading);
         match Loaded::<W>::load(runtime, path, &config) {
             Ok(loaded) => {
                 log_loaded(loaded.meta(), true);

@@ -147,6 +147,54 @@ async fn swapping_a_file_changes_behaviour_and_a_broken_one_is_refused() {
 }
 
 #[tokio::test]
+async fn a_large_component_compiles_in_the_background_and_shows_as_compiling() {
+    // The Python example is an 18 MB component: compiling it takes seconds, during which
+    // the version in force serves and GET /v1/policies says what is being compiled.
+    let mut b = DaemonBuilder::new(config(
+        "component = \"admission.wasm\"\nconfig = {}\n",
+        8,
+        &[mock_pool("p", "slots = 2")],
+    ));
+    let dir = b.own_policies_dir();
+    std::fs::copy(
+        dir.join("admission-default.wasm"),
+        dir.join("admission.wasm"),
+    )
+    .unwrap();
+    let d = b.start();
+    let big = fixture_policy("python-admission.wasm");
+    let sha = {
+        use sha2::Digest;
+        hex(&sha2::Sha256::digest(std::fs::read(&big).unwrap()))
+    };
+    swap_file(big.as_ref(), &dir.join("admission.wasm"));
+    let p = wait_for(&d, "admission", "the compiling state", |p| {
+        p["loading"].is_object() || p["name"] == "python-admission"
+    })
+    .await;
+    assert_eq!(p["name"], "admission-default", "still serving: {p}");
+    assert_eq!(p["loading"]["state"], "compiling", "{p}");
+    assert_eq!(p["loading"]["sha256"], sha.as_str(), "{p}");
+    // The version in force serves meanwhile.
+    let id = d.submit_ok(&task("p", json!({"max_tokens": 2}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = policy(&d, "admission").await;
+        if p["name"] == "python-admission" {
+            assert!(p["loading"].is_null(), "{p}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never swapped in: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
 async fn hot_swaps_under_load_fail_no_request() {
     // What is under test is the swap, not the 5 ms deadline on a 2-core machine that is
     // also compiling the next version and running other tests: `config()` gives calls room.
