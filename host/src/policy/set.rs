@@ -19,8 +19,10 @@ use crate::metrics;
 pub struct Slot<W: World> {
     current: ArcSwap<Loaded<W>>,
     settings: PolicySettings,
-    /// The config in force (the file's, until `POST /v1/policies/{kind}/config` sets
-    /// another); a reloaded component file is initialized with it.
+    /// The config in force: the config file's, until `POST /v1/policies/{kind}/config`
+    /// sets another for the component in force. A new component file starts again from
+    /// the config file's: a config set through the API belongs to the component it was
+    /// set on, and a new version need not accept it.
     config_json: Mutex<String>,
     refusal: Mutex<Option<Refusal>>,
     /// A new file being compiled and tested, while the version in force serves.
@@ -152,9 +154,10 @@ impl<W: World> Slot<W> {
             .clone()
     }
 
-    /// Reloads the component file if its content changed: compile, init and self-test
-    /// off the request path, then swap atomically. A refused file leaves the version in
-    /// force serving. Blocking: call from a blocking thread.
+    /// Reloads the component file if its content changed: compile, init (with the config
+    /// file's config) and self-test off the request path, then swap atomically. A refused
+    /// file leaves the version in force serving, with its config. Blocking: call from a
+    /// blocking thread.
     pub fn reload(&self, runtime: &Arc<PolicyRuntime>, hashes: &HashCache) -> ReloadOutcome {
         let path = &self.settings.component;
         let sha = hashes.sha256(path).ok();
@@ -165,7 +168,7 @@ impl<W: World> Slot<W> {
         if sha.is_some() && sha == last_refused {
             return ReloadOutcome::Unchanged { kind: W::KIND };
         }
-        let config = self.config();
+        let config = self.settings.config_json.clone();
         *self.loading.lock().unwrap_or_else(|p| p.into_inner()) = Some(Loading {
             sha256: sha.clone().unwrap_or_default(),
             since: SystemTime::now(),
@@ -178,6 +181,16 @@ impl<W: World> Slot<W> {
                 let meta = Box::new(loaded.meta().clone());
                 self.current.store(Arc::new(loaded));
                 *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let previous = std::mem::replace(
+                    &mut *self.config_json.lock().unwrap_or_else(|p| p.into_inner()),
+                    config,
+                );
+                if previous != self.settings.config_json {
+                    tracing::warn!(
+                        policy = W::KIND, name = %meta.name, version = %meta.version,
+                        "the new component runs with the config file's config; the config set through POST /v1/policies/{{kind}}/config belonged to the previous one"
+                    );
+                }
                 ReloadOutcome::Loaded {
                     kind: W::KIND,
                     meta,

@@ -147,6 +147,52 @@ async fn swapping_a_file_changes_behaviour_and_a_broken_one_is_refused() {
 }
 
 #[tokio::test]
+async fn a_swapped_in_component_starts_from_the_config_files_config_not_its_predecessors() {
+    // admission-default runs with a config set through the API ({"mode": "drop-lru"});
+    // js-admission refuses any key but its own. Swapped in, it gets the config file's
+    // config ({}), not the one set for its predecessor.
+    let mut b = DaemonBuilder::new(config(
+        "component = \"admission.wasm\"\nconfig = {}\n",
+        8,
+        &[mock_pool("p", "slots = 2")],
+    ));
+    let dir = b.own_policies_dir();
+    std::fs::copy(
+        dir.join("admission-default.wasm"),
+        dir.join("admission.wasm"),
+    )
+    .unwrap();
+    let d = b.start();
+    let resp = d
+        .http
+        .post(d.url("/v1/policies/admission/config"))
+        .json(&json!({"mode": "drop-lru"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    swap_file(
+        fixture_policy("js-admission.wasm").as_ref(),
+        &dir.join("admission.wasm"),
+    );
+    let p = wait_for(&d, "admission", "the swap", |p| {
+        p["name"] == "js-admission" || p["refused"].is_object()
+    })
+    .await;
+    assert_eq!(p["name"], "js-admission", "{p}");
+    assert!(p["refused"].is_null(), "{p}");
+    let id = d.submit_ok(&task("p", json!({"max_tokens": 2}))).await;
+    assert_eq!(d.stream(&id).await.last().unwrap().event, "end");
+    let warned = d
+        .log_events_at_least(
+            "the new component runs with the config file's config; the config set through POST /v1/policies/{kind}/config belonged to the previous one",
+            1,
+        )
+        .await;
+    assert_eq!(warned.len(), 1);
+}
+
+#[tokio::test]
 async fn a_large_component_compiles_in_the_background_and_shows_as_compiling() {
     // The Python example is an 18 MB component: compiling it takes seconds, during which
     // the version in force serves and GET /v1/policies says what is being compiled.
