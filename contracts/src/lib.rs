@@ -17,7 +17,8 @@ pub use artifacts::{ArtifactCreated, ArtifactKind, ArtifactRequest};
 pub use chat::{ChatMessage, ToolCallFrame};
 pub use error::{ErrorCode, ErrorEnvelope};
 pub use policies::{
-    PoliciesResponse, PolicyLoading, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult,
+    CandidateInfo, ComparisonReport, Disagreement, PoliciesResponse, PolicyCandidate,
+    PolicyLoading, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult,
 };
 pub use stream::{EndFrame, MetricsFrame, StartedFrame, TokenFrame};
 pub use task::{

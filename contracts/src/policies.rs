@@ -67,3 +67,64 @@ pub struct ReloadResponse {
     pub results: Vec<ReloadResult>,
     pub policies: Vec<PolicyStatus>,
 }
+
+/// `POST /v1/policies/{kind}/shadow` and `POST /v1/policies/{kind}/replay`: the candidate
+/// component to try.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCandidate {
+    /// A file name in the daemon's policy directory (no path).
+    pub component: String,
+    /// The candidate's config (a JSON object); default: the config in force.
+    #[serde(
+        default,
+        deserialize_with = "crate::present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub config: Option<serde_json::Value>,
+}
+
+/// What a candidate is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateInfo {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub wit_version: String,
+    pub path: String,
+}
+
+/// One live decision the candidate would have made differently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disagreement {
+    /// When the live decision was made (Unix ms).
+    pub at: u64,
+    /// The live decision (what two policies must agree on).
+    pub live: String,
+    /// The candidate's decision, or `failed: <why>`.
+    pub candidate: String,
+}
+
+/// How a candidate compared with the live policy: `shadow` (every live call since it
+/// started) or `replay` (the recorded sample).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComparisonReport {
+    pub kind: String,
+    /// `shadow` or `replay`.
+    pub mode: String,
+    pub candidate: CandidateInfo,
+    /// Live decisions compared.
+    pub decisions: u64,
+    pub agreed: u64,
+    pub disagreed: u64,
+    /// Comparisons where the candidate failed (counted in `disagreed` too).
+    pub candidate_errors: u64,
+    /// Shadow only: live calls the candidate could not keep up with (not compared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<u64>,
+    /// Shadow only: when it started (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// The most recent disagreements (at most 20), oldest first.
+    pub disagreements: Vec<Disagreement>,
+}

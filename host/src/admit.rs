@@ -865,7 +865,6 @@ fn enqueue(
                 .decisions
                 .policies
                 .admission
-                .get()
                 .decide(&snapshot, |d| validate_decision(d, &queue))
                 .map_err(|failure| policy_failed(&failure))?;
             let (victim, class) = match decision {

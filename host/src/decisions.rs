@@ -137,7 +137,6 @@ impl Decisions {
         candidates: &[&'a Arc<Pool>],
     ) -> Result<&'a Arc<Pool>, ApiError> {
         let slot = &self.policies.placement;
-        let policy = slot.get();
         let snapshot = placement::Snapshot {
             now_ms: now_ms(),
             stage: placement::Stage::Admission,
@@ -147,7 +146,7 @@ impl Decisions {
                 .map(|p| pool_view(p, facts.session_id, facts.prefix, p.queue_depth()))
                 .collect(),
         };
-        let decision = policy.place(&snapshot, |d| match d {
+        let decision = slot.place(&snapshot, |d| match d {
             placement::Decision::Assign(a) => {
                 let pool = candidates
                     .iter()
@@ -213,7 +212,7 @@ impl Decisions {
             job: job(&facts),
             candidates: vec![pool_view(pool, &spec.session_id, &spec.prefix, queue_depth)],
         };
-        let decision = slot.get().place(&snapshot, |d| match d {
+        let decision = slot.place(&snapshot, |d| match d {
             placement::Decision::Assign(a) => {
                 if a.pool_id != pool.id {
                     return Err(format!(
@@ -330,7 +329,7 @@ impl Decisions {
             attempt,
             attempts_left,
         };
-        match self.policies.error_mapping.get().map(&failure) {
+        match self.policies.error_mapping.map(&failure) {
             Ok(m) => {
                 let code = ErrorCode::parse(&m.code).expect("validated by the host");
                 let mut err = ApiError::new(code, m.message)
@@ -375,7 +374,7 @@ impl Decisions {
             session_left,
             ..req
         };
-        match self.policies.budget.get().reserve(&req) {
+        match self.policies.budget.reserve(&req) {
             Ok(budget::Reservation::Reserve(charge)) => {
                 let u = &charge.usage;
                 let amount = Amount {

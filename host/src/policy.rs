@@ -17,6 +17,7 @@
 pub mod bindings;
 mod component;
 mod legacy;
+pub mod observe;
 mod runtime;
 mod sealed;
 mod set;

@@ -32,6 +32,8 @@
 # - POST /v1/pools/{id}/reload: orchd.toml has no launched replicas, so no engine is ever
 #   restarted (a schema-valid reload is the documented 400);
 # - POST /v1/policies/{kind}/config only names error_mapping (the mock pools never fail);
+# - POST /v1/policies/{kind}/shadow and /replay load candidates from the dist policy
+#   directory and only compare their answers (a shadow never decides);
 # - POST /v1/policies/reload rescans the dist policy directory, which nothing changes during
 #   the run (every result is `unchanged`);
 # - DELETE /v1/sessions/{id}, POST /v1/tasks/{id}/cancel, DELETE /v1/catalog/models/{id} and

@@ -1,4 +1,5 @@
-//! `GET /v1/policies`, `POST /v1/policies/reload`, `GET /metrics`.
+//! `GET /v1/policies`, `POST /v1/policies/reload`, a policy's config, its shadow and
+//! replay (`policy/observe.rs`), `GET /metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,8 +10,12 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use orchd_contracts::{
-    PoliciesResponse, PolicyLoading, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult,
+    CandidateInfo, ComparisonReport, Disagreement, PoliciesResponse, PolicyCandidate,
+    PolicyLoading, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult,
 };
+
+use crate::errors::ApiError;
+use crate::policy::observe::{Comparison, Observed, Shadow};
 
 use crate::policy::{Loaded, PolicySet, ReloadOutcome, Slot, watch};
 use crate::state::AppState;
@@ -21,7 +26,7 @@ fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn status<W: crate::policy::component_world::World>(slot: &Slot<W>) -> PolicyStatus {
+fn status<W: crate::policy::observe::Observed>(slot: &Slot<W>) -> PolicyStatus {
     let loaded: Arc<Loaded<W>> = slot.get();
     let meta = loaded.meta();
     let stats = &loaded.stats;
@@ -126,6 +131,213 @@ pub async fn set_config(
             policies: statuses(&state.decisions.policies),
         })),
     }
+}
+
+/// A candidate's file: a plain `.wasm` file name in the policy directory.
+fn candidate_path(state: &AppState, name: &str) -> Result<std::path::PathBuf, ApiError> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name.ends_with(".wasm")
+        && !name.contains(['/', '\\', '\0']);
+    if !plain {
+        return Err(ApiError::invalid(
+            "component",
+            "a .wasm file name in the daemon's policy directory, without a path",
+        ));
+    }
+    let path = state.settings.policies_dir.join(name);
+    if !path.is_file() {
+        return Err(ApiError::not_found("component", name));
+    }
+    Ok(path)
+}
+
+/// Loads a candidate beside the slot (compile, init with `config` or the config in
+/// force, self-test). Blocking.
+fn load_candidate<W: Observed>(
+    state: &AppState,
+    slot: &Slot<W>,
+    req: &PolicyCandidate,
+) -> Result<Loaded<W>, ApiError> {
+    let path = candidate_path(state, &req.component)?;
+    let config = match &req.config {
+        None => slot.config(),
+        Some(c) if c.is_object() => c.to_string(),
+        Some(_) => return Err(ApiError::invalid("config", "the config is a JSON object")),
+    };
+    Loaded::<W>::load(state.decisions.policies.runtime(), &path, &config)
+        .map_err(|e| ApiError::invalid("component", e))
+}
+
+fn report<W: Observed>(
+    mode: &str,
+    candidate: &Loaded<W>,
+    c: &Comparison,
+    shadow: Option<&Shadow<W>>,
+) -> ComparisonReport {
+    let meta = candidate.meta();
+    ComparisonReport {
+        kind: W::KIND.to_owned(),
+        mode: mode.to_owned(),
+        candidate: CandidateInfo {
+            name: meta.name.clone(),
+            version: meta.version.clone(),
+            sha256: meta.sha256.clone(),
+            wit_version: meta.wit_version.to_owned(),
+            path: meta.path.display().to_string(),
+        },
+        // `decisions` first: a call it counts has its outcome counted already.
+        decisions: c.decisions.load(Ordering::SeqCst),
+        agreed: c.agreed.load(Ordering::SeqCst),
+        disagreed: c.disagreed.load(Ordering::SeqCst),
+        candidate_errors: c.errors.load(Ordering::SeqCst),
+        dropped: shadow.map(|_| c.dropped.load(Ordering::SeqCst)),
+        started_at: shadow.map(|s| unix_ms(s.started)),
+        disagreements: c
+            .recent()
+            .into_iter()
+            .map(|d| Disagreement {
+                at: unix_ms(d.at),
+                live: d.live,
+                candidate: d.candidate,
+            })
+            .collect(),
+    }
+}
+
+fn shadow_report<W: Observed>(shadow: &Shadow<W>) -> ComparisonReport {
+    report(
+        "shadow",
+        &shadow.candidate,
+        &shadow.comparison,
+        Some(shadow),
+    )
+}
+
+fn start_shadow<W: Observed>(
+    state: &AppState,
+    slot: &Slot<W>,
+    req: &PolicyCandidate,
+) -> Result<ComparisonReport, ApiError> {
+    let candidate = load_candidate(state, slot, req)?;
+    let shadow = slot
+        .observer()
+        .start_shadow(candidate)
+        .map_err(ApiError::internal)?;
+    let meta = shadow.candidate.meta();
+    tracing::info!(
+        policy = W::KIND, candidate = %meta.name, candidate_version = %meta.version,
+        sha256 = %meta.sha256, "policy shadow started: the candidate decides beside the live policy, unapplied"
+    );
+    Ok(shadow_report(&shadow))
+}
+
+fn replay<W: Observed>(
+    state: &AppState,
+    slot: &Slot<W>,
+    req: &PolicyCandidate,
+) -> Result<ComparisonReport, ApiError> {
+    let candidate = load_candidate(state, slot, req)?;
+    let (comparison, _) = slot.observer().replay(&candidate);
+    Ok(report("replay", &candidate, &comparison, None))
+}
+
+/// Runs `f` on the slot of `kind`, on a blocking thread (candidates compile and run
+/// guest code).
+async fn on_slot(
+    state: Arc<AppState>,
+    kind: String,
+    req: PolicyCandidate,
+    f: fn(&str, &AppState, &PolicyCandidate) -> Option<Result<ComparisonReport, ApiError>>,
+) -> Result<Json<ComparisonReport>, ApiError> {
+    let k = kind.clone();
+    tokio::task::spawn_blocking(move || f(&k, &state, &req))
+        .await
+        .map_err(|e| ApiError::internal(format!("the candidate's load panicked: {e}")))?
+        .unwrap_or_else(|| Err(ApiError::not_found("policy", &kind)))
+        .map(Json)
+}
+
+/// `POST /v1/policies/{kind}/shadow` (admin): loads a candidate component from the policy
+/// directory and runs it beside the live policy on every call from now on; its decisions
+/// are compared, counted and logged, never applied. Replaces a shadow running.
+pub async fn shadow_start(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+    crate::api::extract::ApiJson(req): crate::api::extract::ApiJson<PolicyCandidate>,
+) -> Result<Json<ComparisonReport>, ApiError> {
+    on_slot(state, kind, req, |kind, state, req| {
+        let set = &state.decisions.policies;
+        Some(match kind {
+            "admission" => start_shadow(state, &set.admission, req),
+            "budget" => start_shadow(state, &set.budget, req),
+            "placement" => start_shadow(state, &set.placement, req),
+            "error_mapping" => start_shadow(state, &set.error_mapping, req),
+            _ => return None,
+        })
+    })
+    .await
+}
+
+/// The shadow of `kind`: `Ok(None)` when none runs; with `stop`, it is stopped.
+fn shadow_of(state: &AppState, kind: &str, stop: bool) -> Result<ComparisonReport, ApiError> {
+    fn one<W: Observed>(slot: &Slot<W>, stop: bool) -> Option<ComparisonReport> {
+        let shadow = if stop {
+            slot.observer().stop_shadow()
+        } else {
+            slot.observer().shadow()
+        }?;
+        if stop {
+            tracing::info!(policy = W::KIND, candidate = %shadow.candidate.meta().name, "policy shadow stopped");
+        }
+        Some(shadow_report(&shadow))
+    }
+    let set = &state.decisions.policies;
+    let report = match kind {
+        "admission" => one(&set.admission, stop),
+        "budget" => one(&set.budget, stop),
+        "placement" => one(&set.placement, stop),
+        "error_mapping" => one(&set.error_mapping, stop),
+        _ => return Err(ApiError::not_found("policy", kind)),
+    };
+    report.ok_or_else(|| ApiError::not_found("shadow of policy", kind))
+}
+
+/// `GET /v1/policies/{kind}/shadow` (admin): the agreement report of the shadow running.
+pub async fn shadow_get(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+) -> Result<Json<ComparisonReport>, ApiError> {
+    shadow_of(&state, &kind, false).map(Json)
+}
+
+/// `DELETE /v1/policies/{kind}/shadow` (admin): stops the shadow; the final report.
+pub async fn shadow_stop(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+) -> Result<Json<ComparisonReport>, ApiError> {
+    shadow_of(&state, &kind, true).map(Json)
+}
+
+/// `POST /v1/policies/{kind}/replay` (admin): runs a candidate component over the sample
+/// of recorded live decisions and reports where it would have decided differently.
+pub async fn replay_run(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+    crate::api::extract::ApiJson(req): crate::api::extract::ApiJson<PolicyCandidate>,
+) -> Result<Json<ComparisonReport>, ApiError> {
+    on_slot(state, kind, req, |kind, state, req| {
+        let set = &state.decisions.policies;
+        Some(match kind {
+            "admission" => replay(state, &set.admission, req),
+            "budget" => replay(state, &set.budget, req),
+            "placement" => replay(state, &set.placement, req),
+            "error_mapping" => replay(state, &set.error_mapping, req),
+            _ => return None,
+        })
+    })
+    .await
 }
 
 pub async fn metrics() -> impl IntoResponse {

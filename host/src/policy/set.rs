@@ -7,7 +7,10 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use super::component::{Loaded, World};
+use super::PolicyFailure;
+use super::bindings::{admission, budget, error_mapping, placement};
+use super::component::Loaded;
+use super::observe::{Observed, Observer};
 use super::runtime::PolicyRuntime;
 use super::worlds::{Admission, Budget, ErrorMapping, Placement};
 use super::{LoadError, PolicyMeta};
@@ -15,8 +18,9 @@ use crate::config::{PolicySettings, PolicySettingsSet};
 use crate::filestamp::{HashCache, Stamp};
 use crate::metrics;
 
-/// One policy kind: the version in force and the last refusal.
-pub struct Slot<W: World> {
+/// One policy kind: the version in force, the last refusal, and what is observed of its
+/// calls (the replay sample, a shadow candidate).
+pub struct Slot<W: Observed> {
     current: ArcSwap<Loaded<W>>,
     settings: PolicySettings,
     /// The config in force: the config file's, until `POST /v1/policies/{kind}/config`
@@ -27,6 +31,7 @@ pub struct Slot<W: World> {
     refusal: Mutex<Option<Refusal>>,
     /// A new file being compiled and tested, while the version in force serves.
     loading: Mutex<Option<Loading>>,
+    observer: Observer<W>,
 }
 
 /// A component file being loaded in the background.
@@ -76,7 +81,12 @@ fn log_loaded(meta: &PolicyMeta, reload: bool) {
     );
 }
 
-impl<W: World> Slot<W> {
+impl<W: Observed> Slot<W> {
+    /// The replay sample and the shadow of this slot.
+    pub fn observer(&self) -> &Observer<W> {
+        &self.observer
+    }
+
     fn load(runtime: &Arc<PolicyRuntime>, settings: &PolicySettings) -> Result<Self, LoadError> {
         let loaded = Loaded::<W>::load(runtime, &settings.component, &settings.config_json)?;
         log_loaded(loaded.meta(), false);
@@ -87,6 +97,7 @@ impl<W: World> Slot<W> {
             config_json: Mutex::new(settings.config_json.clone()),
             refusal: Mutex::new(None),
             loading: Mutex::new(None),
+            observer: Observer::default(),
         })
     }
 
@@ -219,6 +230,57 @@ impl<W: World> Slot<W> {
     }
 }
 
+// The typed calls: each asks the version in force and notes the call for replay and for
+// a shadow (the raw answer, before the caller's checks).
+
+impl Slot<Admission> {
+    pub fn decide<T>(
+        &self,
+        snapshot: &admission::Snapshot,
+        validate: impl FnOnce(admission::Decision) -> Result<T, String>,
+    ) -> Result<T, PolicyFailure> {
+        self.get().decide(snapshot, |d| {
+            self.observer.observe(snapshot, &d);
+            validate(d)
+        })
+    }
+}
+
+impl Slot<Budget> {
+    pub fn reserve(
+        &self,
+        req: &budget::ReserveRequest,
+    ) -> Result<budget::Reservation, PolicyFailure> {
+        let answer = self.get().reserve(req)?;
+        self.observer.observe(req, &answer);
+        Ok(answer)
+    }
+}
+
+impl Slot<Placement> {
+    pub fn place<T>(
+        &self,
+        snapshot: &placement::Snapshot,
+        validate: impl FnOnce(placement::Decision) -> Result<T, String>,
+    ) -> Result<T, PolicyFailure> {
+        self.get().place(snapshot, |d| {
+            self.observer.observe(snapshot, &d);
+            validate(d)
+        })
+    }
+}
+
+impl Slot<ErrorMapping> {
+    pub fn map(
+        &self,
+        failure: &error_mapping::Failure,
+    ) -> Result<error_mapping::Mapped, PolicyFailure> {
+        let answer = self.get().map(failure)?;
+        self.observer.observe(failure, &answer);
+        Ok(answer)
+    }
+}
+
 /// Every policy the daemon runs.
 pub struct PolicySet {
     runtime: Arc<PolicyRuntime>,
@@ -239,7 +301,7 @@ impl PolicySet {
         // Each file's stamp, taken before its first read, with the hash that read gave: the
         // first rescan then reads only files that changed since.
         let hashes = HashCache::new("policy");
-        fn load<W: World>(
+        fn load<W: Observed>(
             runtime: &Arc<PolicyRuntime>,
             settings: &PolicySettings,
             hashes: &HashCache,
@@ -259,6 +321,11 @@ impl PolicySet {
             runtime,
             reloading: Mutex::new(hashes),
         })
+    }
+
+    /// The engine policies run on (to load a candidate beside the slots).
+    pub fn runtime(&self) -> &Arc<PolicyRuntime> {
+        &self.runtime
     }
 
     /// Rescans every slot's file. Blocking (compiles): call from a blocking thread.

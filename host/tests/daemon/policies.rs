@@ -537,3 +537,139 @@ async fn an_example_placement_policy_routes_by_expected_finish_time() {
         .await;
     assert_eq!(d.stream(&id).await[0].data["pool_id"], "fast");
 }
+
+/// A daemon whose policy directory also holds the JavaScript example as a candidate:
+/// queue capacity 3, one slot.
+fn with_candidate() -> Daemon {
+    let mut b = DaemonBuilder::new(format!(
+        "[queue]\ncapacity = 3\n\n[policies]\ntimeout_ms = 100\n\n[policies.admission]\n{}\n{}",
+        default_admission("reject"),
+        mock_pool("p", "slots = 1, tokens_per_s = 20.0")
+    ));
+    let dir = b.own_policies_dir();
+    std::fs::copy(
+        fixture_policy("js-admission.wasm"),
+        dir.join("candidate.wasm"),
+    )
+    .unwrap();
+    b.start()
+}
+
+#[tokio::test]
+async fn a_shadow_candidate_sees_live_traffic_and_reports_where_it_disagrees_unapplied() {
+    let d = with_candidate();
+    let shadow = |method: reqwest::Method, body: Option<Value>| {
+        let mut req = d
+            .http
+            .request(method, d.url("/v1/policies/admission/shadow"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Refusals: not a plain file name, a file that is not there, an unknown kind.
+    let (status, _) = shadow(
+        reqwest::Method::POST,
+        Some(json!({"component": "../admission-default.wasm"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = shadow(
+        reqwest::Method::POST,
+        Some(json!({"component": "missing.wasm"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = shadow(reqwest::Method::GET, None).await;
+    assert_eq!(status, 404, "no shadow yet");
+    // The candidate lets batch work hold 30 % of the queue; the live policy, all of it.
+    let (status, started) = shadow(
+        reqwest::Method::POST,
+        Some(json!({"component": "candidate.wasm", "config": {"max_batch_share": 0.3}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["mode"], "shadow");
+    assert_eq!(started["candidate"]["name"], "js-admission");
+    let run = d.submit_ok(&task("p", json!({"max_tokens": 1000}))).await;
+    d.wait_state(&run, "running").await;
+    d.submit_ok(&task("p", json!({"priority": "batch"}))).await;
+    // The candidate would reject this one; the live policy's accept is what applies.
+    d.submit_ok(&task("p", json!({"priority": "batch"}))).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let (_, r) = shadow(reqwest::Method::GET, None).await;
+        if r["decisions"] == 3 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report["agreed"], 2, "{report}");
+    assert_eq!(report["disagreed"], 1, "{report}");
+    assert_eq!(report["candidate_errors"], 0, "{report}");
+    assert_eq!(report["dropped"], 0, "{report}");
+    let d0 = &report["disagreements"][0];
+    assert_eq!(d0["live"], "accept batch", "{report}");
+    assert_eq!(d0["candidate"], "reject ADMISSION_REJECT", "{report}");
+    assert_eq!(
+        d.log_events_at_least("policy candidate disagreed", 1)
+            .await
+            .len(),
+        1
+    );
+    // Stopped: the final report, then nothing runs.
+    let (status, last) = shadow(reqwest::Method::DELETE, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(last["decisions"], 3);
+    let (status, _) = shadow(reqwest::Method::GET, None).await;
+    assert_eq!(status, 404);
+    assert_eq!(policy(&d, "admission").await["name"], "admission-default");
+}
+
+#[tokio::test]
+async fn a_candidate_replayed_over_recorded_decisions_reports_agreement_and_failures() {
+    let d = with_candidate();
+    // Every 4th call is recorded: 12 admissions leave 3.
+    for _ in 0..12 {
+        let id = d.submit_ok(&task("p", json!({"max_tokens": 1}))).await;
+        d.stream(&id).await;
+    }
+    let replay = |body: Value| {
+        let req = d
+            .http
+            .post(d.url("/v1/policies/admission/replay"))
+            .json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    // Same rules (the whole queue for batch work): it agrees every time.
+    let (status, same) = replay(json!({"component": "candidate.wasm", "config": {}})).await;
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(same["mode"], "replay");
+    assert_eq!(same["decisions"], 3, "{same}");
+    assert_eq!(same["agreed"], 3, "{same}");
+    assert!(same["dropped"].is_null());
+    // A candidate that throws for this tenant: every replayed call is a failure, with its
+    // message.
+    let (_, broken) =
+        replay(json!({"component": "candidate.wasm", "config": {"fail_on_tenant": "open"}})).await;
+    assert_eq!(broken["disagreed"], 3, "{broken}");
+    assert_eq!(broken["candidate_errors"], 3, "{broken}");
+    let said = broken["disagreements"][0]["candidate"].as_str().unwrap();
+    assert!(
+        said.starts_with("failed: ") && said.contains("tenant open hit a bug in js-admission"),
+        "{said}"
+    );
+    // A config its init refuses is a 400.
+    let (status, _) =
+        replay(json!({"component": "candidate.wasm", "config": {"max_batch_share": 7}})).await;
+    assert_eq!(status, 400);
+}
