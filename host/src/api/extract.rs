@@ -14,6 +14,37 @@ pub struct ApiJson<T>(pub T);
 #[derive(Debug, Clone, Copy)]
 pub struct BodyReadTimeout(pub std::time::Duration);
 
+/// `limits.max_body_bytes`, put in the request's extensions by the edge middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A body declared over the limit is read and dropped up to this much before the 413
+/// goes out, so a client still sending it reads the answer instead of a broken pipe.
+const DRAIN_CAP: u64 = 64 << 20;
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        "request body exceeds limits.max_body_bytes",
+    )
+}
+
+/// Reads and drops a body (at most `DRAIN_CAP`, within `within`).
+async fn drain(body: axum::body::Body, within: std::time::Duration) {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let _ = tokio::time::timeout(within, async {
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > DRAIN_CAP {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
@@ -41,6 +72,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .extensions()
             .get::<BodyReadTimeout>()
             .map_or(std::time::Duration::from_secs(30), |t| t.0);
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let (Some(len), Some(limit)) = (declared, req.extensions().get::<BodyLimit>())
+            && len > limit.0 as u64
+        {
+            if len <= DRAIN_CAP {
+                drain(req.into_body(), within).await;
+            }
+            return Err(too_large());
+        }
         let read = tokio::time::timeout(within, Bytes::from_request(req, state))
             .await
             .map_err(|_| {
@@ -55,10 +99,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             })?;
         let bytes = read.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    "request body exceeds limits.max_body_bytes",
-                )
+                too_large()
             } else {
                 ApiError::new(
                     ErrorCode::InvalidParams,

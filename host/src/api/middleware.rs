@@ -141,6 +141,8 @@ pub async fn browser_edge(
     req.extensions_mut().insert(super::extract::BodyReadTimeout(
         state.settings.body_read_timeout,
     ));
+    req.extensions_mut()
+        .insert(super::extract::BodyLimit(state.settings.max_body_bytes));
     let cors = &state.settings.cors;
     if state.keys.is_open() {
         let host = req

@@ -62,7 +62,7 @@ fn bad_configs_exit_64_with_one_line() {
     );
     check(
         DaemonBuilder::new(config(&faulty, 8, &[mock_pool("p", "")])),
-        "fault must be trap, loop, grow",
+        "fault must be trap, panic, loop, grow",
     );
     let budget = |extra: &str| {
         format!(
