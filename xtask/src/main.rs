@@ -151,6 +151,8 @@ fn dist(scope: Scope) -> Result<PathBuf> {
                 "orchd-adapter-ollama",
                 "-p",
                 "orchd-adapter-conformance",
+                "-p",
+                "orchctl",
             ]),
         )?,
         Scope::Everything => run(
@@ -177,6 +179,8 @@ fn dist(scope: Scope) -> Result<PathBuf> {
         &release.join("orchestratord"),
         &dist.join("bin/orchestratord"),
     )?;
+    // The command line for users and operators.
+    install(&release.join("orchctl"), &dist.join("bin/orchctl"))?;
     // The adapter conformance kit ships beside the daemon: vendors check a .so with it.
     install(
         &release.join("orchd-adapter-conformance"),
