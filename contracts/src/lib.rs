@@ -20,10 +20,11 @@ pub use policies::{
     CandidateInfo, ComparisonReport, Disagreement, PoliciesResponse, PolicyCandidate,
     PolicyLoading, PolicyRefusal, PolicyStatus, ReloadResponse, ReloadResult,
 };
+pub use pools::{PlacementList, PlacementRecord};
 pub use stream::{EndFrame, MetricsFrame, StartedFrame, TokenFrame};
 pub use task::{
     Determinism, KvHint, PlacementMode, PlacementRequest, Priority, SessionStatus, TaskAccepted,
-    TaskRequest, TaskState, TaskStatus, TaskStreams, Workload,
+    TaskList, TaskRequest, TaskState, TaskStatus, TaskStreams, TaskSummary, Workload,
 };
 
 /// For an optional request field: absent is `None`, a value is `Some`, and an explicit

@@ -117,3 +117,30 @@ pub struct AdapterView {
 pub struct AdapterList {
     pub adapters: Vec<AdapterView>,
 }
+
+/// One placement decision of `GET /v1/placements`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementRecord {
+    /// Unix ms.
+    pub at: u64,
+    pub task_id: String,
+    /// `admission` (which pool's queue) or `dispatch` (which replica).
+    pub stage: String,
+    /// `assigned`, `wait` or `no_capacity`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    /// Prompt blocks the chosen replica held, when prefix affinity chose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_blocks: Option<u32>,
+    /// The policy fell back, or failed and the host's fallback chose.
+    pub fallback: bool,
+}
+
+/// `GET /v1/placements`: the most recent placement decisions (at most 64), oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementList {
+    pub placements: Vec<PlacementRecord>,
+}

@@ -263,3 +263,28 @@ pub struct SessionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_budget_remaining: Option<f64>,
 }
+
+/// One live task of `GET /v1/tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub task_id: String,
+    pub session_id: String,
+    pub state: TaskState,
+    pub priority: Priority,
+    /// The pool serving it (or whose queue it is in).
+    pub pool_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    pub tokens_out: u32,
+    /// Output since its first token, per second; absent before the first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// Since admission.
+    pub age_ms: u64,
+}
+
+/// `GET /v1/tasks`: the caller's live tasks (queued or running); an admin sees every one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskSummary>,
+}

@@ -36,6 +36,7 @@ pub use middleware::CorrelationId;
 /// holds the two together.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tasks"),
+    ("GET", "/v1/tasks"),
     ("GET", "/v1/tasks/{id}"),
     ("GET", "/v1/tasks/{id}/stream"),
     ("POST", "/v1/tasks/{id}/cancel"),
@@ -57,6 +58,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/pools/{id}/drain"),
     ("POST", "/v1/pools/{id}/undrain"),
     ("POST", "/v1/pools/{id}/reload"),
+    ("GET", "/v1/placements"),
     ("GET", "/v1/adapters"),
     ("GET", "/v1/capabilities"),
     ("POST", "/v1/catalog/models"),
@@ -72,6 +74,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/policies/{kind}/shadow"),
     ("POST", "/v1/policies/{kind}/replay"),
     ("GET", "/metrics"),
+    ("GET", "/ui"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ];
@@ -115,10 +118,36 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("DELETE", "/v1/policies/{kind}/shadow") => delete(policies::shadow_stop),
         ("POST", "/v1/policies/{kind}/replay") => post(policies::replay_run),
         ("GET", "/metrics") => get(policies::metrics),
+        ("GET", "/ui") => get(status_page),
+        ("GET", "/v1/tasks") => get(tasks::list),
+        ("GET", "/v1/placements") => get(pools::placements),
         ("GET", "/healthz") => get(healthz),
         ("GET", "/readyz") => get(readyz),
         _ => unreachable!("ROUTES names {method} {path}, which has no handler"),
     }
+}
+
+/// `GET /ui`: the status page (pools, running tasks, policies, recent placements, charts
+/// from `/metrics`), one HTML file embedded in the binary: no CDN, no other asset. It
+/// asks for an admin key once and keeps it in the tab's sessionStorage, sending it as
+/// `X-API-Key`; the key never goes into a URL. Served without a key (it holds no data).
+async fn status_page() -> impl axum::response::IntoResponse {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+                 form-action 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        include_str!("api/ui/index.html"),
+    )
 }
 
 /// `s` cut to 64 characters, for echoing client input in messages and logs.

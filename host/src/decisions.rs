@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use orchd_contracts::{ErrorCode, PlacementMode, PlacementRequest, Priority};
+use orchd_contracts::{ErrorCode, PlacementMode, PlacementRecord, PlacementRequest, Priority};
 
 use crate::adapters::{EngineFailure, FailureKind, FailurePhase};
 use crate::budget::{Amount, Ledger, RateState, Refused, Reservation};
@@ -28,6 +28,20 @@ pub struct Decisions {
     /// snapshot is swapped whole on every change; readers never wait). `AppState` changes
     /// it; a task retried in another pool finds that pool here.
     pub pools: arc_swap::ArcSwap<Vec<Arc<Pool>>>,
+    /// The most recent placement decisions (assignments and refusals, not waits), for
+    /// `GET /v1/placements`; its lock guards only the ring.
+    pub recent_placements: std::sync::Mutex<std::collections::VecDeque<PlacementRecord>>,
+}
+
+/// Placement decisions kept for `GET /v1/placements`.
+pub const RECENT_PLACEMENTS: usize = 64;
+
+/// Which task a placement decision was for, and what it chose.
+struct Placed<'a> {
+    task_id: &'a str,
+    stage: &'static str,
+    pool_id: Option<&'a str>,
+    replica_id: Option<&'a str>,
 }
 
 pub fn now_ms() -> u64 {
@@ -120,16 +134,37 @@ fn pool_view(pool: &Pool, session_id: &str, prefix: &Blocks, queue_depth: u32) -
     }
 }
 
-/// The placement log line and counters for one decision.
-fn record(outcome: &'static str, log: &str, fallback_by_host: bool) {
-    let parsed: serde_json::Value = serde_json::from_str(log).unwrap_or_default();
-    let pinned = parsed["pinned"].as_bool().unwrap_or(false);
-    let fallback = fallback_by_host || parsed["fallback"].as_bool().unwrap_or(false);
-    metrics::placement_decision(outcome, pinned, fallback);
-    tracing::debug!(outcome, pinned, fallback, decision_log = %log, "placement decision");
-}
-
 impl Decisions {
+    /// The placement log line, counters and recent-decisions entry for one decision.
+    fn record(&self, placed: Placed<'_>, outcome: &'static str, log: &str, fallback_by_host: bool) {
+        let parsed: serde_json::Value = serde_json::from_str(log).unwrap_or_default();
+        let pinned = parsed["pinned"].as_bool().unwrap_or(false);
+        let fallback = fallback_by_host || parsed["fallback"].as_bool().unwrap_or(false);
+        metrics::placement_decision(outcome, pinned, fallback);
+        tracing::debug!(outcome, pinned, fallback, decision_log = %log, "placement decision");
+        if outcome == "wait" {
+            return;
+        }
+        let entry = PlacementRecord {
+            at: now_ms(),
+            task_id: placed.task_id.to_owned(),
+            stage: placed.stage.to_owned(),
+            outcome: outcome.to_owned(),
+            pool_id: placed.pool_id.map(str::to_owned),
+            replica_id: placed.replica_id.map(str::to_owned),
+            prefix_blocks: parsed["prefix_blocks"].as_u64().map(|b| b as u32),
+            fallback,
+        };
+        let mut recent = self
+            .recent_placements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_PLACEMENTS {
+            recent.pop_front();
+        }
+        recent.push_back(entry);
+    }
+
     /// Admission-stage placement: which of `candidates` the task queues on.
     pub fn place_at_admission<'a>(
         &self,
@@ -161,12 +196,32 @@ impl Decisions {
                         a.replica_id, pool.id
                     ));
                 }
-                record("assigned", &a.decision_log, false);
+                self.record(
+                    Placed {
+                        task_id: facts.task_id,
+                        stage: "admission",
+                        pool_id: Some(&pool.id),
+                        replica_id: Some(&a.replica_id),
+                    },
+                    "assigned",
+                    &a.decision_log,
+                    false,
+                );
                 Ok(Some(pool))
             }
             placement::Decision::Wait => Err("answered wait at admission".to_owned()),
             placement::Decision::NoCapacity(reason) => {
-                record("no_capacity", &reason, false);
+                self.record(
+                    Placed {
+                        task_id: facts.task_id,
+                        stage: "admission",
+                        pool_id: None,
+                        replica_id: None,
+                    },
+                    "no_capacity",
+                    &reason,
+                    false,
+                );
                 Ok(None)
             }
         });
@@ -176,9 +231,19 @@ impl Decisions {
             Err(failure) => match slot.settings().on_error {
                 OnError::Fallback => {
                     fallback_logged(&failure);
-                    record("assigned", "{}", true);
-                    host_least_loaded(facts, candidates)
-                        .ok_or_else(|| no_capacity(facts, candidates))
+                    let chosen = host_least_loaded(facts, candidates);
+                    self.record(
+                        Placed {
+                            task_id: facts.task_id,
+                            stage: "admission",
+                            pool_id: chosen.map(|p| p.id.as_str()),
+                            replica_id: None,
+                        },
+                        "assigned",
+                        "{}",
+                        true,
+                    );
+                    chosen.ok_or_else(|| no_capacity(facts, candidates))
                 }
                 OnError::Fail => Err(policy_failed(&failure)),
             },
@@ -230,11 +295,31 @@ impl Decisions {
                             a.replica_id, pool.id
                         )
                     })?;
-                record("assigned", &a.decision_log, false);
+                self.record(
+                    Placed {
+                        task_id: &task.id,
+                        stage: "dispatch",
+                        pool_id: Some(&pool.id),
+                        replica_id: Some(&a.replica_id),
+                    },
+                    "assigned",
+                    &a.decision_log,
+                    false,
+                );
                 Ok(Some(idx))
             }
             placement::Decision::Wait => {
-                record("wait", "{}", false);
+                self.record(
+                    Placed {
+                        task_id: &task.id,
+                        stage: "dispatch",
+                        pool_id: Some(&pool.id),
+                        replica_id: None,
+                    },
+                    "wait",
+                    "{}",
+                    false,
+                );
                 Ok(None)
             }
             placement::Decision::NoCapacity(reason) => Err(reason),
@@ -244,8 +329,19 @@ impl Decisions {
             Err(failure) => match slot.settings().on_error {
                 OnError::Fallback => {
                     fallback_logged(&failure);
-                    record("assigned", "{}", true);
-                    Ok(pool.least_loaded_replica())
+                    let chosen = pool.least_loaded_replica();
+                    self.record(
+                        Placed {
+                            task_id: &task.id,
+                            stage: "dispatch",
+                            pool_id: Some(&pool.id),
+                            replica_id: chosen.map(|i| pool.replicas[i].id.as_str()),
+                        },
+                        "assigned",
+                        "{}",
+                        true,
+                    );
+                    Ok(chosen)
                 }
                 OnError::Fail => Err(policy_failed(&failure)),
             },

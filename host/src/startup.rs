@@ -313,6 +313,7 @@ pub fn build(settings: Settings) -> Result<Arc<AppState>, StartupError> {
             settings.retention,
         ),
         pools: arc_swap::ArcSwap::from_pointee(Vec::new()),
+        recent_placements: std::sync::Mutex::new(std::collections::VecDeque::new()),
     });
     // Reported now (and on /readyz); a Redis that is down does not stop the start.
     decisions.ledger.check();

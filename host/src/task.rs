@@ -406,6 +406,13 @@ impl Task {
             .unwrap_or_else(|| self.spec.pool_id.clone())
     }
 
+    /// Output frames per second since the first one (`None` before it).
+    pub fn tokens_per_s(&self) -> Option<f64> {
+        let inner = self.lock();
+        let since = inner.first_token_at?.elapsed().as_secs_f64();
+        Some(f64::from(inner.output_frames) / since.max(0.001))
+    }
+
     /// Whether a client may have seen this task's output (its `started` frame is out).
     pub fn announced(&self) -> bool {
         self.lock().announced

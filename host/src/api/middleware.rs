@@ -178,6 +178,22 @@ pub async fn browser_edge(
     let Some(origin) = origin else {
         return next.run(req).await;
     };
+    // The daemon's own pages (`/ui`): a request whose Origin is the daemon itself is
+    // same-origin, whatever `cors.allowed_origins` lists. (In open mode the Host is a
+    // loopback name, checked above: a rebound name never gets here.)
+    let own = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                == Some(host)
+        });
+    if own {
+        return next.run(req).await;
+    }
     if !cors.allows(&origin) {
         tracing::info!(origin = %crate::api::truncated(&origin), "request from an origin not in cors.allowed_origins refused");
         return ApiError::new(
@@ -238,7 +254,7 @@ pub async fn browser_edge(
 
 /// Routes anyone may call without a key.
 fn exempt(path: &str) -> bool {
-    matches!(path, "/metrics" | "/healthz" | "/readyz")
+    matches!(path, "/metrics" | "/healthz" | "/readyz" | "/ui")
 }
 
 /// Routes of the control plane (API.md §2–3): the admin role only.
@@ -249,6 +265,7 @@ fn admin_only(path: &str) -> bool {
         "/v1/capabilities",
         "/v1/adapters",
         "/v1/catalog",
+        "/v1/placements",
     ]
     .iter()
     .any(|prefix| path == *prefix || path.starts_with(&format!("{prefix}/")))

@@ -164,6 +164,21 @@ pub fn pool_of_definition(
     Ok(pool)
 }
 
+/// `GET /v1/placements` (admin): the most recent placement decisions, oldest first.
+pub async fn placements(
+    State(state): State<Arc<AppState>>,
+) -> Json<orchd_contracts::PlacementList> {
+    let recent = state
+        .decisions
+        .recent_placements
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    Json(orchd_contracts::PlacementList { placements: recent })
+}
+
 /// Tasks running or queued on pool `id`.
 fn in_flight(state: &AppState, id: &str) -> u32 {
     state

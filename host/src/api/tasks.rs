@@ -59,6 +59,40 @@ fn budget_headers(headers: &mut HeaderMap, h: Headroom) {
 }
 
 /// The task, if it exists and the caller may see it (else the same 404: no oracle).
+/// `GET /v1/tasks`: the caller's live tasks (queued or running) on this daemon; an admin
+/// sees every one. Newest last.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Json<orchd_contracts::TaskList> {
+    let mut tasks: Vec<Arc<Task>> = state
+        .tasks
+        .live()
+        .into_iter()
+        .filter(|t| principal.may_see(&t.spec.owner))
+        .collect();
+    tasks.sort_by_key(|t| t.admitted_at);
+    Json(orchd_contracts::TaskList {
+        tasks: tasks
+            .iter()
+            .map(|t| {
+                let status = t.status(None);
+                orchd_contracts::TaskSummary {
+                    task_id: t.id.clone(),
+                    session_id: t.spec.session_id.clone(),
+                    state: status.state,
+                    priority: t.spec.priority,
+                    pool_id: t.pool_id(),
+                    replica_id: status.replica_id,
+                    tokens_out: status.tokens_out,
+                    tokens_per_s: t.tokens_per_s(),
+                    age_ms: t.admitted_at.elapsed().as_millis() as u64,
+                }
+            })
+            .collect(),
+    })
+}
+
 fn find(state: &AppState, principal: &Principal, id: &str) -> Result<Arc<Task>, ApiError> {
     let task = state
         .tasks

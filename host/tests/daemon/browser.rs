@@ -355,3 +355,53 @@ async fn a_real_browser_streams_with_a_stream_token_from_a_daemon_with_keys() {
     )
     .await;
 }
+
+/// The status page (/ui) in headless Chromium, driven by host/tests/browser/ui_check.mjs:
+/// the admin key entered once (never in a URL), pools, replicas and policies shown, a
+/// task streaming with its tokens/s and its placement decision, the charts fed by the
+/// daemon's metrics, and the Drain and Undrain buttons.
+#[tokio::test]
+async fn the_status_page_shows_a_task_streaming_and_its_drain_button_works() {
+    let browser = std::env::var("ORCHD_BROWSER").expect(
+        "ORCHD_BROWSER (the folder tools/browser/setup.sh prints, with playwright-core) is set by `cargo xtask test`",
+    );
+    let key = "ui-admin-key-1";
+    let cfg = format!(
+        "[[auth.keys]]\nname = \"ops\"\nrole = \"admin\"\nkey = \"{key}\"\n\n{}",
+        config(
+            &default_admission("reject"),
+            8,
+            &[mock_pool(
+                "p",
+                "slots = 2, first_token_delay_ms = 5, tokens_per_s = 20.0"
+            )],
+        )
+    );
+    let d = DaemonBuilder::new(cfg).start();
+    // Served without a key, as HTML with a strict content security policy.
+    let resp = d.http.get(d.url("/ui")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("<title>orchestratord</title>"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no CDN"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/ui_check.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .args(["--pw-dir", &browser, "--daemon", d.url("").as_str()])
+        .args(["--key", key])
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}

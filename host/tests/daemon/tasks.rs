@@ -311,3 +311,90 @@ async fn bad_requests_get_envelopes_naming_the_problem() {
     let (status, _) = d.get_json("/readyz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn live_tasks_are_listed_for_their_owner_and_every_one_for_an_admin() {
+    let d = DaemonBuilder::new(format!(
+        "[[auth.keys]]\nname = \"alice\"\nrole = \"data\"\nkey = \"alice-key-1\"\n\n\
+         [[auth.keys]]\nname = \"bob\"\nrole = \"data\"\nkey = \"bob-key-1\"\n\n\
+         [[auth.keys]]\nname = \"ops\"\nrole = \"admin\"\nkey = \"ops-key-1\"\n\n{}",
+        config(
+            &default_admission("reject"),
+            8,
+            &[mock_pool("p", "slots = 2, tokens_per_s = 20.0")]
+        )
+    ))
+    .start();
+    let as_key = |key: &'static str, method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut req = d
+            .http
+            .request(method, d.url(&path))
+            .header("x-api-key", key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, accepted) = as_key(
+        "alice-key-1",
+        reqwest::Method::POST,
+        "/v1/tasks".into(),
+        Some(task("p", json!({"max_tokens": 500}))),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["task_id"].as_str().unwrap().to_owned();
+    let list = |key: &'static str| as_key(key, reqwest::Method::GET, "/v1/tasks".into(), None);
+    let (_, alice) = list("alice-key-1").await;
+    assert_eq!(alice["tasks"][0]["task_id"], id.as_str(), "{alice}");
+    assert_eq!(alice["tasks"][0]["pool_id"], "p");
+    let (_, bob) = list("bob-key-1").await;
+    assert_eq!(
+        bob["tasks"].as_array().unwrap().len(),
+        0,
+        "bob sees none of alice's: {bob}"
+    );
+    let (_, ops) = list("ops-key-1").await;
+    assert_eq!(ops["tasks"].as_array().unwrap().len(), 1, "{ops}");
+    // Its placement decisions: admin only.
+    let (status, _) = as_key(
+        "alice-key-1",
+        reqwest::Method::GET,
+        "/v1/placements".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, placed) = as_key(
+        "ops-key-1",
+        reqwest::Method::GET,
+        "/v1/placements".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mine: Vec<&Value> = placed["placements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["task_id"] == id.as_str())
+        .collect();
+    assert!(
+        mine.iter()
+            .any(|p| p["stage"] == "admission" && p["pool_id"] == "p"),
+        "{placed}"
+    );
+    as_key(
+        "alice-key-1",
+        reqwest::Method::POST,
+        format!("/v1/tasks/{id}/cancel"),
+        Some(json!({})),
+    )
+    .await;
+}
