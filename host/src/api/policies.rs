@@ -20,6 +20,32 @@ use crate::policy::observe::{Comparison, Observed, Shadow};
 use crate::policy::{Loaded, PolicySet, ReloadOutcome, Slot, watch};
 use crate::state::AppState;
 
+/// Runs `$body` with `$slot` bound to the slot of policy `$kind` (`Some`), or gives
+/// `None` for an unknown kind. A macro because each slot has its own world type.
+macro_rules! with_slot {
+    ($set:expr, $kind:expr, |$slot:ident| $body:expr) => {
+        match $kind {
+            "admission" => {
+                let $slot = &$set.admission;
+                Some($body)
+            }
+            "budget" => {
+                let $slot = &$set.budget;
+                Some($body)
+            }
+            "placement" => {
+                let $slot = &$set.placement;
+                Some($body)
+            }
+            "error_mapping" => {
+                let $slot = &$set.error_mapping;
+                Some($body)
+            }
+            _ => None,
+        }
+    };
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -268,14 +294,9 @@ pub async fn shadow_start(
     crate::api::extract::ApiJson(req): crate::api::extract::ApiJson<PolicyCandidate>,
 ) -> Result<Json<ComparisonReport>, ApiError> {
     on_slot(state, kind, req, |kind, state, req| {
-        let set = &state.decisions.policies;
-        Some(match kind {
-            "admission" => start_shadow(state, &set.admission, req),
-            "budget" => start_shadow(state, &set.budget, req),
-            "placement" => start_shadow(state, &set.placement, req),
-            "error_mapping" => start_shadow(state, &set.error_mapping, req),
-            _ => return None,
-        })
+        with_slot!(state.decisions.policies, kind, |slot| start_shadow(
+            state, slot, req
+        ))
     })
     .await
 }
@@ -293,14 +314,8 @@ fn shadow_of(state: &AppState, kind: &str, stop: bool) -> Result<ComparisonRepor
         }
         Some(shadow_report(&shadow))
     }
-    let set = &state.decisions.policies;
-    let report = match kind {
-        "admission" => one(&set.admission, stop),
-        "budget" => one(&set.budget, stop),
-        "placement" => one(&set.placement, stop),
-        "error_mapping" => one(&set.error_mapping, stop),
-        _ => return Err(ApiError::not_found("policy", kind)),
-    };
+    let report = with_slot!(state.decisions.policies, kind, |slot| one(slot, stop))
+        .ok_or_else(|| ApiError::not_found("policy", kind))?;
     report.ok_or_else(|| ApiError::not_found("shadow of policy", kind))
 }
 
@@ -328,14 +343,9 @@ pub async fn replay_run(
     crate::api::extract::ApiJson(req): crate::api::extract::ApiJson<PolicyCandidate>,
 ) -> Result<Json<ComparisonReport>, ApiError> {
     on_slot(state, kind, req, |kind, state, req| {
-        let set = &state.decisions.policies;
-        Some(match kind {
-            "admission" => replay(state, &set.admission, req),
-            "budget" => replay(state, &set.budget, req),
-            "placement" => replay(state, &set.placement, req),
-            "error_mapping" => replay(state, &set.error_mapping, req),
-            _ => return None,
-        })
+        with_slot!(state.decisions.policies, kind, |slot| replay(
+            state, slot, req
+        ))
     })
     .await
 }

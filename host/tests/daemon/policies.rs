@@ -32,6 +32,23 @@ async fn wait_for(d: &Daemon, kind: &str, what: &str, pred: impl Fn(&Value) -> b
     }
 }
 
+/// A daemon whose admission component is `admission.wasm` (a copy of the default, config
+/// `{}`) in a policy directory of its own, to swap files into; and that directory.
+fn swappable() -> (Daemon, std::path::PathBuf) {
+    let mut b = DaemonBuilder::new(config(
+        "component = \"admission.wasm\"\nconfig = {}\n",
+        8,
+        &[mock_pool("p", "slots = 2")],
+    ));
+    let dir = b.own_policies_dir();
+    std::fs::copy(
+        dir.join("admission-default.wasm"),
+        dir.join("admission.wasm"),
+    )
+    .unwrap();
+    (b.start(), dir)
+}
+
 #[tokio::test]
 async fn the_four_default_components_are_loaded_and_counted() {
     let d = DaemonBuilder::new(config(
@@ -71,18 +88,7 @@ async fn the_four_default_components_are_loaded_and_counted() {
 
 #[tokio::test]
 async fn swapping_a_file_changes_behaviour_and_a_broken_one_is_refused() {
-    let mut b = DaemonBuilder::new(config(
-        "component = \"admission.wasm\"\nconfig = {}\n",
-        8,
-        &[mock_pool("p", "slots = 2")],
-    ));
-    let dir = b.own_policies_dir();
-    std::fs::copy(
-        dir.join("admission-default.wasm"),
-        dir.join("admission.wasm"),
-    )
-    .unwrap();
-    let d = b.start();
+    let (d, dir) = swappable();
     assert_eq!(policy(&d, "admission").await["name"], "admission-default");
 
     swap_file(
@@ -151,18 +157,7 @@ async fn a_swapped_in_component_starts_from_the_config_files_config_not_its_pred
     // admission-default runs with a config set through the API ({"mode": "drop-lru"});
     // js-admission refuses any key but its own. Swapped in, it gets the config file's
     // config ({}), not the one set for its predecessor.
-    let mut b = DaemonBuilder::new(config(
-        "component = \"admission.wasm\"\nconfig = {}\n",
-        8,
-        &[mock_pool("p", "slots = 2")],
-    ));
-    let dir = b.own_policies_dir();
-    std::fs::copy(
-        dir.join("admission-default.wasm"),
-        dir.join("admission.wasm"),
-    )
-    .unwrap();
-    let d = b.start();
+    let (d, dir) = swappable();
     let resp = d
         .http
         .post(d.url("/v1/policies/admission/config"))
@@ -196,18 +191,7 @@ async fn a_swapped_in_component_starts_from_the_config_files_config_not_its_pred
 async fn a_large_component_compiles_in_the_background_and_shows_as_compiling() {
     // The Python example is an 18 MB component: compiling it takes seconds, during which
     // the version in force serves and GET /v1/policies says what is being compiled.
-    let mut b = DaemonBuilder::new(config(
-        "component = \"admission.wasm\"\nconfig = {}\n",
-        8,
-        &[mock_pool("p", "slots = 2")],
-    ));
-    let dir = b.own_policies_dir();
-    std::fs::copy(
-        dir.join("admission-default.wasm"),
-        dir.join("admission.wasm"),
-    )
-    .unwrap();
-    let d = b.start();
+    let (d, dir) = swappable();
     let big = fixture_policy("python-admission.wasm");
     let sha = {
         use sha2::Digest;

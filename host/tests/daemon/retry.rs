@@ -45,6 +45,24 @@ fn start(failure: &str, good: bool, head: &str) -> Daemon {
 
 const RETRY: &str = "failed before its first output; retrying on another replica";
 
+/// Waits until session `session` (of a 100 000-token budget) has been charged exactly
+/// `tokens` (settles land just after the end frame).
+async fn charged(d: &Daemon, session: &str, tokens: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, s) = d.get_json(&format!("/v1/sessions/{session}")).await;
+        let used = 100_000 - s["tokens_budget_remaining"].as_u64().unwrap();
+        if used == tokens {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{session}: charged {used}, not {tokens}: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The retries logged, once `n` have arrived (log lines come late on a loaded machine).
 async fn retries(d: &Daemon, n: usize) -> usize {
     d.log_events_at_least(RETRY, n).await.len()
@@ -80,20 +98,7 @@ async fn a_task_failing_before_its_first_output_completes_on_another_replica() {
         // Reserved once and settled once (just after the end frame), for what the serving
         // replica produced.
         let tokens_in = end.data["tokens_in"].as_u64().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let (_, s) = d.get_json(&format!("/v1/sessions/{session}")).await;
-            let used = 100_000 - s["tokens_budget_remaining"].as_u64().unwrap();
-            if used == tokens_in + 4 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{failure}: charged {used}, not {}: {s}",
-                tokens_in + 4
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        charged(&d, &session, tokens_in + 4).await;
     }
 }
 
@@ -264,20 +269,7 @@ config = {{ slots = 2, tokens_per_s = 500.0 {extra} }}
     let moved = d.log_events_at_least(RETRY, 1).await;
     assert_eq!(moved[0]["to_pool"], "x2", "{moved:?}");
     // Charged once, for what x2 did.
-    let charge = end.data["tokens_in"].as_u64().unwrap() + 4;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, s) = d.get_json("/v1/sessions/moved").await;
-        let used = 100_000 - s["tokens_budget_remaining"].as_u64().unwrap();
-        if used == charge {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "charged {used}, not {charge}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    charged(&d, "moved", end.data["tokens_in"].as_u64().unwrap() + 4).await;
     // A pin without fallback keeps the task in its pool: the client gets the error.
     let id = d.submit_ok(&pinned(false, "stays")).await;
     let frames = d.stream(&id).await;
