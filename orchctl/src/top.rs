@@ -1,6 +1,7 @@
-//! `orchctl top`: pools (readiness, queue, busy slots, replicas and ejections), the rates
-//! of the last interval (tasks started, tokens streamed, from `/metrics`) and the policies
-//! (version, calls, errors, compiling), refreshed every interval. `q` or Esc quits.
+//! `orchctl top`: pools (readiness, queue, busy slots, replicas and ejections), the running
+//! tasks (pool and replica, tokens, tokens/s), the rates of the last interval (tasks
+//! started, tokens streamed, from `/metrics`) and the policies (version, calls, errors,
+//! compiling), refreshed every interval. `q` or Esc quits.
 //! `--once` samples twice (one interval apart, for the rates) and prints one frame as text.
 
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use crate::table::cell;
 struct Sample {
     at: Instant,
     pools: Value,
+    tasks: Value,
     policies: Value,
     started: f64,
     tokens: f64,
@@ -43,6 +45,7 @@ async fn sample(c: &Client) -> Result<Sample> {
     Ok(Sample {
         at: Instant::now(),
         pools: c.get("/v1/pools").await?,
+        tasks: c.get("/v1/tasks").await?,
         policies: c.get("/v1/policies").await?,
         started: counter(&metrics, "tasks_started_total"),
         tokens: counter(&metrics, "tokens_out_total"),
@@ -122,6 +125,23 @@ fn draw<B: Backend>(
             }))
         })
         .collect();
+    let task_rows: Vec<Row> = now.tasks["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            Row::new(vec![
+                cell(&t["task_id"]),
+                cell(&t["state"]),
+                format!("{}/{}", cell(&t["pool_id"]), cell(&t["replica_id"])),
+                cell(&t["tokens_out"]),
+                t["tokens_per_s"]
+                    .as_f64()
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
+                format!("{:.1}", t["age_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+            ])
+        })
+        .collect();
     let policy_rows: Vec<Row> = now.policies["policies"]
         .as_array()
         .into_iter()
@@ -142,9 +162,10 @@ fn draw<B: Backend>(
         })
         .collect();
     terminal.draw(|f| {
-        let [top, middle, bottom] = Layout::vertical([
+        let [top, middle, tasks, bottom] = Layout::vertical([
             Constraint::Length(1),
             Constraint::Min(4),
+            Constraint::Length(8),
             Constraint::Length(7),
         ])
         .areas(f.area());
@@ -173,6 +194,34 @@ fn draw<B: Backend>(
         )
         .block(Block::default().borders(Borders::TOP).title("pools"));
         f.render_widget(pool_table, middle);
+        let task_table = Table::new(
+            task_rows.clone(),
+            [
+                Constraint::Length(38),
+                Constraint::Length(8),
+                Constraint::Length(22),
+                Constraint::Length(7),
+                Constraint::Length(9),
+                Constraint::Min(7),
+            ],
+        )
+        .header(
+            Row::new([
+                "TASK",
+                "STATE",
+                "POOL/REPLICA",
+                "TOKENS",
+                "TOKENS/S",
+                "AGE (S)",
+            ])
+            .style(bold),
+        )
+        .block(
+            Block::default()
+                .borders(Borders::TOP)
+                .title("running tasks"),
+        );
+        f.render_widget(task_table, tasks);
         let policy_table = Table::new(
             policy_rows.clone(),
             [
@@ -202,7 +251,7 @@ pub async fn run(c: &Client, interval_ms: u64, once: bool) -> Result<()> {
         let first = sample(c).await?;
         tokio::time::sleep(interval).await;
         let now = sample(c).await?;
-        let mut terminal = Terminal::new(TestBackend::new(120, 30)).map_err(io)?;
+        let mut terminal = Terminal::new(TestBackend::new(120, 36)).map_err(io)?;
         draw(&mut terminal, &url, &now, Some(&first)).map_err(io)?;
         let buffer = terminal.backend().buffer();
         let width = buffer.area.width as usize;

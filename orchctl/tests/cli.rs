@@ -94,8 +94,37 @@ fn an_operator_watches_and_steers_the_daemon_without_curl() {
         report.starts_with("replay of admission with admission-default"),
         "{report}"
     );
-    // The live view, one frame.
+    // The live view, one frame, with a task running.
+    let id = ok(
+        &url,
+        &[
+            "tasks",
+            "submit",
+            "--model",
+            "p-model",
+            "--prompt",
+            "long",
+            "--max-tokens",
+            "5000",
+            "--no-stream",
+        ],
+    )
+    .trim()
+    .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status: Value =
+            serde_json::from_str(&ok(&url, &["--json", "tasks", "get", &id])).unwrap();
+        if status["state"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let frame = ok(&url, &["top", "--once", "--interval-ms", "200"]);
+    assert!(frame.contains("running tasks"), "{frame}");
+    assert!(frame.contains(&id), "the running task shows: {frame}");
+    ok(&url, &["tasks", "cancel", &id]);
     assert!(frame.contains("orchctl top"), "{frame}");
     assert!(frame.contains("POOL / REPLICA"), "{frame}");
     assert!(frame.contains("p-0"), "{frame}");
