@@ -71,6 +71,23 @@ pub struct JobFacts<'a> {
     pub prefix: &'a Blocks,
 }
 
+impl<'a> JobFacts<'a> {
+    /// The facts of an admitted task.
+    pub fn of(task: &'a Task) -> Self {
+        let spec = &task.spec;
+        Self {
+            task_id: &task.id,
+            session_id: &spec.session_id,
+            engine: &spec.engine,
+            model_ref: &spec.job.model,
+            ctx: spec.ctx,
+            priority: spec.priority,
+            placement: &spec.placement,
+            prefix: &spec.prefix,
+        }
+    }
+}
+
 fn job(f: &JobFacts<'_>) -> placement::Job {
     let p = f.placement;
     placement::Job {
@@ -261,16 +278,7 @@ impl Decisions {
     ) -> Result<Option<usize>, ApiError> {
         let slot = &self.policies.placement;
         let spec = &task.spec;
-        let facts = JobFacts {
-            task_id: &task.id,
-            session_id: &spec.session_id,
-            engine: &spec.engine,
-            model_ref: &spec.job.model,
-            ctx: spec.ctx,
-            priority: spec.priority,
-            placement: &spec.placement,
-            prefix: &spec.prefix,
-        };
+        let facts = JobFacts::of(task);
         let snapshot = placement::Snapshot {
             now_ms: now_ms(),
             stage: placement::Stage::Dispatch,
@@ -375,16 +383,7 @@ impl Decisions {
         if candidates.is_empty() {
             return None;
         }
-        let facts = JobFacts {
-            task_id: &task.id,
-            session_id: &spec.session_id,
-            engine: &spec.engine,
-            model_ref: &spec.job.model,
-            ctx: spec.ctx,
-            priority: spec.priority,
-            placement: &spec.placement,
-            prefix: &spec.prefix,
-        };
+        let facts = JobFacts::of(task);
         let pool = match self.place_at_admission(&facts, &candidates) {
             Ok(pool) => Arc::clone(pool),
             Err(err) => {

@@ -273,7 +273,7 @@ impl AppState {
             .tasks
             .live()
             .into_iter()
-            .filter(|t| t.pool_id() == pool.id)
+            .filter(|t| t.on_pool(&pool.id))
         {
             if pool.queue.remove_task(&task) {
                 pool.publish();

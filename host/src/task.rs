@@ -413,6 +413,12 @@ impl Task {
         Some(f64::from(inner.output_frames) / since.max(0.001))
     }
 
+    /// Whether pool `id` serves (or served) the task (see [`Task::pool_id`]).
+    pub fn on_pool(&self, id: &str) -> bool {
+        let inner = self.lock();
+        inner.moved_to_pool.as_deref().unwrap_or(&self.spec.pool_id) == id
+    }
+
     /// Whether a client may have seen this task's output (its `started` frame is out).
     pub fn announced(&self) -> bool {
         self.lock().announced

@@ -6,13 +6,21 @@ use std::process::{Command, Output};
 use orchd_testkit::{DaemonBuilder, config, default_admission, mock_pool};
 use serde_json::Value;
 
-fn orchctl(base: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orchctl"))
-        .args(args)
-        .env("ORCHD_URL", base)
+/// orchctl with nothing from this environment: no URL, key or config file but the
+/// test's own.
+fn bare() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchctl"));
+    cmd.env_remove("ORCHD_URL")
         .env_remove("ORCHD_KEY")
         .env_remove("ORCHCTL_CONFIG")
-        .env("HOME", "/nonexistent")
+        .env("HOME", "/nonexistent");
+    cmd
+}
+
+fn orchctl(base: &str, args: &[&str]) -> Output {
+    bare()
+        .args(args)
+        .env("ORCHD_URL", base)
         .output()
         .expect("run orchctl")
 }
@@ -148,9 +156,8 @@ fn url_and_key_come_from_flags_then_environment_then_the_config_file() {
     let file = dir.path().join("orchctl.toml");
     std::fs::write(&file, format!("url = \"{}\"\n", base(&d))).unwrap();
     // From the config file alone.
-    let out = Command::new(env!("CARGO_BIN_EXE_orchctl"))
+    let out = bare()
         .args(["pools", "list"])
-        .env_remove("ORCHD_URL")
         .env("ORCHCTL_CONFIG", &file)
         .output()
         .unwrap();
@@ -160,7 +167,7 @@ fn url_and_key_come_from_flags_then_environment_then_the_config_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     // A flag wins over the file: a port nothing listens on fails.
-    let out = Command::new(env!("CARGO_BIN_EXE_orchctl"))
+    let out = bare()
         .args(["--url", "http://127.0.0.1:9", "pools", "list"])
         .env("ORCHCTL_CONFIG", &file)
         .output()
@@ -172,7 +179,7 @@ fn url_and_key_come_from_flags_then_environment_then_the_config_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     // A config file that is named but missing is an error, not a silent default.
-    let out = Command::new(env!("CARGO_BIN_EXE_orchctl"))
+    let out = bare()
         .args(["--config", "/nonexistent/x.toml", "pools", "list"])
         .output()
         .unwrap();

@@ -71,18 +71,7 @@ fn find(state: &AppState, id: &str) -> Result<Arc<Pool>, ApiError> {
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<PoolList> {
     Json(PoolList {
-        pools: state
-            .pools()
-            .iter()
-            .map(|p| PoolView {
-                pool_id: p.id.clone(),
-                engine: p.engine.clone(),
-                adapter: p.adapter.clone(),
-                model_ref: p.model_ref.clone(),
-                ctx_max: p.ctx_max,
-                health: health_of(p),
-            })
-            .collect(),
+        pools: state.pools().iter().map(|p| view(p)).collect(),
     })
 }
 
@@ -181,12 +170,7 @@ pub async fn placements(
 
 /// Tasks running or queued on pool `id`.
 fn in_flight(state: &AppState, id: &str) -> u32 {
-    state
-        .tasks
-        .live()
-        .iter()
-        .filter(|t| t.pool_id() == id)
-        .count() as u32
+    state.tasks.live().iter().filter(|t| t.on_pool(id)).count() as u32
 }
 
 /// A pool of the config file is changed there, not through the API.

@@ -20,6 +20,14 @@ async fn wait_running(d: &Daemon, id: &str) {
     d.wait_state(id, "running").await;
 }
 
+/// Task `run` on the pool's one slot, batch tasks `b1` and `b2` in its queue of two.
+async fn fill(d: &Daemon) {
+    assert_eq!(submit(d, "run", "interactive").await.status().as_u16(), 202);
+    wait_running(d, "run").await;
+    assert_eq!(submit(d, "b1", "batch").await.status().as_u16(), 202);
+    assert_eq!(submit(d, "b2", "batch").await.status().as_u16(), 202);
+}
+
 async fn submit(d: &Daemon, id: &str, priority: &str) -> reqwest::Response {
     d.submit(&task(
         "q",
@@ -86,13 +94,7 @@ async fn reject_mode_refuses_when_full_and_leaves_no_state() {
 #[tokio::test]
 async fn drop_lru_evicts_the_oldest_batch_task_then_refuses_batch() {
     let d = daemon("drop-lru");
-    assert_eq!(
-        submit(&d, "run", "interactive").await.status().as_u16(),
-        202
-    );
-    wait_running(&d, "run").await;
-    assert_eq!(submit(&d, "b1", "batch").await.status().as_u16(), 202);
-    assert_eq!(submit(&d, "b2", "batch").await.status().as_u16(), 202);
+    fill(&d).await;
 
     // Full: an interactive request evicts the least recently enqueued batch task.
     assert_eq!(submit(&d, "i1", "interactive").await.status().as_u16(), 202);
@@ -127,41 +129,22 @@ async fn drop_lru_evicts_the_oldest_batch_task_then_refuses_batch() {
 async fn a_policy_config_changes_without_a_restart_and_a_refused_one_changes_nothing() {
     // reject mode: a full queue refuses.
     let d = daemon("reject");
-    assert_eq!(
-        submit(&d, "run", "interactive").await.status().as_u16(),
-        202
-    );
-    wait_running(&d, "run").await;
-    assert_eq!(submit(&d, "b1", "batch").await.status().as_u16(), 202);
-    assert_eq!(submit(&d, "b2", "batch").await.status().as_u16(), 202);
+    fill(&d).await;
     assert_eq!(submit(&d, "i1", "interactive").await.status().as_u16(), 429);
-    let set = |body: Value| {
-        let req = d
-            .http
-            .post(d.url("/v1/policies/admission/config"))
-            .json(&body);
-        async move { req.send().await.unwrap() }
-    };
     // A config the component's init refuses: 400 naming why, and nothing changes.
-    let resp = set(json!({"mode": "sometimes"})).await;
-    assert_eq!(resp.status().as_u16(), 400);
-    let err: Value = resp.json().await.unwrap();
+    const CONFIG: &str = "/v1/policies/admission/config";
+    let (status, err) = d.post_json(CONFIG, &json!({"mode": "sometimes"})).await;
+    assert_eq!(status, 400);
     assert!(err["message"].as_str().unwrap().contains("init"), "{err}");
     assert_eq!(submit(&d, "i2", "interactive").await.status().as_u16(), 429);
     // drop-lru, without a restart: the next interactive request evicts a batch task.
-    let resp = set(json!({"mode": "drop-lru"})).await;
-    assert_eq!(resp.status().as_u16(), 200);
+    let (status, _) = d.post_json(CONFIG, &json!({"mode": "drop-lru"})).await;
+    assert_eq!(status, 200);
     assert_eq!(submit(&d, "i3", "interactive").await.status().as_u16(), 202);
     let (_, b1) = d.get_json("/v1/tasks/b1").await;
     assert_eq!(b1["error"]["code"], "QUEUE_FULL_DROP_LRU", "{b1}");
     // An unknown policy kind is 404; a config that is not an object, 400.
-    let resp = d
-        .http
-        .post(d.url("/v1/policies/nope/config"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 404);
-    assert_eq!(set(json!([1])).await.status().as_u16(), 400);
+    let (status, _) = d.post_json("/v1/policies/nope/config", &json!({})).await;
+    assert_eq!(status, 404);
+    assert_eq!(d.post_json(CONFIG, &json!([1])).await.0, 400);
 }

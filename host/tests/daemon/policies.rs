@@ -158,14 +158,13 @@ async fn a_swapped_in_component_starts_from_the_config_files_config_not_its_pred
     // js-admission refuses any key but its own. Swapped in, it gets the config file's
     // config ({}), not the one set for its predecessor.
     let (d, dir) = swappable();
-    let resp = d
-        .http
-        .post(d.url("/v1/policies/admission/config"))
-        .json(&json!({"mode": "drop-lru"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    let (status, _) = d
+        .post_json(
+            "/v1/policies/admission/config",
+            &json!({"mode": "drop-lru"}),
+        )
+        .await;
+    assert_eq!(status, 200);
     swap_file(
         fixture_policy("js-admission.wasm").as_ref(),
         &dir.join("admission.wasm"),
@@ -460,17 +459,10 @@ async fn a_policy_written_in_javascript_is_built_from_source_decides_and_says_wh
         "{body}"
     );
     assert_eq!(policy(&d, "admission").await["errors"], 0);
-    let set = |body: Value| {
-        let req = d
-            .http
-            .post(d.url("/v1/policies/admission/config"))
-            .json(&body);
-        async move { req.send().await.unwrap() }
-    };
     // A config its init throws on: 400 with the JavaScript message.
-    let resp = set(json!({"max_batch_share": 2})).await;
-    assert_eq!(resp.status().as_u16(), 400);
-    let err: Value = resp.json().await.unwrap();
+    const CONFIG: &str = "/v1/policies/admission/config";
+    let (status, err) = d.post_json(CONFIG, &json!({"max_batch_share": 2})).await;
+    assert_eq!(status, 400);
     assert!(
         err["message"]
             .as_str()
@@ -479,13 +471,10 @@ async fn a_policy_written_in_javascript_is_built_from_source_decides_and_says_wh
         "{err}"
     );
     // A JavaScript exception in decide: 503, and last_error has the exception's message.
-    assert_eq!(
-        set(json!({"fail_on_tenant": "open"}))
-            .await
-            .status()
-            .as_u16(),
-        200
-    );
+    let (status, _) = d
+        .post_json(CONFIG, &json!({"fail_on_tenant": "open"}))
+        .await;
+    assert_eq!(status, 200);
     let resp = d.submit(&task("p", json!({}))).await;
     assert_eq!(resp.status().as_u16(), 503);
     let p = policy(&d, "admission").await;

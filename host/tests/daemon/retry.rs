@@ -7,14 +7,9 @@
 use orchd_testkit::{Daemon, DaemonBuilder, config, default_admission, task};
 use serde_json::{Value, json};
 
-/// Pool `r`: replica `r-bad` fails every task before its first output (`failure`), with
-/// more free slots than `r-good`, so placement picks it first.
-fn pool(failure: &str, good: bool) -> String {
-    let good_config = if good {
-        "slots = 1, tokens_per_s = 500.0"
-    } else {
-        "slots = 1, tokens_per_s = 500.0, failure = \"reject_submit\""
-    };
+/// Pool `r` of two mock replicas with these configs: `r-bad` (placement's first pick:
+/// give it more free slots) and `r-good`.
+fn pool(bad: &str, good: &str) -> String {
     format!(
         r#"
 [[pools]]
@@ -26,19 +21,34 @@ ctx_max = 4096
 
 [[pools.replicas]]
 id = "r-bad"
-config = {{ slots = 8, failure = "{failure}" }}
+config = {{ {bad} }}
 
 [[pools.replicas]]
 id = "r-good"
-config = {{ {good_config} }}
+config = {{ {good} }}
 "#
     )
+}
+
+/// Pool `r` where `r-bad` fails every task before its first output (`failure`), and
+/// `r-good` works (or fails too, unless `good`).
+fn failing_pool(failure: &str, good: bool) -> String {
+    let good_config = if good {
+        "slots = 1, tokens_per_s = 500.0"
+    } else {
+        "slots = 1, tokens_per_s = 500.0, failure = \"reject_submit\""
+    };
+    pool(&format!("slots = 8, failure = \"{failure}\""), good_config)
 }
 
 fn start(failure: &str, good: bool, head: &str) -> Daemon {
     DaemonBuilder::new(format!(
         "{head}\n{}",
-        config(&default_admission("reject"), 64, &[pool(failure, good)])
+        config(
+            &default_admission("reject"),
+            64,
+            &[failing_pool(failure, good)]
+        )
     ))
     .start()
 }
@@ -125,25 +135,13 @@ async fn attempts_are_bounded_and_the_last_error_is_the_clients() {
 #[tokio::test]
 async fn a_failing_replica_is_ejected_then_probed_back() {
     // r-bad fails its first two tasks (then recovers); two failures in a row eject it.
-    let pools = r#"
-[[pools]]
-id = "r"
-engine = "mock"
-adapter = "mock"
-model_ref = "r-model"
-ctx_max = 4096
-
-[[pools.replicas]]
-id = "r-bad"
-config = { slots = 8, failure = "reject_submit", failing_tasks = 2 }
-
-[[pools.replicas]]
-id = "r-good"
-config = { slots = 1, tokens_per_s = 40.0 }
-"#;
+    let pools = pool(
+        "slots = 8, failure = \"reject_submit\", failing_tasks = 2",
+        "slots = 1, tokens_per_s = 40.0",
+    );
     let d = DaemonBuilder::new(format!(
         "[outliers]\nconsecutive_failures = 2\nbase_ejection_ms = 1500\n\n{}",
-        config(&default_admission("reject"), 64, &[pools.to_owned()])
+        config(&default_admission("reject"), 64, &[pools])
     ))
     .start();
     let bad = |body: &Value| {
