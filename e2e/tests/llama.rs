@@ -206,7 +206,13 @@ async fn a_replica_killed_before_the_first_token_hands_its_task_to_the_other_cha
     let frames = d.stream(&warm).await;
     assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
     assert_eq!(frames[0].data["replica_id"], "duo-a", "{frames:?}");
-    let used_before = used(&d, session).await;
+    // Its settle lands just after its end frame: until then the session shows its
+    // reservation, not its charge.
+    let end = frames.last().unwrap();
+    let warm_charge =
+        end.data["tokens_in"].as_u64().unwrap() + end.data["tokens_out"].as_u64().unwrap();
+    charged(&d, session, warm_charge).await;
+    let used_before = warm_charge;
     // duo-a dies (SIGKILL) after its last probe: the next task is placed on it, fails
     // before its first token, and completes on duo-b.
     a.kill();
@@ -229,16 +235,21 @@ async fn a_replica_killed_before_the_first_token_hands_its_task_to_the_other_cha
     );
     // Charged once, for what duo-b did.
     let charge = end.data["tokens_in"].as_u64().unwrap() + end.data["tokens_out"].as_u64().unwrap();
+    charged(&d, session, used_before + charge).await;
+    drop(b);
+}
+
+/// Waits until the session has spent exactly `tokens` of its 100 000.
+async fn charged(d: &Daemon, session: &str, tokens: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let spent = used(&d, session).await - used_before;
-        if spent == charge {
-            break;
+        let spent = used(d, session).await;
+        if spent == tokens {
+            return;
         }
-        assert!(Instant::now() < deadline, "charged {spent}, not {charge}");
+        assert!(Instant::now() < deadline, "charged {spent}, not {tokens}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(b);
 }
 
 /// Tokens the session has spent of its 100 000.
