@@ -118,6 +118,8 @@ pub struct JobSpec {
     /// A chat job: the conversation, sent to the engine's own chat endpoint (`prompt` is
     /// only a text rendering of it, for estimates).
     pub chat: Option<Arc<ChatJob>>,
+    /// The trace context the engine call carries on (`traceparent`; empty for none).
+    pub trace: crate::trace::Propagated,
 }
 
 /// A chat task's conversation and options, as the client sent them (validated).

@@ -26,6 +26,7 @@ use crate::queue::{Stale, View};
 use crate::sessions::{Sessions, TurnRefused};
 use crate::state::AppState;
 use crate::task::{Task, TaskSpec};
+use crate::trace::{Incoming, TaskTrace};
 use orchd_contracts::chat::{ChatMessage, Content, ResponseFormat, Role, ToolChoice};
 
 /// The adapter feature a chat task needs (ABI 0.1.3's `FEATURE_CHAT`).
@@ -577,6 +578,7 @@ pub fn admit(
     req: TaskRequest,
     principal: &Principal,
     correlation_id: &str,
+    incoming: Incoming,
 ) -> Result<Admitted, ApiError> {
     admit_with(
         state,
@@ -584,6 +586,7 @@ pub fn admit(
         EngineExtras::default(),
         principal,
         correlation_id,
+        incoming,
     )
 }
 
@@ -595,7 +598,16 @@ pub fn admit_with(
     engine_params: EngineExtras,
     principal: &Principal,
     correlation_id: &str,
+    incoming: Incoming,
 ) -> Result<Admitted, ApiError> {
+    // The task's trace begins here, a rejection included.
+    let trace = TaskTrace::start(incoming, correlation_id, &req.model_ref);
+    let root = trace.root();
+    // The request's log span, which the admission's log lines name (admission's own span
+    // is a trace span, entered below).
+    let request = tracing::Span::current();
+    let admission = trace.admission();
+    let _in_admission = admission.enter();
     // Label values stay bounded: an engine no adapter serves is "unknown".
     let engine = if state.adapters.serves_engine(&req.engine) {
         req.engine.clone()
@@ -620,15 +632,31 @@ pub fn admit_with(
         .retry_after_ms(5_000)),
         Ok(Err(TurnRefused::StoreDown(e))) => Err(ApiError::store_down("sessions", e)),
         Ok(Ok(turns)) => {
-            let result = admit_checked(state, req, engine_params, principal, correlation_id, turns);
+            let result = admit_checked(
+                state,
+                req,
+                engine_params,
+                principal,
+                correlation_id,
+                turns,
+                (trace, request),
+            );
             if result.is_err() {
                 state.sessions.untake(&principal.name, &session_id);
             }
             result
         }
     };
-    if let Err(err) = &result {
-        metrics::task_rejected(&engine, err.envelope.code.as_str());
+    match &result {
+        Err(err) => {
+            metrics::task_rejected(&engine, err.envelope.code.as_str());
+            root.record("outcome", "rejected");
+            root.record("error_code", err.envelope.code.as_str());
+            root.record("otel.status_code", "ERROR");
+        }
+        Ok(admitted) => {
+            root.record("task_id", admitted.accepted.task_id.as_str());
+        }
     }
     result
 }
@@ -640,6 +668,7 @@ fn admit_checked(
     principal: &Principal,
     correlation_id: &str,
     turns: u32,
+    (trace, request): (TaskTrace, tracing::Span),
 ) -> Result<Admitted, ApiError> {
     let task_id = req
         .task_id
@@ -744,6 +773,8 @@ fn admit_checked(
         prefix,
         engine_params: extras.params_json,
         chat,
+        trace: Some(trace),
+        request,
     };
     match enqueue(state, &req, facts, &candidates, &reservation) {
         Ok(accepted) => Ok(Admitted {
@@ -795,6 +826,10 @@ struct Facts<'a> {
     prefix: crate::prefix::Blocks,
     engine_params: String,
     chat: Option<Arc<ChatJob>>,
+    /// Moves into the task once it is built.
+    trace: Option<TaskTrace>,
+    /// The request's log span.
+    request: tracing::Span,
 }
 
 fn enqueue(
@@ -828,7 +863,7 @@ fn enqueue(
 
     let turns = facts.turns;
     let mut task: Option<Arc<Task>> = None;
-    let mut spec_parts = Some((facts.prompt, facts.engine_params, facts.chat));
+    let mut spec_parts = Some((facts.prompt, facts.engine_params, facts.chat, facts.trace));
     // Decide on a view of the queue, then apply the decision only if the view still holds
     // (no lock is held while the policy runs); a stale view is decided again.
     let (task, queue_position) = 'decide: {
@@ -889,7 +924,8 @@ fn enqueue(
             let task = match &task {
                 Some(t) => Arc::clone(t),
                 None => {
-                    let (prompt, params_json, chat) = spec_parts.take().expect("built only once");
+                    let (prompt, params_json, chat, trace) =
+                        spec_parts.take().expect("built only once");
                     let t = Arc::new(
                         Task::new(
                             task_id.to_owned(),
@@ -918,6 +954,7 @@ fn enqueue(
                                         Workload::Completion | Workload::Chat => None,
                                     },
                                     chat,
+                                    trace: Default::default(),
                                 },
                                 queue_position,
                                 predicted_start_ms,
@@ -926,8 +963,10 @@ fn enqueue(
                         )
                         .with_log_capacity(state.settings.replay_frames)
                         .record_to(Arc::clone(&state.recorder))
-                        .hold(reservation.clone()),
+                        .hold(reservation.clone())
+                        .traced(trace.unwrap_or_else(TaskTrace::none)),
                     );
+                    t.trace.queued(&pool.id, req.priority.as_str());
                     task = Some(Arc::clone(&t));
                     t
                 }
@@ -994,7 +1033,7 @@ fn enqueue(
         &state.decisions,
         crate::dispatch::DispatchConfig::from(&state.settings),
     );
-    let span = tracing::Span::current();
+    let span = &facts.request;
     span.record("task_id", task_id);
     span.record("session_id", req.session_id.as_str());
     span.record("pool_id", pool.id.as_str());

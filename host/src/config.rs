@@ -136,6 +136,8 @@ pub struct Settings {
     pub open_admin: bool,
     /// Browser origins that may call the API.
     pub cors: CorsSettings,
+    /// Where task traces are exported (OTLP/HTTP).
+    pub telemetry: crate::trace::TelemetrySettings,
     /// `Host` values accepted in open mode besides loopback names.
     pub allowed_hosts: Vec<String>,
     pub budgets: BudgetSettings,

@@ -96,10 +96,14 @@ fn next(pool: &Pool, decisions: &Decisions) -> Option<(usize, Arc<Task>)> {
             return None;
         }
         let (head, depth) = pool.queue.head()?;
-        match decisions.place_at_dispatch(pool, &head, depth) {
+        match head
+            .trace
+            .in_queue(|| decisions.place_at_dispatch(pool, &head, depth))
+        {
             Ok(Some(replica)) if pool.try_lease(replica) => {
                 if pool.queue.pop_if_head(&head) {
                     pool.publish();
+                    head.trace.dispatching(&pool.id, 1);
                     return Some((replica, head));
                 }
                 // Canceled, or overtaken by an interactive task, or taken by another
@@ -251,9 +255,27 @@ async fn run(
         let mut tried_pools = vec![pool.id.clone()];
         let mut attempt = 1;
         loop {
-            let Attempt::RetryElsewhere(err) =
-                relay(&pool, &decisions, replica_idx, &task, config, attempt).await
-            else {
+            let (engine_call, propagated) =
+                task.trace
+                    .engine_call(&pool.id, &pool.replicas[replica_idx].id, attempt);
+            let result = relay(
+                &pool,
+                &decisions,
+                replica_idx,
+                &task,
+                config,
+                attempt,
+                propagated,
+            )
+            .instrument(engine_call)
+            .await;
+            task.trace.engine_ended(match (&result, task.state()) {
+                (Attempt::RetryElsewhere(_), _) => "retry-elsewhere",
+                (_, orchd_contracts::TaskState::Succeeded) => "ok",
+                (_, orchd_contracts::TaskState::Canceled) => "canceled",
+                _ => "failed",
+            });
+            let Attempt::RetryElsewhere(err) = result else {
                 break;
             };
             // Failed before its first output, and the policy lets another replica take
@@ -262,6 +284,7 @@ async fn run(
             // and the task's deadline. The budget stays reserved once; the client sees
             // nothing of the failed attempts.
             let next = if attempt < config.max_attempts && Instant::now() < task.deadline_at() {
+                let _placing = task.trace.dispatching(&pool.id, attempt + 1).entered();
                 match pool.lease_untried(&tried) {
                     Some(i) => Some((Arc::clone(&pool), i)),
                     None => decisions.lease_in_another_pool(&task, &tried_pools),
@@ -440,6 +463,7 @@ async fn relay(
     task: &Arc<Task>,
     config: DispatchConfig,
     attempt: u32,
+    trace: crate::trace::Propagated,
 ) -> Attempt {
     let replica = &pool.replicas[replica_idx];
     let began = Instant::now();
@@ -494,7 +518,8 @@ async fn relay(
     }
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
     let client = replica.client();
-    let spec = task.spec.job.clone();
+    let mut spec = task.spec.job.clone();
+    spec.trace = trace;
     let submit = move || {
         if spec.chat.is_some() {
             client.submit_chat(spec, tx)
@@ -558,7 +583,10 @@ async fn relay(
         match event {
             Some(EngineEvent::Started { .. }) => {}
             Some(EngineEvent::Token(text)) => {
-                streamed = true;
+                if !streamed {
+                    streamed = true;
+                    task.trace.streaming();
+                }
                 if !relayed(task, replica, task.push_token(text)).await {
                     return Attempt::Ended;
                 }
@@ -568,7 +596,10 @@ async fn relay(
                 }
             }
             Some(EngineEvent::Delta(delta)) => {
-                streamed = true;
+                if !streamed {
+                    streamed = true;
+                    task.trace.streaming();
+                }
                 if !delta.content.is_empty() || !delta.logprobs.is_empty() {
                     let logprobs = (!delta.logprobs.is_empty()).then_some(delta.logprobs);
                     if !relayed(task, replica, task.push_text(delta.content, logprobs)).await {

@@ -36,5 +36,6 @@ pub mod store;
 pub mod streamtoken;
 pub mod supervisor;
 pub mod task;
+pub mod trace;
 
 pub use api::app;

@@ -6,24 +6,42 @@ use clap::Parser;
 use orchd_contracts::ErrorCode;
 use orchd_host::config::{Cli, EXIT_CONFIG, Settings, dist_root_of};
 use orchd_host::startup;
+use orchd_host::trace::{self, TelemetrySettings};
 
 /// mimalloc: per-thread free lists suit many small short-lived allocations (frames, JSON,
 /// headers) better than glibc's arenas; docs/BENCHMARKS.md has the before and after.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_tracing(filter: &str) -> Result<(), String> {
+/// The log (JSON lines on stdout, filtered by `--log`) and, when an OTLP endpoint is
+/// configured, the exporter of task traces (only the spans of [`trace::TARGET`]).
+fn init_tracing(
+    filter: &str,
+    telemetry: &TelemetrySettings,
+    runtime: tokio::runtime::Handle,
+) -> Result<Option<trace::Exporter>, String> {
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, fmt};
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| format!("invalid --log / ORCHD_LOG filter {filter:?}: {e}"))?;
-    tracing_subscriber::fmt()
+    let log = fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(true)
         .with_span_list(false)
-        .with_env_filter(filter)
         .with_writer(std::io::stdout)
-        .init();
-    Ok(())
+        .with_filter(filter.and(filter_fn(|m| m.target() != trace::TARGET)));
+    let (traces, exporter) = match trace::exporter(telemetry, runtime)? {
+        Some((layer, exporter)) => (
+            Some(layer.with_filter(filter_fn(|m| m.target() == trace::TARGET))),
+            Some(exporter),
+        ),
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(log).with(traces).init();
+    Ok(exporter)
 }
 
 fn fail(code: i32, message: impl std::fmt::Display) -> ExitCode {
@@ -86,15 +104,24 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(EXIT_CONFIG, e),
     };
-    if let Err(e) = init_tracing(&cli.log) {
-        return fail(EXIT_CONFIG, e);
-    }
-    warn_of_exposed_keys(&cli);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
     };
-    runtime.block_on(serve(settings))
+    let exporter = match init_tracing(&cli.log, &settings.telemetry, runtime.handle().clone()) {
+        Ok(exporter) => exporter,
+        Err(e) => return fail(EXIT_CONFIG, e),
+    };
+    warn_of_exposed_keys(&cli);
+    if let Some(exporter) = &exporter {
+        tracing::info!(endpoint = %exporter.endpoint, "exporting task traces over OTLP/HTTP");
+    }
+    let code = runtime.block_on(serve(settings));
+    if let Some(exporter) = exporter {
+        // The batch still held goes out; the exporter's requests run on the runtime.
+        let _ = runtime.block_on(tokio::task::spawn_blocking(move || exporter.shutdown()));
+    }
+    code
 }
 
 async fn serve(settings: Settings) -> ExitCode {

@@ -78,6 +78,8 @@ pub struct Task {
     reservation: Mutex<Option<Reservation>>,
     capacity: usize,
     recorder: Option<Arc<Recorder>>,
+    /// Its spans (one trace per task; see [`crate::trace`]).
+    pub trace: crate::trace::TaskTrace,
 }
 
 /// What a task consumed, for settling its budget.
@@ -237,7 +239,14 @@ impl Task {
             reservation: Mutex::new(None),
             capacity: DEFAULT_LOG_CAPACITY,
             recorder: None,
+            trace: crate::trace::TaskTrace::none(),
         }
+    }
+
+    /// The task's trace, begun at admission.
+    pub fn traced(mut self, trace: crate::trace::TaskTrace) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// Bounds the replay buffer to `frames` (at least 8).
@@ -644,6 +653,7 @@ impl Task {
         frame.artifact_id = self.transcribe(&inner, "end", &frame);
         inner.artifact_id = frame.artifact_id.clone();
         self.push(&mut inner, "end", &frame);
+        self.trace.finish("succeeded", None, frame.tokens_out);
         Some(RunTiming {
             first_token_ms: match (inner.dispatched_at, inner.first_token_at) {
                 (Some(d), Some(f)) => Some(f.duration_since(d).as_secs_f64() * 1000.0),
@@ -672,6 +682,7 @@ impl Task {
         frame.artifact_id = self.transcribe(&inner, "end", &frame);
         inner.artifact_id = frame.artifact_id.clone();
         self.push(&mut inner, "end", &frame);
+        self.trace.finish("succeeded", None, 0);
         true
     }
 
@@ -709,6 +720,11 @@ impl Task {
         envelope.artifact_id = self.transcribe(&inner, "error", &envelope);
         inner.artifact_id = envelope.artifact_id.clone();
         self.push(&mut inner, "error", &envelope);
+        self.trace.finish(
+            "failed",
+            Some(envelope.code.as_str()),
+            inner.settled_tokens_out.unwrap_or(inner.tokens_out),
+        );
         inner.error = Some(envelope);
         Some(inner.job.take())
     }
@@ -735,6 +751,7 @@ impl Task {
         frame.artifact_id = self.transcribe(&inner, "end", &frame);
         inner.artifact_id = frame.artifact_id.clone();
         self.push(&mut inner, "end", &frame);
+        self.trace.finish("canceled", None, frame.tokens_out);
         Some(inner.job.take())
     }
 
@@ -979,6 +996,7 @@ pub(crate) mod tests {
                 params_json: String::new(),
                 inputs: None,
                 chat: None,
+                trace: Default::default(),
             },
             queue_position: 0,
             predicted_start_ms: 0,

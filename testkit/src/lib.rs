@@ -503,6 +503,20 @@ impl Daemon {
             .expect("POST cancel")
     }
 
+    /// Polls `GET /readyz` until the daemon is ready (a pool's first health probe of an
+    /// HTTP engine comes after start), at most 30 s.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get_json("/readyz").await;
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never ready: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls `GET /v1/tasks/{id}` until the task reaches `state` (at most 10 s).
     pub async fn wait_state(&self, task_id: &str, state: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -238,6 +238,20 @@ fn fixtures() -> Result<()> {
         &legacy_target.join("release/liborchd_fixture_abi_0_1_2.so"),
         &out.join("adapters/legacy-0.1.2.so"),
     )?;
+    // And one built against the released ABI 0.1.3 (chat, before the trace context).
+    let older_target = target().join("fixture-abi-0.1.3");
+    run(
+        "build the ABI 0.1.3 fixture adapter",
+        cargo()
+            .args(["build", "--release", "--manifest-path"])
+            .arg(root().join("adapters/fixtures/abi-0.1.3/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&older_target),
+    )?;
+    install(
+        &older_target.join("release/liborchd_fixture_abi_0_1_3.so"),
+        &out.join("adapters/legacy-0.1.3.so"),
+    )?;
     // A newer build of the mock adapter (version 0.1.1), to upgrade to without a restart.
     let next_target = target().join("fixture-mock-next");
     run(

@@ -10,7 +10,7 @@ use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings
 
 use crate::types::{
     AdapterError, AdapterInfo, ChatEvent, ChatRequest, ErrorKind, Event, Health, Phase, Props,
-    SinkStatus, SubmitRequest,
+    SinkStatus, SubmitRequest, TraceContext,
 };
 
 /// Implemented by the host: receives a task's events. `emit` may block when the host's
@@ -25,6 +25,11 @@ pub trait FfiEventSink: Send + Sync {
     fn emit_chat(&self, event: ChatEvent) -> SinkStatus {
         let _ = event;
         SinkStatus::Stop
+    }
+    /// The task's trace context, for the engine request (appended in ABI 0.1.4). A host
+    /// older than 0.1.4 has no entry: this default says the task is not traced.
+    fn trace_context(&self) -> TraceContext {
+        TraceContext::default()
     }
 }
 

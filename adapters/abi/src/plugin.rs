@@ -14,7 +14,7 @@ use crate::ffi::{
 };
 use crate::types::{
     AdapterError, AdapterInfo, ChatEvent, ChatRequest, ErrorKind, Event, Features, Health, Phase,
-    Props, SinkStatus, SubmitRequest,
+    Props, SinkStatus, SubmitRequest, TraceContext,
 };
 
 /// An adapter library: identity and a client constructor.
@@ -95,6 +95,12 @@ impl Sink {
     pub fn emit(&self, event: Event) -> bool {
         self.0.emit(event) == SinkStatus::Continue
     }
+
+    /// The task's trace context: send its non-empty fields as the engine request's
+    /// `traceparent` and `tracestate` headers. Empty from a host older than ABI 0.1.4.
+    pub fn trace_context(&self) -> TraceContext {
+        self.0.trace_context()
+    }
 }
 
 /// The host's sink for a chat task's events, as an adapter sees it.
@@ -109,6 +115,11 @@ impl ChatSink {
     /// host wants no more events.
     pub fn emit(&self, event: ChatEvent) -> bool {
         self.0.emit_chat(event) == SinkStatus::Continue
+    }
+
+    /// The task's trace context, as [`Sink::trace_context`].
+    pub fn trace_context(&self) -> TraceContext {
+        self.0.trace_context()
     }
 }
 

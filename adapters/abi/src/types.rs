@@ -363,3 +363,16 @@ pub enum ChatEvent {
     End(ChatEnd),
     Error(AdapterError),
 }
+
+// ---- Appended in ABI 0.1.4: trace context. ----
+
+/// The W3C trace context of a task's engine call, from
+/// [`crate::ffi::FfiEventSink::trace_context`]: an HTTP adapter sends the non-empty ones as
+/// the `traceparent` and `tracestate` headers of its request, so the engine's own spans
+/// join the task's trace. Empty strings: the task is not traced.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: RString,
+    pub tracestate: RString,
+}

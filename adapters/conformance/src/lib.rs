@@ -118,6 +118,7 @@ fn job(plan: &Plan, max_tokens: u32, seed: u64) -> JobSpec {
         params_json: String::new(),
         inputs: None,
         chat: None,
+        trace: Default::default(),
     }
 }
 

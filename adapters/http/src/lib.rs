@@ -153,6 +153,21 @@ impl Default for HttpSettings {
 
 /// Full-jitter backoff before attempt `attempt` (1-based retries): uniform in
 /// `[0, min(2 s, 100 ms × 2^(attempt-1))]`.
+/// `request` with the task's W3C trace context (`traceparent`, `tracestate`) as headers,
+/// when it has one, so the engine's spans join the task's trace.
+pub fn traced(
+    mut request: reqwest::RequestBuilder,
+    trace: &orchd_adapter_abi::TraceContext,
+) -> reqwest::RequestBuilder {
+    if !trace.traceparent.is_empty() {
+        request = request.header("traceparent", trace.traceparent.as_str());
+        if !trace.tracestate.is_empty() {
+            request = request.header("tracestate", trace.tracestate.as_str());
+        }
+    }
+    request
+}
+
 pub fn backoff(attempt: u32) -> Duration {
     let cap = 100u64
         .saturating_mul(1 << attempt.saturating_sub(1).min(5))
@@ -291,6 +306,8 @@ pub trait Streamed: Send + Sized + 'static {
     /// Output reached the client (later failures are mid-stream).
     fn is_output(&self) -> bool;
     fn emit(sink: &Self::Sink, event: Self) -> bool;
+    /// The task's trace context (ABI 0.1.4), sent to the engine as headers.
+    fn trace_context(sink: &Self::Sink) -> orchd_adapter_abi::TraceContext;
 }
 
 impl Streamed for Event {
@@ -312,6 +329,9 @@ impl Streamed for Event {
     fn emit(sink: &Sink, event: Self) -> bool {
         sink.emit(event)
     }
+    fn trace_context(sink: &Sink) -> orchd_adapter_abi::TraceContext {
+        sink.trace_context()
+    }
 }
 
 impl Streamed for ChatEvent {
@@ -332,6 +352,9 @@ impl Streamed for ChatEvent {
     }
     fn emit(sink: &ChatSink, event: Self) -> bool {
         sink.emit(event)
+    }
+    fn trace_context(sink: &ChatSink) -> orchd_adapter_abi::TraceContext {
+        sink.trace_context()
     }
 }
 
@@ -523,6 +546,7 @@ impl Upstream {
         let path = path.to_owned();
         let canceled = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&canceled);
+        let trace = D::Out::trace_context(&sink);
         let handle = runtime().spawn(async move {
             let fail = |e: AdapterError| {
                 emit(&sink, &flag, D::Out::error(e));
@@ -530,7 +554,7 @@ impl Upstream {
             let first_byte = ms(this.settings.first_byte_timeout_ms);
             let resp = match this
                 .send_retrying(
-                    || this.request(reqwest::Method::POST, &path).json(&body),
+                    || traced(this.request(reqwest::Method::POST, &path), &trace).json(&body),
                     first_byte,
                     Phase::BeforeFirstToken,
                 )

@@ -14,7 +14,7 @@ use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RNone, ROption, RResult, RSome, RStr, RString, RVec};
 use orchd_adapter_abi::ffi::{FfiEventSink, FfiEventSink_TO};
-use orchd_adapter_abi::legacy::v0_1_2;
+use orchd_adapter_abi::legacy::{v0_1_2, v0_1_3};
 use orchd_adapter_abi::{
     self as abi, AdapterModRef, ChatEvent, Event, FfiClientBox, FfiJobBox, SinkStatus,
     SubmitRequest,
@@ -381,19 +381,21 @@ fn load_library(path: &Path, sha256: String) -> Result<LoadedAdapter, String> {
     let header = lib_header_from_path(path).map_err(|e| summarize(&e))?;
     // What the library says it was built against, for a layout mismatch's message.
     let declared = header.version_strings().version;
-    // A library built against this ABI, or against 0.1.2 (checked against 0.1.2's own
-    // layout: abi_stable refuses a library with fewer prefix fields than the loader's).
+    // A library built against this ABI, or against 0.1.3 or 0.1.2 (each checked against
+    // its own frozen layout: abi_stable refuses a library with fewer prefix fields than
+    // the loader's).
     let module = match header.init_root_module::<AdapterModRef>() {
         Ok(m) => Module::Current(m),
         Err(current @ LibraryError::AbiInstability(_)) => {
-            match header.init_root_module::<v0_1_2::AdapterModRef>() {
-                Ok(m) => Module::V012(m),
-                Err(_) => {
-                    return Err(format!(
-                        "{} (the library declares ABI {declared})",
-                        summarize(&current)
-                    ));
-                }
+            if let Ok(m) = header.init_root_module::<v0_1_3::AdapterModRef>() {
+                Module::V013(m)
+            } else if let Ok(m) = header.init_root_module::<v0_1_2::AdapterModRef>() {
+                Module::V012(m)
+            } else {
+                return Err(format!(
+                    "{} (the library declares ABI {declared})",
+                    summarize(&current)
+                ));
             }
         }
         Err(e) => return Err(summarize(&e)),
@@ -441,6 +443,7 @@ pub fn expected_abi_version() -> &'static str {
 #[derive(Clone, Copy)]
 enum Module {
     Current(AdapterModRef),
+    V013(v0_1_3::AdapterModRef),
     V012(v0_1_2::AdapterModRef),
 }
 
@@ -448,6 +451,7 @@ impl Module {
     fn info(&self) -> RResult<abi::AdapterInfo, abi::AdapterError> {
         match self {
             Self::Current(m) => (m.info())(),
+            Self::V013(m) => (m.info())(),
             Self::V012(m) => (m.info())(),
         }
     }
@@ -456,6 +460,10 @@ impl Module {
     fn more_features(&self) -> Vec<String> {
         match self {
             Self::Current(m) => m
+                .more_features()
+                .map(|more| more().into_iter().map(String::from).collect())
+                .unwrap_or_default(),
+            Self::V013(m) => m
                 .more_features()
                 .map(|more| more().into_iter().map(String::from).collect())
                 .unwrap_or_default(),
@@ -478,6 +486,7 @@ impl Adapter for LoadedAdapter {
         let config = RStr::from_str(config_json);
         let client = match self.module {
             Module::Current(m) => (m.new_client())(config).map(ClientBox::Current),
+            Module::V013(m) => (m.new_client())(config).map(ClientBox::V013),
             Module::V012(m) => (m.new_client())(config).map(ClientBox::V012),
         };
         match client {
@@ -519,9 +528,10 @@ fn result<T, U>(
     }
 }
 
-/// A client from a library of this ABI or of 0.1.2.
+/// A client from a library of this ABI, of 0.1.3 or of 0.1.2.
 enum ClientBox {
     Current(FfiClientBox),
+    V013(v0_1_3::FfiClientBox),
     V012(v0_1_2::FfiClientBox),
 }
 
@@ -532,6 +542,7 @@ macro_rules! on_client {
     ($client:expr, $c:ident => $call:expr) => {
         match &$client {
             ClientBox::Current($c) => $call,
+            ClientBox::V013($c) => $call,
             ClientBox::V012($c) => $call,
         }
     };
@@ -561,6 +572,7 @@ impl EngineClient for FfiClient {
         job: JobSpec,
         events: mpsc::Sender<EngineEvent>,
     ) -> Result<Box<dyn EngineJob>, EngineFailure> {
+        let sink = HostSink::new(events, &job);
         let req = SubmitRequest {
             task_id: job.task_id.into(),
             model: job.model.into(),
@@ -569,9 +581,11 @@ impl EngineClient for FfiClient {
             seed: job.seed,
             params_json: job.params_json.into(),
         };
-        let sink = HostSink { events };
         let submitted = match &self.0 {
             ClientBox::Current(c) => c.submit(req, FfiEventSink_TO::from_value(sink, TD_Opaque)),
+            ClientBox::V013(c) => {
+                c.submit(req, v0_1_3::FfiEventSink_TO::from_value(sink, TD_Opaque))
+            }
             ClientBox::V012(c) => {
                 c.submit(req, v0_1_2::FfiEventSink_TO::from_value(sink, TD_Opaque))
             }
@@ -591,18 +605,24 @@ impl EngineClient for FfiClient {
                 "a chat submission without a conversation",
             ));
         };
-        let ClientBox::Current(client) = &self.0 else {
-            return Err(EngineFailure::new(
-                FailureKind::InvalidRequest,
-                FailurePhase::BeforeFirstToken,
-                "this adapter was built against ABI 0.1.2, before chat",
-            ));
-        };
         let req = chat_request(&job, chat);
-        let sink = FfiEventSink_TO::from_value(HostSink { events }, TD_Opaque);
-        result(client.submit_chat(req, sink), |job| {
-            Box::new(FfiJob(job)) as Box<dyn EngineJob>
-        })
+        let sink = HostSink::new(events, &job);
+        let submitted = match &self.0 {
+            ClientBox::Current(c) => {
+                c.submit_chat(req, FfiEventSink_TO::from_value(sink, TD_Opaque))
+            }
+            ClientBox::V013(c) => {
+                c.submit_chat(req, v0_1_3::FfiEventSink_TO::from_value(sink, TD_Opaque))
+            }
+            ClientBox::V012(_) => {
+                return Err(EngineFailure::new(
+                    FailureKind::InvalidRequest,
+                    FailurePhase::BeforeFirstToken,
+                    "this adapter was built against ABI 0.1.2, before chat",
+                ));
+            }
+        };
+        result(submitted, |job| Box::new(FfiJob(job)) as Box<dyn EngineJob>)
     }
 
     fn embed(&self, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, EngineFailure> {
@@ -783,6 +803,20 @@ fn token_logprob(t: abi::TokenLogprob) -> TokenLogprob {
 /// The host's end of a task's event stream, called from adapter-owned threads.
 struct HostSink {
     events: mpsc::Sender<EngineEvent>,
+    /// The task's trace context, for the engine request.
+    trace: abi::TraceContext,
+}
+
+impl HostSink {
+    fn new(events: mpsc::Sender<EngineEvent>, job: &JobSpec) -> Self {
+        Self {
+            events,
+            trace: abi::TraceContext {
+                traceparent: job.trace.traceparent.as_str().into(),
+                tracestate: job.trace.tracestate.as_str().into(),
+            },
+        }
+    }
 }
 
 impl FfiEventSink for HostSink {
@@ -838,6 +872,20 @@ impl FfiEventSink for HostSink {
             ChatEvent::Error(e) => EngineEvent::Error(failure(e)),
         };
         self.send(event)
+    }
+
+    fn trace_context(&self) -> abi::TraceContext {
+        self.trace.clone()
+    }
+}
+
+impl v0_1_3::FfiEventSink for HostSink {
+    fn emit(&self, event: Event) -> SinkStatus {
+        abi::ffi::FfiEventSink::emit(self, event)
+    }
+
+    fn emit_chat(&self, event: ChatEvent) -> SinkStatus {
+        abi::ffi::FfiEventSink::emit_chat(self, event)
     }
 }
 

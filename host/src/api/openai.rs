@@ -506,7 +506,13 @@ pub async fn embeddings(
         expected_tokens: Some(1),
         ..task_req
     };
-    let admitted = admit::admit(&state, task_req, &principal, &correlation.0)?;
+    let admitted = admit::admit(
+        &state,
+        task_req,
+        &principal,
+        &correlation.0,
+        crate::trace::Incoming::from_headers(&headers),
+    )?;
     let task = state
         .tasks
         .get(&admitted.accepted.task_id)
@@ -661,7 +667,14 @@ async fn run(
         priority_of(headers)?,
         deadline_of(headers)?,
     )?;
-    let admitted = admit::admit_with(&state, task_req, extras, principal, correlation_id)?;
+    let admitted = admit::admit_with(
+        &state,
+        task_req,
+        extras,
+        principal,
+        correlation_id,
+        crate::trace::Incoming::from_headers(headers),
+    )?;
     let rate = admitted.rate;
     let task_id = admitted.accepted.task_id;
     let task = state

@@ -34,7 +34,13 @@ pub async fn create(
     if super::catalog::strict(&headers) {
         admit::require_trusted(&state, &req.model_ref)?;
     }
-    let admitted = admit::admit(&state, req, &principal, &correlation.0)?;
+    let admitted = admit::admit(
+        &state,
+        req,
+        &principal,
+        &correlation.0,
+        crate::trace::Incoming::from_headers(&headers),
+    )?;
     let mut response = (StatusCode::ACCEPTED, Json(admitted.accepted)).into_response();
     budget_headers(response.headers_mut(), admitted.headroom);
     if let Some(rate) = &admitted.rate {

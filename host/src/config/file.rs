@@ -48,7 +48,28 @@ pub(super) struct FileConfig {
     #[serde(default)]
     cors: CorsFile,
     #[serde(default)]
+    telemetry: TelemetryFile,
+    #[serde(default)]
     pools: Vec<PoolFile>,
+}
+
+/// Where task traces go (OTLP/HTTP); without an endpoint here or in
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, nothing is exported.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TelemetryFile {
+    /// The collector's base URL, e.g. `http://127.0.0.1:4318` (`/v1/traces` is appended).
+    otlp_endpoint: Option<String>,
+    service_name: String,
+}
+
+impl Default for TelemetryFile {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "orchestratord".to_owned(),
+        }
+    }
 }
 
 /// Which browser pages may call the API. A request whose `Origin` is not listed is
@@ -940,9 +961,23 @@ impl FileConfig {
                     .to_owned(),
             ));
         }
+        if let Some(url) = &self.telemetry.otlp_endpoint
+            && !url.starts_with("http://")
+        {
+            return Err(invalid(format!(
+                "telemetry.otlp_endpoint {url:?}: give an http:// URL of an OTLP/HTTP collector (e.g. a local OpenTelemetry Collector, which forwards over TLS)"
+            )));
+        }
+        if self.telemetry.service_name.trim().is_empty() {
+            return Err(invalid("telemetry.service_name is empty".to_owned()));
+        }
         Ok(Settings {
             addr,
             cors,
+            telemetry: crate::trace::TelemetrySettings {
+                otlp_endpoint: self.telemetry.otlp_endpoint.clone(),
+                service_name: self.telemetry.service_name.clone(),
+            },
             allowed_hosts: self
                 .server
                 .allowed_hosts

@@ -195,12 +195,14 @@ impl<W: World> Loaded<W> {
                 failure.kind.as_str()
             }
         };
-        metrics::policy_call(
-            W::KIND,
-            &self.meta.name,
-            &self.meta.version,
-            outcome,
-            started.elapsed(),
+        let took = started.elapsed();
+        metrics::policy_call(W::KIND, &self.meta.name, &self.meta.version, outcome, took);
+        // An event of the task's current span (admission, queue, dispatch or engine).
+        tracing::info!(
+            target: crate::trace::TARGET,
+            policy = W::KIND, name = %self.meta.name, version = %self.meta.version,
+            outcome, duration_us = took.as_micros() as u64,
+            "policy decision"
         );
         result
     }

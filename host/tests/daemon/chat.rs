@@ -275,6 +275,76 @@ config = {}
     );
 }
 
+#[tokio::test]
+async fn an_adapter_built_against_abi_0_1_3_keeps_its_chat_on_a_later_host() {
+    let pool = r#"
+[[pools]]
+id = "older"
+engine = "older"
+adapter = "older"
+model_ref = "older-model"
+
+[[pools.replicas]]
+id = "older-0"
+config = {}
+"#;
+    let b = DaemonBuilder::new(config(&default_admission("reject"), 8, &[pool.into()]));
+    let dir = b.scratch().join("adapters");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixtures_dir().join("adapters/legacy-0.1.3.so"),
+        dir.join("older.so"),
+    )
+    .unwrap();
+    let d = b.adapters_dir(&dir).start();
+    let (_, adapters) = d.get_json("/v1/adapters").await;
+    let older = adapters["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "older")
+        .unwrap_or_else(|| panic!("{adapters}"));
+    assert_eq!(older["abi_version"], "0.1.3");
+    assert!(
+        older["features"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("chat")),
+        "a 0.1.3 library is checked against 0.1.3's layout, not 0.1.2's: {older}"
+    );
+    // Chat (0.1.3's submit_chat and emit_chat) works, and a traced request reaches a
+    // library that cannot ask for its trace context without harm.
+    let v: Value = d
+        .http
+        .post(d.url("/v1/chat/completions"))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(&json!({"model": "older-model",
+            "messages": [{"role": "user", "content": "red green blue"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"], "red green blue ",
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    let id = d
+        .submit_ok(
+            &json!({"session_id": "s", "workload": "completion", "engine": "older",
+            "model_ref": "older-model", "ctx": 64, "priority": "interactive",
+            "prompt": "one two", "max_tokens": 8, "deadline_ms": 30000}),
+        )
+        .await;
+    let frames = d.stream(&id).await;
+    assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+}
+
 /// An OpenAI-compatible engine whose tool call is malformed JSON while `broken` is set.
 async fn flaky_engine(broken: Arc<AtomicBool>) -> String {
     let app = axum::Router::new()

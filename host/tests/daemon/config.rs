@@ -53,6 +53,13 @@ fn bad_configs_exit_64_with_one_line() {
         "--frobnicate",
     );
     check(
+        DaemonBuilder::new(format!(
+            "[telemetry]\notlp_endpoint = \"https://collector.example:4318\"\n{}",
+            good()
+        )),
+        "telemetry.otlp_endpoint",
+    );
+    check(
         DaemonBuilder::new(good()).policies_dir("/nonexistent"),
         "/nonexistent/admission-default.wasm",
     );

@@ -29,5 +29,6 @@ mod shutdown;
 mod state;
 mod stream;
 mod tasks;
+mod tracing;
 mod upgrades;
 mod watch;
