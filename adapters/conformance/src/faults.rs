@@ -35,26 +35,38 @@ struct Ctx {
     upstream: String,
     fault: Fault,
     http: reqwest::Client,
+    /// The `traceparent` (and `tracestate`) of each streaming request, in order.
+    seen: Seen,
 }
+
+/// The trace headers the proxy saw on streaming requests.
+pub type Seen = Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
 /// Starts the proxy in front of `upstream` (`http://host:port`); its base URL.
 pub async fn start(upstream: &str, fault: Fault) -> Result<String, String> {
+    Ok(start_seeing(upstream, fault).await?.0)
+}
+
+/// [`start`], and what the proxy sees of trace headers.
+pub async fn start_seeing(upstream: &str, fault: Fault) -> Result<(String, Seen), String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("fault proxy: {e}"))?;
     let addr = listener
         .local_addr()
         .map_err(|e| format!("fault proxy: {e}"))?;
+    let seen = Seen::default();
     let ctx = Arc::new(Ctx {
         upstream: upstream.trim_end_matches('/').to_owned(),
         fault,
         http: reqwest::Client::new(),
+        seen: Arc::clone(&seen),
     });
     let app = axum::Router::new().fallback(handle).with_state(ctx);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok(format!("http://{addr}"))
+    Ok((format!("http://{addr}"), seen))
 }
 
 fn bad_gateway(e: impl std::fmt::Display) -> Response {
@@ -64,6 +76,20 @@ fn bad_gateway(e: impl std::fmt::Display) -> Response {
 async fn handle(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let streaming = parts.method == axum::http::Method::POST;
+    if streaming {
+        let header = |n: &str| {
+            parts
+                .headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        ctx.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((header("traceparent"), header("tracestate")));
+    }
     if streaming && ctx.fault == Fault::Status500 {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,

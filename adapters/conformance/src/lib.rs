@@ -118,7 +118,48 @@ fn job(plan: &Plan, max_tokens: u32, seed: u64) -> JobSpec {
         params_json: String::new(),
         inputs: None,
         chat: None,
-        trace: Default::default(),
+        trace: orchd_host::trace::Propagated {
+            traceparent: KIT_TRACEPARENT.to_owned(),
+            tracestate: KIT_TRACESTATE.to_owned(),
+        },
+    }
+}
+
+/// The trace context every job of the kit carries (ABI 0.1.4's `trace_context`).
+const KIT_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const KIT_TRACESTATE: &str = "kit=1";
+
+/// The engine request of a job carries the job's trace context as `traceparent` and
+/// `tracestate` (checked at the fault proxy, which answers 500).
+async fn trace_context(
+    adapter: &Arc<dyn Adapter>,
+    plan: &Plan,
+    upstream: &str,
+) -> Result<String, String> {
+    let (proxy, seen) = faults::start_seeing(upstream, faults::Fault::Status500).await?;
+    let config = rewritten(&plan.config, &proxy, serde_json::json!({}))?;
+    let client = {
+        let adapter = Arc::clone(adapter);
+        blocking(move || adapter.new_client(&config))
+            .await?
+            .map_err(|e| format!("config refused: {e}"))?
+    };
+    let (tx, mut rx) = mpsc::channel(256);
+    let spec = job(plan, plan.max_tokens, 22);
+    let c = Arc::clone(&client);
+    if let Ok(_job) = blocking(move || c.submit(spec, tx)).await? {
+        collect(&mut rx, plan.timeout).await?;
+    }
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let want = (KIT_TRACEPARENT.to_owned(), KIT_TRACESTATE.to_owned());
+    match seen.first() {
+        Some(first) if *first == want => {
+            Ok("the engine request carried traceparent and tracestate".to_owned())
+        }
+        Some((tp, ts)) => Err(format!(
+            "the engine request carried traceparent {tp:?} and tracestate {ts:?}, not the task's (send sink.trace_context() as headers, ABI 0.1.4)"
+        )),
+        None => Err("no streaming request reached the engine".to_owned()),
     }
 }
 
@@ -597,13 +638,14 @@ async fn fault(
 /// The fault checks, run through the kit's fault proxy when the config names an HTTP
 /// engine (`url`).
 async fn faults_checks(report: &mut Report, adapter: &Arc<dyn Adapter>, plan: &Plan) {
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 7] = [
         "engine 5xx before the first token",
         "malformed line",
         "oversized line",
         "connection cut mid-stream",
         "stall past the idle timeout",
         "engine error mid-stream",
+        "trace context to the engine",
     ];
     let Some(upstream) = engine_url(&plan.config) else {
         for name in NAMES {
@@ -615,6 +657,7 @@ async fn faults_checks(report: &mut Report, adapter: &Arc<dyn Adapter>, plan: &P
         return;
     };
     use faults::Fault;
+    report.record(NAMES[6], trace_context(adapter, plan, &upstream).await);
     let none = serde_json::json!({});
     report.record(
         NAMES[0],
