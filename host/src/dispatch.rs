@@ -65,7 +65,10 @@ pub fn spawn_dispatcher(pool: Arc<Pool>, decisions: Arc<Decisions>, config: Disp
 /// Safe to run from several places at once: a task is taken only while it is the head.
 pub fn pump(pool: &Arc<Pool>, decisions: &Arc<Decisions>, config: DispatchConfig) {
     while let Some((replica, task)) = next(pool, decisions) {
+        // A root: the log names the task, and the caller's span (admission's trace span on
+        // the direct path) does not stay open for the task's whole run.
         let span = tracing::info_span!(
+            parent: None,
             "task",
             correlation_id = %task.spec.correlation_id,
             task_id = %task.id,

@@ -141,9 +141,12 @@ impl Receiver {
     }
 }
 
+/// The `traceparent` and `tracestate` of each engine request, in order.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
 /// An OpenAI-compatible engine that streams two chunks and remembers the trace headers
 /// of each chat request.
-async fn engine(seen: Arc<Mutex<Vec<(String, String)>>>) -> String {
+async fn engine(seen: Seen) -> String {
     let app = axum::Router::new()
         .route(
             "/v1/models",
@@ -152,7 +155,7 @@ async fn engine(seen: Arc<Mutex<Vec<(String, String)>>>) -> String {
         .route(
             "/v1/chat/completions",
             post(
-                |State(seen): State<Arc<Mutex<Vec<(String, String)>>>>,
+                |State(seen): State<Seen>,
                  headers: HeaderMap,
                  Json(_req): Json<Value>| async move {
                     let header = |n: &str| {
