@@ -129,6 +129,20 @@ fn job(plan: &Plan, max_tokens: u32, seed: u64) -> JobSpec {
 const KIT_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 const KIT_TRACESTATE: &str = "kit=1";
 
+/// A client of the plan's config with its `url` pointed at `proxy` (and `extra` merged).
+async fn client_via(
+    adapter: &Arc<dyn Adapter>,
+    plan: &Plan,
+    proxy: &str,
+    extra: serde_json::Value,
+) -> Result<Arc<dyn EngineClient>, String> {
+    let config = rewritten(&plan.config, proxy, extra)?;
+    let adapter = Arc::clone(adapter);
+    blocking(move || adapter.new_client(&config))
+        .await?
+        .map_err(|e| format!("config refused: {e}"))
+}
+
 /// The engine request of a job carries the job's trace context as `traceparent` and
 /// `tracestate` (checked at the fault proxy, which answers 500).
 async fn trace_context(
@@ -137,13 +151,7 @@ async fn trace_context(
     upstream: &str,
 ) -> Result<String, String> {
     let (proxy, seen) = faults::start_seeing(upstream, faults::Fault::Status500).await?;
-    let config = rewritten(&plan.config, &proxy, serde_json::json!({}))?;
-    let client = {
-        let adapter = Arc::clone(adapter);
-        blocking(move || adapter.new_client(&config))
-            .await?
-            .map_err(|e| format!("config refused: {e}"))?
-    };
+    let client = client_via(adapter, plan, &proxy, serde_json::json!({})).await?;
     let (tx, mut rx) = mpsc::channel(256);
     let spec = job(plan, plan.max_tokens, 22);
     let c = Arc::clone(&client);
@@ -601,13 +609,7 @@ async fn fault(
     want: &[FailureKind],
 ) -> Result<String, String> {
     let proxy = faults::start(upstream, fault).await?;
-    let config = rewritten(&plan.config, &proxy, extra)?;
-    let client = {
-        let adapter = Arc::clone(adapter);
-        blocking(move || adapter.new_client(&config))
-            .await?
-            .map_err(|e| format!("config refused: {e}"))?
-    };
+    let client = client_via(adapter, plan, &proxy, extra).await?;
     let (tx, mut rx) = mpsc::channel(256);
     let spec = job(plan, plan.max_tokens.max(8), 21);
     let c = Arc::clone(&client);
