@@ -38,22 +38,28 @@ pub struct TelemetrySettings {
 }
 
 impl TelemetrySettings {
-    /// The traces URL set by config, or whether the environment names one.
-    fn configured(&self) -> Option<Option<String>> {
+    /// The traces URL: `[telemetry] otlp_endpoint`, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+    /// as given, else `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL, as the config's, gets
+    /// `/v1/traces`). `None`: nothing is exported.
+    fn traces_url(&self) -> Option<String> {
         if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
             return None;
         }
-        if let Some(url) = &self.otlp_endpoint {
-            let url = url.trim_end_matches('/');
-            return Some(Some(if url.ends_with("/v1/traces") {
-                url.to_owned()
-            } else {
-                format!("{url}/v1/traces")
-            }));
-        }
-        let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-        (set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") || set("OTEL_EXPORTER_OTLP_ENDPOINT"))
-            .then_some(None)
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let base = match (
+            &self.otlp_endpoint,
+            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        ) {
+            (Some(url), _) => url.clone(),
+            (None, Some(url)) => return Some(url),
+            (None, None) => env("OTEL_EXPORTER_OTLP_ENDPOINT")?,
+        };
+        let base = base.trim_end_matches('/');
+        Some(if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/traces")
+        })
     }
 }
 
@@ -82,17 +88,15 @@ pub fn exporter<S>(
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    let Some(url) = settings.configured() else {
+    let Some(endpoint) = settings.traces_url() else {
         return Ok(None);
     };
-    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+    let builder = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .with_timeout(Duration::from_secs(10))
-        .with_http_client(OtlpClient::new(runtime)?);
-    if let Some(url) = &url {
-        builder = builder.with_endpoint(url.clone());
-    }
+        .with_http_client(OtlpClient::new(runtime)?)
+        .with_endpoint(endpoint.clone());
     let exporter = builder
         .build()
         .map_err(|e| format!("invalid OTLP exporter settings: {e}"))?;
@@ -118,11 +122,6 @@ where
         .with_threads(false)
         .with_location(false)
         .with_target(false);
-    let endpoint = url.unwrap_or_else(|| {
-        std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
-            .unwrap_or_default()
-    });
     Ok(Some((layer, Exporter { provider, endpoint })))
 }
 
@@ -536,6 +535,23 @@ mod tests {
         );
         let queue = spans.iter().find(|s| s.name == "queue").unwrap();
         assert_eq!(queue.events.len(), 1, "{queue:?}");
+    }
+
+    #[test]
+    fn a_configured_base_url_gets_the_traces_path_once() {
+        let with = |url: &str| TelemetrySettings {
+            otlp_endpoint: Some(url.to_owned()),
+            service_name: "s".into(),
+        };
+        if std::env::var("OTEL_SDK_DISABLED").is_ok() {
+            return; // the environment turns export off; nothing to resolve
+        }
+        for url in ["http://c:4318", "http://c:4318/", "http://c:4318/v1/traces"] {
+            assert_eq!(
+                with(url).traces_url().as_deref(),
+                Some("http://c:4318/v1/traces")
+            );
+        }
     }
 
     #[test]

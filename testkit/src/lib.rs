@@ -76,6 +76,24 @@ config = {{ {mock_config} }}
     )
 }
 
+/// A pool of one replica on the `openai` adapter: an OpenAI-compatible engine at `url`
+/// serving `model` (also the pool's model ref).
+pub fn openai_pool(id: &str, url: &str, model: &str) -> String {
+    format!(
+        r#"
+[[pools]]
+id = "{id}"
+adapter = "openai"
+engine = "openai"
+model_ref = "{model}"
+
+[[pools.replicas]]
+id = "{id}-0"
+config = {{ url = "{url}", model = "{model}" }}
+"#
+    )
+}
+
 /// Replaces `target` by `source` the way an operator should: copy to a temporary name in
 /// the same directory, then rename over the target (the watcher never sees a torn file).
 pub fn swap_file(source: &Path, target: &Path) {

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::routing::{get, post};
-use orchd_testkit::{DaemonBuilder, config, default_admission, dist_dir, fixtures_dir, mock_pool};
+use orchd_testkit::{
+    Daemon, DaemonBuilder, config, default_admission, dist_dir, fixtures_dir, mock_pool,
+    openai_pool,
+};
 use serde_json::{Value, json};
 
 fn weather_tool() -> Value {
@@ -191,36 +194,47 @@ async fn the_openai_door_relays_tool_calls_streaming_and_not() {
     assert!(text.trim_end().ends_with("data: [DONE]"));
 }
 
-#[tokio::test]
-async fn an_adapter_built_against_abi_0_1_2_serves_completions_and_embeddings_but_not_chat() {
-    let pool = r#"
+/// A daemon whose pool `pool` runs on the fixture library `fixture` (an adapter built
+/// against an earlier ABI, named and serving engine `name`, model `{name}-model`), beside
+/// the mock adapter; and that library's entry in `GET /v1/adapters`.
+async fn older_abi_daemon(pool: &str, name: &str, fixture: &str) -> (Daemon, Value) {
+    let config_text = format!(
+        r#"
 [[pools]]
-id = "old"
-engine = "legacy"
-adapter = "legacy"
-model_ref = "legacy-model"
+id = "{pool}"
+engine = "{name}"
+adapter = "{name}"
+model_ref = "{name}-model"
 
 [[pools.replicas]]
-id = "old-0"
-config = {}
-"#;
-    let b = DaemonBuilder::new(config(&default_admission("reject"), 8, &[pool.into()]));
+id = "{pool}-0"
+config = {{}}
+"#
+    );
+    let b = DaemonBuilder::new(config(&default_admission("reject"), 8, &[config_text]));
     let dir = b.scratch().join("adapters");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(dist_dir().join("adapters/mock.so"), dir.join("mock.so")).unwrap();
     std::fs::copy(
-        fixtures_dir().join("adapters/legacy-0.1.2.so"),
-        dir.join("legacy.so"),
+        fixtures_dir().join("adapters").join(fixture),
+        dir.join(format!("{name}.so")),
     )
     .unwrap();
     let d = b.adapters_dir(&dir).start();
     let (_, adapters) = d.get_json("/v1/adapters").await;
-    let legacy = adapters["adapters"]
+    let entry = adapters["adapters"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|a| a["name"] == "legacy")
+        .find(|a| a["name"] == name)
+        .cloned()
         .unwrap_or_else(|| panic!("{adapters}"));
+    (d, entry)
+}
+
+#[tokio::test]
+async fn an_adapter_built_against_abi_0_1_2_serves_completions_and_embeddings_but_not_chat() {
+    let (d, legacy) = older_abi_daemon("old", "legacy", "legacy-0.1.2.so").await;
     assert_eq!(legacy["abi_version"], "0.1.2");
     assert!(
         !legacy["features"]
@@ -277,33 +291,7 @@ config = {}
 
 #[tokio::test]
 async fn an_adapter_built_against_abi_0_1_3_keeps_its_chat_on_a_later_host() {
-    let pool = r#"
-[[pools]]
-id = "older"
-engine = "older"
-adapter = "older"
-model_ref = "older-model"
-
-[[pools.replicas]]
-id = "older-0"
-config = {}
-"#;
-    let b = DaemonBuilder::new(config(&default_admission("reject"), 8, &[pool.into()]));
-    let dir = b.scratch().join("adapters");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        fixtures_dir().join("adapters/legacy-0.1.3.so"),
-        dir.join("older.so"),
-    )
-    .unwrap();
-    let d = b.adapters_dir(&dir).start();
-    let (_, adapters) = d.get_json("/v1/adapters").await;
-    let older = adapters["adapters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "older")
-        .unwrap_or_else(|| panic!("{adapters}"));
+    let (d, older) = older_abi_daemon("older", "older", "legacy-0.1.3.so").await;
     assert_eq!(older["abi_version"], "0.1.3");
     assert!(
         older["features"]
@@ -391,19 +379,7 @@ async fn flaky_engine(broken: Arc<AtomicBool>) -> String {
 async fn a_malformed_tool_call_from_the_engine_is_an_error_and_the_daemon_keeps_serving() {
     let broken = Arc::new(AtomicBool::new(true));
     let url = flaky_engine(Arc::clone(&broken)).await;
-    let pool = format!(
-        r#"
-[[pools]]
-id = "oa"
-adapter = "openai"
-engine = "openai"
-model_ref = "m"
-
-[[pools.replicas]]
-id = "oa-0"
-config = {{ url = "{url}", model = "m" }}
-"#
-    );
+    let pool = openai_pool("oa", &url, "m");
     let d = DaemonBuilder::new(config(&default_admission("reject"), 8, &[pool])).start();
     let body = json!({"model": "m", "tools": [weather_tool()], "tool_choice": "required",
         "messages": [{"role": "user", "content": "weather?"}]});

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-use orchd_testkit::{DaemonBuilder, config, default_admission};
+use orchd_testkit::{DaemonBuilder, config, default_admission, openai_pool};
 use prost::Message;
 use serde_json::{Value, json};
 
@@ -192,22 +192,6 @@ async fn engine(seen: Seen) -> String {
     url
 }
 
-fn engine_pool(url: &str) -> String {
-    format!(
-        r#"
-[[pools]]
-id = "oa"
-adapter = "openai"
-engine = "openai"
-model_ref = "m"
-
-[[pools.replicas]]
-id = "oa-0"
-config = {{ url = "{url}", model = "m" }}
-"#
-    )
-}
-
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -238,7 +222,7 @@ async fn a_tasks_whole_path_is_one_trace_that_the_engine_joins() {
     let d = DaemonBuilder::new(config(
         &default_admission("reject"),
         8,
-        &[engine_pool(&url)],
+        &[openai_pool("oa", &url, "m")],
     ))
     .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url)
     .env("OTEL_BSP_SCHEDULE_DELAY", "100")
@@ -403,7 +387,7 @@ async fn without_an_exporter_the_clients_trace_context_reaches_the_engine_unchan
     let d = DaemonBuilder::new(config(
         &default_admission("reject"),
         8,
-        &[engine_pool(&url)],
+        &[openai_pool("oa", &url, "m")],
     ))
     .start();
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
