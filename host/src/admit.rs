@@ -25,6 +25,7 @@ use crate::pool::Pool;
 use crate::queue::{Stale, View};
 use crate::sessions::{Sessions, TurnRefused};
 use crate::state::AppState;
+use crate::store::Pending;
 use crate::task::{Task, TaskSpec};
 use crate::trace::{Incoming, TaskTrace};
 use orchd_contracts::chat::{ChatMessage, Content, ResponseFormat, Role, ToolChoice};
@@ -573,7 +574,7 @@ fn unlimited() -> BudgetLeft {
 /// Admits a task or says why not. Order: schema → budget reservation → placement (which
 /// pool's queue) → deadline feasibility → admission policy on that queue → enqueue. A
 /// refusal after the reservation returns it: a rejected request leaves no state.
-pub fn admit(
+pub async fn admit(
     state: &AppState,
     req: TaskRequest,
     principal: &Principal,
@@ -588,11 +589,12 @@ pub fn admit(
         correlation_id,
         incoming,
     )
+    .await
 }
 
 /// [`admit`] with what the OpenAI front door adds (sampler fields, penalties, logit bias,
 /// stop sequences), handed to the adapter with the task.
-pub fn admit_with(
+pub async fn admit_with(
     state: &AppState,
     req: TaskRequest,
     engine_params: EngineExtras,
@@ -604,10 +606,9 @@ pub fn admit_with(
     let trace = TaskTrace::start(incoming, correlation_id, &req.model_ref);
     let root = trace.root();
     // The request's log span, which the admission's log lines name (admission's own span
-    // is a trace span, entered below).
+    // is a trace span, entered around the decisions below).
     let request = tracing::Span::current();
     let admission = trace.admission();
-    let _in_admission = admission.enter();
     // Label values stay bounded: an engine no adapter serves is "unknown".
     let engine = if state.adapters.serves_engine(&req.engine) {
         req.engine.clone()
@@ -616,7 +617,11 @@ pub fn admit_with(
     };
     let session_id = req.session_id.clone();
     // Validated before the session is touched: a malformed request stores nothing.
-    let result = match validate_request(&req).map(|()| state.sessions.turn(&principal.name, &session_id)) {
+    let turn = match validate_request(&req) {
+        Err(e) => Err(e),
+        Ok(()) => Ok(state.sessions.turn(&principal.name, &session_id).await),
+    };
+    let result = match turn {
         Err(e) => Err(e),
         Ok(Err(TurnRefused::CapReached(cap))) => Err(ApiError::invalid(
             "session_id",
@@ -632,19 +637,31 @@ pub fn admit_with(
         .retry_after_ms(5_000)),
         Ok(Err(TurnRefused::StoreDown(e))) => Err(ApiError::store_down("sessions", e)),
         Ok(Ok(turns)) => {
-            let result = admit_checked(
-                state,
-                req,
-                engine_params,
-                principal,
-                correlation_id,
-                turns,
-                (trace, request),
-            );
-            if result.is_err() {
-                state.sessions.untake(&principal.name, &session_id);
+            let result = admission.in_scope(|| {
+                admit_checked(
+                    state,
+                    req,
+                    engine_params,
+                    principal,
+                    correlation_id,
+                    turns,
+                    (trace, request),
+                )
+            });
+            match result {
+                Ok((admitted, listed)) => {
+                    // Other daemons find the task once its record is committed; the engine
+                    // request is already under way meanwhile.
+                    if let Err(e) = listed.wait().await {
+                        tracing::warn!(task_id = %admitted.accepted.task_id, error = %e, "the task is not in the directory: other daemons cannot answer for it");
+                    }
+                    Ok(admitted)
+                }
+                Err(e) => {
+                    admission.in_scope(|| state.sessions.untake(&principal.name, &session_id));
+                    Err(e)
+                }
             }
-            result
         }
     };
     match &result {
@@ -669,7 +686,7 @@ fn admit_checked(
     correlation_id: &str,
     turns: u32,
     (trace, request): (TaskTrace, tracing::Span),
-) -> Result<Admitted, ApiError> {
+) -> Result<(Admitted, Pending<()>), ApiError> {
     let task_id = req
         .task_id
         .clone()
@@ -777,11 +794,14 @@ fn admit_checked(
         request,
     };
     match enqueue(state, &req, facts, &candidates, &reservation) {
-        Ok(accepted) => Ok(Admitted {
-            accepted,
-            headroom,
-            rate,
-        }),
+        Ok((accepted, listed)) => Ok((
+            Admitted {
+                accepted,
+                headroom,
+                rate,
+            },
+            listed,
+        )),
         Err(err) => {
             state.decisions.ledger.refund(&reservation);
             Err(err)
@@ -838,7 +858,7 @@ fn enqueue(
     facts: Facts<'_>,
     candidates: &[&Arc<Pool>],
     reservation: &Reservation,
-) -> Result<TaskAccepted, ApiError> {
+) -> Result<(TaskAccepted, Pending<()>), ApiError> {
     let task_id = facts.task_id;
     let placement_req = req.placement.clone().unwrap_or_default();
     let job = JobFacts {
@@ -1015,10 +1035,9 @@ fn enqueue(
     }
     crate::dispatch::watch_deadline(&task, Arc::clone(pool), Arc::clone(&state.decisions));
     let predicted_start_ms = task.spec.predicted_start_ms;
-    // Other daemons find it from here on.
-    if let Err(e) = state.decisions.directory.admitted(&task) {
-        tracing::warn!(task_id = %task_id, error = %e, "the task is not in the directory: other daemons cannot answer for it");
-    }
+    // Other daemons find it from here on: the record is queued now, ahead of the end's,
+    // and the 202 waits for its commit.
+    let listed = state.decisions.directory.admitted(&task);
     metrics::task_enqueued(&metrics::TaskLabels {
         engine: &req.engine,
         engine_version: &pool.engine_version(),
@@ -1045,15 +1064,18 @@ fn enqueue(
         predicted_start_ms, "task admitted"
     );
     let (token, token_expires_ms) = state.stream_tokens.issue(task_id);
-    Ok(TaskAccepted {
-        streams: TaskStreams {
-            sse: format!("/v1/tasks/{task_id}/stream"),
-            token,
-            token_expires_ms,
+    Ok((
+        TaskAccepted {
+            streams: TaskStreams {
+                sse: format!("/v1/tasks/{task_id}/stream"),
+                token,
+                token_expires_ms,
+            },
+            task_id: task_id.to_owned(),
+            queue_position,
+            predicted_start_ms,
+            backoff_ms: predicted_start_ms,
         },
-        task_id: task_id.to_owned(),
-        queue_position,
-        predicted_start_ms,
-        backoff_ms: predicted_start_ms,
-    })
+        listed,
+    ))
 }

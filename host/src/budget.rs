@@ -71,7 +71,7 @@ pub struct Ledger {
     key_groups: HashMap<String, String>,
     store: Arc<crate::store::Observed>,
     /// Settles the store refused; the ledger's own lock, never held across a store call.
-    pending: Mutex<Vec<(Reservation, Amount)>>,
+    pending: Arc<Mutex<Vec<(Reservation, Amount)>>>,
 }
 
 /// Runs a blocking store call from anywhere: on a multi-threaded runtime's worker it
@@ -82,6 +82,23 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
             tokio::task::block_in_place(f)
         }
         _ => f(),
+    }
+}
+
+/// Queues a settle the store refused, for [`Ledger::maintain`] to retry.
+fn defer(
+    pending: &Mutex<Vec<(Reservation, Amount)>>,
+    r: Reservation,
+    actual: Amount,
+    e: &StoreError,
+) {
+    let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+    if pending.len() < MAX_PENDING_SETTLES {
+        tracing::warn!(reservation = %r.id, error = %e, "settle deferred until the state store is back");
+        pending.push((r, actual));
+    } else {
+        crate::metrics::bounded_eviction("pending_settles", 1);
+        tracing::error!(reservation = %r.id, "settle dropped: too many deferred; its lease will settle it at the reserved amount");
     }
 }
 
@@ -118,7 +135,7 @@ impl Ledger {
             groups: BTreeMap::new(),
             key_groups: HashMap::new(),
             store,
-            pending: Mutex::new(Vec::new()),
+            pending: Arc::default(),
         }
     }
 
@@ -369,17 +386,19 @@ impl Ledger {
         if !r.stored {
             return;
         }
-        let result = blocking(|| self.store.settle(&r.id, actual, rate_tokens));
-        if let Err(e) = result {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.len() < MAX_PENDING_SETTLES {
-                tracing::warn!(reservation = %r.id, error = %e, "settle deferred until the state store is back");
-                pending.push((r.clone(), actual));
-            } else {
-                crate::metrics::bounded_eviction("pending_settles", 1);
-                tracing::error!(reservation = %r.id, "settle dropped: too many deferred; its lease will settle it at the reserved amount");
-            }
-        }
+        // Nobody waits for a settle: the store's own thread answers where it has one, and
+        // a refusal is queued for the next retry.
+        let (pending, held) = (Arc::clone(&self.pending), r.clone());
+        self.store.settle_then(
+            r.id.clone(),
+            actual,
+            rate_tokens,
+            Box::new(move |result| {
+                if let Err(e) = result {
+                    defer(&pending, held, actual, &e);
+                }
+            }),
+        );
     }
 
     /// Returns a whole reservation (the request was refused after reserving).

@@ -64,10 +64,11 @@ impl Directory {
         }
     }
 
-    /// Writes an admitted task's record (blocking: call from admission, off the lock).
-    pub fn admitted(&self, task: &Task) -> Result<(), StoreError> {
+    /// Writes an admitted task's record: queued now (ahead of anything written about the
+    /// task later), answered once committed.
+    pub fn admitted(&self, task: &Task) -> crate::store::Pending<()> {
         let rec = self.record(task, false);
-        crate::budget::blocking(|| self.store.put_task(&rec, None, now_ms()))
+        crate::store::Pending::begin(|then| self.store.put_task_then(rec, None, now_ms(), then))
     }
 
     /// Writes a finished task's final status, kept for the retention period. Nobody waits

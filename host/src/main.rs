@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use orchd_contracts::ErrorCode;
 use orchd_host::config::{Cli, EXIT_CONFIG, Settings, dist_root_of};
+use orchd_host::logsink::LogSink;
 use orchd_host::startup;
 use orchd_host::trace::{self, TelemetrySettings};
 
@@ -19,6 +20,7 @@ fn init_tracing(
     filter: &str,
     telemetry: &TelemetrySettings,
     runtime: tokio::runtime::Handle,
+    sink: LogSink,
 ) -> Result<Option<trace::Exporter>, String> {
     use tracing_subscriber::filter::{FilterExt, filter_fn};
     use tracing_subscriber::layer::SubscriberExt;
@@ -31,7 +33,7 @@ fn init_tracing(
         .flatten_event(true)
         .with_current_span(true)
         .with_span_list(false)
-        .with_writer(std::io::stdout)
+        .with_writer(sink)
         .with_filter(filter.and(filter_fn(|m| m.target() != trace::TARGET)));
     let (traces, exporter) = match trace::exporter(telemetry, runtime)? {
         Some((layer, exporter)) => (
@@ -108,7 +110,24 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
     };
-    let exporter = match init_tracing(&cli.log, &settings.telemetry, runtime.handle().clone()) {
+    // Log lines are written by the sink's own thread; what is logged before a panic or
+    // the exit is out before the process ends.
+    let sink = match LogSink::start(std::io::stdout()) {
+        Ok(sink) => sink,
+        Err(e) => return fail(1, format!("cannot start the log writer: {e}")),
+    };
+    let on_panic = sink.clone();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        on_panic.flush(std::time::Duration::from_millis(200));
+        default_hook(info);
+    }));
+    let exporter = match init_tracing(
+        &cli.log,
+        &settings.telemetry,
+        runtime.handle().clone(),
+        sink.clone(),
+    ) {
         Ok(exporter) => exporter,
         Err(e) => return fail(EXIT_CONFIG, e),
     };
@@ -121,6 +140,7 @@ fn main() -> ExitCode {
         // The batch still held goes out; the exporter's requests run on the runtime.
         let _ = runtime.block_on(tokio::task::spawn_blocking(move || exporter.shutdown()));
     }
+    sink.flush(std::time::Duration::from_secs(2));
     code
 }
 

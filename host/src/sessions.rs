@@ -53,9 +53,14 @@ impl Sessions {
 
     /// Counts one more turn, creating the session if needed (or if it expired). Call it
     /// only with a validated id: whatever is passed here is stored.
-    pub fn turn(&self, owner: &str, id: &str) -> Result<u32, TurnRefused> {
+    /// The store answers from its own thread where it has one: no worker waits.
+    pub async fn turn(&self, owner: &str, id: &str) -> Result<u32, TurnRefused> {
         let key = Self::account(owner, id);
-        match self.blocking(|s| s.session_turn(&key, self.limits, now_ms())) {
+        let pending = crate::store::Pending::begin(|then| {
+            self.store
+                .session_turn_then(key, self.limits, now_ms(), then)
+        });
+        match pending.wait().await {
             Ok(Turn::Counted(n)) => Ok(n),
             Ok(Turn::CapReached(n)) => Err(TurnRefused::CapReached(n)),
             Ok(Turn::TableFull(n)) => Err(TurnRefused::TableFull(n as usize)),
@@ -110,14 +115,14 @@ mod tests {
         )
     }
 
-    #[test]
-    fn turns_are_capped_scoped_by_owner_and_expire() {
+    #[tokio::test]
+    async fn turns_are_capped_scoped_by_owner_and_expire() {
         let (_dir, s) = sessions(80, 2, 100);
-        assert_eq!(s.turn("a", "s"), Ok(1));
-        assert_eq!(s.turn("a", "s"), Ok(2));
-        assert_eq!(s.turn("a", "s"), Err(TurnRefused::CapReached(2)));
+        assert_eq!(s.turn("a", "s").await, Ok(1));
+        assert_eq!(s.turn("a", "s").await, Ok(2));
+        assert_eq!(s.turn("a", "s").await, Err(TurnRefused::CapReached(2)));
         assert_eq!(
-            s.turn("b", "s"),
+            s.turn("b", "s").await,
             Ok(1),
             "another key's session of the same id"
         );
@@ -130,24 +135,24 @@ mod tests {
         assert_eq!(s.sweep(), 1);
     }
 
-    #[test]
-    fn a_refused_first_turn_leaves_no_session_and_the_table_is_bounded() {
+    #[tokio::test]
+    async fn a_refused_first_turn_leaves_no_session_and_the_table_is_bounded() {
         let (_dir, s) = sessions(80, 5, 2);
-        assert_eq!(s.turn("a", "x"), Ok(1));
+        assert_eq!(s.turn("a", "x").await, Ok(1));
         s.untake("a", "x");
         assert!(
             s.touch("a", "x").unwrap().is_none(),
             "the refused request's session is gone"
         );
-        assert_eq!(s.turn("a", "1"), Ok(1));
-        assert_eq!(s.turn("a", "2"), Ok(1));
-        assert_eq!(s.turn("a", "3"), Err(TurnRefused::TableFull(2)));
+        assert_eq!(s.turn("a", "1").await, Ok(1));
+        assert_eq!(s.turn("a", "2").await, Ok(1));
+        assert_eq!(s.turn("a", "3").await, Err(TurnRefused::TableFull(2)));
         assert_eq!(
-            s.turn("a", "1"),
+            s.turn("a", "1").await,
             Ok(2),
             "an existing session still counts turns"
         );
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(s.turn("a", "3"), Ok(1), "expired sessions make room");
+        assert_eq!(s.turn("a", "3").await, Ok(1), "expired sessions make room");
     }
 }

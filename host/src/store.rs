@@ -15,6 +15,8 @@
 mod redis_store;
 mod sqlite;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use redis_store::RedisStore;
@@ -277,8 +279,35 @@ pub struct TaskRecord {
     pub terminal: bool,
 }
 
+/// Where the answer to a call handed over without waiting goes (see the `*_then` methods).
+pub type Then<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
+/// A call handed to the store and not yet answered: await [`Pending::wait`]. The call is
+/// queued when the `Pending` is made, so its place in the store's order is fixed then.
+pub struct Pending<T>(tokio::sync::oneshot::Receiver<Result<T, StoreError>>);
+
+impl<T: Send + 'static> Pending<T> {
+    /// Starts a call: `start` hands the store its [`Then`].
+    pub fn begin(start: impl FnOnce(Then<T>)) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        start(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        Self(rx)
+    }
+
+    /// The answer, without blocking the thread (a tokio worker stays free meanwhile).
+    pub async fn wait(self) -> Result<T, StoreError> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(StoreError("the state store dropped the call".into())))
+    }
+}
+
 /// The backends' common interface. Calls block (SQLite on disk, Redis on the network):
-/// callers on async workers wrap them in `block_in_place`.
+/// callers on async workers wrap them in `block_in_place`, or use the `*_then` forms of
+/// the calls on the request path, which a backend with its own thread (SQLite) answers
+/// from there, so no worker waits.
 pub trait Store: Send + Sync {
     /// Spend so far in each budget's current window (`budgets` order).
     fn spent(&self, budgets: &[Budget], now_ms: u64) -> Result<Vec<Amount>, StoreError>;
@@ -325,17 +354,46 @@ pub trait Store: Send + Sync {
         now_ms: u64,
     ) -> Result<(), StoreError>;
 
-    /// Waits until every write queued without waiting (`*_detached`) is done.
+    /// Waits until every write queued without waiting (`*_then`, `*_detached`) is done.
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
 
-    /// [`put_task`](Self::put_task) without waiting for it: a backend that can queue the
-    /// write answers at once (a failure is logged). For writes nobody waits on.
+    /// [`session_turn`](Self::session_turn), answered through `then`. The default blocks
+    /// (`block_in_place` on a worker) and answers before returning.
+    fn session_turn_then(&self, key: String, limits: SessionLimits, now_ms: u64, then: Then<Turn>) {
+        then(crate::budget::blocking(|| {
+            self.session_turn(&key, limits, now_ms)
+        }));
+    }
+
+    /// [`put_task`](Self::put_task), answered through `then` (the default blocks).
+    fn put_task_then(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64, then: Then<()>) {
+        then(crate::budget::blocking(|| {
+            self.put_task(&rec, keep_ms, now_ms)
+        }));
+    }
+
+    /// [`settle`](Self::settle), answered through `then` (the default blocks).
+    fn settle_then(&self, id: String, actual: Amount, rate_tokens: u64, then: Then<bool>) {
+        then(crate::budget::blocking(|| {
+            self.settle(&id, actual, rate_tokens)
+        }));
+    }
+
+    /// [`put_task`](Self::put_task) that nobody waits for (a failure is logged).
     fn put_task_detached(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64) {
-        if let Err(e) = crate::budget::blocking(|| self.put_task(&rec, keep_ms, now_ms)) {
-            tracing::warn!(task_id = %rec.id, error = %e, "a task record was not written to the state store");
-        }
+        let id = rec.id.clone();
+        self.put_task_then(
+            rec,
+            keep_ms,
+            now_ms,
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::warn!(task_id = %id, error = %e, "a task record was not written to the state store");
+                }
+            }),
+        );
     }
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError>;
     /// Says daemon `id` (at `addr`) is alive until `until_ms`.
@@ -403,7 +461,31 @@ pub(crate) fn over_budget(
 /// the log and `state_store_up` say when that changes (once, not per call).
 pub struct Observed {
     inner: Box<dyn Store>,
-    up: std::sync::atomic::AtomicBool,
+    up: Arc<AtomicBool>,
+}
+
+/// Notes whether a call reached the backend: logs and `state_store_up` change only when
+/// that changes.
+fn note<T>(
+    up: &AtomicBool,
+    store: &'static str,
+    r: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let ok = r.is_ok();
+    let was = up.swap(ok, Ordering::AcqRel);
+    match (&r, was) {
+        (Err(e), true) => {
+            tracing::error!(store, error = %e, "state store unreachable: admissions that need it are refused (503) until it is back");
+        }
+        (Ok(_), false) => {
+            tracing::info!(store, "state store reachable again");
+        }
+        _ => {}
+    }
+    if ok != was {
+        crate::metrics::state_store_up(store, ok);
+    }
+    r
 }
 
 impl Observed {
@@ -411,30 +493,22 @@ impl Observed {
         crate::metrics::state_store_up(inner.name(), true);
         Self {
             inner,
-            up: std::sync::atomic::AtomicBool::new(true),
+            up: Arc::new(AtomicBool::new(true)),
         }
     }
 
     pub fn is_up(&self) -> bool {
-        self.up.load(std::sync::atomic::Ordering::Acquire)
+        self.up.load(Ordering::Acquire)
     }
 
     fn seen<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
-        let ok = r.is_ok();
-        let was = self.up.swap(ok, std::sync::atomic::Ordering::AcqRel);
-        match (&r, was) {
-            (Err(e), true) => {
-                tracing::error!(store = self.inner.name(), error = %e, "state store unreachable: admissions that need it are refused (503) until it is back");
-            }
-            (Ok(_), false) => {
-                tracing::info!(store = self.inner.name(), "state store reachable again");
-            }
-            _ => {}
-        }
-        if ok != was {
-            crate::metrics::state_store_up(self.inner.name(), ok);
-        }
-        r
+        note(&self.up, self.inner.name(), r)
+    }
+
+    /// `then`, noting on the way whether the call reached the backend.
+    fn seeing<T: 'static>(&self, then: Then<T>) -> Then<T> {
+        let (up, name) = (Arc::clone(&self.up), self.inner.name());
+        Box::new(move |r| then(note(&up, name, r)))
     }
 }
 
@@ -495,8 +569,17 @@ impl Store for Observed {
         self.inner.flush()
     }
 
-    fn put_task_detached(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64) {
-        self.inner.put_task_detached(rec, keep_ms, now_ms);
+    fn session_turn_then(&self, key: String, limits: SessionLimits, now_ms: u64, then: Then<Turn>) {
+        self.inner
+            .session_turn_then(key, limits, now_ms, self.seeing(then));
+    }
+    fn put_task_then(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64, then: Then<()>) {
+        self.inner
+            .put_task_then(rec, keep_ms, now_ms, self.seeing(then));
+    }
+    fn settle_then(&self, id: String, actual: Amount, rate_tokens: u64, then: Then<bool>) {
+        self.inner
+            .settle_then(id, actual, rate_tokens, self.seeing(then));
     }
 
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {

@@ -512,7 +512,8 @@ pub async fn embeddings(
         &principal,
         &correlation.0,
         crate::trace::Incoming::from_headers(&headers),
-    )?;
+    )
+    .await?;
     let task = state
         .tasks
         .get(&admitted.accepted.task_id)
@@ -674,7 +675,8 @@ async fn run(
         principal,
         correlation_id,
         crate::trace::Incoming::from_headers(headers),
-    )?;
+    )
+    .await?;
     let rate = admitted.rate;
     let task_id = admitted.accepted.task_id;
     let task = state

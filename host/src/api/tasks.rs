@@ -40,7 +40,8 @@ pub async fn create(
         &principal,
         &correlation.0,
         crate::trace::Incoming::from_headers(&headers),
-    )?;
+    )
+    .await?;
     let mut response = (StatusCode::ACCEPTED, Json(admitted.accepted)).into_response();
     budget_headers(response.headers_mut(), admitted.headroom);
     if let Some(rate) = &admitted.rate {

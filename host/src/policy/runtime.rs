@@ -3,7 +3,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,12 +50,53 @@ pub struct PolicyRuntime {
     in_use: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-/// The epoch ticker's state: it ticks only while a guest runs, so an idle daemon has no
-/// thread waking every millisecond.
+/// The epoch ticker's state: it ticks while guests run and for a short while after, then
+/// parks, so an idle daemon has no thread waking every millisecond, and a daemon under
+/// load does not pay a wake-up (a futex call and a context switch) per policy call.
 struct Ticker {
     /// Guest executions in progress (calls, instantiation, `init`, `info`).
     calls: AtomicUsize,
+    /// Guest executions ever started: the ticker parks once it sees no new one for
+    /// [`LINGER_TICKS`].
+    started: AtomicUsize,
+    /// Set by the ticker before it parks; whoever clears it unparks it.
+    parked: AtomicBool,
     thread: OnceLock<std::thread::Thread>,
+}
+
+/// Ticks without a new guest execution before the ticker parks.
+const LINGER_TICKS: u32 = 100;
+
+impl Ticker {
+    /// The ticker's loop.
+    fn run(&self, engine: &Engine) {
+        let mut seen = self.started.load(Ordering::Acquire);
+        let mut quiet = 0;
+        loop {
+            std::thread::sleep(TICK);
+            engine.increment_epoch();
+            let started = self.started.load(Ordering::Acquire);
+            if started != seen || self.calls.load(Ordering::Acquire) != 0 {
+                (seen, quiet) = (started, 0);
+                continue;
+            }
+            quiet += 1;
+            if quiet < LINGER_TICKS {
+                continue;
+            }
+            // At rest. Say so first, then look again: a guest that started in between
+            // either is seen here or finds `parked` set and unparks.
+            self.parked.store(true, Ordering::SeqCst);
+            if self.started.load(Ordering::SeqCst) == seen {
+                while self.parked.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+            } else {
+                self.parked.store(false, Ordering::SeqCst);
+            }
+            (seen, quiet) = (self.started.load(Ordering::Acquire), 0);
+        }
+    }
 }
 
 /// Keeps the epoch ticking while it lives: hold one around every guest execution, or its
@@ -64,7 +105,11 @@ pub struct Ticking(Arc<Ticker>);
 
 impl Ticking {
     fn new(ticker: &Arc<Ticker>) -> Self {
-        if ticker.calls.fetch_add(1, Ordering::AcqRel) == 0
+        ticker.calls.fetch_add(1, Ordering::AcqRel);
+        ticker.started.fetch_add(1, Ordering::SeqCst);
+        // Only a parked ticker costs a wake-up.
+        if ticker.parked.load(Ordering::SeqCst)
+            && ticker.parked.swap(false, Ordering::SeqCst)
             && let Some(thread) = ticker.thread.get()
         {
             thread.unpark();
@@ -225,7 +270,7 @@ impl v1::TypesHost for PolicyState {}
 
 impl PolicyRuntime {
     /// Builds the engine and starts the epoch ticker (a thread that lives as long as the
-    /// process; one tick per millisecond while a guest runs, parked otherwise).
+    /// process; one tick per millisecond while guests run and for 100 ms after, parked otherwise).
     pub fn new(limits: PolicyLimits, cache_dir: PathBuf) -> Result<Arc<Self>, String> {
         let mut config = Config::new();
         config
@@ -235,23 +280,15 @@ impl PolicyRuntime {
         let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
         let ticker = Arc::new(Ticker {
             calls: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
             thread: OnceLock::new(),
         });
         let epoch = engine.clone();
         let ticking = Arc::clone(&ticker);
         let thread = std::thread::Builder::new()
             .name("policy-epoch".into())
-            .spawn(move || {
-                loop {
-                    if ticking.calls.load(Ordering::Acquire) == 0 {
-                        // At rest: no call to interrupt. `Ticking::new` unparks.
-                        std::thread::park();
-                        continue;
-                    }
-                    std::thread::sleep(TICK);
-                    epoch.increment_epoch();
-                }
-            })
+            .spawn(move || ticking.run(&epoch))
             .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
         let _ = ticker.thread.set(thread.thread().clone());
         let cache = match SealedCache::open(&cache_dir) {

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     Amount, Budget, Decision, RateState, ReserveOp, SessionLimits, Store, StoreError, TaskRecord,
-    Turn, over_budget,
+    Then, Turn, over_budget,
 };
 
 pub struct SqliteStore {
@@ -200,16 +200,30 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
+        self.call_then(
+            f,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().map_err(|_| err("the store's thread has ended"))?
+    }
+
+    /// Queues `f` for the next transaction and returns at once: the store's thread hands
+    /// `then` the answer once that transaction committed (or failed).
+    fn call_then<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        then: Then<T>,
+    ) {
         let job: Job = Box::new(move |conn| {
             let result = conn.and_then(|c| in_savepoint(c, f));
-            Box::new(move |committed| {
-                let _ = tx.send(committed.and(result));
-            })
+            Box::new(move |committed| then(committed.and(result)))
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| err("the store's thread has ended"))?;
-        rx.recv().map_err(|_| err("the store's thread has ended"))?
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            // The thread is gone: the job's answer says so.
+            job(Err(err("the store's thread has ended")))(Err(err("the store's thread has ended")));
+        }
     }
 }
 
@@ -411,20 +425,16 @@ impl Store for SqliteStore {
         self.call(|_| Ok(()))
     }
 
-    fn put_task_detached(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64) {
-        let id = rec.id.clone();
-        let job: Job = Box::new(move |conn| {
-            let result =
-                conn.and_then(|c| in_savepoint(c, |c| put_task_in(c, &rec, keep_ms, now_ms)));
-            Box::new(move |committed| {
-                if let Err(e) = committed.and(result) {
-                    tracing::warn!(task_id = %id, error = %e, "a task record was not written to the state store");
-                }
-            })
-        });
-        if self.jobs.send(job).is_err() {
-            tracing::warn!("the state store's thread has ended");
-        }
+    fn session_turn_then(&self, key: String, limits: SessionLimits, now_ms: u64, then: Then<Turn>) {
+        self.call_then(move |tx| session_turn_in(tx, &key, limits, now_ms), then);
+    }
+
+    fn put_task_then(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64, then: Then<()>) {
+        self.call_then(move |conn| put_task_in(conn, &rec, keep_ms, now_ms), then);
+    }
+
+    fn settle_then(&self, id: String, actual: Amount, rate_tokens: u64, then: Then<bool>) {
+        self.call_then(move |tx| settle_in(tx, &id, actual, rate_tokens), then);
     }
 
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {
