@@ -329,11 +329,12 @@ impl ArtifactStore {
                             Err(e) => tracing::warn!(error = %e, "cannot prune transcripts"),
                         }
                     }
+                    // Gather for LINGER by sleeping, not by waiting on the channel: a
+                    // wait would wake this thread (and cost a context switch) per job.
                     let mut batch = vec![first];
-                    let linger = std::time::Instant::now() + LINGER;
+                    std::thread::sleep(LINGER);
                     while batch.len() < MAX_BATCH {
-                        let wait = linger.saturating_duration_since(std::time::Instant::now());
-                        match rx.recv_timeout(wait) {
+                        match rx.try_recv() {
                             Ok(job) => batch.push(job),
                             Err(_) => break,
                         }

@@ -23,6 +23,7 @@ pub mod filestamp;
 pub mod fuzzing;
 pub mod gpu;
 pub mod health;
+pub mod logline;
 pub mod logsink;
 pub mod metrics;
 pub mod policy;

@@ -2,9 +2,10 @@
 //! thread, `orchd-log`, writes the buffer out. So no request thread makes a `write` call
 //! for its log lines, and under load many lines leave in one call.
 //!
-//! The writer wakes for the first line after a quiet spell and then lingers [`LINGER`] to
-//! gather more, so it wakes at most about 500 times a second however many lines there
-//! are. A line is out at most [`LINGER`] after it was logged; [`LogSink::flush`] (at exit
+//! The writer wakes for the first line after a quiet spell. If it last woke less than
+//! [`BUSY`] ago it lingers [`LINGER`] to gather more, so under load it wakes at most about
+//! 500 times a second however many lines there are; when quiet a line goes out at once.
+//! A line is out at most [`LINGER`] after it was logged; [`LogSink::flush`] (at exit
 //! and from the panic hook) waits until everything logged so far is out. A `kill -9`
 //! loses at most the last [`LINGER`] of lines.
 //!
@@ -17,6 +18,8 @@ use std::time::Duration;
 
 /// How long the writer gathers lines after waking.
 pub const LINGER: Duration = Duration::from_millis(2);
+/// A wake-up within this long of the last one finds the writer busy: it lingers.
+pub const BUSY: Duration = Duration::from_millis(20);
 /// Bytes held before lines are dropped.
 pub const MAX_BUFFERED: usize = 8 << 20;
 
@@ -65,6 +68,7 @@ impl LogSink {
             .name("orchd-log".into())
             .spawn(move || {
                 let mut batch = Vec::new();
+                let mut woke = std::time::Instant::now() - BUSY;
                 loop {
                     let mut buf = writer.lock();
                     if buf.lines.is_empty() {
@@ -73,10 +77,14 @@ impl LogSink {
                             buf = writer.lines.wait(buf).unwrap_or_else(|p| p.into_inner());
                         }
                         buf.writer_waiting = false;
-                        // Gather what follows the first line before writing.
-                        drop(buf);
-                        std::thread::sleep(LINGER);
-                        buf = writer.lock();
+                        // Busy: gather what follows the first line before writing. Quiet:
+                        // the line goes out at once.
+                        if woke.elapsed() < BUSY {
+                            drop(buf);
+                            std::thread::sleep(LINGER);
+                            buf = writer.lock();
+                        }
+                        woke = std::time::Instant::now();
                     }
                     std::mem::swap(&mut buf.lines, &mut batch);
                     let dropped = std::mem::take(&mut buf.dropped);

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use orchd_contracts::ErrorCode;
 use orchd_host::config::{Cli, EXIT_CONFIG, Settings, dist_root_of};
+use orchd_host::logline;
 use orchd_host::logsink::LogSink;
 use orchd_host::startup;
 use orchd_host::trace::{self, TelemetrySettings};
@@ -29,10 +30,8 @@ fn init_tracing(
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| format!("invalid --log / ORCHD_LOG filter {filter:?}: {e}"))?;
     let log = fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
+        .fmt_fields(logline::SpanFields)
+        .event_format(logline::JsonLine)
         .with_writer(sink)
         .with_filter(filter.and(filter_fn(|m| m.target() != trace::TARGET)));
     let (traces, exporter) = match trace::exporter(telemetry, runtime)? {
