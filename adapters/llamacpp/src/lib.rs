@@ -315,31 +315,51 @@ impl Decoder for CompletionDecoder {
         if ev.data.is_empty() {
             return Ok(Vec::new());
         }
-        let frame: Value = serde_json::from_str(&ev.data)
-            .map_err(|e| protocol(phase, format!("invalid JSON in a /completion frame: {e}")))?;
-        if frame.get("error").is_some() {
-            return Err(engine_error(&frame.to_string(), phase));
+        // Typed and borrowed: a token's text is read where it lies (no `Value` tree per
+        // token); fields this adapter does not use are skipped.
+        let frame: CompletionFrame<'_> = serde_json::from_str(&ev.data).map_err(|e| {
+            let what = if serde_json::from_str::<serde::de::IgnoredAny>(&ev.data).is_ok() {
+                "an unexpected /completion frame (`content` is not a string?)"
+            } else {
+                "invalid JSON in a /completion frame"
+            };
+            protocol(phase, format!("{what}: {e}"))
+        })?;
+        if frame.error.is_some() {
+            return Err(engine_error(&ev.data, phase));
         }
         let mut out = Vec::new();
-        match frame.get("content") {
-            Some(Value::String(text)) if !text.is_empty() => {
-                self.tokens_out += 1;
-                out.push(Event::Token {
-                    text: text.as_str().into(),
-                });
-            }
-            Some(Value::String(_)) | None => {}
-            Some(_) => return Err(protocol(phase, "`content` is not a string")),
+        if let Some(text) = frame.content
+            && !text.is_empty()
+        {
+            self.tokens_out += 1;
+            out.push(Event::Token {
+                text: text.as_ref().into(),
+            });
         }
-        if frame["stop"].as_bool().unwrap_or(false) {
-            let predicted = frame["tokens_predicted"].as_u64().map(|n| n as u32);
+        if frame.stop == Some(true) {
             out.push(Event::End {
-                tokens_in: frame["tokens_evaluated"].as_u64().unwrap_or(0) as u32,
-                tokens_out: predicted.unwrap_or(self.tokens_out),
+                tokens_in: frame.tokens_evaluated.unwrap_or(0) as u32,
+                tokens_out: frame.tokens_predicted.map_or(self.tokens_out, |n| n as u32),
             });
         }
         Ok(out)
     }
+}
+
+/// What this adapter reads of a `/completion` stream frame.
+#[derive(serde::Deserialize)]
+struct CompletionFrame<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    stop: Option<bool>,
+    #[serde(default)]
+    tokens_predicted: Option<u64>,
+    #[serde(default)]
+    tokens_evaluated: Option<u64>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
 }
 
 /// An error the server reported inside the stream (`error:` line or an `error` object).

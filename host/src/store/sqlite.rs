@@ -40,14 +40,14 @@ fn serve(conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(err);
+        let begun = run(&conn, "BEGIN IMMEDIATE", []).map(|_| ()).map_err(err);
         let answers: Vec<Answer> = batch
             .into_iter()
             .map(|job| job(begun.as_ref().map(|()| &conn).map_err(Clone::clone)))
             .collect();
         let committed = match begun {
             Err(e) => Err(e),
-            Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
+            Ok(()) => run(&conn, "COMMIT", []).map(|_| ()).map_err(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
                 err(format!("commit: {e}"))
             }),
@@ -63,15 +63,29 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT op").map_err(err)?;
+    run(conn, "SAVEPOINT op", []).map_err(err)?;
     let result = f(conn);
-    let end = if result.is_ok() {
-        "RELEASE op"
-    } else {
-        "ROLLBACK TO op; RELEASE op"
-    };
-    conn.execute_batch(end).map_err(err)?;
+    if result.is_err() {
+        run(conn, "ROLLBACK TO op", []).map_err(err)?;
+    }
+    run(conn, "RELEASE op", []).map_err(err)?;
     result
+}
+
+/// Runs a statement from the connection's cache of prepared statements (each is parsed
+/// once per connection, not once per call).
+fn run(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// One row of a cached statement.
+fn one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -185,6 +199,7 @@ impl SqliteStore {
             conn.execute_batch("ALTER TABLE reservations ADD COLUMN rates TEXT")
                 .map_err(|e| err(format!("{}: {e}", path.display())))?;
         }
+        conn.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("orchd-state-sqlite".into())
@@ -228,20 +243,20 @@ impl SqliteStore {
 }
 
 fn read(conn: &Connection, account: &str, window: u64) -> rusqlite::Result<Amount> {
-    Ok(conn
-        .query_row(
-            "SELECT tokens, time_ms, cost FROM usage WHERE account = ?1 AND window = ?2",
-            params![account, window as i64],
-            |r| {
-                Ok(Amount {
-                    tokens: r.get::<_, i64>(0)? as u64,
-                    time_ms: r.get::<_, i64>(1)? as u64,
-                    cost: r.get(2)?,
-                })
-            },
-        )
-        .optional()?
-        .unwrap_or_default())
+    Ok(one(
+        conn,
+        "SELECT tokens, time_ms, cost FROM usage WHERE account = ?1 AND window = ?2",
+        params![account, window as i64],
+        |r| {
+            Ok(Amount {
+                tokens: r.get::<_, i64>(0)? as u64,
+                time_ms: r.get::<_, i64>(1)? as u64,
+                cost: r.get(2)?,
+            })
+        },
+    )
+    .optional()?
+    .unwrap_or_default())
 }
 
 /// Adds a signed delta to a usage row, never below zero.
@@ -254,7 +269,8 @@ fn add(
     time_ms: i64,
     cost: f64,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    run(
+        conn,
         "INSERT INTO usage (account, window, tokens, time_ms, cost, expires)
          VALUES (?1, ?2, MAX(0, ?3), MAX(0, ?4), MAX(0.0, ?5), ?6)
          ON CONFLICT (account, window) DO UPDATE SET
@@ -317,7 +333,7 @@ impl Store for SqliteStore {
         self.call(move |tx| reap_in(tx, now_ms))
     }
     fn ping(&self) -> Result<(), StoreError> {
-        self.call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(err))
+        self.call(|conn| one(conn, "SELECT 1", [], |_| Ok(())).map_err(err))
     }
 
     fn name(&self) -> &'static str {
@@ -338,12 +354,14 @@ impl Store for SqliteStore {
         let key = key.to_owned();
         self.call(move |conn| {
             let key = key.as_str();
-            conn.execute(
+            run(
+                conn,
                 "UPDATE sessions SET turns = turns - 1 WHERE key = ?1 AND turns > 0",
                 params![key],
             )
             .and_then(|_| {
-                conn.execute(
+                run(
+                    conn,
                     "DELETE FROM sessions WHERE key = ?1 AND turns <= 0",
                     params![key],
                 )
@@ -363,14 +381,14 @@ impl Store for SqliteStore {
         let key = key.to_owned();
         self.call(move |conn| {
             let key = key.as_str();
-            let row: Option<(i64, i64)> = conn
-                .query_row(
-                    "SELECT turns, last_used FROM sessions WHERE key = ?1",
-                    params![key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(err)?;
+            let row: Option<(i64, i64)> = one(
+                conn,
+                "SELECT turns, last_used FROM sessions WHERE key = ?1",
+                params![key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(err)?;
             let Some((turns, last_used)) = row else {
                 return Ok(None);
             };
@@ -379,7 +397,8 @@ impl Store for SqliteStore {
                 return Ok(None);
             }
             if touch {
-                conn.execute(
+                run(
+                    conn,
                     "UPDATE sessions SET last_used = ?2 WHERE key = ?1",
                     params![key, now_ms as i64],
                 )
@@ -393,7 +412,7 @@ impl Store for SqliteStore {
     fn session_remove(&self, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
         self.call(move |conn| {
-            conn.execute("DELETE FROM sessions WHERE key = ?1", params![key])
+            run(conn, "DELETE FROM sessions WHERE key = ?1", params![key])
                 .map(|n| n > 0)
                 .map_err(err)
         })
@@ -401,7 +420,8 @@ impl Store for SqliteStore {
 
     fn session_sweep(&self, before_ms: u64) -> Result<usize, StoreError> {
         self.call(move |conn| {
-            conn.execute(
+            run(
+                conn,
                 "DELETE FROM sessions WHERE last_used < ?1",
                 params![before_ms as i64],
             )
@@ -440,7 +460,8 @@ impl Store for SqliteStore {
     fn get_task(&self, id: &str, now_ms: u64) -> Result<Option<TaskRecord>, StoreError> {
         let id = id.to_owned();
         self.call(move |conn| {
-            conn.query_row(
+            one(
+                conn,
                 "SELECT owner, daemon, addr, status, terminal FROM tasks
                  WHERE id = ?1 AND (expires IS NULL OR expires >= ?2)",
                 params![id, now_ms as i64],
@@ -463,12 +484,14 @@ impl Store for SqliteStore {
     fn shared_secret(&self, name: &str, fresh: &str) -> Result<String, StoreError> {
         let (name, fresh) = (name.to_owned(), fresh.to_owned());
         self.call(move |conn| {
-            conn.execute(
+            run(
+                conn,
                 "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
                 params![name, fresh],
             )
             .map_err(err)?;
-            conn.query_row(
+            one(
+                conn,
                 "SELECT value FROM secrets WHERE name = ?1",
                 params![name],
                 |r| r.get(0),
@@ -480,7 +503,8 @@ impl Store for SqliteStore {
     fn put_pool(&self, id: &str, definition: &str) -> Result<(), StoreError> {
         let (id, definition) = (id.to_owned(), definition.to_owned());
         self.call(move |conn| {
-            conn.execute(
+            run(
+                conn,
                 "INSERT OR REPLACE INTO pools (id, definition) VALUES (?1, ?2)",
                 params![id, definition],
             )
@@ -492,7 +516,7 @@ impl Store for SqliteStore {
     fn delete_pool(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.call(move |conn| {
-            conn.execute("DELETE FROM pools WHERE id = ?1", params![id])
+            run(conn, "DELETE FROM pools WHERE id = ?1", params![id])
                 .map(|n| n > 0)
                 .map_err(err)
         })
@@ -513,7 +537,8 @@ impl Store for SqliteStore {
     fn heartbeat(&self, id: &str, addr: &str, until_ms: u64) -> Result<(), StoreError> {
         let (id, addr) = (id.to_owned(), addr.to_owned());
         self.call(move |conn| {
-            conn.execute(
+            run(
+                conn,
                 "INSERT OR REPLACE INTO daemons (id, addr, alive_until) VALUES (?1, ?2, ?3)",
                 params![id, addr, until_ms as i64],
             )
@@ -525,7 +550,8 @@ impl Store for SqliteStore {
     fn daemon_alive(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.call(move |conn| {
-            conn.query_row(
+            one(
+                conn,
                 "SELECT alive_until >= ?2 FROM daemons WHERE id = ?1",
                 params![id, now_ms as i64],
                 |r| r.get::<_, bool>(0),
@@ -653,7 +679,8 @@ fn reserve_in(tx: &Connection, op: &ReserveOp<'_>) -> Result<Decision, StoreErro
             cost: s.cost + op.amount.cost,
         });
     }
-    tx.execute(
+    run(
+        tx,
         "INSERT INTO reservations (id, entries, rates, lease_until) VALUES (?1, ?2, ?3, ?4)",
         params![
             op.id,
@@ -675,24 +702,24 @@ fn settle_in(
     actual: Amount,
     rate_tokens: u64,
 ) -> Result<bool, StoreError> {
-    let row = tx
-        .query_row(
-            "SELECT entries, rate_subject, rate_window, rate_tokens, concurrent, rates
+    let row = one(
+        tx,
+        "SELECT entries, rate_subject, rate_window, rate_tokens, concurrent, rates
                  FROM reservations WHERE id = ?1",
-            params![id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                ))
-            },
-        )
-        .optional()
-        .map_err(err)?;
+        params![id],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        },
+    )
+    .optional()
+    .map_err(err)?;
     let Some((entries, subject, window, tokens, concurrent, rates)) = row else {
         return Ok(false);
     };
@@ -726,8 +753,7 @@ fn settle_in(
             add(tx, &rate_account("conc", &r.s), 0, None, -1, 0, 0.0).map_err(err)?;
         }
     }
-    tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
-        .map_err(err)?;
+    run(tx, "DELETE FROM reservations WHERE id = ?1", params![id]).map_err(err)?;
     Ok(true)
 }
 
@@ -753,21 +779,23 @@ fn reap_in(tx: &Connection, now_ms: u64) -> Result<usize, StoreError> {
                 add(tx, &rate_account("conc", &r.s), 0, None, -1, 0, 0.0).map_err(err)?;
             }
         }
-        tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
-            .map_err(err)?;
+        run(tx, "DELETE FROM reservations WHERE id = ?1", params![id]).map_err(err)?;
     }
-    tx.execute(
+    run(
+        tx,
         "DELETE FROM tasks WHERE expires IS NOT NULL AND expires < ?1",
         params![now_ms as i64],
     )
     .map_err(err)?;
-    tx.execute(
+    run(
+        tx,
         "DELETE FROM daemons WHERE alive_until < ?1",
         params![now_ms.saturating_sub(86_400_000) as i64],
     )
     .map_err(err)?;
     // Windows that ended a day ago are history nobody reads.
-    tx.execute(
+    run(
+        tx,
         "DELETE FROM usage WHERE expires IS NOT NULL AND expires < ?1",
         params![now_ms.saturating_sub(86_400_000) as i64],
     )
@@ -782,30 +810,28 @@ fn session_turn_in(
     now_ms: u64,
 ) -> Result<Turn, StoreError> {
     let oldest_live = now_ms.saturating_sub(limits.ttl_ms) as i64;
-    let row: Option<(i64, i64)> = tx
-        .query_row(
-            "SELECT turns, last_used FROM sessions WHERE key = ?1",
-            params![key],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(err)?;
+    let row: Option<(i64, i64)> = one(
+        tx,
+        "SELECT turns, last_used FROM sessions WHERE key = ?1",
+        params![key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(err)?;
     let turns = match row {
         Some((turns, last_used)) if last_used >= oldest_live => turns as u32,
         Some(_) => 0,
         None => {
-            let rows: i64 = tx
-                .query_row("SELECT n FROM session_rows", [], |r| r.get(0))
-                .map_err(err)?;
+            let rows: i64 = one(tx, "SELECT n FROM session_rows", [], |r| r.get(0)).map_err(err)?;
             // Counting the live ones costs a scan: only when the rows could be too many.
             if rows as u64 >= limits.max_sessions {
-                let live: i64 = tx
-                    .query_row(
-                        "SELECT count(*) FROM sessions WHERE last_used >= ?1",
-                        params![oldest_live],
-                        |r| r.get(0),
-                    )
-                    .map_err(err)?;
+                let live: i64 = one(
+                    tx,
+                    "SELECT count(*) FROM sessions WHERE last_used >= ?1",
+                    params![oldest_live],
+                    |r| r.get(0),
+                )
+                .map_err(err)?;
                 if live as u64 >= limits.max_sessions {
                     return Ok(Turn::TableFull(limits.max_sessions));
                 }
@@ -816,7 +842,8 @@ fn session_turn_in(
     if turns >= limits.max_turns {
         return Ok(Turn::CapReached(limits.max_turns));
     }
-    tx.execute(
+    run(
+        tx,
         "INSERT INTO sessions (key, turns, last_used) VALUES (?1, ?2, ?3)
              ON CONFLICT (key) DO UPDATE SET turns = ?2, last_used = ?3",
         params![key, i64::from(turns + 1), now_ms as i64],
@@ -831,7 +858,8 @@ fn put_task_in(
     keep_ms: Option<u64>,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    run(
+        conn,
         // A live record never replaces one (the end may be written first).
         if rec.terminal {
             "INSERT OR REPLACE INTO tasks (id, owner, daemon, addr, status, terminal, expires)
