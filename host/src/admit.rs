@@ -29,6 +29,7 @@ use crate::store::Pending;
 use crate::task::{Task, TaskSpec};
 use crate::trace::{Incoming, TaskTrace};
 use orchd_contracts::chat::{ChatMessage, Content, ResponseFormat, Role, ToolChoice};
+use tracing::Instrument;
 
 /// The adapter feature a chat task needs (ABI 0.1.3's `FEATURE_CHAT`).
 pub const FEATURE_CHAT: &str = "chat";
@@ -637,17 +638,17 @@ pub async fn admit_with(
         .retry_after_ms(5_000)),
         Ok(Err(TurnRefused::StoreDown(e))) => Err(ApiError::store_down("sessions", e)),
         Ok(Ok(turns)) => {
-            let result = admission.in_scope(|| {
-                admit_checked(
-                    state,
-                    req,
-                    engine_params,
-                    principal,
-                    correlation_id,
-                    turns,
-                    (trace, request),
-                )
-            });
+            let result = admit_checked(
+                state,
+                req,
+                engine_params,
+                principal,
+                correlation_id,
+                turns,
+                (trace, request),
+            )
+            .instrument(admission.clone())
+            .await;
             match result {
                 Ok((admitted, listed)) => {
                     // Other daemons find the task once its record is committed; the engine
@@ -678,7 +679,7 @@ pub async fn admit_with(
     result
 }
 
-fn admit_checked(
+async fn admit_checked(
     state: &AppState,
     req: TaskRequest,
     extras: EngineExtras,
@@ -749,32 +750,35 @@ fn admit_checked(
         .max()
         .unwrap_or(req.deadline_ms)
         .min(req.deadline_ms);
-    let (reservation, headroom, rate) = state.decisions.reserve(
-        budget::ReserveRequest {
-            now_ms: now_ms(),
-            task_id: task_id.clone(),
-            tenant: principal.fingerprint.clone(),
-            group: state
-                .decisions
-                .ledger
-                .group_of(&principal.name)
-                .map(str::to_owned),
-            session_id: req.session_id.clone(),
-            priority: wit_priority(req.priority),
-            engine: req.engine.clone(),
-            model_ref: req.model_ref.clone(),
-            prompt_tokens_estimate: tokens_in_estimate,
-            max_tokens: req.max_tokens,
-            deadline_ms: req.deadline_ms,
-            expected_service_ms,
-            key_left: unlimited(),
-            session_left: unlimited(),
-        },
-        &principal.name,
-        &Sessions::account(&principal.name, &req.session_id),
-        &uuid::Uuid::new_v4().to_string(),
-        lease_ms,
-    )?;
+    let (reservation, headroom, rate) = state
+        .decisions
+        .reserve(
+            budget::ReserveRequest {
+                now_ms: now_ms(),
+                task_id: task_id.clone(),
+                tenant: principal.fingerprint.clone(),
+                group: state
+                    .decisions
+                    .ledger
+                    .group_of(&principal.name)
+                    .map(str::to_owned),
+                session_id: req.session_id.clone(),
+                priority: wit_priority(req.priority),
+                engine: req.engine.clone(),
+                model_ref: req.model_ref.clone(),
+                prompt_tokens_estimate: tokens_in_estimate,
+                max_tokens: req.max_tokens,
+                deadline_ms: req.deadline_ms,
+                expected_service_ms,
+                key_left: unlimited(),
+                session_left: unlimited(),
+            },
+            &principal.name,
+            &Sessions::account(&principal.name, &req.session_id),
+            &uuid::Uuid::new_v4().to_string(),
+            lease_ms,
+        )
+        .await?;
     let prefix = match (&req.workload, &chat) {
         (Workload::Embedding | Workload::Rerank, _) => crate::prefix::Blocks::default(),
         (_, Some(c)) => crate::prefix::Blocks::of_chat(&c.messages, &c.tools),

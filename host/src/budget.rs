@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{BudgetLimits, BudgetSettings, RateLimits};
 use crate::policy::bindings::BudgetLeft;
-use crate::store::{Budget, Decision, RateLimit, ReserveOp, Store, StoreError, left_of, now_ms};
+use crate::store::{
+    Budget, Decision, Pending, RateLimit, ReserveJob, Store, StoreError, left_of, now_ms,
+};
 
 pub use crate::store::{Amount, RateState};
 
@@ -100,6 +102,30 @@ fn defer(
         crate::metrics::bounded_eviction("pending_settles", 1);
         tracing::error!(reservation = %r.id, "settle dropped: too many deferred; its lease will settle it at the reserved amount");
     }
+}
+
+/// The key's and the session's left from the spend of [`Ledger::left_of_list`]'s budgets:
+/// the key's is the tighter of its own and its budget on the model.
+fn lefts(
+    list: &[Budget],
+    (has_key, has_session): (bool, bool),
+    spent: &[Amount],
+) -> (BudgetLeft, BudgetLeft) {
+    let mut it = list.iter().zip(spent).map(|(b, s)| as_left(b, s));
+    let key_left = if has_key { it.next() } else { None }.unwrap_or_else(unlimited);
+    let session_left = if has_session { it.next() } else { None }.unwrap_or_else(unlimited);
+    let key_left = match it.next() {
+        Some(model_left) => BudgetLeft {
+            tokens: min_opt(key_left.tokens, model_left.tokens),
+            time_ms: min_opt(key_left.time_ms, model_left.time_ms),
+            cost: match (key_left.cost, model_left.cost) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        },
+        None => key_left,
+    };
+    (key_left, session_left)
 }
 
 fn as_left(b: &Budget, spent: &Amount) -> BudgetLeft {
@@ -241,28 +267,40 @@ impl Ledger {
         session: &str,
         model: &str,
     ) -> Result<(BudgetLeft, BudgetLeft), StoreError> {
-        let (k, s) = self.budgets(key, session);
-        let m = self.model_budget(key, model);
-        let list: Vec<Budget> = k.iter().chain(s.iter()).chain(m.iter()).cloned().collect();
+        let (list, has) = self.left_of_list(key, session, model);
         if list.is_empty() {
             return Ok((unlimited(), unlimited()));
         }
         let spent = blocking(|| self.store.spent(&list, now_ms()))?;
-        let mut it = list.iter().zip(&spent).map(|(b, s)| as_left(b, s));
-        let key_left = if k.is_some() { it.next() } else { None }.unwrap_or_else(unlimited);
-        let session_left = if s.is_some() { it.next() } else { None }.unwrap_or_else(unlimited);
-        let key_left = match it.next() {
-            Some(model_left) => BudgetLeft {
-                tokens: min_opt(key_left.tokens, model_left.tokens),
-                time_ms: min_opt(key_left.time_ms, model_left.time_ms),
-                cost: match (key_left.cost, model_left.cost) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                },
-            },
-            None => key_left,
-        };
-        Ok((key_left, session_left))
+        Ok(lefts(&list, has, &spent))
+    }
+
+    /// [`Self::left`] without blocking the worker (the store answers from its thread).
+    pub async fn left_async(
+        &self,
+        key: &str,
+        session: &str,
+        model: &str,
+    ) -> Result<(BudgetLeft, BudgetLeft), StoreError> {
+        let (list, has) = self.left_of_list(key, session, model);
+        if list.is_empty() {
+            return Ok((unlimited(), unlimited()));
+        }
+        let asked = list.clone();
+        let spent = Pending::begin(|then| self.store.spent_then(asked, now_ms(), then))
+            .wait()
+            .await?;
+        Ok(lefts(&list, has, &spent))
+    }
+
+    /// The budgets [`Self::left`] reads (key, session, key × model), and which of the
+    /// first two are there.
+    fn left_of_list(&self, key: &str, session: &str, model: &str) -> (Vec<Budget>, (bool, bool)) {
+        let (k, s) = self.budgets(key, session);
+        let m = self.model_budget(key, model);
+        let has = (k.is_some(), s.is_some());
+        let list: Vec<Budget> = k.into_iter().chain(s).chain(m).collect();
+        (list, has)
     }
 
     /// Reserves `amount` against the key's and the session's budgets and the key's rate
@@ -280,9 +318,56 @@ impl Ledger {
         rate_tokens: u64,
         lease_ms: u64,
     ) -> Result<(Reservation, Headroom, Option<RateState>), Refused> {
+        let (reservation, job) =
+            self.reservation(id, key, session, model, amount, rate_tokens, lease_ms);
+        let Some(job) = job else {
+            return Ok((reservation, Headroom::default(), None));
+        };
+        let decision = blocking(|| self.store.reserve(&job.op())).map_err(Refused::StoreDown)?;
+        Self::reserved(reservation, &job, decision)
+    }
+
+    /// [`Self::reserve`] without blocking the worker (the store answers from its thread).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reserve_async(
+        &self,
+        id: &str,
+        key: &str,
+        session: &str,
+        model: &str,
+        amount: Amount,
+        rate_tokens: u64,
+        lease_ms: u64,
+    ) -> Result<(Reservation, Headroom, Option<RateState>), Refused> {
+        let (reservation, job) =
+            self.reservation(id, key, session, model, amount, rate_tokens, lease_ms);
+        let Some(job) = job else {
+            return Ok((reservation, Headroom::default(), None));
+        };
+        let asked = job.clone();
+        let decision = Pending::begin(|then| self.store.reserve_then(asked, then))
+            .wait()
+            .await
+            .map_err(Refused::StoreDown)?;
+        Self::reserved(reservation, &job, decision)
+    }
+
+    /// The reservation, and what the store must decide for it (nothing when no budget or
+    /// rate limit applies).
+    #[allow(clippy::too_many_arguments)]
+    fn reservation(
+        &self,
+        id: &str,
+        key: &str,
+        session: &str,
+        model: &str,
+        amount: Amount,
+        rate_tokens: u64,
+        lease_ms: u64,
+    ) -> (Reservation, Option<ReserveJob>) {
         let budgets = self.all_budgets(key, session, model);
         let rates = self.rate_limits(key);
-        let mut reservation = Reservation {
+        let reservation = Reservation {
             id: id.to_owned(),
             key: key.to_owned(),
             session: session.to_owned(),
@@ -291,18 +376,27 @@ impl Ledger {
             stored: false,
         };
         if budgets.is_empty() && rates.is_empty() {
-            return Ok((reservation, Headroom::default(), None));
+            return (reservation, None);
         }
-        let op = ReserveOp {
-            id,
-            budgets: &budgets,
+        let job = ReserveJob {
+            id: id.to_owned(),
+            budgets,
             amount,
-            rates: &rates,
+            rates,
             rate_tokens,
             now_ms: now_ms(),
             lease_ms,
         };
-        let decision = blocking(|| self.store.reserve(&op)).map_err(Refused::StoreDown)?;
+        (reservation, Some(job))
+    }
+
+    /// The store's decision on `job` as the caller's answer.
+    fn reserved(
+        mut reservation: Reservation,
+        job: &ReserveJob,
+        decision: Decision,
+    ) -> Result<(Reservation, Headroom, Option<RateState>), Refused> {
+        let (budgets, rates) = (&job.budgets, &job.rates);
         match decision {
             Decision::Reserved { left, rate: state } => {
                 reservation.stored = true;

@@ -453,7 +453,7 @@ impl Decisions {
     /// another sharing the store, never spend the same budget twice). Fails closed when
     /// the policy fails or the store cannot be reached.
     #[allow(clippy::too_many_arguments)]
-    pub fn reserve(
+    pub async fn reserve(
         &self,
         req: budget::ReserveRequest,
         key: &str,
@@ -462,8 +462,11 @@ impl Decisions {
         lease_ms: u64,
     ) -> Result<(Reservation, crate::budget::Headroom, Option<RateState>), ApiError> {
         let model = req.model_ref.clone();
-        let (key_left, session_left) =
-            self.ledger.left(key, session, &model).map_err(store_down)?;
+        let (key_left, session_left) = self
+            .ledger
+            .left_async(key, session, &model)
+            .await
+            .map_err(store_down)?;
         let req = budget::ReserveRequest {
             key_left,
             session_left,
@@ -478,7 +481,7 @@ impl Decisions {
                     cost: u.cost,
                 };
                 self.ledger
-                    .reserve(
+                    .reserve_async(
                         id,
                         key,
                         session,
@@ -487,6 +490,7 @@ impl Decisions {
                         charge.rate_tokens,
                         lease_ms,
                     )
+                    .await
                     .map_err(refused)
             }
             Ok(budget::Reservation::Deny(d)) => {

@@ -305,6 +305,32 @@ impl<T: Send + 'static> Pending<T> {
     }
 }
 
+/// A [`ReserveOp`] that owns its parts: for a call answered later ([`Store::reserve_then`]).
+#[derive(Debug, Clone)]
+pub struct ReserveJob {
+    pub id: String,
+    pub budgets: Vec<Budget>,
+    pub amount: Amount,
+    pub rates: Vec<RateLimit>,
+    pub rate_tokens: u64,
+    pub now_ms: u64,
+    pub lease_ms: u64,
+}
+
+impl ReserveJob {
+    pub fn op(&self) -> ReserveOp<'_> {
+        ReserveOp {
+            id: &self.id,
+            budgets: &self.budgets,
+            amount: self.amount,
+            rates: &self.rates,
+            rate_tokens: self.rate_tokens,
+            now_ms: self.now_ms,
+            lease_ms: self.lease_ms,
+        }
+    }
+}
+
 /// The backends' common interface. Calls block (SQLite on disk, Redis on the network):
 /// callers on async workers wrap them in `block_in_place`, or use the `*_then` forms of
 /// the calls on the request path, which a backend with its own thread (SQLite) answers
@@ -366,6 +392,16 @@ pub trait Store: Send + Sync {
         then(crate::budget::blocking(|| {
             self.session_turn(&key, limits, now_ms)
         }));
+    }
+
+    /// [`spent`](Self::spent), answered through `then` (the default blocks).
+    fn spent_then(&self, budgets: Vec<Budget>, now_ms: u64, then: Then<Vec<Amount>>) {
+        then(crate::budget::blocking(|| self.spent(&budgets, now_ms)));
+    }
+
+    /// [`reserve`](Self::reserve), answered through `then` (the default blocks).
+    fn reserve_then(&self, job: ReserveJob, then: Then<Decision>) {
+        then(crate::budget::blocking(|| self.reserve(&job.op())));
     }
 
     /// [`put_task`](Self::put_task), answered through `then` (the default blocks).
@@ -573,6 +609,12 @@ impl Store for Observed {
     fn session_turn_then(&self, key: String, limits: SessionLimits, now_ms: u64, then: Then<Turn>) {
         self.inner
             .session_turn_then(key, limits, now_ms, self.seeing(then));
+    }
+    fn spent_then(&self, budgets: Vec<Budget>, now_ms: u64, then: Then<Vec<Amount>>) {
+        self.inner.spent_then(budgets, now_ms, self.seeing(then));
+    }
+    fn reserve_then(&self, job: ReserveJob, then: Then<Decision>) {
+        self.inner.reserve_then(job, self.seeing(then));
     }
     fn put_task_then(&self, rec: TaskRecord, keep_ms: Option<u64>, now_ms: u64, then: Then<()>) {
         self.inner

@@ -13,8 +13,8 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Amount, Budget, Decision, RateState, ReserveOp, SessionLimits, Store, StoreError, TaskRecord,
-    Then, Turn, over_budget,
+    Amount, Budget, Decision, RateState, ReserveJob, ReserveOp, SessionLimits, Store, StoreError,
+    TaskRecord, Then, Turn, over_budget,
 };
 
 pub struct SqliteStore {
@@ -443,6 +443,22 @@ impl Store for SqliteStore {
     /// one queued before it is committed.
     fn flush(&self) -> Result<(), StoreError> {
         self.call(|_| Ok(()))
+    }
+
+    fn spent_then(&self, budgets: Vec<Budget>, now_ms: u64, then: Then<Vec<Amount>>) {
+        self.call_then(
+            move |conn| {
+                budgets
+                    .iter()
+                    .map(|b| read(conn, &b.account, b.window(now_ms).0).map_err(err))
+                    .collect()
+            },
+            then,
+        );
+    }
+
+    fn reserve_then(&self, job: ReserveJob, then: Then<Decision>) {
+        self.call_then(move |tx| reserve_in(tx, &job.op()), then);
     }
 
     fn session_turn_then(&self, key: String, limits: SessionLimits, now_ms: u64, then: Then<Turn>) {
