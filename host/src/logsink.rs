@@ -19,7 +19,7 @@ use std::time::Duration;
 /// How long the writer gathers lines after waking.
 pub const LINGER: Duration = Duration::from_millis(2);
 /// A wake-up within this long of the last one finds the writer busy: it lingers.
-pub const BUSY: Duration = Duration::from_millis(20);
+pub const BUSY: Duration = Duration::from_millis(5);
 /// Bytes held before lines are dropped.
 pub const MAX_BUFFERED: usize = 8 << 20;
 

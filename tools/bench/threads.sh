@@ -7,6 +7,8 @@
 #   cargo xtask dist && cargo build --release -p orchd-engine-sim -p orchd-loadgen
 #   tools/bench/threads.sh [STREAMS=10] [SECONDS=8] [extra daemon args, e.g. --log warn]
 #
+# A paced engine instead: FIRST_TOKEN_MS=5 INTER_TOKEN_MS=5 TOKENS=8 tools/bench/threads.sh 1
+#
 # Prints, per thread name: voluntary and involuntary context switches per request and
 # CPU µs per request (from /proc/<pid>/task/*/{status,stat}, in clock ticks).
 set -euo pipefail
@@ -52,8 +54,11 @@ queue_capacity = 256
 id = "sim-0"
 config = { url = "http://127.0.0.1:$sim_port" }
 TOML
-"$root/target/release/engine-sim" --addr "127.0.0.1:$sim_port" --first-token-ms 0 \
-    --inter-token-ms 0 --tokens 32 --slots 64 --threads 1 > "$work/sim.log" 2>&1 &
+first=${FIRST_TOKEN_MS:-0}
+itl=${INTER_TOKEN_MS:-0}
+tokens=${TOKENS:-32}
+"$root/target/release/engine-sim" --addr "127.0.0.1:$sim_port" --first-token-ms "$first" \
+    --inter-token-ms "$itl" --tokens "$tokens" --slots 64 --threads 1 > "$work/sim.log" 2>&1 &
 sim=$!
 "$dist/bin/orchestratord" --config "$work/orchd.toml" --addr "127.0.0.1:$api_port" \
     --adapters-dir "$dist/adapters" --policies-dir "$work/policies" \
@@ -65,9 +70,9 @@ for _ in $(seq 200); do
 done
 load() {
     "$root/target/release/loadgen" run --target daemon --url "http://127.0.0.1:$api_port" \
-        --model-ref sim --engine llamacpp --concurrency "$conc" --tokens 32 "$@"
+        --model-ref sim --engine llamacpp --concurrency "$conc" --tokens "$tokens" "$@"
 }
-load --streams 2000 > /dev/null 2>&1   # warm-up
+load --streams 200 > /dev/null 2>&1   # warm-up
 snap() {
     for t in /proc/$daemon/task/*; do
         printf '%s %s %s %s\n' "$(tr ' ' _ < "$t/comm")" \
@@ -80,7 +85,7 @@ snap > "$work/before"
 load --duration-s "$secs" > "$work/load.json" 2>&1
 snap > "$work/after"
 ended=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ended"])' "$work/load.json")
-echo "streams completed: $ended in $secs s ($conc streams, 32 tokens each, zero-delay engine)"
+echo "streams completed: $ended in $secs s ($conc streams, $tokens tokens each, first token after $first ms, then one every $itl ms)"
 join "$work/before" "$work/after" | awk -v n="$ended" -v hz="$(getconf CLK_TCK)" '
     { printf "%-18s cs/req %5.2f  involuntary %5.2f  CPU µs/req %5.0f\n", $1, ($5-$2)/n, ($6-$3)/n, ($7-$4)*1e6/hz/n
       v += $5-$2; i += $6-$3; c += $7-$4 }

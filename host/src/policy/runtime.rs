@@ -64,17 +64,20 @@ struct Ticker {
     thread: OnceLock<std::thread::Thread>,
 }
 
-/// Ticks without a new guest execution before the ticker parks. Parking and being woken
-/// again cost about two context switches, a tick one: calls less than this many ticks
-/// apart keep it ticking, calls further apart let it park in between (lingering longer
-/// made a daemon at 20 requests a second tick a thousand times a second).
-const LINGER_TICKS: u32 = 2;
+/// Ticks without a new guest execution before the ticker parks, when it was last woken
+/// soon after it parked ([`BUSY_GAP`]): calls that close together keep it ticking instead
+/// of paying a park and a wake-up (about two context switches; a tick costs one) each.
+/// Otherwise it parks after the first tick without a call, so a daemon at a few requests
+/// a second costs one wake-up and one tick per burst of calls.
+const LINGER_TICKS: u32 = 3;
+/// A park shorter than this means calls come close together.
+const BUSY_GAP: Duration = Duration::from_millis(5);
 
 impl Ticker {
     /// The ticker's loop.
     fn run(&self, engine: &Engine) {
         let mut seen = self.started.load(Ordering::Acquire);
-        let mut quiet = 0;
+        let (mut quiet, mut linger) = (0, LINGER_TICKS);
         loop {
             std::thread::sleep(TICK);
             engine.increment_epoch();
@@ -84,11 +87,12 @@ impl Ticker {
                 continue;
             }
             quiet += 1;
-            if quiet < LINGER_TICKS {
+            if quiet < linger {
                 continue;
             }
             // At rest. Say so first, then look again: a guest that started in between
             // either is seen here or finds `parked` set and unparks.
+            let parked_at = Instant::now();
             self.parked.store(true, Ordering::SeqCst);
             if self.started.load(Ordering::SeqCst) == seen {
                 while self.parked.load(Ordering::SeqCst) {
@@ -97,6 +101,11 @@ impl Ticker {
             } else {
                 self.parked.store(false, Ordering::SeqCst);
             }
+            linger = if parked_at.elapsed() < BUSY_GAP {
+                LINGER_TICKS
+            } else {
+                1
+            };
             (seen, quiet) = (self.started.load(Ordering::Acquire), 0);
         }
     }
@@ -273,7 +282,7 @@ impl v1::TypesHost for PolicyState {}
 
 impl PolicyRuntime {
     /// Builds the engine and starts the epoch ticker (a thread that lives as long as the
-    /// process; one tick per millisecond while guests run and for 2 ms after, parked otherwise).
+    /// process; one tick per millisecond while guests run, and for 3 ms after when calls come close together; parked otherwise).
     pub fn new(limits: PolicyLimits, cache_dir: PathBuf) -> Result<Arc<Self>, String> {
         let mut config = Config::new();
         config
