@@ -42,12 +42,15 @@ fn base(d: &orchd_testkit::Daemon) -> String {
 
 #[test]
 fn an_operator_watches_and_steers_the_daemon_without_curl() {
-    let d = DaemonBuilder::new(config(
+    let mut builder = DaemonBuilder::new(config(
         &default_admission("reject"),
         8,
         &[mock_pool("p", "slots = 2, tokens_per_s = 500.0")],
-    ))
-    .start();
+    ));
+    // `policies replay` stages the candidate in the daemon's policy directory: a scratch
+    // copy, not target/dist.
+    builder.own_policies_dir();
+    let d = builder.start();
     let url = base(&d);
     // Pools, as a table and as JSON.
     let table = ok(&url, &["pools", "list"]);
