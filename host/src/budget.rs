@@ -261,22 +261,8 @@ impl Ledger {
     /// What the key and the session have left in their current windows (what the budget
     /// policy is told).
     /// The key's left is the tighter of its own budget and its budget on `model`.
-    pub fn left(
-        &self,
-        key: &str,
-        session: &str,
-        model: &str,
-    ) -> Result<(BudgetLeft, BudgetLeft), StoreError> {
-        let (list, has) = self.left_of_list(key, session, model);
-        if list.is_empty() {
-            return Ok((unlimited(), unlimited()));
-        }
-        let spent = blocking(|| self.store.spent(&list, now_ms()))?;
-        Ok(lefts(&list, has, &spent))
-    }
-
-    /// [`Self::left`] without blocking the worker (the store answers from its thread).
-    pub async fn left_async(
+    /// The store answers from its own thread where it has one: no worker waits.
+    pub async fn left(
         &self,
         key: &str,
         session: &str,
@@ -307,29 +293,9 @@ impl Ledger {
     /// limits, in one atomic store operation. `rate_tokens`: the request's estimated
     /// tokens, for the tokens-per-window limit; `lease_ms`: how long the reservation may
     /// stay unsettled before another daemon settles it at its reserved amount.
+    /// The store answers from its own thread where it has one: no worker waits.
     #[allow(clippy::too_many_arguments)]
-    pub fn reserve(
-        &self,
-        id: &str,
-        key: &str,
-        session: &str,
-        model: &str,
-        amount: Amount,
-        rate_tokens: u64,
-        lease_ms: u64,
-    ) -> Result<(Reservation, Headroom, Option<RateState>), Refused> {
-        let (reservation, job) =
-            self.reservation(id, key, session, model, amount, rate_tokens, lease_ms);
-        let Some(job) = job else {
-            return Ok((reservation, Headroom::default(), None));
-        };
-        let decision = blocking(|| self.store.reserve(&job.op())).map_err(Refused::StoreDown)?;
-        Self::reserved(reservation, &job, decision)
-    }
-
-    /// [`Self::reserve`] without blocking the worker (the store answers from its thread).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn reserve_async(
+    pub async fn reserve(
         &self,
         id: &str,
         key: &str,
@@ -460,9 +426,16 @@ impl Ledger {
     }
 
     /// What is left for the key and the session together (the tighter of the two).
+    /// Blocking (`block_in_place`): it serves the metrics frames of a running task.
     pub fn headroom(&self, key: &str, session: &str, model: &str) -> Headroom {
-        let Ok((k, s)) = self.left(key, session, model) else {
-            return Headroom::default();
+        let (list, has) = self.left_of_list(key, session, model);
+        let (k, s) = if list.is_empty() {
+            (unlimited(), unlimited())
+        } else {
+            match blocking(|| self.store.spent(&list, now_ms())) {
+                Ok(spent) => lefts(&list, has, &spent),
+                Err(_) => return Headroom::default(),
+            }
         };
         Headroom {
             tokens: min_opt(k.tokens, s.tokens),
@@ -581,23 +554,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reserve_settle_and_refund() {
+    #[tokio::test]
+    async fn reserve_settle_and_refund() {
         let (_dir, ledger) = ledger(100, None);
-        assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(100));
-        assert_eq!(ledger.left("k", "s", "m").unwrap().1.tokens, None);
+        assert_eq!(
+            ledger.left("k", "s", "m").await.unwrap().0.tokens,
+            Some(100)
+        );
+        assert_eq!(ledger.left("k", "s", "m").await.unwrap().1.tokens, None);
         let (r, headroom, rate) = ledger
             .reserve("t1", "k", "s", "m", amount(60), 0, 60_000)
+            .await
             .unwrap();
         assert!(rate.is_none());
         assert_eq!(headroom.tokens, Some(40));
         ledger.settle(&r, amount(10), 0);
-        assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(90));
+        assert_eq!(ledger.left("k", "s", "m").await.unwrap().0.tokens, Some(90));
         let (r, _, _) = ledger
             .reserve("t2", "k", "s", "m", amount(90), 0, 60_000)
+            .await
             .unwrap();
         assert!(matches!(
-            ledger.reserve("t3", "k", "s", "m", amount(1), 0, 60_000),
+            ledger
+                .reserve("t3", "k", "s", "m", amount(1), 0, 60_000)
+                .await,
             Err(Refused::OverBudget {
                 what: "tokens",
                 retry_after_ms: None,
@@ -605,19 +585,23 @@ mod tests {
             })
         ));
         ledger.refund(&r);
-        assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(90));
+        assert_eq!(ledger.left("k", "s", "m").await.unwrap().0.tokens, Some(90));
         // An overrun is charged, never below zero.
         let (r, _, _) = ledger
             .reserve("t4", "k", "s", "m", amount(10), 0, 60_000)
+            .await
             .unwrap();
         ledger.settle(&r, amount(500), 0);
-        assert_eq!(ledger.left("k", "s", "m").unwrap().0.tokens, Some(0));
+        assert_eq!(ledger.left("k", "s", "m").await.unwrap().0.tokens, Some(0));
         // Other keys have their own budget.
-        assert_eq!(ledger.left("other", "s", "m").unwrap().0.tokens, Some(100));
+        assert_eq!(
+            ledger.left("other", "s", "m").await.unwrap().0.tokens,
+            Some(100)
+        );
     }
 
-    #[test]
-    fn unlimited_requests_never_touch_the_store() {
+    #[tokio::test]
+    async fn unlimited_requests_never_touch_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(crate::store::Observed::new(Box::new(
             SqliteStore::open(&dir.path().join("s.sqlite")).unwrap(),
@@ -633,7 +617,10 @@ mod tests {
             HashMap::new(),
             store,
         );
-        let (r, _, _) = l.reserve("t", "k", "s", "m", amount(5), 0, 1_000).unwrap();
+        let (r, _, _) = l
+            .reserve("t", "k", "s", "m", amount(5), 0, 1_000)
+            .await
+            .unwrap();
         assert!(!r.stored);
         l.settle(&r, amount(5), 0);
     }

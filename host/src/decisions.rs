@@ -464,7 +464,7 @@ impl Decisions {
         let model = req.model_ref.clone();
         let (key_left, session_left) = self
             .ledger
-            .left_async(key, session, &model)
+            .left(key, session, &model)
             .await
             .map_err(store_down)?;
         let req = budget::ReserveRequest {
@@ -481,7 +481,7 @@ impl Decisions {
                     cost: u.cost,
                 };
                 self.ledger
-                    .reserve_async(
+                    .reserve(
                         id,
                         key,
                         session,

@@ -35,6 +35,7 @@ pub async fn get(
             &Sessions::account(&principal.name, &id),
             "",
         )
+        .await
         .map_err(store_down)?;
     Ok(Json(SessionStatus {
         ttl_ms_remaining: view.ttl_remaining.as_millis() as u64,

@@ -88,6 +88,18 @@ fn one<T>(
     conn.prepare_cached(sql)?.query_row(params, f)
 }
 
+/// A session's `(turns, last_used)`, if it has a row.
+fn session_row(conn: &Connection, key: &str) -> Result<Option<(i64, i64)>, StoreError> {
+    one(
+        conn,
+        "SELECT turns, last_used FROM sessions WHERE key = ?1",
+        params![key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(err)
+}
+
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
@@ -381,14 +393,7 @@ impl Store for SqliteStore {
         let key = key.to_owned();
         self.call(move |conn| {
             let key = key.as_str();
-            let row: Option<(i64, i64)> = one(
-                conn,
-                "SELECT turns, last_used FROM sessions WHERE key = ?1",
-                params![key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(err)?;
+            let row: Option<(i64, i64)> = session_row(conn, key)?;
             let Some((turns, last_used)) = row else {
                 return Ok(None);
             };
@@ -826,14 +831,7 @@ fn session_turn_in(
     now_ms: u64,
 ) -> Result<Turn, StoreError> {
     let oldest_live = now_ms.saturating_sub(limits.ttl_ms) as i64;
-    let row: Option<(i64, i64)> = one(
-        tx,
-        "SELECT turns, last_used FROM sessions WHERE key = ?1",
-        params![key],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()
-    .map_err(err)?;
+    let row: Option<(i64, i64)> = session_row(tx, key)?;
     let turns = match row {
         Some((turns, last_used)) if last_used >= oldest_live => turns as u32,
         Some(_) => 0,
