@@ -305,32 +305,6 @@ impl Ledger {
         rate_tokens: u64,
         lease_ms: u64,
     ) -> Result<(Reservation, Headroom, Option<RateState>), Refused> {
-        let (reservation, job) =
-            self.reservation(id, key, session, model, amount, rate_tokens, lease_ms);
-        let Some(job) = job else {
-            return Ok((reservation, Headroom::default(), None));
-        };
-        let asked = job.clone();
-        let decision = Pending::begin(|then| self.store.reserve_then(asked, then))
-            .wait()
-            .await
-            .map_err(Refused::StoreDown)?;
-        Self::reserved(reservation, &job, decision)
-    }
-
-    /// The reservation, and what the store must decide for it (nothing when no budget or
-    /// rate limit applies).
-    #[allow(clippy::too_many_arguments)]
-    fn reservation(
-        &self,
-        id: &str,
-        key: &str,
-        session: &str,
-        model: &str,
-        amount: Amount,
-        rate_tokens: u64,
-        lease_ms: u64,
-    ) -> (Reservation, Option<ReserveJob>) {
         let budgets = self.all_budgets(key, session, model);
         let rates = self.rate_limits(key);
         let reservation = Reservation {
@@ -342,7 +316,7 @@ impl Ledger {
             stored: false,
         };
         if budgets.is_empty() && rates.is_empty() {
-            return (reservation, None);
+            return Ok((reservation, Headroom::default(), None));
         }
         let job = ReserveJob {
             id: id.to_owned(),
@@ -353,7 +327,12 @@ impl Ledger {
             now_ms: now_ms(),
             lease_ms,
         };
-        (reservation, Some(job))
+        let asked = job.clone();
+        let decision = Pending::begin(|then| self.store.reserve_then(asked, then))
+            .wait()
+            .await
+            .map_err(Refused::StoreDown)?;
+        Self::reserved(reservation, &job, decision)
     }
 
     /// The store's decision on `job` as the caller's answer.
